@@ -1,0 +1,58 @@
+"""Make long training jobs on Google Colab survive disconnects, restarts and session limits.
+
+>>> import colabsession as cs
+>>> cs.runtime().kind in ("colab", "kaggle", "local")
+True
+
+Every public name is imported on first use (PEP 562), so ``import colabsession`` stays instant and
+pulls in neither TensorFlow, Keras, NumPy nor the Drive API client.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+from ._version import __version__
+
+# Not `from typing import ...`: importing typing would double the cost of `import colabsession`.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from ._clock import SessionClock, clock
+    from ._errors import ColabSessionError, ConfigError
+    from ._runtime import Runtime, runtime
+
+# public name -> the module that defines it
+_LAZY: dict[str, str] = {
+    "ColabSessionError": "._errors",
+    "ConfigError": "._errors",
+    "Runtime": "._runtime",
+    "SessionClock": "._clock",
+    "clock": "._clock",
+    "runtime": "._runtime",
+}
+
+__all__ = [
+    "ColabSessionError",
+    "ConfigError",
+    "Runtime",
+    "SessionClock",
+    "__version__",
+    "clock",
+    "runtime",
+]
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'colabsession' has no attribute {name!r}") from None
+    value = getattr(import_module(module, __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return list(__all__)

@@ -1,0 +1,91 @@
+"""The ``colabsession`` command line: ``colabsession --help`` lists the commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ._errors import ColabSessionError
+from ._version import __version__
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 1 a colabsession error, 2 bad usage)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    try:
+        return handler(args)
+    except ColabSessionError as exc:
+        print(f"colabsession: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("colabsession: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="colabsession",
+        description="Keep long training jobs on Google Colab alive across restarts.",
+    )
+    parser.add_argument("-V", "--version", action="version", version=f"colabsession {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    cmd = commands.add_parser("version", help="print the installed version")
+    cmd.set_defaults(handler=_version)
+
+    cmd = commands.add_parser("runtime", help="where this runs: Colab, Kaggle or local")
+    _add_json(cmd)
+    cmd.set_defaults(handler=_runtime)
+
+    cmd = commands.add_parser("clock", help="session time used and left")
+    _add_json(cmd)
+    cmd.add_argument("--max-session", metavar="DURATION", help="session limit, e.g. 24h")
+    cmd.set_defaults(handler=_clock)
+    return parser
+
+
+def _add_json(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _print(data: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    width = max(map(len, data), default=0)
+    for key, value in data.items():
+        print(f"{key:<{width}}  {'-' if value is None else value}")
+
+
+def _version(args: argparse.Namespace) -> int:
+    print(__version__)
+    return 0
+
+
+def _runtime(args: argparse.Namespace) -> int:
+    from ._runtime import runtime
+
+    _print(runtime().to_dict(), args.json)
+    return 0
+
+
+def _clock(args: argparse.Namespace) -> int:
+    from ._clock import SessionClock
+    from ._durations import format_duration
+
+    data = SessionClock(max_session=args.max_session).to_dict()
+    if not args.json:
+        for key in ("max_session", "idle_limit", "elapsed", "remaining"):
+            data[key] = format_duration(data[key])
+    _print(data, args.json)
+    return 0

@@ -1,0 +1,77 @@
+"""Durations given as seconds or as short strings such as ``"90min"``, ``"12h"`` or ``"1h30m"``."""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import timedelta
+from typing import Union
+
+from ._errors import ConfigError
+
+#: What every ``every=``, ``timeout=`` or ``margin=`` argument accepts.
+Duration = Union[float, int, str, timedelta]
+
+_UNITS = {
+    "ms": 0.001,
+    "s": 1.0, "sec": 1.0, "secs": 1.0, "second": 1.0, "seconds": 1.0,
+    "m": 60.0, "min": 60.0, "mins": 60.0, "minute": 60.0, "minutes": 60.0,
+    "h": 3600.0, "hr": 3600.0, "hrs": 3600.0, "hour": 3600.0, "hours": 3600.0,
+    "d": 86400.0, "day": 86400.0, "days": 86400.0,
+}  # fmt: skip
+_PART = r"(\d+(?:\.\d*)?|\.\d+)\s*([a-z]+)"
+_PARTS = re.compile(rf"(?:\s*{_PART})+\s*")
+
+
+def parse_duration(value: Duration, *, name: str = "duration") -> float:
+    """Return *value* in seconds.
+
+    Numbers are seconds; strings are one or more number-unit pairs (``"45s"``, ``"90min"``,
+    ``"1.5h"``, ``"1h30m"``, ``"2d"``); a bare number in a string is seconds too.
+
+    >>> parse_duration("1h30m")
+    5400.0
+
+    Raises:
+        ConfigError: *value* is negative, not finite, or not understood; *name* says which
+            argument or variable held it.
+    """
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
+        seconds = _parse_string(value, name)
+    else:
+        raise ConfigError(
+            f"{name} must be a number of seconds or a string like '90min' or '12h', "
+            f"not {type(value).__name__}"
+        )
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ConfigError(f"{name} must be a finite, non-negative duration, got {value!r}")
+    return seconds
+
+
+def _parse_string(text: str, name: str) -> float:
+    lowered = text.strip().lower()
+    try:
+        return float(lowered)  # a bare number is seconds; nan and inf are refused by the caller
+    except ValueError:
+        pass
+    pairs = re.findall(_PART, lowered) if _PARTS.fullmatch(lowered) else []
+    if pairs and all(unit in _UNITS for _, unit in pairs):
+        return sum(float(number) * _UNITS[unit] for number, unit in pairs)
+    raise ConfigError(
+        f"cannot read {name}={text!r} as a duration: use seconds or a string like "
+        "'45s', '90min', '12h' or '1h30m'"
+    )
+
+
+def format_duration(seconds: float) -> str:
+    """A short human form in hours at most (Colab sessions are counted in hours):
+    ``5400`` -> ``"1h30m"``, ``42.5`` -> ``"42s"``, ``86400`` -> ``"24h"``."""
+    sign = "-" if seconds < 0 else ""
+    hours, rest = divmod(int(abs(seconds)), 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{v}{u}" for v, u in ((hours, "h"), (minutes, "m"), (secs, "s")) if v]
+    return sign + ("".join(parts[:2]) if parts else "0s")

@@ -1,0 +1,20 @@
+"""One exception hierarchy: every error colabsession raises on purpose is a ColabSessionError."""
+
+from __future__ import annotations
+
+
+class ColabSessionError(Exception):
+    """Base class of every error colabsession raises on purpose.
+
+    The message always says what went wrong and what to do about it, so catching this one class
+    and printing it is a complete error report::
+
+        try:
+            cs.require_accelerator("gpu")
+        except cs.ColabSessionError as exc:
+            print(exc)
+    """
+
+
+class ConfigError(ColabSessionError, ValueError):
+    """A malformed argument or environment variable (a duration, a size, a location, ...)."""

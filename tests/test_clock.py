@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import psutil
+import pytest
+from pytest_mock import MockerFixture
+
+import colabsession as cs
+from colabsession import _clock
+
+
+class FakeTime:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_defaults_twelve_hours_and_ninety_minutes() -> None:
+    clock = cs.SessionClock(started=1000.0, now=FakeTime(1000.0))
+    assert clock.max_session == 12 * 3600
+    assert clock.idle_limit == 90 * 60
+    assert clock.elapsed == 0
+    assert clock.remaining == 12 * 3600
+
+
+def test_elapsed_remaining_deadline() -> None:
+    fake = FakeTime(0.0)
+    clock = cs.SessionClock(started=0.0, max_session="2h", now=fake)
+    fake.now = 1800.0
+    assert clock.elapsed == 1800
+    assert clock.remaining == 5400
+    assert clock.deadline == datetime.fromtimestamp(7200, timezone.utc)
+    fake.now = 10_000.0
+    assert clock.remaining == 0  # never negative
+
+
+def test_should_stop_with_margin() -> None:
+    fake = FakeTime(0.0)
+    clock = cs.SessionClock(started=0.0, max_session="1h", now=fake)
+    assert not clock.should_stop("10min")
+    fake.now = 3000.0  # 10 min left
+    assert clock.should_stop("10min")
+    assert not clock.should_stop(60)
+    assert clock.should_stop()  # default margin: 10 min
+
+
+def test_started_as_datetime() -> None:
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    clock = cs.SessionClock(started=start, now=FakeTime(start.timestamp() + 60))
+    assert clock.elapsed == 60
+
+
+def test_limits_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLABSESSION_MAX_SESSION", "24h")
+    monkeypatch.setenv("COLABSESSION_IDLE_LIMIT", "30min")
+    clock = cs.clock(started=0.0, now=FakeTime(0.0))
+    assert clock.max_session == 24 * 3600
+    assert clock.idle_limit == 30 * 60
+    assert cs.clock(started=0.0, max_session=3600).max_session == 3600  # argument wins
+
+
+def test_malformed_environment_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLABSESSION_MAX_SESSION", "twelve hours")
+    with pytest.raises(cs.ConfigError, match="COLABSESSION_MAX_SESSION"):
+        cs.clock()
+
+
+def test_started_from_pid1_on_colab(monkeypatch: pytest.MonkeyPatch, mocker: MockerFixture) -> None:
+    monkeypatch.setenv("COLAB_RELEASE_TAG", "release-colab_x")
+    process = mocker.patch.object(psutil, "Process")
+    process.return_value.create_time.return_value = 123.0
+    assert cs.clock().started == 123.0
+    process.assert_called_with(1)
+
+
+def test_started_from_interpreter_when_local(mocker: MockerFixture) -> None:
+    mocker.patch.object(_clock, "in_container", return_value=False)
+    process = mocker.patch.object(psutil, "Process")
+    process.return_value.create_time.return_value = 456.0
+    assert cs.clock().started == 456.0
+    process.assert_called_with()
+
+
+def test_pid1_hidden_falls_back_to_interpreter(
+    monkeypatch: pytest.MonkeyPatch, mocker: MockerFixture
+) -> None:
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")
+    real = psutil.Process
+
+    def process(pid: int | None = None) -> psutil.Process:
+        if pid == 1:
+            raise psutil.AccessDenied(1)
+        return real()
+
+    mocker.patch.object(psutil, "Process", side_effect=process)
+    assert cs.clock().started == real().create_time()
+
+
+def test_real_clock_is_sane() -> None:
+    clock = cs.clock()
+    assert 0 <= clock.elapsed < 10 * 365 * 86400
+    assert "remaining=" in repr(clock)
+    assert set(clock.to_dict()) == {
+        "started", "max_session", "idle_limit", "elapsed", "remaining", "deadline"
+    }  # fmt: skip
