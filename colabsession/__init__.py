@@ -19,27 +19,48 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from ._benchmark import BenchmarkReport, benchmark
     from ._clock import SessionClock, clock
-    from ._errors import ColabSessionError, ConfigError
+    from ._errors import (
+        AcceleratorNotFoundError,
+        ColabSessionError,
+        ConfigError,
+        MissingDependencyError,
+    )
+    from ._probe import HardwareReport, probe, require_accelerator
     from ._runtime import Runtime, runtime
 
 # public name -> the module that defines it
 _LAZY: dict[str, str] = {
+    "AcceleratorNotFoundError": "._errors",
+    "BenchmarkReport": "._benchmark",
     "ColabSessionError": "._errors",
     "ConfigError": "._errors",
+    "HardwareReport": "._probe",
+    "MissingDependencyError": "._errors",
     "Runtime": "._runtime",
     "SessionClock": "._clock",
+    "benchmark": "._benchmark",
     "clock": "._clock",
+    "probe": "._probe",
+    "require_accelerator": "._probe",
     "runtime": "._runtime",
 }
 
 __all__ = [
+    "AcceleratorNotFoundError",
+    "BenchmarkReport",
     "ColabSessionError",
     "ConfigError",
+    "HardwareReport",
+    "MissingDependencyError",
     "Runtime",
     "SessionClock",
     "__version__",
+    "benchmark",
     "clock",
+    "probe",
+    "require_accelerator",
     "runtime",
 ]
 

@@ -51,6 +51,16 @@ def _parser() -> argparse.ArgumentParser:
     _add_json(cmd)
     cmd.add_argument("--max-session", metavar="DURATION", help="session limit, e.g. 24h")
     cmd.set_defaults(handler=_clock)
+
+    cmd = commands.add_parser("probe", help="CPU, RAM, disk, GPU, TPU and OS facts")
+    _add_json(cmd)
+    cmd.add_argument(
+        "--frameworks", action="store_true", help="also list what TensorFlow, JAX, PyTorch see"
+    )
+    cmd.add_argument(
+        "--benchmark", action="store_true", help="time a convolution and a matmul (TensorFlow)"
+    )
+    cmd.set_defaults(handler=_probe)
     return parser
 
 
@@ -81,11 +91,35 @@ def _runtime(args: argparse.Namespace) -> int:
 
 def _clock(args: argparse.Namespace) -> int:
     from ._clock import SessionClock
-    from ._durations import format_duration
+    from ._units import format_duration
 
     data = SessionClock(max_session=args.max_session).to_dict()
     if not args.json:
         for key in ("max_session", "idle_limit", "elapsed", "remaining"):
             data[key] = format_duration(data[key])
     _print(data, args.json)
+    return 0
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from ._probe import probe
+
+    report = probe(frameworks=args.frameworks)
+    bench = None
+    if args.benchmark:
+        from ._benchmark import benchmark
+
+        bench = benchmark()
+    if args.json:
+        data = report.to_dict()
+        if bench is not None:
+            data["benchmark"] = [
+                {**vars(r), "matmul_tflops": r.matmul_tflops} for r in bench.results
+            ]
+        print(json.dumps(data, indent=2))
+    else:
+        print(report.table())
+        if bench is not None:
+            print()
+            print(bench.table())
     return 0

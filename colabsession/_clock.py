@@ -9,8 +9,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ._durations import Duration, format_duration, parse_duration
 from ._runtime import RuntimeKind, detect_kind
+from ._units import Duration, format_duration, parse_duration
 
 ENV_MAX_SESSION = "COLABSESSION_MAX_SESSION"
 ENV_IDLE_LIMIT = "COLABSESSION_IDLE_LIMIT"

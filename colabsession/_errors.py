@@ -18,3 +18,11 @@ class ColabSessionError(Exception):
 
 class ConfigError(ColabSessionError, ValueError):
     """A malformed argument or environment variable (a duration, a size, a location, ...)."""
+
+
+class MissingDependencyError(ColabSessionError, ImportError):
+    """An optional dependency is not installed; the message names the extra that brings it."""
+
+
+class AcceleratorNotFoundError(ColabSessionError):
+    """The GPU or TPU that the code asks for is not attached to this runtime."""

@@ -1,4 +1,4 @@
-"""Durations given as seconds or as short strings such as ``"90min"``, ``"12h"`` or ``"1h30m"``."""
+"""Units people type and read: durations ("90min", "12h") and sizes in bytes."""
 
 from __future__ import annotations
 
@@ -75,3 +75,15 @@ def format_duration(seconds: float) -> str:
     minutes, secs = divmod(rest, 60)
     parts = [f"{v}{u}" for v, u in ((hours, "h"), (minutes, "m"), (secs, "s")) if v]
     return sign + ("".join(parts[:2]) if parts else "0s")
+
+
+def format_bytes(size: float | None) -> str:
+    """Binary units, as nvidia-smi and ``df -h`` show them: ``16106127360`` -> ``"15.0 GiB"``."""
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")

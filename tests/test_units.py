@@ -5,7 +5,7 @@ from datetime import timedelta
 import pytest
 
 from colabsession import ConfigError
-from colabsession._durations import format_duration, parse_duration
+from colabsession._units import format_bytes, format_duration, parse_duration
 
 
 @pytest.mark.parametrize(
@@ -50,3 +50,12 @@ def test_wrong_type_is_a_config_error(value: object) -> None:
 )
 def test_format_duration(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
+
+
+@pytest.mark.parametrize(
+    ("size", "text"),
+    [(None, "-"), (0, "0 B"), (1023, "1023 B"), (1536, "1.5 KiB"), (16106127360, "15.0 GiB"),
+     (5 * 2**40, "5.0 TiB"), (3 * 2**50, "3072.0 TiB")],
+)  # fmt: skip
+def test_format_bytes(size: int | None, text: str) -> None:
+    assert format_bytes(size) == text
