@@ -19,16 +19,23 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from . import drive
     from ._benchmark import BenchmarkReport, benchmark
     from ._clock import SessionClock, clock
     from ._errors import (
         AcceleratorNotFoundError,
         ColabSessionError,
         ConfigError,
+        DriveAPIError,
+        DriveAuthError,
+        DriveError,
         MissingDependencyError,
+        MountError,
+        MountTimeoutError,
     )
     from ._probe import HardwareReport, probe, require_accelerator
     from ._runtime import Runtime, runtime
+    from .drive import mount
 
 # public name -> the module that defines it
 _LAZY: dict[str, str] = {
@@ -36,12 +43,19 @@ _LAZY: dict[str, str] = {
     "BenchmarkReport": "._benchmark",
     "ColabSessionError": "._errors",
     "ConfigError": "._errors",
+    "DriveAPIError": "._errors",
+    "DriveAuthError": "._errors",
+    "DriveError": "._errors",
     "HardwareReport": "._probe",
     "MissingDependencyError": "._errors",
+    "MountError": "._errors",
+    "MountTimeoutError": "._errors",
     "Runtime": "._runtime",
     "SessionClock": "._clock",
     "benchmark": "._benchmark",
     "clock": "._clock",
+    "drive": ".drive",
+    "mount": ".drive",
     "probe": "._probe",
     "require_accelerator": "._probe",
     "runtime": "._runtime",
@@ -52,13 +66,20 @@ __all__ = [
     "BenchmarkReport",
     "ColabSessionError",
     "ConfigError",
+    "DriveAPIError",
+    "DriveAuthError",
+    "DriveError",
     "HardwareReport",
     "MissingDependencyError",
+    "MountError",
+    "MountTimeoutError",
     "Runtime",
     "SessionClock",
     "__version__",
     "benchmark",
     "clock",
+    "drive",
+    "mount",
     "probe",
     "require_accelerator",
     "runtime",
@@ -70,7 +91,9 @@ def __getattr__(name: str) -> Any:
         module = _LAZY[name]
     except KeyError:
         raise AttributeError(f"module 'colabsession' has no attribute {name!r}") from None
-    value = getattr(import_module(module, __name__), name)
+    imported = import_module(module, __name__)
+    # A public submodule (cs.drive) is the module itself; any other name is defined in it.
+    value = imported if module == f".{name}" else getattr(imported, name)
     globals()[name] = value  # later look-ups skip this function
     return value
 

@@ -26,3 +26,23 @@ class MissingDependencyError(ColabSessionError, ImportError):
 
 class AcceleratorNotFoundError(ColabSessionError):
     """The GPU or TPU that the code asks for is not attached to this runtime."""
+
+
+class DriveError(ColabSessionError):
+    """Google Drive could not be reached, mounted or used."""
+
+
+class MountError(DriveError):
+    """Colab's Drive mount failed; the message says how to fix it."""
+
+
+class MountTimeoutError(MountError, TimeoutError):
+    """Drive did not answer in time while mounting, even after retries."""
+
+
+class DriveAuthError(DriveError):
+    """No usable Google credentials for the Drive API."""
+
+
+class DriveAPIError(DriveError, OSError):
+    """The Drive API refused a request for good (not a transient 5xx or rate limit)."""

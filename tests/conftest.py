@@ -1,14 +1,18 @@
 from __future__ import annotations
 
+import json
 import os
 import sys
 import types
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from pytest_mock import MockerFixture
 
-from colabsession import _runtime
+from colabsession import _runtime, drive
+
+from .fake_drive_api import FakeDrive
 
 _RUNTIME_VARS = ("COLAB_RELEASE_TAG", "COLAB_GPU", "KAGGLE_KERNEL_RUN_TYPE", "KAGGLE_URL_BASE")
 
@@ -24,6 +28,8 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(_runtime, "COLAB_HOSTNAME_FILE", tmp_path / "no-colab-hostname")
     monkeypatch.setattr(_runtime, "MOUNT_TABLE", str(tmp_path / "mounts"))
     (tmp_path / "mounts").write_text("proc /proc proc rw 0 0\n")
+    monkeypatch.setattr(drive, "_api_fs", None)
+    monkeypatch.setattr(drive, "_said_local", False)
     return home
 
 
@@ -57,3 +63,45 @@ def fake_colab(
          "google.colab.auth": auth},
     )  # fmt: skip
     return types.SimpleNamespace(module=colab, drive=drive, auth=auth, hostname=hostname)
+
+
+@pytest.fixture
+def fake_drive() -> Iterator[FakeDrive]:
+    """A fake Drive API server on 127.0.0.1, fresh for each test."""
+    server = FakeDrive().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def service_account_info() -> dict[str, str]:
+    """A real RSA key in a service-account key's shape; its token_uri is set per test."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    return {
+        "type": "service_account",
+        "project_id": "test-project",
+        "private_key_id": "abc123",
+        "private_key": pem,
+        "client_email": "trainer@test-project.iam.gserviceaccount.com",
+        "client_id": "1234567890",
+        "token_uri": "http://127.0.0.1:9/token",
+    }
+
+
+@pytest.fixture
+def key_file(tmp_path: Path, fake_drive: FakeDrive, service_account_info: dict[str, str]) -> Path:
+    """A service-account key file whose token endpoint is the fake Drive server."""
+    path = tmp_path / "key.json"
+    path.write_text(
+        json.dumps({**service_account_info, "token_uri": fake_drive.endpoint + "token"})
+    )
+    path.chmod(0o600)
+    return path

@@ -1,0 +1,273 @@
+from __future__ import annotations
+
+import errno
+import logging
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pytest_mock import MockerFixture
+
+import colabsession as cs
+from colabsession import drive
+
+COLAB_ROOT = Path("/content/drive/MyDrive")
+
+
+@pytest.fixture
+def no_sleep(mocker: MockerFixture) -> Any:
+    return mocker.patch.object(drive, "_sleep")
+
+
+def _mounted(mount_table: Path, mountpoint: str = "/content/drive") -> None:
+    with mount_table.open("a") as table:
+        table.write(f"drive {mountpoint} fuse.drive rw,nosuid,nodev,relatime 0 0\n")
+
+
+# Mounting in Colab -------------------------------------------------------------------------
+
+
+def test_already_mounted_returns_at_once(
+    fake_colab: types.SimpleNamespace, mount_table: Path
+) -> None:
+    _mounted(mount_table)
+    assert cs.mount() == COLAB_ROOT
+    fake_colab.drive.mount.assert_not_called()
+
+
+def test_folder_named_drive_is_not_a_mount(
+    fake_colab: types.SimpleNamespace, mount_table: Path
+) -> None:
+    with mount_table.open("a") as table:
+        table.write("/dev/vda /content/drive ext4 rw 0 0\n")
+    cs.mount()
+    fake_colab.drive.mount.assert_called_once()
+
+
+def test_fresh_mount(fake_colab: types.SimpleNamespace) -> None:
+    assert cs.mount() == COLAB_ROOT
+    fake_colab.drive.mount.assert_called_once_with(
+        "/content/drive", force_remount=False, timeout_ms=120_000, readonly=False
+    )
+
+
+def test_force_and_options(fake_colab: types.SimpleNamespace, mount_table: Path) -> None:
+    _mounted(mount_table)
+    assert cs.mount("/content/gdrive", force=True, timeout="5min", readonly=True) == Path(
+        "/content/gdrive/MyDrive"
+    )
+    fake_colab.drive.mount.assert_called_once_with(
+        "/content/gdrive", force_remount=True, timeout_ms=300_000, readonly=True
+    )
+
+
+@pytest.mark.parametrize(
+    ("message", "advice"),
+    [
+        ("Mountpoint must not already contain files", "Move them away"),
+        ("Mountpoint must not be a symlink", "Remove the link"),
+        ("mount failed", "Disconnect and delete runtime"),
+        ("credential propagation was unsuccessful", "credential propagation"),
+    ],
+)
+def test_documented_failures_say_what_to_do(
+    fake_colab: types.SimpleNamespace, message: str, advice: str, no_sleep: Any
+) -> None:
+    fake_colab.drive.mount.side_effect = ValueError(message)
+    with pytest.raises(cs.MountError, match=advice) as info:
+        cs.mount()
+    assert not isinstance(info.value, cs.MountTimeoutError)
+    assert isinstance(info.value, cs.DriveError)
+    assert fake_colab.drive.mount.call_count == 1  # not retried
+    no_sleep.assert_not_called()
+
+
+def test_timeout_is_retried_with_backoff(fake_colab: types.SimpleNamespace, no_sleep: Any) -> None:
+    timeout = ValueError("mount failed: timeout during initial read of root folder")
+    fake_colab.drive.mount.side_effect = [timeout, timeout, None]
+    assert cs.mount() == COLAB_ROOT
+    assert fake_colab.drive.mount.call_count == 3
+    assert [c.args[0] for c in no_sleep.call_args_list] == [5.0, 15.0]
+    retried = fake_colab.drive.mount.call_args_list[1]
+    assert retried.kwargs["force_remount"] is True  # a half-done mount must be replaced
+
+
+def test_timeout_gives_up_after_retries(fake_colab: types.SimpleNamespace, no_sleep: Any) -> None:
+    fake_colab.drive.mount.side_effect = ValueError("mount failed: timeout during initial read")
+    with pytest.raises(cs.MountTimeoutError, match=r"timeout='300s'") as info:
+        cs.mount(retries=1)
+    assert isinstance(info.value, TimeoutError)
+    assert fake_colab.drive.mount.call_count == 2
+
+
+def test_colab_without_google_colab_module(
+    fake_colab: types.SimpleNamespace, mocker: MockerFixture
+) -> None:
+    mocker.patch.dict(sys.modules, {"google.colab": None})
+    with pytest.raises(cs.MountError, match="Restart session"):
+        cs.mount()
+
+
+# Outside Colab -----------------------------------------------------------------------------
+
+
+def test_local_stand_in(isolated: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, "colabsession"):
+        root = cs.mount()
+        assert cs.mount() == root
+    assert root == isolated / "drive"
+    assert root.is_dir()
+    assert sum("stands in for Drive" in r.message for r in caplog.records) == 1  # said once
+
+
+def test_local_stand_in_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLABSESSION_DRIVE", str(tmp_path / "elsewhere"))
+    assert cs.mount() == tmp_path / "elsewhere"
+
+
+def test_flush_and_unmount(fake_colab: types.SimpleNamespace) -> None:
+    cs.drive.flush_and_unmount()
+    fake_colab.drive.flush_and_unmount.assert_called_once()
+
+
+def test_flush_and_unmount_outside_colab(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, "colabsession"):
+        cs.drive.flush_and_unmount()
+    assert "nothing to flush" in caplog.text
+
+
+# Health -----------------------------------------------------------------------------------
+
+
+def test_healthy_local(isolated: Path) -> None:
+    assert not cs.drive.healthy()  # the stand-in folder does not exist yet
+    cs.mount()
+    assert cs.drive.healthy()
+    assert cs.drive.healthy(isolated)
+
+
+def test_dropped_mount(mocker: MockerFixture, tmp_path: Path) -> None:
+    mocker.patch.object(
+        drive, "_stat", side_effect=OSError(errno.ENOTCONN, "Transport endpoint is not connected")
+    )
+    assert not cs.drive.healthy(tmp_path)
+    assert "mount dropped" in (drive._problem(tmp_path, 1.0) or "")
+
+
+def test_io_error(mocker: MockerFixture, tmp_path: Path) -> None:
+    mocker.patch.object(drive, "_stat", side_effect=OSError(errno.EIO, "Input/output error"))
+    assert not cs.drive.healthy(tmp_path)
+
+
+def test_hanging_stat_does_not_block(mocker: MockerFixture, tmp_path: Path) -> None:
+    mocker.patch.object(drive, "_stat", side_effect=lambda path: time.sleep(3))
+    start = time.monotonic()
+    assert not cs.drive.healthy(tmp_path, timeout=0.2)
+    assert time.monotonic() - start < 1.5
+
+
+def test_not_mounted_in_colab_is_unhealthy(fake_colab: types.SimpleNamespace) -> None:
+    assert not cs.drive.healthy()
+
+
+# ensure() ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def colab_mount(
+    fake_colab: types.SimpleNamespace, mount_table: Path, tmp_path: Path
+) -> types.SimpleNamespace:
+    point = tmp_path / "content-drive"
+    (point / "MyDrive").mkdir(parents=True)
+    fake_colab.point = point
+    fake_colab.mount_table = mount_table
+    return fake_colab
+
+
+def test_ensure_healthy_mount(colab_mount: types.SimpleNamespace) -> None:
+    _mounted(colab_mount.mount_table, str(colab_mount.point))
+    assert cs.drive.ensure(colab_mount.point) == colab_mount.point / "MyDrive"
+    colab_mount.drive.mount.assert_not_called()
+
+
+def test_ensure_remounts_a_dropped_mount(
+    colab_mount: types.SimpleNamespace, mocker: MockerFixture
+) -> None:
+    _mounted(colab_mount.mount_table, str(colab_mount.point))
+    dropped = OSError(errno.ENOTCONN, "Transport endpoint is not connected")
+    mocker.patch.object(drive, "_stat", side_effect=[dropped, None])
+    assert cs.drive.ensure(colab_mount.point) == colab_mount.point / "MyDrive"
+    colab_mount.drive.mount.assert_called_once()
+    assert colab_mount.drive.mount.call_args.kwargs["force_remount"] is True
+
+
+def test_ensure_mounts_when_not_mounted(colab_mount: types.SimpleNamespace) -> None:
+    cs.drive.ensure(colab_mount.point)
+    assert colab_mount.drive.mount.call_args.kwargs["force_remount"] is False
+
+
+def test_ensure_gives_up_clearly(colab_mount: types.SimpleNamespace, mocker: MockerFixture) -> None:
+    _mounted(colab_mount.mount_table, str(colab_mount.point))
+    mocker.patch.object(drive, "_stat", side_effect=OSError(errno.ENOTCONN, "not connected"))
+    with pytest.raises(cs.MountError, match="still does not answer"):
+        cs.drive.ensure(colab_mount.point)
+
+
+# Locations --------------------------------------------------------------------------------
+
+
+def test_resolve_local_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    loc = cs.drive.resolve(tmp_path / "runs")
+    assert loc.path == str(tmp_path / "runs")
+    assert loc.is_local
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert cs.drive.resolve("~/x").path == str(tmp_path / "x")
+    assert cs.drive.resolve("/content/drive/MyDrive/ckpt").path == "/content/drive/MyDrive/ckpt"
+    assert cs.drive.resolve(loc) is loc
+    assert loc.join("a", "b.txt").path == str(tmp_path / "runs" / "a" / "b.txt")
+
+
+def test_resolve_drive_locally(isolated: Path) -> None:
+    loc = cs.drive.resolve("drive:checkpoints/run-1")
+    assert loc.path == str(isolated / "drive" / "checkpoints" / "run-1")
+    assert loc.is_local
+    assert str(loc) == "drive:checkpoints/run-1"
+    assert cs.drive.resolve("drive:").path == str(isolated / "drive")
+
+
+@pytest.mark.parametrize("bad", ["drive:/etc", "drive:../outside", "drive:a/../../b"])
+def test_resolve_drive_refuses_escapes(bad: str) -> None:
+    with pytest.raises(cs.ConfigError, match="inside My Drive"):
+        cs.drive.resolve(bad)
+
+
+def test_resolve_drive_in_colab(
+    fake_colab: types.SimpleNamespace, mount_table: Path, mocker: MockerFixture
+) -> None:
+    _mounted(mount_table)
+    mocker.patch.object(drive, "_stat")
+    loc = cs.drive.resolve("drive:checkpoints/run-1")
+    assert loc.path == "/content/drive/MyDrive/checkpoints/run-1"
+    fake_colab.drive.mount.assert_not_called()
+
+
+def test_resolve_fsspec_urls() -> None:
+    loc = cs.drive.resolve("memory://bucket/run")
+    assert not loc.is_local
+    loc.fs.pipe_file(loc.path + "/x", b"1")
+    assert loc.fs.cat_file(loc.path + "/x") == b"1"
+    with pytest.raises(cs.ConfigError, match="nosuchproto"):
+        cs.drive.resolve("nosuchproto://x")
+
+
+def test_drive_module_imports_no_api_client() -> None:
+    code = (
+        "import sys, colabsession as cs; cs.drive.resolve('drive:x'); cs.drive.healthy(); "
+        "print([m for m in ('pydrive2', 'googleapiclient', 'google.auth') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
