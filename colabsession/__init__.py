@@ -21,18 +21,22 @@ if TYPE_CHECKING:
 
     from . import drive
     from ._benchmark import BenchmarkReport, benchmark
+    from ._checkpoint import Checkpoint, Checkpointer
     from ._clock import SessionClock, clock
     from ._errors import (
         AcceleratorNotFoundError,
+        CheckpointError,
         ColabSessionError,
         ConfigError,
         DriveAPIError,
         DriveAuthError,
         DriveError,
+        LeaseError,
         MissingDependencyError,
         MountError,
         MountTimeoutError,
     )
+    from ._history import history, plot_history
     from ._probe import HardwareReport, probe, require_accelerator
     from ._runtime import Runtime, runtime
     from .drive import mount
@@ -41,12 +45,16 @@ if TYPE_CHECKING:
 _LAZY: dict[str, str] = {
     "AcceleratorNotFoundError": "._errors",
     "BenchmarkReport": "._benchmark",
+    "Checkpoint": "._checkpoint",
+    "CheckpointError": "._errors",
+    "Checkpointer": "._checkpoint",
     "ColabSessionError": "._errors",
     "ConfigError": "._errors",
     "DriveAPIError": "._errors",
     "DriveAuthError": "._errors",
     "DriveError": "._errors",
     "HardwareReport": "._probe",
+    "LeaseError": "._errors",
     "MissingDependencyError": "._errors",
     "MountError": "._errors",
     "MountTimeoutError": "._errors",
@@ -55,7 +63,9 @@ _LAZY: dict[str, str] = {
     "benchmark": "._benchmark",
     "clock": "._clock",
     "drive": ".drive",
+    "history": "._history",
     "mount": ".drive",
+    "plot_history": "._history",
     "probe": "._probe",
     "require_accelerator": "._probe",
     "runtime": "._runtime",
@@ -64,12 +74,16 @@ _LAZY: dict[str, str] = {
 __all__ = [
     "AcceleratorNotFoundError",
     "BenchmarkReport",
+    "Checkpoint",
+    "CheckpointError",
+    "Checkpointer",
     "ColabSessionError",
     "ConfigError",
     "DriveAPIError",
     "DriveAuthError",
     "DriveError",
     "HardwareReport",
+    "LeaseError",
     "MissingDependencyError",
     "MountError",
     "MountTimeoutError",
@@ -79,7 +93,9 @@ __all__ = [
     "benchmark",
     "clock",
     "drive",
+    "history",
     "mount",
+    "plot_history",
     "probe",
     "require_accelerator",
     "runtime",

@@ -61,7 +61,30 @@ def _parser() -> argparse.ArgumentParser:
         "--benchmark", action="store_true", help="time a convolution and a matmul (TensorFlow)"
     )
     cmd.set_defaults(handler=_probe)
+
+    ckpt = commands.add_parser("ckpt", help="inspect a run's checkpoints and history")
+    actions = ckpt.add_subparsers(title="actions", metavar="ACTION")
+    for name, help_text, handler in (
+        ("list", "committed checkpoints, newest last", _ckpt_list),
+        ("verify", "check every checkpoint against its manifest (exit 1 if one is damaged)",
+         _ckpt_verify),
+        ("history", "the loss history across sessions", _ckpt_history),
+        ("plot", "plot the history to a PNG file", _ckpt_plot),
+    ):  # fmt: skip
+        cmd = actions.add_parser(name, help=help_text)
+        cmd.add_argument("location", help="a path, drive:RELATIVE/PATH or an fsspec URL")
+        if name != "plot":
+            _add_json(cmd)
+        else:
+            cmd.add_argument("-o", "--output", default="history.png", help="the PNG to write")
+        cmd.set_defaults(handler=handler)
+    ckpt.set_defaults(handler=lambda args: _usage(ckpt))
     return parser
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
 
 
 def _add_json(cmd: argparse.ArgumentParser) -> None:
@@ -122,4 +145,66 @@ def _probe(args: argparse.Namespace) -> int:
         if bench is not None:
             print()
             print(bench.table())
+    return 0
+
+
+def _ckpt_list(args: argparse.Namespace) -> int:
+    from ._checkpoint import Checkpointer
+
+    ckpt = Checkpointer(args.location, every=None)
+    rows = [
+        {"step": e.step, "where": ckpt._describe(e), "created": e.manifest.get("created"),
+         "metrics": e.manifest.get("metrics", {})}
+        for e in sorted(ckpt._entries(), key=lambda e: (e.step, e.where))
+    ]  # fmt: skip
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print(f"no checkpoints in {ckpt.location}")
+    for row in [] if args.json else rows:
+        metrics = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in row["metrics"].items())  # fmt: skip
+        print(f"{row['step']:>10}  {row['created'] or '-':<32}  {metrics:<30}  {row['where']}")
+    return 0
+
+
+def _ckpt_verify(args: argparse.Namespace) -> int:
+    from ._checkpoint import Checkpointer
+
+    results = Checkpointer(args.location, every=None).verify()
+    if args.json:
+        print(json.dumps([{"step": s, "where": w, "problem": p} for s, w, p in results], indent=2))
+    else:
+        for step, where, problem in results:
+            print(f"{step:>10}  {'ok' if problem is None else 'DAMAGED: ' + problem}  {where}")
+        if not results:
+            print(f"no checkpoints in {args.location}")
+    return 1 if any(problem for _, _, problem in results) else 0
+
+
+def _ckpt_history(args: argparse.Namespace) -> int:
+    from ._checkpoint import read_history
+
+    records = read_history(args.location)
+    if args.json:
+        print(json.dumps(records, indent=2))
+        return 0
+    names = sorted({k for r in records for k in r} - {"step", "time", "session"})
+    print("  ".join(["step".rjust(10), *(n.rjust(12) for n in names), "session"]))
+    for r in records:
+        cells = [f"{r[n]:.6g}" if isinstance(r.get(n), float) else str(r.get(n, "")) for n in names]
+        print("  ".join([str(r["step"]).rjust(10), *(c.rjust(12) for c in cells), r["session"]]))
+    return 0
+
+
+def _ckpt_plot(args: argparse.Namespace) -> int:
+    from ._optional import require
+
+    matplotlib = require("matplotlib", extra="plot", purpose="colabsession ckpt plot")
+    matplotlib.use("Agg")  # a file, no window
+    from ._history import plot_history
+
+    ax = plot_history(args.location)
+    ax.figure.savefig(args.output, dpi=120, bbox_inches="tight")
+    print(f"wrote {args.output}")
     return 0

@@ -46,3 +46,11 @@ class DriveAuthError(DriveError):
 
 class DriveAPIError(DriveError, OSError):
     """The Drive API refused a request for good (not a transient 5xx or rate limit)."""
+
+
+class CheckpointError(ColabSessionError):
+    """A checkpoint cannot be saved or restored."""
+
+
+class LeaseError(CheckpointError):
+    """Another notebook holds the run's lease: two writers would overwrite each other."""

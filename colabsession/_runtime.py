@@ -90,21 +90,33 @@ def fuse_drive_mounted(mountpoint: str | os.PathLike[str] = COLAB_MOUNTPOINT) ->
     Reads the table only: a dropped mount still shows here (see ``colabsession.drive.healthy``).
     """
     target = os.path.abspath(mountpoint)
+    return any(point == target and kind == "fuse.drive" for point, kind in _mounts())
+
+
+def mount_type(path: str | os.PathLike[str]) -> str | None:
+    """The file-system type of the mount that holds *path* (``"fuse.drive"``, ``"ext4"``, ...),
+    or None when the mount table cannot be read."""
+    target = os.path.abspath(path)
+    best, best_kind = "", None
+    for point, kind in _mounts():
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, best_kind = point, kind
+    return best_kind
+
+
+def _mounts() -> list[tuple[str, str]]:
     try:
         with open(MOUNT_TABLE, encoding="utf-8", errors="replace") as table:
             lines = table.readlines()
-    except OSError:  # not Linux, or /proc is hidden: no FUSE Drive mount we could use
-        return False
-    for line in lines:
-        fields = line.split()
-        # The table escapes spaces and other odd characters in paths as octal (\040).
-        if (
-            len(fields) >= 3
-            and fields[2] == "fuse.drive"
-            and _unescape_mount_path(fields[1]) == target
-        ):
-            return True
-    return False
+    except OSError:  # not Linux, or /proc is hidden
+        return []
+    # The table escapes spaces and other odd characters in paths as octal (\040).
+    return [
+        (_unescape_mount_path(fields[1]), fields[2])
+        for fields in map(str.split, lines)
+        if len(fields) >= 3
+    ]
 
 
 def _unescape_mount_path(field: str) -> str:

@@ -1,0 +1,937 @@
+"""Atomic, checksummed, non-blocking, deadline-aware checkpoints with a loss history.
+
+Layout of a run's folder (the *location*, and its local mirror)::
+
+    ckpt-000000001200/arrays.npz      the state's arrays (npz, loaded without pickle)
+    ckpt-000000001200/tree.json       the rest of the state, and where each array goes
+    ckpt-000000001200/MANIFEST.json   step, metrics, size and sha256 of each file; written last
+    history.jsonl                     one record per logged step, across sessions
+    lease.json                        which notebook writes this run
+
+A checkpoint counts only once its manifest is there and every file matches it. Locally it is
+written in a temporary folder, fsynced and renamed into place; at the location (Drive, a
+bucket) the manifest uploaded last is the commit marker.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any, Literal
+
+from ._clock import SessionClock
+from ._errors import CheckpointError, ConfigError, LeaseError
+from ._runtime import home_dir, mount_type
+from ._serialize import dumps, flatten, unflatten
+from ._units import Duration, format_duration, parse_duration
+from .drive import Location, resolve
+
+logger = logging.getLogger("colabsession.checkpoint")
+
+PREFIX = "ckpt-"
+MANIFEST = "MANIFEST.json"
+ARRAYS = "arrays.npz"
+TREE = "tree.json"
+HISTORY = "history.jsonl"
+LEASE = "lease.json"
+FORMAT = "colabsession-checkpoint"
+SAFETY = 3.0  # the deadline margin covers this many times the slowest recent save
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A restored checkpoint: ``state`` as saved, ``metrics`` given with it, and where from."""
+
+    step: int
+    state: Any
+    metrics: dict[str, Any]
+    created: datetime
+    session: str
+    source: str
+
+    def __repr__(self) -> str:
+        return (f"Checkpoint(step={self.step}, metrics={self.metrics}, "
+                f"created={self.created:%Y-%m-%d %H:%M:%S}, source={self.source!r})")  # fmt: skip
+
+
+@dataclass
+class _Entry:
+    """A committed checkpoint, as its manifest describes it."""
+
+    step: int
+    where: str  # "local" or "remote"
+    path: str
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def time(self) -> float:
+        return float(self.manifest.get("time", 0.0))
+
+
+class _Invalid(Exception):
+    pass
+
+
+def session_id(clock: SessionClock | None = None) -> str:
+    """Which runtime wrote a record: the host and the session's start, stable across kernel
+    restarts in one Colab runtime."""
+    started = (clock or SessionClock()).started
+    return f"{socket.gethostname()}-{datetime.fromtimestamp(started, timezone.utc):%Y%m%dT%H%M%S}"
+
+
+def default_local_dir(location: Location) -> Path:
+    slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in location.description)[-60:]
+    digest = hashlib.sha256(f"{location.fs.protocol}:{location.path}".encode()).hexdigest()[:8]
+    return home_dir() / "checkpoints" / f"{slug.strip('-')}-{digest}"
+
+
+def _is_direct(location: Location) -> bool:
+    """A local folder that is not a network mount needs no local mirror."""
+    return location.is_local and not (mount_type(location.path) or "").startswith("fuse")
+
+
+class Checkpointer:
+    """Save and restore a training run's state, safely and without stalling training.
+
+    >>> ckpt = cs.Checkpointer("drive:checkpoints/my-run", every="10min", keep_last=3)
+    >>> restored = ckpt.restore()            # None, or the newest valid Checkpoint
+    >>> start = restored.step + 1 if restored else 0
+    >>> with ckpt:
+    ...     for step in range(start, total):
+    ...         loss = train_step()
+    ...         ckpt.maybe_save(step, {"w": w}, metrics={"loss": loss})
+    ...         if ckpt.should_stop:
+    ...             break
+
+    Args:
+        location: where the run lives: a path, ``drive:...`` or an fsspec URL.
+        every: save at most this often (a duration); None for step-based saving only.
+        every_steps: also save every this many steps.
+        keep_last: keep this many newest checkpoints.
+        keep_every: also keep one checkpoint per this interval (a duration).
+        keep_best: also keep this many best checkpoints by *monitor*.
+        monitor: the metric that ranks checkpoints for *keep_best*.
+        mode: ``"min"`` or ``"max"``: which *monitor* values are best.
+        async_save: write in a background thread; ``save`` blocks only to copy the state.
+        clock: the session clock that sets the deadline; default ``cs.clock()``.
+        local_dir: the local mirror; default under colabsession's home.
+        lease_ttl: a writer's lease expires when its heartbeat is older than this.
+        takeover: take the run over from another writer whose lease has not expired.
+        margin_floor: the least time before the deadline at which the final save starts.
+    """
+
+    def __init__(
+        self,
+        location: str | os.PathLike[str] | Location,
+        *,
+        every: Duration | None = "10min",
+        every_steps: int | None = None,
+        keep_last: int = 3,
+        keep_every: Duration | None = None,
+        keep_best: int | None = None,
+        monitor: str = "loss",
+        mode: Literal["min", "max"] = "min",
+        async_save: bool = True,
+        clock: SessionClock | None = None,
+        local_dir: str | os.PathLike[str] | None = None,
+        lease_ttl: Duration = "15min",
+        takeover: bool = False,
+        margin_floor: Duration = "60s",
+    ) -> None:
+        if keep_last < 1:
+            raise ConfigError("keep_last must be at least 1: the newest checkpoint is always kept")
+        if mode not in ("min", "max"):
+            raise ConfigError(f"mode must be 'min' or 'max', not {mode!r}")
+        if every_steps is not None and every_steps < 1:
+            raise ConfigError("every_steps must be a positive number of steps")
+        self.location = resolve(location)
+        self.every = None if every is None else parse_duration(every, name="every")
+        self.every_steps = every_steps
+        self.keep_last = keep_last
+        self.keep_every = (
+            None if keep_every is None else parse_duration(keep_every, name="keep_every")
+        )
+        self.keep_best = keep_best
+        self.monitor = monitor
+        self.mode = mode
+        self.async_save = async_save
+        self.clock = clock or SessionClock()
+        self.lease_ttl = parse_duration(lease_ttl, name="lease_ttl")
+        self.takeover = takeover
+        self.margin_floor = parse_duration(margin_floor, name="margin_floor")
+        direct = _is_direct(self.location) and local_dir is None
+        self.local_dir = Path(
+            self.location.path if direct else local_dir or default_local_dir(self.location)
+        )
+        self._remote: Location | None = None if direct else self.location
+        self.session = session_id(self.clock)
+        self._owner = f"{self.session}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+        self.should_stop = False
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="colabsession-ckpt")
+        self._pending: Future[None] | None = None
+        self._error: BaseException | None = None
+        self._lock = threading.RLock()
+        self._writing = False
+        self._restore_called = False
+        self._restored_step: int | None = None
+        self._last_saved_step: int | None = None
+        self._last_save_at = time.monotonic()
+        self._save_seconds: list[float] = []
+        self._last_call: tuple[int, Any, dict[str, Any] | None] | None = None
+        self._last_call_at: float | None = None
+        self._step_seconds = 0.0
+        self._uploaded: set[int] = set()
+        self._next_sync_at = 0.0
+        self._sync_backoff = 5.0
+        self._heartbeat_at = 0.0
+        self._lost_lease: str | None = None
+        self._interrupted = False
+        self._previous_sigterm: Any = None
+        self._closed = False
+        self._staging: dict[str, Any] = {}
+
+    # Saving ------------------------------------------------------------------------------
+
+    def save(self, step: int, state: Any, *, metrics: dict[str, Any] | None = None) -> None:
+        """Save *state* as *step* now. With ``async_save`` this returns once the state is copied
+        to host memory; the write goes on in the background (one at a time)."""
+        self._check_open()
+        self.wait()  # at most one save in flight; surfaces the previous save's failure
+        self._begin_writing()
+        tree, arrays = flatten(state, reuse=self._staging)
+        self._staging = arrays  # free again once this save is written: wait() comes first
+        clean = _clean_metrics(metrics)
+        if clean:
+            self._append_history(step, clean)
+        started = time.monotonic()
+        job = lambda: self._write(step, tree, arrays, clean, started)  # noqa: E731
+        self._last_saved_step = step
+        self._last_save_at = time.monotonic()
+        if self.async_save:
+            self._pending = self._executor.submit(self._guarded, job)
+        else:
+            self._guarded(job)
+            self._raise_pending_error()
+
+    def maybe_save(self, step: int, state: Any, *, metrics: dict[str, Any] | None = None) -> bool:
+        """Save if the interval (``every`` or ``every_steps``) has passed, or if the session
+        deadline is near: then the save is waited for and :attr:`should_stop` turns True.
+        Returns whether it saved."""
+        now = time.monotonic()
+        if self._last_call_at is not None:
+            self._step_seconds = 0.8 * self._step_seconds + 0.2 * (now - self._last_call_at)
+        self._last_call_at = now
+        self._last_call = (step, state, metrics)
+        if self.should_stop:
+            return False
+        if self._interrupted or self.clock.remaining <= self.margin:
+            why = (
+                "SIGTERM received"
+                if self._interrupted
+                else (f"{format_duration(self.clock.remaining)} left in this session")
+            )
+            logger.warning("colabsession: %s: saving step %d and stopping", why, step)
+            self.save(step, state, metrics=metrics)
+            self.wait()
+            self.should_stop = True
+            return True
+        due = (self.every is not None and now - self._last_save_at >= self.every) or (
+            self.every_steps is not None
+            and step - (self._last_saved_step if self._last_saved_step is not None else -1)
+            >= self.every_steps
+        )
+        if due:
+            self.save(step, state, metrics=metrics)
+            return True
+        if metrics:
+            self.log(step, **metrics)
+        self._maybe_background_sync()
+        return False
+
+    @property
+    def margin(self) -> float:
+        """Seconds before the deadline at which the final save starts: the floor, or the
+        slowest recent save times a safety factor plus two steps, whichever is more."""
+        slowest = max(self._save_seconds[-5:], default=0.0)
+        return max(self.margin_floor, SAFETY * slowest + 2 * self._step_seconds)
+
+    def log(self, step: int, **metrics: Any) -> None:
+        """Add metrics for *step* to the run's history without saving a checkpoint."""
+        self._check_open()
+        self._begin_writing()
+        self._append_history(step, _clean_metrics(metrics))
+
+    def wait(self) -> None:
+        """Block until the save in flight is written (locally and, if reachable, remotely)."""
+        pending = self._pending
+        if pending is not None:
+            pending.result()
+            self._pending = None
+        self._raise_pending_error()
+
+    def close(self) -> None:
+        """Wait for pending writes, upload what is still local, and release the lease."""
+        if self._closed:
+            return
+        try:
+            self.wait()
+            if self._writing:
+                self._sync(final=True)
+                self._release_lease()
+        finally:
+            self._closed = True
+            self._executor.shutdown(wait=True)
+
+    def __enter__(self) -> Checkpointer:
+        if threading.current_thread() is threading.main_thread():
+            try:
+                self._previous_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
+            except (ValueError, OSError):  # not allowed here (some embedded interpreters)
+                self._previous_sigterm = None
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+                self._save_on_interrupt()
+        finally:
+            if self._previous_sigterm is not None:
+                signal.signal(signal.SIGTERM, self._previous_sigterm)
+                self._previous_sigterm = None
+            self.close()
+
+    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        # Cooperative, like submitit: the next maybe_save() saves and asks the loop to stop.
+        self._interrupted = True
+
+    def _save_on_interrupt(self) -> None:
+        if self._last_call is None:
+            return
+        step, state, metrics = self._last_call
+        if self._last_saved_step is not None and step <= self._last_saved_step:
+            return
+        logger.warning("colabsession: interrupted: saving step %d before stopping", step)
+        try:
+            self.save(step, state, metrics=metrics)
+            self.wait()
+        except Exception:
+            logger.exception("colabsession: the save at interruption failed")
+
+    # Restoring ---------------------------------------------------------------------------
+
+    def restore(self, step: int | None = None) -> Checkpoint | None:
+        """The newest valid checkpoint (or the one for *step*) from the local mirror or the
+        location, whichever has it; None when there is none. A checkpoint without a committed
+        manifest, or whose files do not match it, is skipped with a warning, never loaded."""
+        self.wait()
+        entries = self._entries(committed_only=False)
+        if step is not None:
+            entries = [e for e in entries if e.step == step]
+            if not entries:
+                available = sorted({e.step for e in self._entries()})
+                raise CheckpointError(
+                    f"no checkpoint of step {step} in {self.location}; available: "
+                    f"{available or 'none'}"
+                )
+        self._restore_called = True
+        for entry in entries:
+            try:
+                checkpoint = self._load(entry)
+            except _Invalid as exc:
+                logger.warning(
+                    "colabsession: skipping checkpoint step %d in %s: %s",
+                    entry.step, self._describe(entry), exc,
+                )  # fmt: skip
+                continue
+            self._restored_step = checkpoint.step
+            self._last_saved_step = checkpoint.step
+            return checkpoint
+        if step is not None:
+            raise CheckpointError(
+                f"checkpoint step {step} in {self.location} is damaged everywhere"
+            )
+        self._restored_step = None
+        return None
+
+    def latest_step(self) -> int | None:
+        """The newest committed step (without verifying its files)."""
+        steps = self.steps()
+        return steps[-1] if steps else None
+
+    def steps(self) -> list[int]:
+        """All committed steps, local or remote, oldest first."""
+        return sorted({e.step for e in self._entries()})
+
+    def verify(self) -> list[tuple[int, str, str | None]]:
+        """Check every checkpoint: (step, where, None if valid else why not)."""
+        results: list[tuple[int, str, str | None]] = []
+        for entry in self._entries(committed_only=False):
+            try:
+                self._load(entry)
+                results.append((entry.step, self._describe(entry), None))
+            except _Invalid as exc:
+                results.append((entry.step, self._describe(entry), str(exc)))
+        return sorted(results)
+
+    def _describe(self, entry: _Entry) -> str:
+        return entry.path if entry.where == "local" else f"{self.location}/{Path(entry.path).name}"
+
+    def _entries(self, committed_only: bool = True) -> list[_Entry]:
+        entries = self._local_entries(committed_only)
+        if self._remote is not None:
+            try:
+                entries += self._remote_entries(committed_only)
+            except OSError as exc:
+                logger.warning("colabsession: cannot list %s (%s): using the local copy only",
+                               self._remote, exc)  # fmt: skip
+        # Newest first; for one step the local copy first (faster, and written first).
+        return sorted(entries, key=lambda e: (-e.step, e.where != "local"))
+
+    def _local_entries(self, committed_only: bool) -> list[_Entry]:
+        entries: list[_Entry] = []
+        if not self.local_dir.is_dir():
+            return entries
+        for child in self.local_dir.iterdir():
+            step = _step_of(child.name)
+            if step is None:
+                continue
+            manifest = _read_json(child / MANIFEST)
+            if manifest is None and committed_only:
+                continue
+            entries.append(_Entry(step, "local", str(child), manifest or {}))
+        return entries
+
+    def _remote_entries(self, committed_only: bool) -> list[_Entry]:
+        assert self._remote is not None
+        fs, root = self._remote.fs, self._remote.path
+        try:
+            listing = fs.ls(root, detail=False)
+        except FileNotFoundError:
+            return []
+        entries = []
+        for child in listing:
+            name = str(child).rstrip("/").rsplit("/", 1)[-1]
+            step = _step_of(name)
+            if step is None:
+                continue
+            path = f"{root.rstrip('/')}/{name}"
+            try:
+                manifest = json.loads(fs.cat_file(f"{path}/{MANIFEST}"))
+            except (FileNotFoundError, ValueError):
+                manifest = None
+            if manifest is None and committed_only:
+                continue
+            entries.append(_Entry(step, "remote", path, manifest or {}))
+        return entries
+
+    def _load(self, entry: _Entry) -> Checkpoint:
+        import numpy as np
+
+        manifest = entry.manifest
+        if manifest.get("format") != FORMAT or "files" not in manifest:
+            raise _Invalid(f"its {MANIFEST} is missing or unreadable (the save was cut short)")
+        blobs = {}
+        for name, expected in manifest["files"].items():
+            try:
+                data = self._read(entry, name)
+            except OSError as exc:
+                raise _Invalid(f"{name} cannot be read ({exc})") from None
+            if len(data) != expected["size"]:
+                raise _Invalid(
+                    f"{name} has {len(data)} bytes, the manifest says {expected['size']}"
+                )
+            if hashlib.sha256(data).hexdigest() != expected["sha256"]:
+                raise _Invalid(f"{name} does not match its sha256 checksum")
+            blobs[name] = data
+        try:
+            tree = json.loads(blobs[TREE])
+            with np.load(io.BytesIO(blobs[ARRAYS]), allow_pickle=False) as npz:
+                arrays = {key: npz[key] for key in npz.files}
+            state = unflatten(tree, arrays)
+        except (KeyError, ValueError, OSError) as exc:
+            raise _Invalid(f"its files cannot be decoded ({exc})") from None
+        return Checkpoint(
+            step=int(manifest["step"]),
+            state=state,
+            metrics=dict(manifest.get("metrics") or {}),
+            created=datetime.fromtimestamp(float(manifest.get("time", 0)), timezone.utc),
+            session=str(manifest.get("session", "")),
+            source=self._describe(entry),
+        )
+
+    def _read(self, entry: _Entry, name: str) -> bytes:
+        if entry.where == "local":
+            return Path(entry.path, name).read_bytes()
+        assert self._remote is not None
+        return bytes(self._remote.fs.cat_file(f"{entry.path}/{name}"))
+
+    # Writing (background thread) ----------------------------------------------------------
+
+    def _guarded(self, job: Callable[[], None]) -> None:
+        try:
+            job()
+        except BaseException as exc:
+            self._error = exc
+
+    def _raise_pending_error(self) -> None:
+        error, self._error = self._error, None
+        if error is not None:
+            if isinstance(error, CheckpointError):
+                raise error
+            raise CheckpointError(
+                f"saving to the local folder {self.local_dir} failed: {error}. Training state is "
+                "not protected: free disk space (!df -h) or pass local_dir= elsewhere"
+            ) from error
+        if self._lost_lease:
+            raise LeaseError(self._lost_lease)
+
+    def _write(self, step: int, tree: Any, arrays: dict[str, Any], metrics: dict[str, Any],
+               started: float) -> None:  # fmt: skip
+        self._check_lease()
+        self._commit_local(step, tree, arrays, metrics)
+        self._retain_local()
+        self._sync()
+        self._save_seconds.append(time.monotonic() - started)
+
+    def _commit_local(self, step: int, tree: Any, arrays: dict[str, Any],
+                      metrics: dict[str, Any]) -> None:  # fmt: skip
+        import numpy as np
+
+        self.local_dir.mkdir(parents=True, exist_ok=True)
+        final = self.local_dir / _dirname(step)
+        temp = self.local_dir / f".tmp-{_dirname(step)}-{uuid.uuid4().hex[:8]}"
+        temp.mkdir()
+        try:
+            with open(temp / ARRAYS, "wb") as f:
+                np.savez(f, **arrays)
+                _fsync(f)
+            with open(temp / TREE, "wb") as f:
+                f.write(dumps(tree))
+                _fsync(f)
+            files = {
+                name: {"size": (temp / name).stat().st_size, "sha256": _sha256_file(temp / name)}
+                for name in (ARRAYS, TREE)
+            }
+            now = time.time()
+            manifest = {
+                "format": FORMAT, "version": 1, "step": step, "time": now,
+                "created": datetime.fromtimestamp(now, timezone.utc).isoformat(),
+                "session": self.session, "metrics": metrics, "files": files,
+            }  # fmt: skip
+            with open(temp / MANIFEST, "wb") as f:
+                f.write(json.dumps(manifest, indent=1).encode())
+                _fsync(f)
+            if final.exists():  # the same step saved again: replace it
+                old = self.local_dir / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
+                final.rename(old)
+                temp.rename(final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                temp.rename(final)
+            _fsync_dir(self.local_dir)
+        except BaseException:
+            shutil.rmtree(temp, ignore_errors=True)
+            raise
+
+    def _sync(self, final: bool = False) -> None:
+        """Copy committed local checkpoints and the history up to the location. A failure is
+        reported and retried later; it never stops training."""
+        if self._remote is None:
+            self._heartbeat()
+            return
+        try:
+            self._heartbeat()
+            uploaded = self._upload_missing()
+            self._upload_history()
+            self._retain_remote()
+            self._sync_backoff = 5.0
+            self._next_sync_at = 0.0
+            if uploaded:
+                logger.debug("colabsession: uploaded steps %s to %s", uploaded, self._remote)
+        except LeaseError:
+            raise
+        except Exception as exc:
+            pending = sorted({e.step for e in self._local_entries(True)} - self._uploaded)
+            self._next_sync_at = time.monotonic() + self._sync_backoff
+            logger.warning(
+                "colabsession: could not write to %s (%s). Checkpoint steps %s are saved "
+                "locally in %s but NOT yet on %s; %s",
+                self._remote, _reason(exc), pending, self.local_dir, self._remote,
+                "they are lost if this runtime ends now" if final else
+                f"trying again in {format_duration(self._sync_backoff)}",
+            )  # fmt: skip
+            self._sync_backoff = min(self._sync_backoff * 2, 600.0)
+
+    def _maybe_background_sync(self) -> None:
+        due_sync = self._next_sync_at and time.monotonic() >= self._next_sync_at
+        due_beat = self._writing and time.time() - self._heartbeat_at > self.lease_ttl / 3
+        if (due_sync or due_beat) and (self._pending is None or self._pending.done()):
+            self._raise_pending_error()
+            self._pending = self._executor.submit(self._guarded, self._sync)
+
+    def _upload_missing(self) -> list[int]:
+        assert self._remote is not None
+        fs, root = self._remote.fs, self._remote.path.rstrip("/")
+        local = sorted(self._local_entries(True), key=lambda e: e.step)
+        todo = [e for e in local if e.step not in self._uploaded]
+        if not todo:
+            return []
+        remote = {e.step: e for e in self._remote_entries(True)}
+        done = []
+        for entry in todo:
+            there = remote.get(entry.step)
+            if there is not None and there.manifest.get("files") == entry.manifest.get("files"):
+                self._uploaded.add(entry.step)
+                continue
+            target = f"{root}/{Path(entry.path).name}"
+            fs.makedirs(target, exist_ok=True)
+            if there is not None:  # a different save of this step: un-commit it first
+                fs.rm_file(f"{target}/{MANIFEST}")
+            for name in (ARRAYS, TREE, MANIFEST):  # the manifest last: it commits
+                fs.put_file(str(Path(entry.path, name)), f"{target}/{name}")
+            self._uploaded.add(entry.step)
+            done.append(entry.step)
+        return done
+
+    # Retention ---------------------------------------------------------------------------
+
+    def _keep(self, entries: list[_Entry]) -> set[int]:
+        ordered = sorted(entries, key=lambda e: e.step)
+        keep = {e.step for e in ordered[-self.keep_last :]}
+        if self.keep_every:
+            seen: set[int] = set()
+            for entry in ordered:
+                bucket = int(entry.time // self.keep_every)
+                if bucket not in seen:
+                    seen.add(bucket)
+                    keep.add(entry.step)
+        if self.keep_best:
+            scored = [
+                e
+                for e in ordered
+                if isinstance(e.manifest.get("metrics", {}).get(self.monitor), (int, float))
+            ]
+            scored.sort(key=lambda e: e.manifest["metrics"][self.monitor],
+                        reverse=self.mode == "max")  # fmt: skip
+            keep.update(e.step for e in scored[: self.keep_best])
+        return keep
+
+    def _retain_local(self) -> None:
+        entries = self._local_entries(True)
+        keep = self._keep(entries)
+        for entry in entries:
+            if entry.step not in keep:
+                shutil.rmtree(entry.path, ignore_errors=True)
+        for child in self.local_dir.iterdir():  # leftovers of saves cut short
+            if child.name.startswith((".tmp-", ".old-")) and _older_than(child, 3600):
+                shutil.rmtree(child, ignore_errors=True)
+
+    def _retain_remote(self) -> None:
+        assert self._remote is not None
+        entries = self._remote_entries(True)
+        keep = self._keep(entries)
+        for entry in entries:
+            if entry.step not in keep:
+                # The manifest first: a half-deleted checkpoint is then merely uncommitted.
+                self._remote.fs.rm_file(f"{entry.path}/{MANIFEST}")
+                self._remote.fs.rm(entry.path, recursive=True)
+                self._uploaded.discard(entry.step)
+
+    # History -----------------------------------------------------------------------------
+
+    def _append_history(self, step: int, metrics: dict[str, Any]) -> None:
+        if not metrics:
+            return
+        record = {"step": step, "time": time.time(), "session": self.session, **metrics}
+        path = self.local_dir / HISTORY
+        with self._lock:
+            records = _read_history_file(path)
+            if records and records[-1]["step"] == step and records[-1]["session"] == self.session:
+                records[-1].update(record)  # log() and save() of one step make one record
+                _write_history_file(path, records)
+            else:
+                self.local_dir.mkdir(parents=True, exist_ok=True)
+                with open(path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(record, allow_nan=True) + "\n")
+
+    def _upload_history(self) -> None:
+        assert self._remote is not None
+        path = self.local_dir / HISTORY
+        if path.exists():
+            with self._lock:
+                data = path.read_bytes()
+            self._remote.fs.pipe_file(f"{self._remote.path.rstrip('/')}/{HISTORY}", data)
+
+    def _begin_writing(self) -> None:
+        """The first write of this session: take the lease, bring the history up to date, and
+        drop history records past the restored step."""
+        if self._writing:
+            return
+        self._acquire_lease()
+        with self._lock:
+            path = self.local_dir / HISTORY
+            records = _newest_history(path, self._remote)
+            if self._restore_called:
+                limit = self._restored_step if self._restored_step is not None else -1
+                records = [r for r in records if r["step"] <= limit]
+            self.local_dir.mkdir(parents=True, exist_ok=True)
+            _write_history_file(path, records)
+        self._writing = True
+
+    # Lease -------------------------------------------------------------------------------
+
+    def _lease_path(self) -> tuple[Any, str]:
+        where = self._remote or Location(_local_fs(), str(self.local_dir), str(self.local_dir))
+        return where.fs, f"{where.path.rstrip('/')}/{LEASE}"
+
+    def _read_lease(self) -> dict[str, Any] | None:
+        fs, path = self._lease_path()
+        try:
+            return dict(json.loads(fs.cat_file(path)))
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError):
+            return None  # a torn lease file: treat as free
+
+    def _acquire_lease(self) -> None:
+        try:
+            lease = self._read_lease()
+        except OSError as exc:
+            logger.warning("colabsession: cannot read the lease of %s (%s): writing anyway",
+                           self.location, _reason(exc))  # fmt: skip
+            return
+        if lease and lease.get("owner") != self._owner:
+            age = time.time() - float(lease.get("heartbeat", 0))
+            if age < float(lease.get("ttl", self.lease_ttl)) and not self.takeover:
+                raise LeaseError(
+                    f"{self.location} is being written by another notebook (host "
+                    f"{lease.get('host')}, pid {lease.get('pid')}, last heard of "
+                    f"{format_duration(age)} ago). Two writers would overwrite each other's "
+                    "checkpoints: stop the other one, wait until its lease expires (after "
+                    f"{format_duration(float(lease.get('ttl', self.lease_ttl)))} of silence), or "
+                    "pass takeover=True"
+                )
+            if age < float(lease.get("ttl", self.lease_ttl)):
+                logger.warning("colabsession: taking over %s from %s", self.location,
+                               lease.get("host"))  # fmt: skip
+        self._write_lease()
+
+    def _write_lease(self) -> None:
+        fs, path = self._lease_path()
+        lease = {
+            "owner": self._owner,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "session": self.session,
+            "heartbeat": time.time(),
+            "ttl": self.lease_ttl,
+        }
+        try:
+            fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+            fs.pipe_file(path, json.dumps(lease).encode())
+            self._heartbeat_at = time.time()
+        except OSError as exc:
+            logger.warning("colabsession: cannot write the lease of %s (%s)", self.location,
+                           _reason(exc))  # fmt: skip
+
+    def _check_lease(self) -> None:
+        try:
+            lease = self._read_lease()
+        except OSError:
+            return  # the location is down: the local commit goes on, the upload will wait
+        if lease and lease.get("owner") != self._owner:
+            self._lost_lease = (
+                f"{self.location} was taken over by another notebook (host {lease.get('host')}, "
+                f"pid {lease.get('pid')}); this one no longer writes to it"
+            )
+            raise LeaseError(self._lost_lease)
+
+    def _heartbeat(self) -> None:
+        if not self._writing:
+            return
+        self._check_lease()
+        self._write_lease()
+
+    def _release_lease(self) -> None:
+        try:
+            lease = self._read_lease()
+            if lease and lease.get("owner") == self._owner:
+                fs, path = self._lease_path()
+                fs.rm_file(path)
+        except OSError:
+            pass  # it expires by itself
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise CheckpointError("this Checkpointer is closed: create a new one to save again")
+
+    def __repr__(self) -> str:
+        return (f"Checkpointer({str(self.location)!r}, every={self.every}, "
+                f"keep_last={self.keep_last}, local_dir={str(self.local_dir)!r})")  # fmt: skip
+
+
+# Helpers -------------------------------------------------------------------------------------
+
+
+def _dirname(step: int) -> str:
+    if step < 0:
+        raise ConfigError(f"a checkpoint's step must not be negative, got {step}")
+    return f"{PREFIX}{step:012d}"
+
+
+def _step_of(name: str) -> int | None:
+    if not name.startswith(PREFIX):
+        return None
+    try:
+        return int(name[len(PREFIX) :])
+    except ValueError:
+        return None
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync(f: Any) -> None:
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # not supported (Windows)
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _older_than(path: Path, seconds: float) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime > seconds
+    except OSError:
+        return False
+
+
+def _local_fs() -> Any:
+    from fsspec.implementations.local import LocalFileSystem
+
+    return LocalFileSystem()
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.errno == errno.ENOTCONN:
+        return "the Drive mount dropped: run cs.drive.ensure() in a cell to remount"
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "no space left: Drive's quota (15 GB free) or the disk is full"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _clean_metrics(metrics: dict[str, Any] | None) -> dict[str, Any]:
+    clean: dict[str, Any] = {}
+    for key, value in (metrics or {}).items():
+        if hasattr(value, "item") and callable(value.item):
+            value = value.item()  # numpy or tensor scalars
+        if not isinstance(value, (int, float, str, bool)) and value is not None:
+            raise CheckpointError(f"metric {key!r} is a {type(value).__name__}: log numbers")
+        clean[str(key)] = value
+    return clean
+
+
+def _read_history_file(path: Path) -> list[dict[str, Any]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return []
+    return _parse_history(text)
+
+
+def _parse_history(text: str) -> list[dict[str, Any]]:
+    records = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line torn by a kill mid-append
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            records.append(record)
+    return records
+
+
+def _write_history_file(path: Path, records: Iterable[dict[str, Any]]) -> None:
+    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+    with open(temp, "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+        _fsync(f)
+    os.replace(temp, path)
+
+
+def _newest_history(path: Path, remote: Location | None) -> list[dict[str, Any]]:
+    """The local history, or the location's when that one is more recent (another runtime
+    wrote it since)."""
+    local = _read_history_file(path)
+    if remote is None:
+        return local
+    try:
+        text = bytes(remote.fs.cat_file(f"{remote.path.rstrip('/')}/{HISTORY}")).decode()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return local
+    except OSError as exc:
+        logger.warning("colabsession: cannot read the history on %s (%s)", remote, _reason(exc))
+        return local
+    theirs = _parse_history(text)
+
+    def last(records: list[dict[str, Any]]) -> float:
+        return max((float(r.get("time", 0)) for r in records), default=0.0)
+
+    return theirs if last(theirs) > last(local) else local
+
+
+def read_history(
+    location: str | os.PathLike[str] | Location, local_dir: str | os.PathLike[str] | None = None
+) -> list[dict[str, Any]]:
+    """The run's history records, from the location or its local mirror, whichever is newer."""
+    loc = resolve(location)
+    if _is_direct(loc) and local_dir is None:
+        return _read_history_file(Path(loc.path) / HISTORY)
+    mirror = Path(local_dir) if local_dir else default_local_dir(loc)
+    return _newest_history(mirror / HISTORY, loc)

@@ -1,0 +1,484 @@
+from __future__ import annotations
+
+import errno
+import itertools
+import json
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fsspec.implementations.memory import MemoryFileSystem
+
+import colabsession as cs
+from colabsession._checkpoint import MANIFEST, read_history
+from colabsession.drive import Location
+
+
+def state_at(step: int, size: int = 10) -> dict[str, Any]:
+    return {
+        "model": {"w": np.full((size,), step, np.float32), "b": np.arange(3) + step},
+        "optimizer": [np.float64(step / 2), np.array([[step]], np.int8)],
+        "epoch": step // 4,
+        "name": "run",
+        "lr": 1e-3,
+        "nothing": None,
+        "inf": float("inf"),
+    }
+
+
+def assert_state(state: Any, step: int) -> None:
+    np.testing.assert_array_equal(state["model"]["w"], np.full((10,), step, np.float32))
+    assert state["model"]["w"].dtype == np.float32
+    np.testing.assert_array_equal(state["model"]["b"], np.arange(3) + step)
+    assert float(state["optimizer"][0]) == step / 2
+    assert state["optimizer"][1].dtype == np.int8
+    assert state["epoch"] == step // 4
+    assert (state["name"], state["lr"], state["nothing"]) == ("run", 1e-3, None)
+    assert state["inf"] == float("inf")
+
+
+def ckpt_dirs(path: Path) -> list[str]:
+    return sorted(p.name for p in path.iterdir() if p.name.startswith("ckpt-"))
+
+
+class FakeClock(cs.SessionClock):
+    def __init__(self, remaining: float) -> None:
+        self.now_value = 0.0
+        super().__init__(started=0.0, max_session=remaining, now=lambda: self.now_value)
+
+
+class FlakyFS(MemoryFileSystem):  # type: ignore[misc]
+    """An in-memory "Drive" whose mount can drop."""
+
+    protocol = "flaky"
+    cachable = False
+    broken = False
+
+    def _check(self) -> None:
+        if self.broken:
+            raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
+
+    def __getattribute__(self, name: str) -> Any:
+        if name in ("ls", "cat_file", "pipe_file", "put_file", "makedirs", "rm_file", "rm", "info"):
+            object.__getattribute__(self, "_check")()
+        return object.__getattribute__(self, name)
+
+
+# Saving and restoring -----------------------------------------------------------------------
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    with cs.Checkpointer(tmp_path / "run", every=None, async_save=False) as ckpt:
+        assert ckpt.restore() is None
+        ckpt.save(7, state_at(7), metrics={"loss": np.float32(0.5), "acc": 0.9})
+    restored = cs.Checkpointer(tmp_path / "run").restore()
+    assert restored is not None
+    assert restored.step == 7
+    assert_state(restored.state, 7)
+    assert restored.metrics == {"loss": 0.5, "acc": 0.9}
+    assert restored.session
+    manifest = json.loads((tmp_path / "run" / "ckpt-000000000007" / MANIFEST).read_text())
+    assert set(manifest["files"]) == {"arrays.npz", "tree.json"}
+    assert all(len(f["sha256"]) == 64 for f in manifest["files"].values())
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".tmp")]
+
+
+def test_async_save_copies_the_state(tmp_path: Path) -> None:
+    ckpt = cs.Checkpointer(tmp_path / "run", every=None)
+    state = state_at(1)
+    ckpt.save(1, state)
+    state["model"]["w"][:] = 99  # the caller goes on training in place
+    ckpt.close()
+    restored = cs.Checkpointer(tmp_path / "run").restore()
+    assert restored is not None
+    assert_state(restored.state, 1)
+
+
+def test_newest_valid_wins_and_explicit_step(tmp_path: Path) -> None:
+    with cs.Checkpointer(tmp_path, every=None, keep_last=5) as ckpt:
+        for step in (1, 2, 3):
+            ckpt.save(step, state_at(step))
+    ckpt = cs.Checkpointer(tmp_path)
+    assert ckpt.steps() == [1, 2, 3]
+    assert ckpt.latest_step() == 3
+    restored = ckpt.restore(step=2)
+    assert restored is not None
+    assert_state(restored.state, 2)
+    with pytest.raises(cs.CheckpointError, match=r"no checkpoint of step 9.*\[1, 2, 3\]"):
+        ckpt.restore(step=9)
+
+
+def test_same_step_saved_twice_is_replaced(tmp_path: Path) -> None:
+    with cs.Checkpointer(tmp_path, every=None) as ckpt:
+        ckpt.save(5, state_at(5))
+        ckpt.save(5, state_at(6))
+    restored = cs.Checkpointer(tmp_path).restore()
+    assert restored is not None
+    assert_state(restored.state, 6)
+    assert ckpt_dirs(tmp_path) == ["ckpt-000000000005"]
+
+
+def test_bad_state_is_a_clear_error(tmp_path: Path) -> None:
+    with cs.Checkpointer(tmp_path, every=None) as ckpt:
+        with pytest.raises(cs.CheckpointError, match=r"state\['model'\] is a object"):
+            ckpt.save(1, {"model": object()})
+        with pytest.raises(cs.CheckpointError, match="keys must be strings"):
+            ckpt.save(1, {1: np.zeros(2)})
+        with pytest.raises(cs.CheckpointError, match="without pickle"):
+            ckpt.save(1, {"x": np.array([{}, 1], dtype=object)})
+    with pytest.raises(cs.ConfigError):
+        cs.Checkpointer(tmp_path, keep_last=0)
+
+
+# Damaged checkpoints --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def three(tmp_path: Path) -> Path:
+    with cs.Checkpointer(tmp_path, every=None, keep_last=5) as ckpt:
+        for step in (1, 2, 3):
+            ckpt.save(step, state_at(step))
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda d: (d / "arrays.npz").write_bytes((d / "arrays.npz").read_bytes()[:100]),
+        lambda d: (d / "arrays.npz").write_bytes(
+            (d / "arrays.npz").read_bytes().replace(b"\x03\x00\x00\x00", b"\x04\x00\x00\x00", 1)
+        ),
+        lambda d: (d / MANIFEST).unlink(),
+        lambda d: (d / MANIFEST).write_text("{not json"),
+        lambda d: (d / "tree.json").unlink(),
+    ],
+    ids=["truncated", "bit-flipped", "no-manifest", "torn-manifest", "missing-file"],
+)
+def test_damaged_newest_is_skipped_with_a_warning(
+    three: Path, damage: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    damage(three / "ckpt-000000000003")
+    with caplog.at_level(logging.WARNING, "colabsession"):
+        restored = cs.Checkpointer(three).restore()
+    assert restored is not None
+    assert restored.step == 2
+    assert_state(restored.state, 2)
+    manifest_gone = not (three / "ckpt-000000000003" / MANIFEST).exists()
+    assert manifest_gone or "skipping checkpoint step 3" in caplog.text
+    with pytest.raises(cs.CheckpointError, match="step 3"):
+        cs.Checkpointer(three).restore(step=3)
+
+
+def test_verify_reports_damage(three: Path) -> None:
+    (three / "ckpt-000000000002" / "tree.json").write_text("[]")
+    results = cs.Checkpointer(three).verify()
+    assert [(step, problem is None) for step, _, problem in results] == [
+        (1, True), (2, False), (3, True)
+    ]  # fmt: skip
+    assert "tree.json has 2 bytes" in (results[1][2] or "")
+
+
+# Retention ------------------------------------------------------------------------------------
+
+
+def test_keep_last(tmp_path: Path) -> None:
+    with cs.Checkpointer(tmp_path, every=None, keep_last=2) as ckpt:
+        for step in range(6):
+            ckpt.save(step, state_at(step))
+    assert ckpt_dirs(tmp_path) == ["ckpt-000000000004", "ckpt-000000000005"]
+
+
+def test_keep_best(tmp_path: Path) -> None:
+    losses = [0.9, 0.2, 0.5, 0.7, 0.8, 0.6]
+    with cs.Checkpointer(tmp_path, every=None, keep_last=2, keep_best=1) as ckpt:
+        for step, loss in enumerate(losses):
+            ckpt.save(step, state_at(step), metrics={"loss": loss})
+    assert ckpt_dirs(tmp_path) == ["ckpt-000000000001", "ckpt-000000000004", "ckpt-000000000005"]
+
+
+def test_keep_best_max_mode(tmp_path: Path) -> None:
+    with cs.Checkpointer(tmp_path, every=None, keep_last=1, keep_best=1, monitor="acc",
+                         mode="max") as ckpt:  # fmt: skip
+        for step, acc in enumerate([0.5, 0.9, 0.7]):
+            ckpt.save(step, state_at(step), metrics={"acc": acc})
+    assert ckpt_dirs(tmp_path) == ["ckpt-000000000001", "ckpt-000000000002"]
+
+
+def test_keep_every(tmp_path: Path) -> None:
+    with cs.Checkpointer(tmp_path, every=None, keep_last=1, keep_every="1h") as ckpt:
+        for step in range(4):
+            ckpt.save(step, state_at(step))
+    kept = ckpt_dirs(tmp_path)
+    assert "ckpt-000000000000" in kept  # the first of its hour
+    assert "ckpt-000000000003" in kept  # the newest
+    assert len(kept) <= 3
+
+
+# Local first, the location second -------------------------------------------------------------
+
+
+def test_remote_location_and_fresh_machine(tmp_path: Path) -> None:
+    location = f"memory://{tmp_path.name}/run"
+    with cs.Checkpointer(location, every=None, local_dir=tmp_path / "vm1") as ckpt:
+        for step in (1, 2):
+            ckpt.save(step, state_at(step), metrics={"loss": 1.0 / step})
+    fs = MemoryFileSystem()
+    names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"/{tmp_path.name}/run", detail=False))
+    assert names == ["ckpt-000000000001", "ckpt-000000000002", "history.jsonl"]
+    # A new runtime: empty local disk; the checkpoint comes from the location.
+    fresh = cs.Checkpointer(location, every=None, local_dir=tmp_path / "vm2")
+    restored = fresh.restore()
+    assert restored is not None
+    assert restored.step == 2
+    assert restored.source.startswith("memory://")
+    assert_state(restored.state, 2)
+    assert [r["step"] for r in read_history(location, tmp_path / "vm2")] == [1, 2]
+
+
+def test_dropped_location_keeps_training_and_catches_up(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fs = FlakyFS()
+    location = Location(fs, f"/{tmp_path.name}/run", "flaky-drive:run")
+    ckpt = cs.Checkpointer(location, every=None, local_dir=tmp_path / "local", keep_last=5)
+    ckpt.save(1, state_at(1))
+    ckpt.wait()
+    FlakyFS.broken = True
+    try:
+        with caplog.at_level(logging.WARNING, "colabsession"):
+            ckpt.save(2, state_at(2))
+            ckpt.wait()  # training goes on: no exception
+        assert "NOT yet on flaky-drive:run" in caplog.text
+        assert "cs.drive.ensure()" in caplog.text
+        assert "ckpt-000000000002" in ckpt_dirs(tmp_path / "local")
+        restored = ckpt.restore()  # the location is down: the local copy serves
+        assert restored is not None
+        assert restored.step == 2
+    finally:
+        FlakyFS.broken = False
+    ckpt.save(3, state_at(3))
+    ckpt.close()
+    names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(location.path, detail=False))
+    assert [n for n in names if n.startswith("ckpt-")] == [
+        "ckpt-000000000001", "ckpt-000000000002", "ckpt-000000000003"
+    ]  # fmt: skip
+
+
+def test_remote_manifest_is_the_commit_marker(tmp_path: Path) -> None:
+    location = f"memory://{tmp_path.name}/run"
+    with cs.Checkpointer(location, every=None, local_dir=tmp_path / "vm1") as ckpt:
+        ckpt.save(1, state_at(1))
+        ckpt.save(2, state_at(2))
+    fs = MemoryFileSystem()
+    fs.rm_file(f"/{tmp_path.name}/run/ckpt-000000000002/{MANIFEST}")  # upload cut short
+    restored = cs.Checkpointer(location, local_dir=tmp_path / "vm2").restore()
+    assert restored is not None
+    assert restored.step == 1
+
+
+# When to save -------------------------------------------------------------------------------
+
+
+def test_every_steps(tmp_path: Path) -> None:
+    with cs.Checkpointer(tmp_path, every=None, every_steps=3, keep_last=10) as ckpt:
+        saved = [step for step in range(10) if ckpt.maybe_save(step, state_at(step))]
+    assert saved == [2, 5, 8]
+
+
+def test_every_interval(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ticks = iter(range(0, 10_000, 100))  # each call: 100 s later
+    monkeypatch.setattr("colabsession._checkpoint.time.monotonic", lambda: float(next(ticks)))
+    ckpt = cs.Checkpointer(tmp_path, every="5min", async_save=False)
+    saved = [step for step in range(8) if ckpt.maybe_save(step, state_at(step))]
+    monkeypatch.undo()
+    ckpt.close()
+    assert saved
+    assert all(b - a >= 2 for a, b in itertools.pairwise(saved))
+
+
+def test_deadline_forces_a_final_save_and_stop(tmp_path: Path) -> None:
+    clock = FakeClock(remaining=3600)
+    ckpt = cs.Checkpointer(tmp_path, every=None, clock=clock, margin_floor="2min")
+    assert not ckpt.maybe_save(0, state_at(0))
+    clock.now_value = 3600 - 200
+    assert not ckpt.maybe_save(1, state_at(1))
+    clock.now_value = 3600 - 100  # inside the 2 min margin
+    assert ckpt.maybe_save(2, state_at(2))
+    assert ckpt.should_stop
+    assert not ckpt.maybe_save(3, state_at(3))  # no saves after the final one
+    ckpt.close()
+    assert cs.Checkpointer(tmp_path).latest_step() == 2
+
+
+def test_margin_grows_with_slow_saves(tmp_path: Path) -> None:
+    ckpt = cs.Checkpointer(tmp_path, every=None, margin_floor=1)
+    ckpt._save_seconds = [40.0]
+    assert ckpt.margin == pytest.approx(120.0)
+    ckpt.close()
+
+
+def test_keyboard_interrupt_saves_the_last_state(tmp_path: Path) -> None:
+    def train() -> None:
+        with cs.Checkpointer(tmp_path, every=None) as ckpt:
+            for step in range(5):
+                ckpt.maybe_save(step, state_at(step))
+                if step == 3:
+                    raise KeyboardInterrupt  # the notebook's stop button
+
+    with pytest.raises(KeyboardInterrupt):
+        train()
+    assert cs.Checkpointer(tmp_path).latest_step() == 3
+
+
+def test_sigterm_saves_at_the_next_step_and_stops(tmp_path: Path) -> None:
+    previous = signal.getsignal(signal.SIGTERM)
+    with cs.Checkpointer(tmp_path, every=None) as ckpt:
+        assert not ckpt.maybe_save(0, state_at(0))
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert ckpt.maybe_save(1, state_at(1))
+        assert ckpt.should_stop
+    assert signal.getsignal(signal.SIGTERM) == previous
+    assert cs.Checkpointer(tmp_path).latest_step() == 1
+
+
+# One writer per run ---------------------------------------------------------------------------
+
+
+def test_second_writer_is_refused(tmp_path: Path) -> None:
+    first = cs.Checkpointer(tmp_path, every=None)
+    first.save(1, state_at(1))
+    first.wait()
+    second = cs.Checkpointer(tmp_path, every=None)
+    with pytest.raises(cs.LeaseError, match=r"another notebook.*takeover=True"):
+        second.save(2, state_at(2))
+    taker = cs.Checkpointer(tmp_path, every=None, takeover=True)
+    taker.save(2, state_at(2))
+    taker.wait()
+    first.save(3, state_at(3))  # the check runs in the background, off the training thread
+    with pytest.raises(cs.LeaseError, match="taken over"):
+        first.wait()
+    assert cs.Checkpointer(tmp_path).steps() == [1, 2]  # the usurped writer wrote nothing
+    taker.close()
+    cs.Checkpointer(tmp_path, every=None).save(4, state_at(4))  # released on close
+
+
+def test_expired_lease_is_taken(tmp_path: Path) -> None:
+    first = cs.Checkpointer(tmp_path, every=None, lease_ttl=0.2)
+    first.save(1, state_at(1))
+    first.wait()
+    time.sleep(0.3)  # the first notebook went silent
+    second = cs.Checkpointer(tmp_path, every=None)
+    second.save(2, state_at(2))
+    second.close()
+
+
+# History -------------------------------------------------------------------------------------
+
+
+def test_history_is_continuous_after_a_resume(tmp_path: Path) -> None:
+    first = cs.Checkpointer(tmp_path, every=None, every_steps=2, lease_ttl=0)
+    for step in range(6):
+        first.maybe_save(step, state_at(step), metrics={"loss": 10.0 - step})
+    first.log(6, loss=4.0, val_loss=4.5)
+    first.wait()  # killed here: steps 1, 3, 5 saved, history runs to 6
+    assert [r["step"] for r in read_history(tmp_path)] == [0, 1, 2, 3, 4, 5, 6]
+
+    second = cs.Checkpointer(tmp_path, every=None, every_steps=2)
+    restored = second.restore()
+    assert restored is not None
+    assert restored.step == 5
+    for step in range(6, 8):
+        second.maybe_save(step, state_at(step), metrics={"loss": 10.0 - step})
+    second.close()
+    records = read_history(tmp_path)
+    assert [r["step"] for r in records] == [0, 1, 2, 3, 4, 5, 6, 7]  # step 6 once
+    assert records[6]["loss"] == 4.0 and "val_loss" not in records[6]  # noqa: PT018
+    assert all({"step", "time", "session", "loss"} <= set(r) for r in records)
+
+
+def test_log_and_save_of_one_step_make_one_record(tmp_path: Path) -> None:
+    with cs.Checkpointer(tmp_path, every=None) as ckpt:
+        ckpt.log(1, val_loss=0.3)
+        ckpt.save(1, state_at(1), metrics={"loss": 0.2})
+    (record,) = read_history(tmp_path)
+    assert (record["loss"], record["val_loss"]) == (0.2, 0.3)
+
+
+def test_cs_history_and_plot(tmp_path: Path) -> None:
+    with cs.Checkpointer(tmp_path, every=None, every_steps=1) as ckpt:
+        for step in range(3):
+            ckpt.maybe_save(step, state_at(step), metrics={"loss": 1.0 / (step + 1)})
+    frame = cs.history(tmp_path)
+    if isinstance(frame, list):
+        assert [r["step"] for r in frame] == [0, 1, 2]
+    else:
+        assert list(frame["step"]) == [0, 1, 2]
+        assert "loss" in frame.columns
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    ax = cs.plot_history(tmp_path)
+    assert [line.get_label() for line in ax.get_lines()] == ["loss"]
+
+
+# Killed at random instants -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mirror", [False, True], ids=["direct", "local-then-location"])
+def test_sigkill_at_random_instants_never_loses_the_last_checkpoint(
+    tmp_path: Path, mirror: bool
+) -> None:
+    rng = random.Random(1234)
+    location = tmp_path / "drive" / "run"
+    extra = [str(tmp_path / "local")] if mirror else []
+    worker = str(Path(__file__).with_name("ckpt_worker.py"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    newest = -1
+    for _ in range(12):
+        proc = subprocess.Popen(
+            [sys.executable, worker, str(location), *extra],
+            stdout=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("started")
+        time.sleep(rng.uniform(0.02, 0.4))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+        reader = cs.Checkpointer(location, every=None, local_dir=extra[0] if extra else None)
+        restored = reader.restore()
+        assert restored is not None
+        assert restored.step >= newest  # never goes back
+        newest = restored.step
+        np.testing.assert_array_equal(restored.state["w"], np.full(300_000, restored.step))
+        assert restored.state["meta"] == {"step": restored.step}
+    assert newest > 0
+
+
+# Command line -------------------------------------------------------------------------------
+
+
+def test_cli(three: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from colabsession._cli import main
+
+    assert main(["ckpt", "list", str(three)]) == 0
+    assert "ckpt-000000000003" in capsys.readouterr().out
+    assert main(["ckpt", "verify", str(three)]) == 0
+    assert capsys.readouterr().out.count(" ok ") == 3
+    (three / "ckpt-000000000001" / "arrays.npz").write_bytes(b"junk")
+    assert main(["ckpt", "verify", "--json", str(three)]) == 1
+    assert json.loads(capsys.readouterr().out)[0]["problem"]
+    assert main(["ckpt", "history", str(three)]) == 0
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "h.png"
+    assert main(["ckpt", "plot", str(three), "-o", str(out)]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG"
