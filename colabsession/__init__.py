@@ -19,7 +19,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from . import drive
+    from . import drive, keras
     from ._benchmark import BenchmarkReport, benchmark
     from ._checkpoint import Checkpoint, Checkpointer
     from ._clock import SessionClock, clock
@@ -36,9 +36,11 @@ if TYPE_CHECKING:
         MountError,
         MountTimeoutError,
     )
+    from ._fit import fit
     from ._history import history, plot_history
     from ._probe import HardwareReport, probe, require_accelerator
     from ._runtime import Runtime, runtime
+    from ._strategy import distribution, precision, strategy
     from .drive import mount
 
 # public name -> the module that defines it
@@ -62,13 +64,18 @@ _LAZY: dict[str, str] = {
     "SessionClock": "._clock",
     "benchmark": "._benchmark",
     "clock": "._clock",
+    "distribution": "._strategy",
     "drive": ".drive",
+    "fit": "._fit",
     "history": "._history",
+    "keras": ".keras",
     "mount": ".drive",
     "plot_history": "._history",
+    "precision": "._strategy",
     "probe": "._probe",
     "require_accelerator": "._probe",
     "runtime": "._runtime",
+    "strategy": "._strategy",
 }
 
 __all__ = [
@@ -92,13 +99,18 @@ __all__ = [
     "__version__",
     "benchmark",
     "clock",
+    "distribution",
     "drive",
+    "fit",
     "history",
+    "keras",
     "mount",
     "plot_history",
+    "precision",
     "probe",
     "require_accelerator",
     "runtime",
+    "strategy",
 ]
 
 

@@ -37,6 +37,7 @@ from typing import Any, Literal
 
 from ._clock import SessionClock
 from ._errors import CheckpointError, ConfigError, LeaseError
+from ._lease import Lease
 from ._runtime import home_dir, mount_type
 from ._serialize import dumps, flatten, unflatten
 from ._units import Duration, format_duration, parse_duration
@@ -131,9 +132,12 @@ class Checkpointer:
         async_save: write in a background thread; ``save`` blocks only to copy the state.
         clock: the session clock that sets the deadline; default ``cs.clock()``.
         local_dir: the local mirror; default under colabsession's home.
-        lease_ttl: a writer's lease expires when its heartbeat is older than this.
+        lease_ttl: a writer's lease, renewed every third of this, expires after this long
+            without renewal; a new writer waits that long for a silent holder.
         takeover: take the run over from another writer whose lease has not expired.
         margin_floor: the least time before the deadline at which the final save starts.
+        save_on_interrupt: inside ``with``, save the state last given to ``maybe_save`` when a
+            KeyboardInterrupt stops the loop.
     """
 
     def __init__(
@@ -150,9 +154,10 @@ class Checkpointer:
         async_save: bool = True,
         clock: SessionClock | None = None,
         local_dir: str | os.PathLike[str] | None = None,
-        lease_ttl: Duration = "15min",
+        lease_ttl: Duration = "2min",
         takeover: bool = False,
         margin_floor: Duration = "60s",
+        save_on_interrupt: bool = True,
     ) -> None:
         if keep_last < 1:
             raise ConfigError("keep_last must be at least 1: the newest checkpoint is always kept")
@@ -175,6 +180,7 @@ class Checkpointer:
         self.lease_ttl = parse_duration(lease_ttl, name="lease_ttl")
         self.takeover = takeover
         self.margin_floor = parse_duration(margin_floor, name="margin_floor")
+        self.save_on_interrupt = save_on_interrupt
         direct = _is_direct(self.location) and local_dir is None
         self.local_dir = Path(
             self.location.path if direct else local_dir or default_local_dir(self.location)
@@ -200,8 +206,7 @@ class Checkpointer:
         self._uploaded: set[int] = set()
         self._next_sync_at = 0.0
         self._sync_backoff = 5.0
-        self._heartbeat_at = 0.0
-        self._lost_lease: str | None = None
+        self._lease_obj: Lease | None = None
         self._interrupted = False
         self._previous_sigterm: Any = None
         self._closed = False
@@ -233,7 +238,10 @@ class Checkpointer:
     def maybe_save(self, step: int, state: Any, *, metrics: dict[str, Any] | None = None) -> bool:
         """Save if the interval (``every`` or ``every_steps``) has passed, or if the session
         deadline is near: then the save is waited for and :attr:`should_stop` turns True.
-        Returns whether it saved."""
+        Returns whether it saved.
+
+        *state* may be a function that returns the state: it is called only when a save is
+        due, which spares gathering a large state at every step."""
         now = time.monotonic()
         if self._last_call_at is not None:
             self._step_seconds = 0.8 * self._step_seconds + 0.2 * (now - self._last_call_at)
@@ -248,7 +256,7 @@ class Checkpointer:
                 else (f"{format_duration(self.clock.remaining)} left in this session")
             )
             logger.warning("colabsession: %s: saving step %d and stopping", why, step)
-            self.save(step, state, metrics=metrics)
+            self.save(step, _resolve(state), metrics=metrics)
             self.wait()
             self.should_stop = True
             return True
@@ -258,7 +266,7 @@ class Checkpointer:
             >= self.every_steps
         )
         if due:
-            self.save(step, state, metrics=metrics)
+            self.save(step, _resolve(state), metrics=metrics)
             return True
         if metrics:
             self.log(step, **metrics)
@@ -294,7 +302,7 @@ class Checkpointer:
             self.wait()
             if self._writing:
                 self._sync(final=True)
-                self._release_lease()
+                self._lease().release()
         finally:
             self._closed = True
             self._executor.shutdown(wait=True)
@@ -314,7 +322,8 @@ class Checkpointer:
         tb: TracebackType | None,
     ) -> None:
         try:
-            if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            interrupted = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
+            if interrupted and self.save_on_interrupt:
                 self._save_on_interrupt()
         finally:
             if self._previous_sigterm is not None:
@@ -334,7 +343,7 @@ class Checkpointer:
             return
         logger.warning("colabsession: interrupted: saving step %d before stopping", step)
         try:
-            self.save(step, state, metrics=metrics)
+            self.save(step, _resolve(state), metrics=metrics)
             self.wait()
         except Exception:
             logger.exception("colabsession: the save at interruption failed")
@@ -504,12 +513,12 @@ class Checkpointer:
                 f"saving to the local folder {self.local_dir} failed: {error}. Training state is "
                 "not protected: free disk space (!df -h) or pass local_dir= elsewhere"
             ) from error
-        if self._lost_lease:
-            raise LeaseError(self._lost_lease)
+        if self._lease_obj is not None and self._lease_obj.lost:
+            raise LeaseError(self._lease_obj.lost)
 
     def _write(self, step: int, tree: Any, arrays: dict[str, Any], metrics: dict[str, Any],
                started: float) -> None:  # fmt: skip
-        self._check_lease()
+        self._lease().check()
         self._commit_local(step, tree, arrays, metrics)
         self._retain_local()
         self._sync()
@@ -559,10 +568,8 @@ class Checkpointer:
         """Copy committed local checkpoints and the history up to the location. A failure is
         reported and retried later; it never stops training."""
         if self._remote is None:
-            self._heartbeat()
             return
         try:
-            self._heartbeat()
             uploaded = self._upload_missing()
             self._upload_history()
             self._retain_remote()
@@ -586,8 +593,7 @@ class Checkpointer:
 
     def _maybe_background_sync(self) -> None:
         due_sync = self._next_sync_at and time.monotonic() >= self._next_sync_at
-        due_beat = self._writing and time.time() - self._heartbeat_at > self.lease_ttl / 3
-        if (due_sync or due_beat) and (self._pending is None or self._pending.done()):
+        if due_sync and (self._pending is None or self._pending.done()):
             self._raise_pending_error()
             self._pending = self._executor.submit(self._guarded, self._sync)
 
@@ -689,7 +695,7 @@ class Checkpointer:
         drop history records past the restored step."""
         if self._writing:
             return
-        self._acquire_lease()
+        self._lease().acquire()
         with self._lock:
             path = self.local_dir / HISTORY
             records = _newest_history(path, self._remote)
@@ -702,86 +708,15 @@ class Checkpointer:
 
     # Lease -------------------------------------------------------------------------------
 
-    def _lease_path(self) -> tuple[Any, str]:
-        where = self._remote or Location(_local_fs(), str(self.local_dir), str(self.local_dir))
-        return where.fs, f"{where.path.rstrip('/')}/{LEASE}"
-
-    def _read_lease(self) -> dict[str, Any] | None:
-        fs, path = self._lease_path()
-        try:
-            return dict(json.loads(fs.cat_file(path)))
-        except FileNotFoundError:
-            return None
-        except (ValueError, TypeError):
-            return None  # a torn lease file: treat as free
-
-    def _acquire_lease(self) -> None:
-        try:
-            lease = self._read_lease()
-        except OSError as exc:
-            logger.warning("colabsession: cannot read the lease of %s (%s): writing anyway",
-                           self.location, _reason(exc))  # fmt: skip
-            return
-        if lease and lease.get("owner") != self._owner:
-            age = time.time() - float(lease.get("heartbeat", 0))
-            if age < float(lease.get("ttl", self.lease_ttl)) and not self.takeover:
-                raise LeaseError(
-                    f"{self.location} is being written by another notebook (host "
-                    f"{lease.get('host')}, pid {lease.get('pid')}, last heard of "
-                    f"{format_duration(age)} ago). Two writers would overwrite each other's "
-                    "checkpoints: stop the other one, wait until its lease expires (after "
-                    f"{format_duration(float(lease.get('ttl', self.lease_ttl)))} of silence), or "
-                    "pass takeover=True"
-                )
-            if age < float(lease.get("ttl", self.lease_ttl)):
-                logger.warning("colabsession: taking over %s from %s", self.location,
-                               lease.get("host"))  # fmt: skip
-        self._write_lease()
-
-    def _write_lease(self) -> None:
-        fs, path = self._lease_path()
-        lease = {
-            "owner": self._owner,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "session": self.session,
-            "heartbeat": time.time(),
-            "ttl": self.lease_ttl,
-        }
-        try:
-            fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-            fs.pipe_file(path, json.dumps(lease).encode())
-            self._heartbeat_at = time.time()
-        except OSError as exc:
-            logger.warning("colabsession: cannot write the lease of %s (%s)", self.location,
-                           _reason(exc))  # fmt: skip
-
-    def _check_lease(self) -> None:
-        try:
-            lease = self._read_lease()
-        except OSError:
-            return  # the location is down: the local commit goes on, the upload will wait
-        if lease and lease.get("owner") != self._owner:
-            self._lost_lease = (
-                f"{self.location} was taken over by another notebook (host {lease.get('host')}, "
-                f"pid {lease.get('pid')}); this one no longer writes to it"
-            )
-            raise LeaseError(self._lost_lease)
-
-    def _heartbeat(self) -> None:
-        if not self._writing:
-            return
-        self._check_lease()
-        self._write_lease()
-
-    def _release_lease(self) -> None:
-        try:
-            lease = self._read_lease()
-            if lease and lease.get("owner") == self._owner:
-                fs, path = self._lease_path()
-                fs.rm_file(path)
-        except OSError:
-            pass  # it expires by itself
+    def _lease(self) -> Lease:
+        if self._lease_obj is None:
+            where = self._remote or Location(_local_fs(), str(self.local_dir), str(self.local_dir))
+            self._lease_obj = Lease(
+                where.fs, f"{where.path.rstrip('/')}/{LEASE}", owner=self._owner,
+                session=self.session, ttl=self.lease_ttl, takeover=self.takeover,
+                what=str(self.location),
+            )  # fmt: skip
+        return self._lease_obj
 
     def _check_open(self) -> None:
         if self._closed:
@@ -793,6 +728,20 @@ class Checkpointer:
 
 
 # Helpers -------------------------------------------------------------------------------------
+
+
+def run_location(run_or_location: str | os.PathLike[str] | Location) -> Location:
+    """A bare run name (``"digits-cnn"``) means ``drive:checkpoints/<name>``; anything with a
+    slash or a colon is a location."""
+    if isinstance(run_or_location, str) and not any(c in run_or_location for c in "/:\\"):
+        if not run_or_location or run_or_location in (".", ".."):
+            raise ConfigError(f"{run_or_location!r} is not a run name")
+        return resolve(f"drive:checkpoints/{run_or_location}")
+    return resolve(run_or_location)
+
+
+def _resolve(state: Any) -> Any:
+    return state() if callable(state) else state
 
 
 def _dirname(step: int) -> str:
@@ -930,7 +879,7 @@ def read_history(
     location: str | os.PathLike[str] | Location, local_dir: str | os.PathLike[str] | None = None
 ) -> list[dict[str, Any]]:
     """The run's history records, from the location or its local mirror, whichever is newer."""
-    loc = resolve(location)
+    loc = run_location(location)
     if _is_direct(loc) and local_dir is None:
         return _read_history_file(Path(loc.path) / HISTORY)
     mirror = Path(local_dir) if local_dir else default_local_dir(loc)

@@ -7,8 +7,8 @@ import numpy as np
 import colabsession as cs
 
 location, local_dir = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else None)
-ckpt = cs.Checkpointer(location, every=None, every_steps=1, keep_last=2, local_dir=local_dir,
-                       takeover=True)  # fmt: skip
+# No takeover: the killed predecessor's lease is released because its process is gone.
+ckpt = cs.Checkpointer(location, every=None, every_steps=1, keep_last=2, local_dir=local_dir)
 restored = ckpt.restore()
 step = restored.step + 1 if restored else 0
 print("started", step, flush=True)

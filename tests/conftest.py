@@ -14,6 +14,21 @@ from colabsession import _runtime, drive
 
 from .fake_drive_api import FakeDrive
 
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Two logical CPUs for the MirroredStrategy test: TensorFlow takes this only before it
+    starts, so it is set once for the whole session."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        import tensorflow as tf
+    except ImportError:
+        return
+    (cpu,) = tf.config.list_physical_devices("CPU")[:1]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+    )
+
+
 _RUNTIME_VARS = ("COLAB_RELEASE_TAG", "COLAB_GPU", "KAGGLE_KERNEL_RUN_TYPE", "KAGGLE_URL_BASE")
 
 

@@ -353,7 +353,7 @@ def test_sigterm_saves_at_the_next_step_and_stops(tmp_path: Path) -> None:
 
 
 def test_second_writer_is_refused(tmp_path: Path) -> None:
-    first = cs.Checkpointer(tmp_path, every=None)
+    first = cs.Checkpointer(tmp_path, every=None, lease_ttl=0.6)
     first.save(1, state_at(1))
     first.wait()
     second = cs.Checkpointer(tmp_path, every=None)
@@ -367,28 +367,41 @@ def test_second_writer_is_refused(tmp_path: Path) -> None:
         first.wait()
     assert cs.Checkpointer(tmp_path).steps() == [1, 2]  # the usurped writer wrote nothing
     taker.close()
-    cs.Checkpointer(tmp_path, every=None).save(4, state_at(4))  # released on close
+    with cs.Checkpointer(tmp_path, every=None) as last:  # released on close
+        last.save(4, state_at(4))
 
 
-def test_expired_lease_is_taken(tmp_path: Path) -> None:
-    first = cs.Checkpointer(tmp_path, every=None, lease_ttl=0.2)
+def test_silent_writer_loses_the_lease(tmp_path: Path) -> None:
+    first = cs.Checkpointer(tmp_path, every=None, lease_ttl=0.6)
     first.save(1, state_at(1))
     first.wait()
-    time.sleep(0.3)  # the first notebook went silent
+    first._lease()._stop.set()  # its runtime died: no more heartbeats
+    start = time.monotonic()
     second = cs.Checkpointer(tmp_path, every=None)
-    second.save(2, state_at(2))
+    second.save(2, state_at(2))  # waits for the silent lease to expire
+    assert time.monotonic() - start < 3
     second.close()
+
+
+def test_crashed_kernel_on_this_machine_releases_at_once(tmp_path: Path) -> None:
+    lease = {"owner": "gone", "host": __import__("socket").gethostname(), "pid": 2**22 + 12345,
+             "heartbeat": time.time(), "ttl": 3600}  # fmt: skip
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / "lease.json").write_text(json.dumps(lease))
+    with cs.Checkpointer(tmp_path, every=None) as ckpt:
+        ckpt.save(1, state_at(1))
 
 
 # History -------------------------------------------------------------------------------------
 
 
 def test_history_is_continuous_after_a_resume(tmp_path: Path) -> None:
-    first = cs.Checkpointer(tmp_path, every=None, every_steps=2, lease_ttl=0)
+    first = cs.Checkpointer(tmp_path, every=None, every_steps=2)
     for step in range(6):
         first.maybe_save(step, state_at(step), metrics={"loss": 10.0 - step})
     first.log(6, loss=4.0, val_loss=4.5)
     first.wait()  # killed here: steps 1, 3, 5 saved, history runs to 6
+    first._lease().release()
     assert [r["step"] for r in read_history(tmp_path)] == [0, 1, 2, 3, 4, 5, 6]
 
     second = cs.Checkpointer(tmp_path, every=None, every_steps=2)
@@ -482,3 +495,16 @@ def test_cli(three: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path) ->
     out = tmp_path / "h.png"
     assert main(["ckpt", "plot", str(three), "-o", str(out)]) == 0
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_state_given_as_a_function_is_gathered_only_when_saving(tmp_path: Path) -> None:
+    calls = []
+
+    def gather() -> dict[str, Any]:
+        calls.append(1)
+        return state_at(len(calls))
+
+    with cs.Checkpointer(tmp_path, every=None, every_steps=5) as ckpt:
+        for step in range(10):
+            ckpt.maybe_save(step, gather)
+    assert len(calls) == 2

@@ -1,0 +1,215 @@
+"""``cs.fit``: Keras' ``model.fit`` that survives Colab, resuming at the exact batch."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from ._clock import SessionClock
+from ._errors import ConfigError
+from ._notify import notify as post
+from ._optional import require
+from ._units import Duration
+from .drive import Location
+
+logger = logging.getLogger("colabsession")
+
+
+def fit(
+    model: Any,
+    x: Any = None,
+    y: Any = None,
+    *,
+    run: str,
+    epochs: int,
+    batch_size: int | None = None,
+    validation_data: Any = None,
+    seed: int | None = None,
+    every: Duration | None = "10min",
+    every_steps: int | None = None,
+    location: str | os.PathLike[str] | Location | None = None,
+    clock: SessionClock | None = None,
+    callbacks: Sequence[Any] = (),
+    notify: str | None = None,
+    keep_last: int = 3,
+    verbose: Any = "auto",
+    **fit_kwargs: Any,
+) -> Any:
+    """Train *model* like ``model.fit``, checkpointing to ``drive:checkpoints/<run>`` (or
+    *location*) and resuming there when the same cell runs again after a disconnect.
+
+    With arrays as *x* and *y*, cs.fit draws each epoch's order from (*seed*, epoch) and a
+    resumed run skips the batches already done, so a run killed at any step ends with the same
+    weights, bit for bit, as an uninterrupted one (same machine, deterministic ops). Without a
+    *seed* one is drawn and kept in the checkpoint. Other inputs (a tf.data Dataset, a generator)
+    resume at the start of the checkpoint's epoch.
+
+    *batch_size* is per replica: under a strategy with several replicas the global batch is
+    that many times larger. Before the session deadline cs.fit saves, stops, and says how to
+    continue. Returns a keras History with every epoch of every session of the run.
+
+    >>> history = cs.fit(model, x, y, run="digits-cnn", epochs=50, batch_size=64, seed=0)
+    """
+    keras = require("keras", extra="tensorflow", purpose="cs.fit()")
+    from .keras import SessionCheckpoint
+
+    if fit_kwargs.keys() & {"initial_epoch", "shuffle", "steps_per_epoch", "sample_weight"}:
+        bad = sorted(fit_kwargs.keys() & {"initial_epoch", "shuffle", "steps_per_epoch",
+                                          "sample_weight"})  # fmt: skip
+        raise ConfigError(
+            f"cs.fit sets {', '.join(bad)} itself to resume exactly: leave them out (put sample "
+            "weights in a tf.data Dataset, or use model.fit with cs.keras.SessionCheckpoint)"
+        )
+    _check_scope(model)
+    callback = SessionCheckpoint(location if location is not None else run, every=every,
+                                 every_steps=every_steps, keep_last=keep_last, clock=clock,
+                                 verbose=verbose != 0)  # fmt: skip
+    callback.close_on_train_end = False  # cs.fit may call model.fit twice; it closes at the end
+    replicas = int(getattr(model.distribute_strategy, "num_replicas_in_sync", 1)) if hasattr(
+        model, "distribute_strategy") else 1  # fmt: skip
+    per_replica = batch_size or 32
+    global_batch = per_replica * replicas
+    details = {"run": run, "location": str(callback.location), "epochs": epochs}
+    try:
+        with callback.ckpt:  # SIGTERM: save at the next batch and stop
+            restored = callback.restore(model)
+            epoch, skip = callback.resume_point(restored)
+            fit_args = dict(validation_data=validation_data, verbose=verbose,
+                            callbacks=[callback, *callbacks], **fit_kwargs)  # fmt: skip
+            if _is_arrays(x) and (y is None or _is_arrays(y)):
+                stored = callback.data.get("seed")
+                if stored is not None and seed is not None and stored != seed:
+                    logger.warning("colabsession: %s was started with seed %s; keeping it",
+                                   run, stored)  # fmt: skip
+                seed = int(stored if stored is not None else seed if seed is not None
+                           else int.from_bytes(os.urandom(4), "little"))  # fmt: skip
+                callback.data = {"seed": seed, "batch_size": global_batch}
+                count = _length(x)
+                per_epoch = math.ceil(count / global_batch)
+                callback.steps_per_epoch = per_epoch
+                if skip and epoch < epochs:  # the rest of the epoch that was cut short
+                    callback.batch_offset = skip
+                    data = _batches(keras, x, y, seed, range(epoch, epoch + 1), global_batch,
+                                    skip)  # fmt: skip
+                    model.fit(data, epochs=epoch + 1, initial_epoch=epoch, shuffle=False,
+                              steps_per_epoch=per_epoch - skip, **fit_args)  # fmt: skip
+                    callback.batch_offset = 0
+                    epoch += 1
+                if epoch < epochs and not callback.stopped_for_deadline:
+                    data = _batches(keras, x, y, seed, range(epoch, epochs), global_batch, 0)
+                    model.fit(data, epochs=epochs, initial_epoch=epoch, shuffle=False,
+                              steps_per_epoch=per_epoch, **fit_args)  # fmt: skip
+            else:
+                if restored is not None:
+                    logger.warning(
+                        "colabsession: the input is not arrays, so its order is not cs.fit's to "
+                        "replay: resuming at the start of epoch %d", epoch + 1,
+                    )  # fmt: skip
+                if hasattr(x, "element_spec"):  # a tf.data Dataset orders itself
+                    fit_args["shuffle"] = False
+                if epoch < epochs:
+                    model.fit(x, y, batch_size=global_batch if y is not None or _is_arrays(x)
+                              else None, epochs=epochs, initial_epoch=epoch,
+                              **fit_args)  # fmt: skip
+    except KeyboardInterrupt:
+        if callback.save_now():
+            print(f"colabsession: interrupted; saved the run in {callback.location}. Run the "
+                  "cell again to continue.", flush=True)  # fmt: skip
+        raise
+    except Exception as exc:
+        post(notify, "failed", error=f"{type(exc).__name__}: {exc}", **details)
+        raise
+    history = callback.full_history()
+    done = len(history.epoch)
+    post(notify, "deadline" if callback.stopped_for_deadline else "finished",
+         epochs_done=done, metrics={k: v[-1] for k, v in history.history.items() if v},
+         **details)  # fmt: skip
+    return history
+
+
+def _check_scope(model: Any) -> None:
+    """With TensorFlow, a model built outside the strategy's scope trains on one device only."""
+    from . import _strategy
+
+    chosen = _strategy.last_strategy  # None unless cs.strategy() chose a real one
+    if chosen is None or getattr(model, "_distribute_strategy", chosen) is chosen:
+        return
+    raise ConfigError(
+        "the model was built outside the scope of the strategy from cs.strategy(): build and "
+        "compile it inside `with strategy.scope():`, then call cs.fit"
+    )
+
+
+def _is_arrays(data: Any) -> bool:
+    if data is None:
+        return False
+    if isinstance(data, dict):
+        return bool(data) and all(_is_arrays(v) for v in data.values())
+    if isinstance(data, (list, tuple)):
+        return bool(data) and all(_is_arrays(v) for v in data)
+    return hasattr(data, "shape") and hasattr(data, "__getitem__") and hasattr(data, "dtype") and (
+        type(data).__module__.startswith("numpy"))  # fmt: skip
+
+
+def _length(data: Any) -> int:
+    if isinstance(data, dict):
+        return _length(next(iter(data.values())))
+    if isinstance(data, (list, tuple)):
+        return _length(data[0])
+    return int(data.shape[0])
+
+
+def _take(data: Any, index: Any) -> Any:
+    if data is None:
+        return None
+    if isinstance(data, dict):
+        return {k: _take(v, index) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return type(data)(_take(v, index) for v in data)
+    return data[index]
+
+
+def _orders(count: int, seed: int, epochs: range) -> Iterator[Any]:
+    import numpy as np
+
+    for epoch in epochs:
+        yield np.random.default_rng([seed, epoch]).permutation(count)
+
+
+def _batches(keras: Any, x: Any, y: Any, seed: int, epochs: range, batch: int, skip: int) -> Any:
+    """Every batch of *epochs* in the order drawn from (seed, epoch), the first *skip* batches of
+    the first epoch left out: a tf.data pipeline on TensorFlow, a generator elsewhere."""
+    import numpy as np
+
+    count = _length(x)
+    orders = np.stack(list(_orders(count, seed, epochs)))
+    if skip:
+        orders = orders[:, skip * batch :]
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        xs = tf.nest.map_structure(tf.convert_to_tensor, x)
+        ys = None if y is None else tf.nest.map_structure(tf.convert_to_tensor, y)
+
+        def gather(index: Any) -> Any:
+            take = lambda a: tf.gather(a, index)  # noqa: E731
+            bx = tf.nest.map_structure(take, xs)
+            return bx if ys is None else (bx, tf.nest.map_structure(take, ys))
+
+        return (
+            tf.data.Dataset.from_tensor_slices(orders)
+            .flat_map(lambda order: tf.data.Dataset.from_tensor_slices(order).batch(batch))
+            .map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .prefetch(tf.data.AUTOTUNE)
+        )
+
+    def generate() -> Iterator[Any]:
+        for order in orders:
+            for start in range(0, len(order), batch):
+                index = order[start : start + batch]
+                yield _take(x, index) if y is None else (_take(x, index), _take(y, index))
+
+    return generate()

@@ -1,0 +1,284 @@
+"""Keras 3 integration: a callback that saves a ``model.fit`` run across Colab sessions and
+resumes it where it stopped. ``import colabsession`` never imports this module (nor Keras);
+``cs.keras`` loads it on first use.
+
+>>> model.fit(x, y, epochs=50, callbacks=[cs.keras.SessionCheckpoint("digits-cnn")])
+
+``cs.fit`` uses the same callback and also controls the data order, which makes its resumes
+exact to the batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from typing import Any
+
+from ._checkpoint import Checkpoint, Checkpointer, read_history, run_location
+from ._clock import SessionClock
+from ._errors import CheckpointError
+from ._optional import require
+from ._units import Duration, format_duration
+from .drive import Location
+
+keras = require("keras", extra="tensorflow", purpose="colabsession.keras")
+_Callback: Any = keras.callbacks.Callback
+logger = logging.getLogger("colabsession")
+
+__all__ = ["SessionCheckpoint"]
+
+
+class SessionCheckpoint(_Callback):  # type: ignore[misc]
+    """Save a training run periodically and before the session deadline, and resume it.
+
+    At the start of ``fit`` it restores the newest valid checkpoint of the run (all model
+    variables, the dropout seed-generator state included, the optimizer's variables, the epoch)
+    and continues from that epoch. During training it saves every *every* (and at the deadline,
+    after which it stops training cleanly), and logs each epoch's metrics to the run's history.
+
+    With plain ``model.fit`` the data order is Keras', so a checkpoint taken mid-epoch resumes at
+    the start of that epoch; ``cs.fit`` resumes at the exact batch.
+
+    Args:
+        run_or_location: a run name (stored at ``drive:checkpoints/<name>``) or a location.
+        every: how often to save (a duration), or None.
+        every_steps: also save every this many batches.
+        keep_last: how many checkpoints to keep.
+        clock: the session clock; default ``cs.clock()``.
+        verbose: print the resume and the per-epoch time estimate.
+        **checkpointer_options: passed to :class:`colabsession.Checkpointer`.
+    """
+
+    def __init__(
+        self,
+        run_or_location: str | os.PathLike[str] | Location,
+        *,
+        every: Duration | None = "10min",
+        every_steps: int | None = None,
+        keep_last: int = 3,
+        clock: SessionClock | None = None,
+        verbose: bool = True,
+        **checkpointer_options: Any,
+    ) -> None:
+        super().__init__()
+        self.location = run_location(run_or_location)
+        self.clock = clock or SessionClock()
+        self.verbose = verbose
+        self._options = dict(every=every, every_steps=every_steps, keep_last=keep_last,
+                             clock=self.clock, save_on_interrupt=False,
+                             **checkpointer_options)  # fmt: skip
+        self.ckpt = Checkpointer(self.location, **self._options)
+        self.close_on_train_end = True
+        self.steps_per_epoch: int | None = None  # cs.fit sets these
+        self.batch_offset = 0
+        self.data: dict[str, Any] = {}
+        self.restored: Checkpoint | None = None
+        self.stopped_for_deadline = False
+        self._restore_done = False
+        self._epoch = 0
+        self._batches_done = 0
+        self._in_step = False
+        self._resumed_logs: dict[str, Any] | None = None
+        self._epoch_started = 0.0
+        self._epoch_seconds: list[float] = []
+        self._epochs = 0
+
+    # Restoring -----------------------------------------------------------------------------
+
+    def restore(self, model: Any) -> Checkpoint | None:
+        """Load the newest valid checkpoint into *model* (and its optimizer); None if none."""
+        self._restore_done = True
+        checkpoint = self.ckpt.restore()
+        self.restored = checkpoint
+        if checkpoint is None:
+            return None
+        state = checkpoint.state
+        _assign(model.variables, state["model"], "model")
+        optimizer = getattr(model, "optimizer", None)
+        if optimizer is not None and state.get("optimizer"):
+            if not optimizer.built:
+                optimizer.build(model.trainable_variables)
+            _assign(optimizer.variables, state["optimizer"], "optimizer")
+        self.data = dict(state.get("data") or {})
+        self._resumed_logs = state.get("logs") or None
+        if self.verbose:
+            print(f"colabsession: resumed {self.location} at epoch {state['epoch'] + 1}, "
+                  f"batch {state['batch']} (step {checkpoint.step}, saved "
+                  f"{checkpoint.created:%Y-%m-%d %H:%M} UTC)", flush=True)  # fmt: skip
+        return checkpoint
+
+    @staticmethod
+    def resume_point(checkpoint: Checkpoint | None) -> tuple[int, int]:
+        """(epoch, batches already done in it) at which training continues."""
+        if checkpoint is None:
+            return 0, 0
+        state = checkpoint.state
+        epoch, batch, per_epoch = int(state["epoch"]), int(state["batch"]), state["steps_per_epoch"]
+        if per_epoch and batch >= int(per_epoch):
+            return epoch + 1, 0
+        return epoch, batch
+
+    # Callback hooks -------------------------------------------------------------------------
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        if self.ckpt._closed:  # a second fit() with the same callback
+            self.ckpt = Checkpointer(self.location, **self._options)
+        self.stopped_for_deadline = False
+        self._epochs = int(self.params.get("epochs") or 0)
+        if not self._restore_done:
+            checkpoint = self.restore(self.model)
+            epoch, batch = self.resume_point(checkpoint)
+            if batch:
+                logger.warning(
+                    "colabsession: the newest checkpoint is from the middle of epoch %d; model.fit "
+                    "decides the data order, so training restarts that epoch (cs.fit resumes "
+                    "at the exact batch)", epoch + 1,
+                )  # fmt: skip
+                self._resumed_logs = None
+            if checkpoint is not None:
+                self.model._initial_epoch = epoch  # what Keras' BackupAndRestore does too
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._epoch = epoch
+        self._batches_done = self.batch_offset
+        self._epoch_started = time.monotonic()
+
+    def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self._in_step = True
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self._in_step = False
+        self._batches_done = self.batch_offset + batch + 1
+        self._last_logs = dict(logs or {})
+        self.ckpt.maybe_save(self._step(), self._state)
+        if self.ckpt.should_stop:
+            self.stopped_for_deadline = True
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.stopped_for_deadline:
+            return  # a cut-short epoch: its metrics come when it is finished, next session
+        logs = self._merge_resumed(dict(logs or {}))
+        metrics = {k: float(v) for k, v in logs.items() if _is_number(v)}
+        metrics["epoch"] = epoch
+        self._batches_done = self._per_epoch() or self._batches_done
+        self.ckpt.maybe_save(self._step(), self._state, metrics=metrics)
+        if self.ckpt.should_stop:
+            self.stopped_for_deadline = True
+            self.model.stop_training = True
+        self._epoch_seconds.append(time.monotonic() - self._epoch_started)
+        if self.verbose:
+            print(self.estimate(epoch), flush=True)
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        self.model._initial_epoch = None
+        if self.ckpt._last_saved_step != self._step() and not self._in_step:
+            self.ckpt.save(self._step(), self._state())  # the end of training is always kept
+        if self.close_on_train_end:
+            self.ckpt.close()  # uploads what is left, releases the lease
+        else:
+            self.ckpt.wait()
+        if self.stopped_for_deadline and self.verbose:
+            print(
+                f"colabsession: stopped at epoch {self._epoch + 1}, batch {self._batches_done}, "
+                f"before the session deadline; the run is saved in {self.location}. Reconnect "
+                "(or start a new runtime) and run this cell again to continue.", flush=True,
+            )  # fmt: skip
+
+    # Helpers ---------------------------------------------------------------------------------
+
+    def estimate(self, epoch: int) -> str:
+        """The per-epoch line: time per epoch, epochs that still fit, sessions still needed."""
+        recent = self._epoch_seconds[-3:]
+        per_epoch = sum(recent) / len(recent) if recent else 0.0
+        left = max(0, self._epochs - epoch - 1)
+        remaining = self.clock.remaining
+        fit = int(remaining // per_epoch) if per_epoch else left
+        per_session = self.clock.max_session / per_epoch if per_epoch else float("inf")
+        sessions = 0 if left <= fit else 1 + math.ceil((left - fit) / max(per_session, 1e-9))
+        return (
+            f"colabsession: epoch {epoch + 1}/{self._epochs or '?'} took "
+            f"{format_duration(per_epoch)}; {min(fit, left)} of the {left} epochs left fit in the "
+            f"{format_duration(remaining)} left in this session"
+            + (f"; about {sessions} more session(s) needed" if sessions else "")
+        )
+
+    def save_now(self) -> bool:
+        """Save the current state unless a training step is half done (its step number would be
+        unknown). Used when training is interrupted."""
+        if self._in_step or (self._batches_done == 0 and self._epoch == 0):
+            return False
+        self.ckpt.save(self._step(), self._state())
+        self.ckpt.wait()
+        return True
+
+    def full_history(self) -> Any:
+        """A keras History holding every epoch once, from all sessions of the run."""
+        history = keras.callbacks.History()
+        history.set_model(self.model)
+        records = [r for r in read_history(self.location, self.ckpt.local_dir) if "epoch" in r]
+        by_epoch = {int(r["epoch"]): r for r in records}
+        history.epoch = sorted(by_epoch)
+        names = sorted({k for r in by_epoch.values() for k in r} - {"step", "time", "session",
+                                                                    "epoch"})  # fmt: skip
+        history.history = {n: [by_epoch[e].get(n) for e in history.epoch] for n in names}
+        return history
+
+    def _per_epoch(self) -> int | None:
+        return self.steps_per_epoch or self.params.get("steps")
+
+    def _step(self) -> int:
+        return self._epoch * (self._per_epoch() or 0) + self._batches_done
+
+    def _state(self) -> dict[str, Any]:
+        optimizer = getattr(self.model, "optimizer", None)
+        return {
+            "model": [v.numpy() for v in self.model.variables],
+            "optimizer": [v.numpy() for v in optimizer.variables] if optimizer else [],
+            "epoch": self._epoch,
+            "batch": self._batches_done,
+            "steps_per_epoch": self._per_epoch(),
+            "data": self.data,
+            "logs": {
+                k: float(v) for k, v in getattr(self, "_last_logs", {}).items() if _is_number(v)
+            },
+        }
+
+    def _merge_resumed(self, logs: dict[str, Any]) -> dict[str, Any]:
+        """The epoch that resumed mid-way reports the mean over all its batches, not only over
+        the batches of this session."""
+        before, self._resumed_logs = self._resumed_logs, None
+        per_epoch, done = self._per_epoch(), self.batch_offset
+        if not before or not per_epoch or not done:
+            return logs
+        after = per_epoch - done
+        for key, value in logs.items():
+            if key in before and not key.startswith("val_") and _is_number(value):
+                logs[key] = (before[key] * done + float(value) * after) / per_epoch
+        return logs
+
+
+def _assign(variables: list[Any], values: list[Any], what: str) -> None:
+    if len(variables) != len(values):
+        raise CheckpointError(
+            f"the checkpoint holds {len(values)} {what} variables and the {what} has "
+            f"{len(variables)}: was the model changed since it was saved? Train the new model "
+            "under a new run name"
+        )
+    for variable, value in zip(variables, values, strict=True):
+        if tuple(variable.shape) != tuple(value.shape):
+            raise CheckpointError(
+                f"{what} variable {variable.path} has shape {tuple(variable.shape)}, the "
+                f"checkpoint {tuple(value.shape)}: was the model changed? Use a new run name"
+            )
+        variable.assign(value)
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return not isinstance(value, (str, bool))

@@ -1,0 +1,43 @@
+"""Run by test_fit: train a small model with Dropout on shuffled data through cs.fit, optionally
+killing itself with SIGKILL after a given number of batches, and save the final weights."""
+
+import os
+import signal
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import colabsession as cs
+
+location, kill_after, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+tf.config.experimental.enable_op_determinism()
+keras.utils.set_random_seed(0)
+rng = np.random.default_rng(0)
+x = rng.random((150, 6), dtype=np.float32)
+y = (x.sum(axis=1) > 3).astype("float32")
+model = keras.Sequential([
+    keras.Input((6,)),
+    keras.layers.Dense(16, activation="relu"),
+    keras.layers.Dropout(0.4),
+    keras.layers.Dense(1, activation="sigmoid"),
+])  # fmt: skip
+model.compile(keras.optimizers.Adam(0.01), "binary_crossentropy", metrics=["accuracy"])
+
+
+class Kill(keras.callbacks.Callback):  # type: ignore[misc]
+    batches = 0
+
+    def on_train_batch_end(self, batch: int, logs: object = None) -> None:
+        Kill.batches += 1
+        if Kill.batches == kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+history = cs.fit(model, x, y, run="ignored", location=location, epochs=4, batch_size=16, seed=7,
+                 every=None, every_steps=1, callbacks=[Kill()], verbose=0)  # fmt: skip
+np.savez(out, *[v.numpy() for v in model.variables])
+print("epochs", history.epoch, flush=True)

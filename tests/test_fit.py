@@ -1,0 +1,272 @@
+"""cs.fit, the Keras callback, strategies and precision, with real TensorFlow on the CPU."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from pytest_mock import MockerFixture
+
+import colabsession as cs
+from colabsession._checkpoint import read_history
+from colabsession._probe import GPUInfo, HardwareReport, TPUInfo
+from colabsession._strategy import choose_precision, choose_strategy
+
+WORKER = str(Path(__file__).with_name("fit_worker.py"))
+
+
+def run_worker(location: Path, kill_after: int, out: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.run(
+        [sys.executable, WORKER, str(location), str(kill_after), str(out)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+
+
+def test_killed_mid_epoch_and_rerun_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    pytest.importorskip("tensorflow")
+    reference = run_worker(tmp_path / "uninterrupted", -1, tmp_path / "reference.npz")
+    assert reference.returncode == 0, reference.stderr
+    # 10 batches per epoch: killed at the 14th batch, in the middle of the second epoch.
+    killed = run_worker(tmp_path / "killed", 14, tmp_path / "never.npz")
+    assert killed.returncode == -9
+    resumed = run_worker(tmp_path / "killed", -1, tmp_path / "resumed.npz")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "epochs [0, 1, 2, 3]" in resumed.stdout  # the History of both sessions, once each
+    with np.load(tmp_path / "reference.npz") as a, np.load(tmp_path / "resumed.npz") as b:
+        assert a.files == b.files
+        for name in a.files:
+            np.testing.assert_array_equal(a[name], b[name])  # bit for bit
+    records = read_history(tmp_path / "killed")
+    steps = [r["step"] for r in records]
+    assert steps == sorted(set(steps))  # no duplicates after the resume
+    assert [r["epoch"] for r in records if "epoch" in r] == [0, 1, 2, 3]
+
+
+# In-process tests ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def keras() -> Any:
+    keras = pytest.importorskip("keras")
+    pytest.importorskip("tensorflow")
+    keras.utils.set_random_seed(0)
+    return keras
+
+
+def small_model(keras: Any) -> Any:
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
+                              keras.layers.Dropout(0.2), keras.layers.Dense(1)])  # fmt: skip
+    model.compile("adam", "mse")
+    return model
+
+
+def data() -> tuple[Any, Any]:
+    rng = np.random.default_rng(0)
+    x = rng.random((64, 4), dtype=np.float32)
+    return x, x.sum(axis=1, keepdims=True)
+
+
+def test_fit_returns_history_and_resumes_finished_run(keras: Any, tmp_path: Path) -> None:
+    x, y = data()
+    h = cs.fit(small_model(keras), x, y, run="r", location=tmp_path / "r", epochs=2,
+               batch_size=16, seed=0, verbose=0)  # fmt: skip
+    assert h.epoch == [0, 1]
+    assert len(h.history["loss"]) == 2
+    model = small_model(keras)
+    again = cs.fit(model, x, y, run="r", location=tmp_path / "r", epochs=3, batch_size=16,
+                   seed=0, verbose=0)  # fmt: skip
+    assert again.epoch == [0, 1, 2]  # one more epoch, the first two from the earlier session
+
+
+def test_callback_with_plain_model_fit(keras: Any, tmp_path: Path) -> None:
+    x, y = data()
+    model = small_model(keras)
+    callback = cs.keras.SessionCheckpoint(tmp_path / "plain", every=None, every_steps=2,
+                                          verbose=False)  # fmt: skip
+    model.fit(x, y, epochs=2, batch_size=16, callbacks=[callback], verbose=0)
+    assert cs.Checkpointer(tmp_path / "plain").latest_step() == 8
+    fresh = small_model(keras)
+    callback = cs.keras.SessionCheckpoint(tmp_path / "plain", every=None, verbose=False)
+    history = fresh.fit(x, y, epochs=3, batch_size=16, callbacks=[callback], verbose=0)
+    assert history.epoch == [2]  # resumed after the two saved epochs
+    for a, b in zip(model.variables[:2], fresh.variables[:2], strict=True):
+        assert a.shape == b.shape
+    assert [r["epoch"] for r in cs.history(tmp_path / "plain").to_dict("records")] == [0, 1, 2]
+
+
+def test_changed_model_is_a_clear_error(keras: Any, tmp_path: Path) -> None:
+    x, y = data()
+    cs.fit(small_model(keras), x, y, run="r", location=tmp_path, epochs=1, verbose=0)
+    other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    other.compile("adam", "mse")
+    with pytest.raises(cs.CheckpointError, match="new run name"):
+        cs.fit(other, x, y, run="r", location=tmp_path, epochs=2, verbose=0)
+
+
+def test_deadline_saves_and_stops(
+    keras: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    x, y = data()
+    clock = cs.SessionClock(started=0, max_session=3600, now=lambda: 3600 - 30.0)  # 30 s left
+    history = cs.fit(small_model(keras), x, y, run="r", location=tmp_path, epochs=5,
+                     batch_size=16, clock=clock, every=None, verbose=1)  # fmt: skip
+    out = capsys.readouterr().out
+    assert "run this cell again to continue" in out
+    ckpt = cs.Checkpointer(tmp_path)
+    assert ckpt.latest_step() == 1  # saved after the first batch, then stopped
+    assert history.epoch in ([], [0])
+
+
+def test_epoch_estimate_line(
+    keras: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    x, y = data()
+    cs.fit(small_model(keras), x, y, run="r", location=tmp_path, epochs=2, verbose=2)
+    out = capsys.readouterr().out
+    assert "epoch 1/2 took" in out
+    assert "left in this session" in out
+
+
+def test_fit_refuses_its_own_arguments(keras: Any, tmp_path: Path) -> None:
+    x, y = data()
+    with pytest.raises(cs.ConfigError, match="shuffle"):
+        cs.fit(small_model(keras), x, y, run="r", location=tmp_path, epochs=1, shuffle=True)
+
+
+def test_dataset_input_resumes_at_epoch_start(
+    keras: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import tensorflow as tf
+
+    x, y = data()
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    cs.fit(small_model(keras), dataset, run="r", location=tmp_path, epochs=1, verbose=0)
+    history = cs.fit(small_model(keras), dataset, run="r", location=tmp_path, epochs=2,
+                     verbose=0)  # fmt: skip
+    assert history.epoch == [0, 1]
+    assert "not arrays" in caplog.text
+
+
+def test_mirrored_strategy_over_two_cpus(keras: Any, tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    cpus = tf.config.list_logical_devices("CPU")
+    if len(cpus) < 2:
+        pytest.skip("needs two logical CPUs (configured in conftest before TF starts)")
+    strategy = tf.distribute.MirroredStrategy([d.name for d in cpus[:2]])
+    with strategy.scope():
+        model = small_model(keras)
+    x, y = data()
+    history = cs.fit(model, x, y, run="m", location=tmp_path, epochs=2, batch_size=8, seed=1,
+                     verbose=0)  # fmt: skip
+    assert history.epoch == [0, 1]
+    restored = cs.Checkpointer(tmp_path).restore()
+    assert restored is not None
+    assert restored.state["data"]["batch_size"] == 16  # 8 per replica, 2 replicas
+
+
+def test_model_outside_strategy_scope(keras: Any, tmp_path: Path, mocker: MockerFixture) -> None:
+    from colabsession import _strategy
+
+    mocker.patch.object(_strategy, "last_strategy", object())
+    x, y = data()
+    with pytest.raises(cs.ConfigError, match=r"strategy\.scope\(\)"):
+        cs.fit(small_model(keras), x, y, run="r", location=tmp_path, epochs=1, verbose=0)
+
+
+def test_notify(keras: Any, tmp_path: Path, mocker: MockerFixture) -> None:
+    post = mocker.patch("requests.post")
+    x, y = data()
+    cs.fit(small_model(keras), x, y, run="n", location=tmp_path, epochs=1, verbose=0,
+           notify="https://hooks.example/secret")  # fmt: skip
+    payload = post.call_args.kwargs["json"]
+    assert payload["event"] == "finished"
+    assert payload["run"] == "n"
+    assert post.call_args.kwargs["timeout"] == 10
+
+
+def test_notify_failure_is_only_logged(
+    caplog: pytest.LogCaptureFixture, mocker: MockerFixture
+) -> None:
+    import requests
+
+    from colabsession._notify import notify
+
+    mocker.patch("requests.post", side_effect=requests.ConnectionError("down"))
+    notify("https://hooks.example/T0/B0/secret", "finished", run="x")
+    assert "notification" in caplog.text
+    assert "secret" not in caplog.text
+
+
+# Choosing the strategy and the precision ---------------------------------------------------------
+
+
+def report(gpus: list[str] = (), tpu: TPUInfo | None = None) -> HardwareReport:  # type: ignore[assignment]
+    return HardwareReport(
+        os=types.SimpleNamespace(), cpu=types.SimpleNamespace(), ram=None, disk=None,  # type: ignore[arg-type]
+        drive_disk=None, gpus=tuple(GPUInfo(i, "GPU", compute_capability=c)
+                                    for i, c in enumerate(gpus)),
+        tpu=tpu, runtime=cs.runtime(),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("hardware", "kind"),
+    [
+        (report(), "default"),
+        (report(["7.5"]), "one-device"),
+        (report(["8.0", "8.0"]), "mirrored"),
+        (report(tpu=TPUInfo("vm", "v5e", 1)), "tpu"),
+        (report(tpu=TPUInfo("node", address="grpc://10.0.0.2:8470")), "tpu-node"),
+    ],
+)
+def test_choose_strategy(hardware: HardwareReport, kind: str) -> None:
+    assert choose_strategy(hardware) == kind
+
+
+@pytest.mark.parametrize(
+    ("hardware", "bf16", "policy"),
+    [
+        (report(), False, "float32"),
+        (report(["6.0"]), False, "float32"),  # P100: no tensor cores
+        (report(["7.5"]), False, "mixed_float16"),  # T4
+        (report(["7.5"]), True, "mixed_float16"),  # no bfloat16 before 8.0
+        (report(["8.0"]), True, "mixed_bfloat16"),  # A100, when asked
+        (report(["8.9"]), False, "mixed_float16"),  # L4
+        (report(tpu=TPUInfo("vm", "v2/v3", 8)), False, "mixed_bfloat16"),
+    ],
+)
+def test_choose_precision(hardware: HardwareReport, bf16: bool, policy: str) -> None:
+    assert choose_precision(hardware, bfloat16=bf16) == policy
+
+
+def test_strategy_and_precision_on_this_cpu(keras: Any) -> None:
+    strategy = cs.strategy(report())
+    assert strategy.num_replicas_in_sync == 1
+    try:
+        assert cs.precision(report=report(["7.5"])) == "mixed_float16"
+        assert keras.mixed_precision.global_policy().name == "mixed_float16"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_tpu_vm_strategy_uses_the_local_resolver(keras: Any, mocker: MockerFixture) -> None:
+    import tensorflow as tf
+
+    resolver = mocker.patch.object(tf.distribute.cluster_resolver, "TPUClusterResolver")
+    mocker.patch.object(tf.tpu.experimental, "initialize_tpu_system")
+    tpu_strategy = mocker.patch.object(tf.distribute, "TPUStrategy")
+    assert cs.strategy(report(tpu=TPUInfo("vm", "v5e", 1))) is tpu_strategy.return_value
+    resolver.assert_called_once_with(tpu="local")
+
+
+def test_distribution_needs_jax(keras: Any) -> None:
+    with pytest.raises(cs.ConfigError, match="JAX backend"):
+        cs.distribution()
