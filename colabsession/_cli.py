@@ -62,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     cmd.set_defaults(handler=_probe)
 
+    cmd = commands.add_parser("demo", help="train a small CNN on the digits data with cs.fit")
+    cmd.add_argument("--run", default="digits-cnn", help="the run's name (default digits-cnn)")
+    cmd.add_argument("--epochs", type=int, default=20)
+    cmd.add_argument("--location", help="where to keep the run (default drive:checkpoints/RUN)")
+    cmd.set_defaults(handler=_demo)
+
     ckpt = commands.add_parser("ckpt", help="inspect a run's checkpoints and history")
     actions = ckpt.add_subparsers(title="actions", metavar="ACTION")
     for name, help_text, handler in (
@@ -207,4 +213,11 @@ def _ckpt_plot(args: argparse.Namespace) -> int:
     ax = plot_history(args.location)
     ax.figure.savefig(args.output, dpi=120, bbox_inches="tight")
     print(f"wrote {args.output}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run
+
+    run(name=args.run, epochs=args.epochs, location=args.location)
     return 0

@@ -75,50 +75,30 @@ def fit(
     details = {"run": run, "location": str(callback.location), "epochs": epochs}
     try:
         with callback.ckpt:  # SIGTERM: save at the next batch and stop
-            restored = callback.restore(model)
-            epoch, skip = callback.resume_point(restored)
-            fit_args = dict(validation_data=validation_data, verbose=verbose,
-                            callbacks=[callback, *callbacks], **fit_kwargs)  # fmt: skip
-            if _is_arrays(x) and (y is None or _is_arrays(y)):
-                stored = callback.data.get("seed")
-                if stored is not None and seed is not None and stored != seed:
-                    logger.warning("colabsession: %s was started with seed %s; keeping it",
-                                   run, stored)  # fmt: skip
-                seed = int(stored if stored is not None else seed if seed is not None
-                           else int.from_bytes(os.urandom(4), "little"))  # fmt: skip
-                callback.data = {"seed": seed, "batch_size": global_batch}
-                count = _length(x)
-                per_epoch = math.ceil(count / global_batch)
-                callback.steps_per_epoch = per_epoch
-                if skip and epoch < epochs:  # the rest of the epoch that was cut short
-                    callback.batch_offset = skip
-                    data = _batches(keras, x, y, seed, range(epoch, epoch + 1), global_batch,
-                                    skip)  # fmt: skip
-                    model.fit(data, epochs=epoch + 1, initial_epoch=epoch, shuffle=False,
-                              steps_per_epoch=per_epoch - skip, **fit_args)  # fmt: skip
-                    callback.batch_offset = 0
-                    epoch += 1
-                if epoch < epochs and not callback.stopped_for_deadline:
-                    data = _batches(keras, x, y, seed, range(epoch, epochs), global_batch, 0)
-                    model.fit(data, epochs=epochs, initial_epoch=epoch, shuffle=False,
-                              steps_per_epoch=per_epoch, **fit_args)  # fmt: skip
-            else:
-                if restored is not None:
-                    logger.warning(
-                        "colabsession: the input is not arrays, so its order is not cs.fit's to "
-                        "replay: resuming at the start of epoch %d", epoch + 1,
-                    )  # fmt: skip
-                if hasattr(x, "element_spec"):  # a tf.data Dataset orders itself
-                    fit_args["shuffle"] = False
-                if epoch < epochs:
-                    model.fit(x, y, batch_size=global_batch if y is not None or _is_arrays(x)
-                              else None, epochs=epochs, initial_epoch=epoch,
-                              **fit_args)  # fmt: skip
-    except KeyboardInterrupt:
-        if callback.save_now():
-            print(f"colabsession: interrupted; saved the run in {callback.location}. Run the "
-                  "cell again to continue.", flush=True)  # fmt: skip
-        raise
+            try:
+                _train(
+                    keras,
+                    model,
+                    x,
+                    y,
+                    callback,
+                    epochs=epochs,
+                    seed=seed,
+                    run=run,
+                    global_batch=global_batch,
+                    validation_data=validation_data,
+                    verbose=verbose,
+                    callbacks=callbacks,
+                    fit_kwargs=fit_kwargs,
+                )
+            except KeyboardInterrupt:
+                if callback.save_now():
+                    print(
+                        f"colabsession: interrupted; saved the run in {callback.location}. "
+                        "Run the cell again to continue.",
+                        flush=True,
+                    )
+                raise
     except Exception as exc:
         post(notify, "failed", error=f"{type(exc).__name__}: {exc}", **details)
         raise
@@ -128,6 +108,64 @@ def fit(
          epochs_done=done, metrics={k: v[-1] for k, v in history.history.items() if v},
          **details)  # fmt: skip
     return history
+
+
+def _train(
+    keras: Any,
+    model: Any,
+    x: Any,
+    y: Any,
+    callback: Any,
+    *,
+    epochs: int,
+    seed: int | None,
+    run: str,
+    global_batch: int,
+    validation_data: Any,
+    verbose: Any,
+    callbacks: Sequence[Any],
+    fit_kwargs: dict[str, Any],
+) -> None:
+    """Restore the run into *model*, then train its remaining batches in model.fit calls."""
+    restored = callback.restore(model)
+    epoch, skip = callback.resume_point(restored)
+    fit_args = dict(validation_data=validation_data, verbose=verbose,
+                    callbacks=[callback, *callbacks], **fit_kwargs)  # fmt: skip
+    if _is_arrays(x) and (y is None or _is_arrays(y)):
+        stored = callback.data.get("seed")
+        if stored is not None and seed is not None and stored != seed:
+            logger.warning("colabsession: %s was started with seed %s; keeping it",
+                           run, stored)  # fmt: skip
+        seed = int(stored if stored is not None else seed if seed is not None
+                   else int.from_bytes(os.urandom(4), "little"))  # fmt: skip
+        callback.data = {"seed": seed, "batch_size": global_batch}
+        count = _length(x)
+        per_epoch = math.ceil(count / global_batch)
+        callback.steps_per_epoch = per_epoch
+        if skip and epoch < epochs:  # the rest of the epoch that was cut short
+            callback.batch_offset = skip
+            data = _batches(keras, x, y, seed, range(epoch, epoch + 1), global_batch,
+                            skip)  # fmt: skip
+            model.fit(data, epochs=epoch + 1, initial_epoch=epoch, shuffle=False,
+                      steps_per_epoch=per_epoch - skip, **fit_args)  # fmt: skip
+            callback.batch_offset = 0
+            epoch += 1
+        if epoch < epochs and not callback.stopped_for_deadline:
+            data = _batches(keras, x, y, seed, range(epoch, epochs), global_batch, 0)
+            model.fit(data, epochs=epochs, initial_epoch=epoch, shuffle=False,
+                      steps_per_epoch=per_epoch, **fit_args)  # fmt: skip
+    else:
+        if restored is not None:
+            logger.warning(
+                "colabsession: the input is not arrays, so its order is not cs.fit's to "
+                "replay: resuming at the start of epoch %d", epoch + 1,
+            )  # fmt: skip
+        if hasattr(x, "element_spec"):  # a tf.data Dataset orders itself
+            fit_args["shuffle"] = False
+        if epoch < epochs:
+            model.fit(x, y, batch_size=global_batch if y is not None or _is_arrays(x)
+                      else None, epochs=epochs, initial_epoch=epoch,
+                      **fit_args)  # fmt: skip
 
 
 def _check_scope(model: Any) -> None:

@@ -73,8 +73,13 @@ def format_duration(seconds: float) -> str:
     sign = "-" if seconds < 0 else ""
     hours, rest = divmod(int(abs(seconds)), 3600)
     minutes, secs = divmod(rest, 60)
-    parts = [f"{v}{u}" for v, u in ((hours, "h"), (minutes, "m"), (secs, "s")) if v]
-    return sign + ("".join(parts[:2]) if parts else "0s")
+    if hours:
+        text = f"{hours}h" + (f"{minutes}m" if minutes else "")
+    elif minutes:
+        text = f"{minutes}m" + (f"{secs}s" if secs else "")
+    else:
+        text = f"{secs}s"
+    return sign + text
 
 
 def format_bytes(size: float | None) -> str:

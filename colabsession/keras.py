@@ -84,6 +84,8 @@ class SessionCheckpoint(_Callback):  # type: ignore[misc]
         self._epoch_started = 0.0
         self._epoch_seconds: list[float] = []
         self._epochs = 0
+        self._pending_line: str | None = None
+        self._iteration_offset: int | None = None
 
     # Restoring -----------------------------------------------------------------------------
 
@@ -141,9 +143,13 @@ class SessionCheckpoint(_Callback):  # type: ignore[misc]
                 self.model._initial_epoch = epoch  # what Keras' BackupAndRestore does too
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._print_pending()
         self._epoch = epoch
         self._batches_done = self.batch_offset
         self._epoch_started = time.monotonic()
+        iterations = self._iterations()
+        if iterations is not None:  # the optimizer counts applied steps: see save_now()
+            self._iteration_offset = iterations - self._step()
 
     def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         self._in_step = True
@@ -169,10 +175,11 @@ class SessionCheckpoint(_Callback):  # type: ignore[misc]
             self.stopped_for_deadline = True
             self.model.stop_training = True
         self._epoch_seconds.append(time.monotonic() - self._epoch_started)
-        if self.verbose:
-            print(self.estimate(epoch), flush=True)
+        # Printed at the next epoch's start, after Keras' own line for this epoch.
+        self._pending_line = self.estimate(epoch) if self.verbose else None
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        self._print_pending()
         self.model._initial_epoch = None
         if self.ckpt._last_saved_step != self._step() and not self._in_step:
             self.ckpt.save(self._step(), self._state())  # the end of training is always kept
@@ -189,12 +196,20 @@ class SessionCheckpoint(_Callback):  # type: ignore[misc]
 
     # Helpers ---------------------------------------------------------------------------------
 
+    def _print_pending(self) -> None:
+        line, self._pending_line = self._pending_line, None
+        if line:
+            print(line, flush=True)
+
     def estimate(self, epoch: int) -> str:
         """The per-epoch line: time per epoch, epochs that still fit, sessions still needed."""
         recent = self._epoch_seconds[-3:]
         per_epoch = sum(recent) / len(recent) if recent else 0.0
         left = max(0, self._epochs - epoch - 1)
         remaining = self.clock.remaining
+        if not left:
+            return (f"colabsession: epoch {epoch + 1}/{self._epochs} took "
+                    f"{format_duration(per_epoch)}; training is complete")  # fmt: skip
         fit = int(remaining // per_epoch) if per_epoch else left
         per_session = self.clock.max_session / per_epoch if per_epoch else float("inf")
         sessions = 0 if left <= fit else 1 + math.ceil((left - fit) / max(per_session, 1e-9))
@@ -206,13 +221,30 @@ class SessionCheckpoint(_Callback):  # type: ignore[misc]
         )
 
     def save_now(self) -> bool:
-        """Save the current state unless a training step is half done (its step number would be
-        unknown). Used when training is interrupted."""
-        if self._in_step or (self._batches_done == 0 and self._epoch == 0):
+        """Save the current state when training is interrupted (Ctrl-C).
+
+        The interrupt usually lands between a step's update and its on_train_batch_end, so the
+        step is read from the optimizer's iteration counter, which the update advances
+        atomically; without an optimizer, a half-done step is not saved."""
+        iterations = self._iterations()
+        per_epoch = self._per_epoch()
+        if iterations is not None and self._iteration_offset is not None and per_epoch:
+            step = iterations - self._iteration_offset
+            self._epoch, self._batches_done = divmod(step, per_epoch)
+        elif self._in_step:
             return False
+        if self._step() == 0 or self._step() == self.ckpt._last_saved_step:
+            return self._step() != 0
         self.ckpt.save(self._step(), self._state())
         self.ckpt.wait()
         return True
+
+    def _iterations(self) -> int | None:
+        optimizer = getattr(self.model, "optimizer", None)
+        try:
+            return int(optimizer.iterations.numpy()) if optimizer is not None else None
+        except (AttributeError, TypeError, ValueError):
+            return None
 
     def full_history(self) -> Any:
         """A keras History holding every epoch once, from all sessions of the run."""

@@ -46,7 +46,15 @@ def test_wrong_type_is_a_config_error(value: object) -> None:
 
 @pytest.mark.parametrize(
     ("seconds", "text"),
-    [(0, "0s"), (42.9, "42s"), (5400, "1h30m"), (90061, "25h1m"), (86400, "24h"), (-60, "-1m")],
+    [
+        (0, "0s"),
+        (42.9, "42s"),
+        (5400, "1h30m"),
+        (90061, "25h1m"),
+        (86400, "24h"),
+        (39601, "11h"),
+        (-60, "-1m"),
+    ],
 )
 def test_format_duration(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text

@@ -1,0 +1,78 @@
+"""The main job: train a small CNN on scikit-learn's bundled digits (no download) with cs.fit.
+
+    colabsession demo            # or: python -m colabsession demo
+
+Interrupt it (Ctrl-C, or the notebook's stop button) and run it again: it resumes where it
+stopped. Needs TensorFlow and scikit-learn: ``pip install "colabsession[demo]"``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._optional import require
+
+__all__ = ["digits_data", "digits_model", "run"]
+
+
+def digits_data(validation: float = 0.15) -> tuple[Any, Any, Any, Any]:
+    """scikit-learn's 1,797 handwritten 8x8 digits as (x_train, y_train, x_val, y_val)."""
+    import numpy as np
+
+    datasets = require("sklearn.datasets", extra="demo", purpose="the demo",
+                       package="scikit-learn")  # fmt: skip
+    digits = datasets.load_digits()
+    x = (digits.images / 16.0).astype(np.float32)[..., None]
+    y = digits.target.astype(np.int64)
+    order = np.random.default_rng(1234).permutation(len(x))  # a fixed split across sessions
+    x, y = x[order], y[order]
+    cut = int(len(x) * (1 - validation))
+    return x[:cut], y[:cut], x[cut:], y[cut:]
+
+
+def digits_model() -> Any:
+    """A small CNN with Dropout, compiled; build it inside ``strategy.scope()``."""
+    keras = require("keras", extra="demo", purpose="the demo")
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
+            keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Flatten(),
+            keras.layers.Dropout(0.3),
+            keras.layers.Dense(64, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def run(*, name: str = "digits-cnn", epochs: int = 20, location: str | None = None,
+        every: str = "5s", verbose: Any = 2) -> Any:  # fmt: skip
+    """Probe the hardware, then train (or resume) the digits CNN; returns the History."""
+    import colabsession as cs
+
+    report = cs.probe()
+    print(report.table(), end="\n\n")
+    x, y, x_val, y_val = digits_data()
+    strategy = cs.strategy(report)
+    cs.precision(report=report)
+    with strategy.scope():
+        model = digits_model()
+    history = cs.fit(model, x, y, run=name, location=location, epochs=epochs, batch_size=64,
+                     validation_data=(x_val, y_val), seed=0, every=every,
+                     verbose=verbose)  # fmt: skip
+    where = location or f"drive:checkpoints/{name}"
+    if history.epoch:
+        last = {k: round(v[-1], 4) for k, v in history.history.items()}
+        print(f"\n{len(history.epoch)} of {epochs} epochs done; last epoch: {last}")
+    print(f"checkpoints and history: {cs.drive.resolve(where)}")
+    print("Interrupt and run `colabsession demo` again: it resumes. `colabsession ckpt history "
+          f"{where}` shows every session's losses.")  # fmt: skip
+    return history

@@ -1,0 +1,39 @@
+"""The main job, end to end: `colabsession demo`, interrupted with Ctrl-C and run again."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+
+def test_demo_interrupted_and_resumed(tmp_path: Path) -> None:
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("sklearn")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "colabsession", "demo", "--location", str(tmp_path / "run")]
+    proc = subprocess.Popen([*command, "--epochs", "200"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)  # fmt: skip
+    assert proc.stdout is not None
+    seen = []
+    deadline = time.monotonic() + 120
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith("Epoch 4/") or time.monotonic() > deadline:
+            break
+    proc.send_signal(signal.SIGINT)  # the stop button
+    out = "".join(seen) + proc.stdout.read()
+    proc.wait(timeout=60)
+    assert proc.returncode == 130, out
+    assert "interrupted; saved the run" in out
+
+    again = subprocess.run([*command, "--epochs", "5"], capture_output=True, text=True, env=env,
+                           timeout=300)  # fmt: skip
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "colabsession: resumed" in again.stdout
+    assert "5 of 5 epochs done" in again.stdout
