@@ -19,7 +19,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from . import drive, keras
+    from . import drive, env, keras
     from ._benchmark import BenchmarkReport, benchmark
     from ._checkpoint import Checkpoint, Checkpointer
     from ._clock import SessionClock, clock
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
         DriveAPIError,
         DriveAuthError,
         DriveError,
+        EnvError,
         LeaseError,
         MissingDependencyError,
         MountError,
@@ -55,6 +56,7 @@ _LAZY: dict[str, str] = {
     "DriveAPIError": "._errors",
     "DriveAuthError": "._errors",
     "DriveError": "._errors",
+    "EnvError": "._errors",
     "HardwareReport": "._probe",
     "LeaseError": "._errors",
     "MissingDependencyError": "._errors",
@@ -66,6 +68,7 @@ _LAZY: dict[str, str] = {
     "clock": "._clock",
     "distribution": "._strategy",
     "drive": ".drive",
+    "env": ".env",
     "fit": "._fit",
     "history": "._history",
     "keras": ".keras",
@@ -89,6 +92,7 @@ __all__ = [
     "DriveAPIError",
     "DriveAuthError",
     "DriveError",
+    "EnvError",
     "HardwareReport",
     "LeaseError",
     "MissingDependencyError",
@@ -101,6 +105,7 @@ __all__ = [
     "clock",
     "distribution",
     "drive",
+    "env",
     "fit",
     "history",
     "keras",

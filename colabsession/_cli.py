@@ -62,6 +62,35 @@ def _parser() -> argparse.ArgumentParser:
     )
     cmd.set_defaults(handler=_probe)
 
+    env = commands.add_parser("env", help="pip installs that survive a runtime restart")
+    actions = env.add_subparsers(title="actions", metavar="ACTION")
+    cmd = actions.add_parser("install", help="install into an environment, persist it")
+    cmd.add_argument("requirements", nargs="+", help="pip requirements")
+    cmd.add_argument("--name", default="my_env")
+    cmd.add_argument("--location", help="where environments are kept")
+    cmd.add_argument(
+        "--pip-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="an extra pip argument, e.g. --pip-arg=--index-url=URL (repeatable)",
+    )
+    cmd.set_defaults(handler=_env_install)
+    cmd = actions.add_parser("restore", help="bring an environment back after a restart")
+    cmd.add_argument("--name", default="my_env")
+    cmd.add_argument("--location")
+    cmd.add_argument("--strict", action="store_true", help="fail instead of rebuilding")
+    cmd.set_defaults(handler=_env_restore)
+    cmd = actions.add_parser("list", help="the environments kept")
+    cmd.add_argument("--location")
+    _add_json(cmd)
+    cmd.set_defaults(handler=_env_list)
+    cmd = actions.add_parser("remove", help="delete an environment")
+    cmd.add_argument("name")
+    cmd.add_argument("--location")
+    cmd.set_defaults(handler=_env_remove)
+    env.set_defaults(handler=lambda args: _usage(env))
+
     cmd = commands.add_parser("demo", help="train a small CNN on the digits data with cs.fit")
     cmd.add_argument("--run", default="digits-cnn", help="the run's name (default digits-cnn)")
     cmd.add_argument("--epochs", type=int, default=20)
@@ -220,4 +249,45 @@ def _demo(args: argparse.Namespace) -> int:
     from .demo import run
 
     run(name=args.run, epochs=args.epochs, location=args.location)
+    return 0
+
+
+def _env_install(args: argparse.Namespace) -> int:
+    from . import env
+
+    env.install(*args.requirements, name=args.name, location=args.location, pip_args=args.pip_arg)
+    return 0
+
+
+def _env_restore(args: argparse.Namespace) -> int:
+    from . import env
+
+    info = env.restore(args.name, location=args.location, strict=args.strict)
+    print(
+        f"environment {info.name!r}: {len(info.packages)} package(s) ready; in a shell, "
+        "use it with `PYTHONPATH=... python` as printed by `colabsession env list`"
+    )
+    return 0
+
+
+def _env_list(args: argparse.Namespace) -> int:
+    from . import env
+
+    found = env.list(args.location)
+    if args.json:
+        print(json.dumps([e.to_dict() for e in found], indent=2))
+        return 0
+    for e in found:
+        packages = ", ".join(f"{n}=={v}" for n, v in e.packages) or "-"
+        print(f"{e.name:<16} Python {e.python:<8} {e.size / 2**20:8.1f} MiB  {packages}")
+    if not found:
+        print("no environments")
+    return 0
+
+
+def _env_remove(args: argparse.Namespace) -> int:
+    from . import env
+
+    env.remove(args.name, args.location)
+    print(f"removed environment {args.name!r}")
     return 0

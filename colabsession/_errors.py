@@ -54,3 +54,7 @@ class CheckpointError(ColabSessionError):
 
 class LeaseError(CheckpointError):
     """Another notebook holds the run's lease: two writers would overwrite each other."""
+
+
+class EnvError(ColabSessionError):
+    """A persistent environment cannot be built, saved or restored."""

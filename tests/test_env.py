@@ -1,0 +1,277 @@
+"""Persistent environments with real pip against wheels the tests build, a local folder as Drive."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from fsspec.implementations.local import LocalFileSystem
+
+import colabsession as cs
+from colabsession.drive import Location
+from colabsession.env import safe_extract
+
+from .wheels import make_wheel
+
+
+@pytest.fixture(scope="session")
+def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("wheels")
+    make_wheel(folder, "cs-demo-a", "1.0", requires=("cs-demo-b>=1.0",), script="cs-demo-a")
+    make_wheel(folder, "cs-demo-b", "1.0")
+    make_wheel(folder, "cs-demo-b", "2.0")
+    make_wheel(folder, "cs-demo-c", "1.0")
+    return folder
+
+
+@pytest.fixture
+def pip_args(wheels: Path) -> list[str]:
+    return ["--no-index", "--find-links", str(wheels)]
+
+
+@pytest.fixture(autouse=True)
+def clean_interpreter() -> Iterator[None]:
+    """Environments change sys.path, PATH and PYTHONPATH: put them back after each test."""
+    path, environ = list(sys.path), dict(os.environ)
+    yield
+    sys.path[:] = path
+    for var in ("PATH", "PYTHONPATH"):
+        if var in environ:
+            os.environ[var] = environ[var]
+        else:
+            os.environ.pop(var, None)
+    for module in [m for m in sys.modules if m.startswith("cs_demo_")]:
+        del sys.modules[module]
+
+
+def drive_files(isolated: Path, name: str = "my_env") -> list[str]:
+    folder = isolated / "drive" / "Colab Notebooks" / "colabsession" / "envs" / name
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.mark.parametrize("installer", ["pip", "uv"])
+def test_install_persists_and_activates(
+    isolated: Path, pip_args: list[str], installer: str
+) -> None:
+    if installer == "uv":
+        pytest.importorskip("uv")
+    info = cs.env.install("cs-demo-a", pip_args=pip_args, installer=installer)
+    assert info.installer == installer
+    assert dict(info.packages) == {"cs-demo-a": "1.0", "cs-demo-b": "2.0"}
+    assert info.requirements == ("cs-demo-a",)
+    assert info.python == ".".join(map(str, sys.version_info[:3]))
+    files = drive_files(isolated)
+    assert files == sorted(["manifest.json", info.archive])  # one archive, one manifest
+    import cs_demo_a  # type: ignore[import-not-found]
+
+    assert cs_demo_a.VERSION == "1.0"
+    assert sys.path.index(os.environ["PYTHONPATH"].split(os.pathsep)[0]) <= 1  # ahead of the base
+    script = shutil.which("cs-demo-a")
+    assert script is not None
+    out = subprocess.run([script], capture_output=True, text=True, check=True)
+    assert "hello from cs_demo_a 1.0" in out.stdout
+    out = subprocess.run([sys.executable, "-c", "import cs_demo_b; print(cs_demo_b.VERSION)"],
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    assert out.stdout.strip() == "2.0"  # !python sees the layer too
+
+
+def test_only_what_the_base_lacks(pip_args: list[str]) -> None:
+    info = cs.env.install("packaging", "cs-demo-c", pip_args=pip_args)
+    assert dict(info.packages) == {"cs-demo-c": "1.0"}  # the base's packaging stays the base's
+
+
+def test_install_extends_the_environment(pip_args: list[str]) -> None:
+    cs.env.install("cs-demo-a", pip_args=pip_args)
+    info = cs.env.install("cs-demo-c", "cs-demo-b==1.0", pip_args=pip_args)
+    assert dict(info.packages) == {"cs-demo-a": "1.0", "cs-demo-b": "1.0", "cs-demo-c": "1.0"}
+    assert set(info.requirements) == {"cs-demo-a", "cs-demo-c", "cs-demo-b==1.0"}
+    assert len(cs.env.list()) == 1
+
+
+def test_restore_on_a_fresh_runtime(isolated: Path, pip_args: list[str], tmp_path: Path) -> None:
+    cs.env.install("cs-demo-a", pip_args=pip_args)
+    env = {**os.environ, "COLABSESSION_HOME": str(tmp_path / "new-vm"),
+           "COLABSESSION_DRIVE": str(isolated / "drive"),
+           "PYTHONPATH": os.pathsep.join(p for p in sys.path if "cs-home" not in p)}  # fmt: skip
+    code = "import colabsession as cs; cs.env.restore(); import cs_demo_a; print(cs_demo_a.VERSION)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("1.0")
+    assert (tmp_path / "new-vm" / "envs" / "my_env").is_dir()  # extracted to local disk
+
+
+class CountingFS(LocalFileSystem):  # type: ignore[misc]
+    cachable = False
+    reads: ClassVar[list[str]] = []
+
+    def _open(self, path: str, mode: str = "rb", **kwargs: Any) -> Any:
+        if "r" in mode:
+            CountingFS.reads.append(path)
+        return super()._open(path, mode, **kwargs)
+
+    def cat_file(self, path: str, *args: Any, **kwargs: Any) -> Any:
+        CountingFS.reads.append(path)
+        with super()._open(path, "rb") as f:
+            return f.read()
+
+
+def test_restore_reads_two_files(tmp_path: Path, pip_args: list[str], isolated: Path) -> None:
+    location = Location(CountingFS(), str(tmp_path / "envs"), "counting-drive")
+    cs.env.install("cs-demo-a", location=location, pip_args=pip_args)
+    shutil.rmtree(isolated / "envs")  # a new runtime: nothing on local disk
+    CountingFS.reads.clear()
+    cs.env.restore(location=location)
+    assert len(CountingFS.reads) == 2  # the manifest and the archive
+    CountingFS.reads.clear()
+    cs.env.restore(location=location)  # already on local disk: the manifest only
+    assert len(CountingFS.reads) == 1
+
+
+def test_python_upgrade_rebuilds(isolated: Path, pip_args: list[str],
+                                 capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    cs.env.install("cs-demo-a", pip_args=pip_args)
+    manifest = isolated / "drive/Colab Notebooks/colabsession/envs/my_env/manifest.json"
+    data = json.loads(manifest.read_text())
+    data["python"] = "3.9.18"
+    manifest.write_text(json.dumps(data))
+    with pytest.raises(cs.EnvError, match="strict=True"):
+        cs.env.restore(strict=True)
+    info = cs.env.restore(pip_args=pip_args)
+    assert "rebuilding it from its exact versions" in capsys.readouterr().out
+    assert info.python == ".".join(map(str, sys.version_info[:3]))
+    assert json.loads(manifest.read_text())["python"] == info.python  # persisted again
+    assert dict(info.packages) == {"cs-demo-a": "1.0", "cs-demo-b": "2.0"}
+    assert len(drive_files(isolated)) == 2  # the old archive went once the new one was saved
+
+
+def test_damaged_archive_is_refused(isolated: Path, pip_args: list[str]) -> None:
+    info = cs.env.install("cs-demo-a", pip_args=pip_args)
+    shutil.rmtree(isolated / "envs")
+    archive = isolated / "drive/Colab Notebooks/colabsession/envs/my_env" / info.archive
+    archive.write_bytes(archive.read_bytes()[: info.size // 2])
+    before = list(sys.path)
+    with pytest.raises(cs.EnvError, match=f"{info.archive} is damaged"):
+        cs.env.restore()
+    assert sys.path == before
+
+
+def test_damaged_manifest(isolated: Path, pip_args: list[str]) -> None:
+    cs.env.install("cs-demo-a", pip_args=pip_args)
+    manifest = isolated / "drive/Colab Notebooks/colabsession/envs/my_env/manifest.json"
+    manifest.write_text("{torn")
+    with pytest.raises(cs.EnvError, match=r"manifest\.json is damaged"):
+        cs.env.restore()
+
+
+def test_missing_environment() -> None:
+    with pytest.raises(cs.EnvError, match=r"cs\.env\.install"):
+        cs.env.restore("nothing-here")
+
+
+def test_failed_install_changes_nothing(isolated: Path, pip_args: list[str]) -> None:
+    cs.env.install("cs-demo-a", pip_args=pip_args)
+    before_files, before_path = drive_files(isolated), list(sys.path)
+    with pytest.raises(cs.EnvError, match="pip could not resolve"):
+        cs.env.install("no-such-package-anywhere", pip_args=pip_args)
+    assert drive_files(isolated) == before_files
+    assert sys.path == before_path
+
+
+@pytest.mark.parametrize("bad", ["cs-demo-a==>1", "not a requirement!", ""])
+def test_unparsable_requirement(bad: str) -> None:
+    with pytest.raises((cs.EnvError, cs.ConfigError)):
+        cs.env.install(bad)
+
+
+def _tar(tmp_path: Path, member: tarfile.TarInfo, data: bytes = b"") -> Path:
+    path = tmp_path / "evil.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        tar.addfile(member, io.BytesIO(data) if data else None)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "link", "message"),
+    [
+        ("/etc/evil", tarfile.REGTYPE, "", "outside"),
+        ("../evil", tarfile.REGTYPE, "", "outside"),
+        ("pkg/../../evil", tarfile.REGTYPE, "", "outside"),
+        ("pkg/link", tarfile.SYMTYPE, "../../etc/passwd", "points outside"),
+        ("pkg/abs", tarfile.SYMTYPE, "/etc/passwd", "points outside"),
+        ("pkg/dev", tarfile.CHRTYPE, "", "device"),
+    ],
+)
+def test_malicious_archives_are_refused(
+    tmp_path: Path, name: str, kind: bytes, link: str, message: str
+) -> None:
+    member = tarfile.TarInfo(name)
+    member.type = kind
+    member.linkname = link
+    data = b"x" if kind == tarfile.REGTYPE else b""
+    member.size = len(data)
+    target = tmp_path / "out"
+    target.mkdir()
+    with pytest.raises(cs.EnvError, match=message):
+        safe_extract(_tar(tmp_path, member, data), target)
+    assert not any(target.iterdir())
+
+
+def test_links_inside_are_kept(tmp_path: Path) -> None:
+    path = tmp_path / "ok.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        data = tarfile.TarInfo("pkg/real.py")
+        data.size = 1
+        tar.addfile(data, io.BytesIO(b"x"))
+        link = tarfile.TarInfo("pkg/alias.py")
+        link.type, link.linkname = tarfile.SYMTYPE, "real.py"
+        tar.addfile(link)
+    (tmp_path / "out").mkdir()
+    safe_extract(path, tmp_path / "out")
+    assert (tmp_path / "out/pkg/alias.py").is_symlink()
+
+
+def test_warns_when_the_base_version_is_already_imported(
+    pip_args: list[str], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = types.ModuleType("cs_demo_b")
+    old.__file__ = "/usr/lib/python3/dist-packages/cs_demo_b/__init__.py"
+    monkeypatch.setitem(sys.modules, "cs_demo_b", old)
+    with caplog.at_level(logging.WARNING, "colabsession"):
+        cs.env.install("cs-demo-a", pip_args=pip_args)
+    assert "cs_demo_b is already imported" in caplog.text
+    assert "Restart session" in caplog.text
+
+
+def test_list_and_remove(isolated: Path, pip_args: list[str]) -> None:
+    cs.env.install("cs-demo-c", name="small", pip_args=pip_args)
+    cs.env.install("cs-demo-a", name="big", pip_args=pip_args)
+    assert [e.name for e in cs.env.list()] == ["big", "small"]
+    cs.env.remove("small")
+    assert [e.name for e in cs.env.list()] == ["big"]
+    with pytest.raises(cs.EnvError, match="no environment"):
+        cs.env.remove("small")
+    with pytest.raises(cs.ConfigError):
+        cs.env.install("x", name="../escape")
+
+
+def test_cli(pip_args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    from colabsession._cli import main
+
+    assert main(["env", "install", "--name", "cli", "cs-demo-c", "--pip-arg=--no-index",
+                 f"--pip-arg=--find-links={pip_args[-1]}"]) == 0  # fmt: skip
+    assert main(["env", "list"]) == 0
+    assert "cli" in capsys.readouterr().out
+    assert main(["env", "restore", "--name", "cli"]) == 0
+    assert main(["env", "remove", "cli"]) == 0
+    assert main(["env", "restore", "--name", "cli"]) == 1
