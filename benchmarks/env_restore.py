@@ -34,9 +34,10 @@ def timed(command: list[str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--packages", nargs="+", default=["transformers", "datasets", "evaluate"])
+    parser.add_argument("--home", help="the local disk to restore to (default: a temp folder)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="cs-env-bench-"))
-    os.environ["COLABSESSION_HOME"] = str(tmp / "home")
+    os.environ["COLABSESSION_HOME"] = args.home or str(tmp / "home")
     os.environ["COLABSESSION_DRIVE"] = str(tmp / "drive")
     import colabsession as cs
     from colabsession.env import _uv
@@ -45,7 +46,8 @@ def main() -> None:
     info = cs.env.install(*args.packages, name="bench", installer="pip")
     build = time.perf_counter() - start
     pins = [f"{n}=={v}" for n, v in info.packages]
-    layer = next((tmp / "home" / "envs" / "bench").iterdir())
+    home = Path(os.environ["COLABSESSION_HOME"])
+    layer = next((home / "envs" / "bench").iterdir())
     files = sum(1 for p in layer.rglob("*") if p.is_file())
     size = sum(p.stat().st_size for p in layer.rglob("*") if p.is_file())
     print(
@@ -68,7 +70,7 @@ def main() -> None:
 
     restores = []
     for _ in range(3):
-        shutil.rmtree(tmp / "home" / "envs")  # a new runtime: nothing on local disk
+        shutil.rmtree(home / "envs")  # a new runtime: nothing on local disk
         code = (
             "import colabsession as cs, time; t=time.perf_counter(); "
             "cs.env.restore('bench'); print(time.perf_counter()-t)"

@@ -279,16 +279,12 @@ def _drive_location(text: str, relative: str) -> Location:
     clean = "/".join(parts)
     kind = detect_kind()
     if kind != "colab" and (_api_fs is not None or api_configured()):
-        fs = _api_fs if _api_fs is not None else _connect_default()
+        fs = _api_fs if _api_fs is not None else connect()
         return Location(fs, f"{fs.root}/{clean}".rstrip("/"), f"{text} (Drive API)")
     root = ensure() if kind == "colab" else mount()
     from fsspec.implementations.local import LocalFileSystem
 
     return Location(LocalFileSystem(), str(root / clean) if clean else str(root), text)
-
-
-def _connect_default() -> Any:
-    return connect()
 
 
 def connect(

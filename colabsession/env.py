@@ -518,15 +518,14 @@ def safe_extract(archive: Path, target: Path) -> None:
     """Extract *archive* into *target*, refusing absolute paths, ``..`` components, links that
     point outside *target*, and device files."""
     root = target.resolve()
+    # One streaming pass: listing the members first would decompress the archive twice. A bad
+    # member stops the extraction; the caller then discards the half-filled folder.
+    data_filter = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
     try:
-        with tarfile.open(archive, "r:*") as tar:
-            members = tar.getmembers()
-            for member in members:
+        with tarfile.open(archive, "r|*") as tar:
+            for member in tar:
                 _check_member(member, root)
-            if hasattr(tarfile, "data_filter"):  # Python >= 3.12, and recent 3.10/3.11
-                tar.extractall(root, members=members, filter="data")
-            else:  # pragma: no cover - older patch releases; every member was checked above
-                tar.extractall(root, members=members)
+                tar.extract(member, root, **data_filter)  # type: ignore[arg-type]
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise EnvError(
             f"{archive.name} cannot be extracted ({exc}); nothing was activated"
