@@ -263,9 +263,12 @@ def _env_restore(args: argparse.Namespace) -> int:
     from . import env
 
     info = env.restore(args.name, location=args.location, strict=args.strict)
+    layer = env._local_layer(info)
+    # A command cannot change the shell that runs it: say how to use the extracted layer.
     print(
-        f"environment {info.name!r}: {len(info.packages)} package(s) ready; in a shell, "
-        "use it with `PYTHONPATH=... python` as printed by `colabsession env list`"
+        f"environment {info.name!r}: {len(info.packages)} package(s) extracted to {layer}\n"
+        f"use it from a shell with: export PYTHONPATH={layer}${{PYTHONPATH:+:$PYTHONPATH}} "
+        f"PATH={layer}/bin:$PATH"
     )
     return 0
 

@@ -519,13 +519,15 @@ def safe_extract(archive: Path, target: Path) -> None:
     point outside *target*, and device files."""
     root = target.resolve()
     # One streaming pass: listing the members first would decompress the archive twice. A bad
-    # member stops the extraction; the caller then discards the half-filled folder.
-    data_filter = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+    # member stops the extraction; the caller then discards the half-filled folder. Our own
+    # checks replace tarfile's "data" filter, whose realpath() per member doubles the time.
+    trusted = {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
     try:
         with tarfile.open(archive, "r|*") as tar:
             for member in tar:
                 _check_member(member, root)
-                tar.extract(member, root, **data_filter)  # type: ignore[arg-type]
+                member.mode &= 0o755  # no setuid/setgid/sticky bits, no group or other writes
+                tar.extract(member, root, **trusted)  # type: ignore[arg-type]
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise EnvError(
             f"{archive.name} cannot be extracted ({exc}); nothing was activated"
