@@ -132,6 +132,13 @@ def _train(
     fit_args = dict(validation_data=validation_data, verbose=verbose,
                     callbacks=[callback, *callbacks], **fit_kwargs)  # fmt: skip
     if _is_arrays(x) and (y is None or _is_arrays(y)):
+        saved_batch = callback.data.get("batch_size")
+        if skip and saved_batch not in (None, global_batch):
+            logger.warning(
+                "colabsession: %s was saved with a global batch of %s, not %s: resuming at the "
+                "start of epoch %d", run, saved_batch, global_batch, epoch + 1,
+            )  # fmt: skip
+            skip = 0
         stored = callback.data.get("seed")
         if stored is not None and seed is not None and stored != seed:
             logger.warning("colabsession: %s was started with seed %s; keeping it",

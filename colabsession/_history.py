@@ -46,7 +46,7 @@ def plot_history(
         _, ax = plt.subplots(figsize=(8, 4.5))
     names = metrics or sorted(
         {k for r in records for k, v in r.items()
-         if k not in ("step", "time", "session") and isinstance(v, (int, float))}
+         if k not in ("step", "time", "session", "epoch") and isinstance(v, (int, float))}
     )  # fmt: skip
     for name in names:
         points = [(r["step"], r[name]) for r in records if isinstance(r.get(name), (int, float))]

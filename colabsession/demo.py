@@ -72,7 +72,8 @@ def run(*, name: str = "digits-cnn", epochs: int = 20, location: str | None = No
     if history.epoch:
         last = {k: round(v[-1], 4) for k, v in history.history.items()}
         print(f"\n{len(history.epoch)} of {epochs} epochs done; last epoch: {last}")
-    print(f"checkpoints and history: {cs.drive.resolve(where)}")
+    loc = cs.drive.resolve(where)
+    print(f"checkpoints and history: {loc}" + (f" ({loc.path})" if str(loc) != loc.path else ""))
     print("Interrupt and run `colabsession demo` again: it resumes. `colabsession ckpt history "
           f"{where}` shows every session's losses.")  # fmt: skip
     return history

@@ -508,3 +508,14 @@ def test_state_given_as_a_function_is_gathered_only_when_saving(tmp_path: Path) 
         for step in range(10):
             ckpt.maybe_save(step, gather)
     assert len(calls) == 2
+
+
+def test_plot_leaves_out_the_epoch_counter(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    with cs.Checkpointer(tmp_path, every=None) as ckpt:
+        ckpt.log(10, epoch=0, loss=0.5)
+        ckpt.log(20, epoch=1, loss=0.25)
+    assert [line.get_label() for line in cs.plot_history(tmp_path).get_lines()] == ["loss"]
