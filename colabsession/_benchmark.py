@@ -74,10 +74,11 @@ def benchmark(
 
     devices = ["CPU:0"] + [f"GPU:{i}" for i in range(len(tf.config.list_logical_devices("GPU")))]
     results = tuple(
-        BenchmarkResult(device, *_time_on(tf, device, images, filters, matrix, repeats),
-                        matmul_size)
+        BenchmarkResult(
+            device, *_time_on(tf, device, images, filters, matrix, repeats), matmul_size
+        )
         for device in devices
-    )  # fmt: skip
+    )
     note = None
     if tf.config.list_logical_devices("TPU") or _has_tpu():
         note = "a TPU is attached: this TensorFlow benchmark measures the CPU and GPUs only"

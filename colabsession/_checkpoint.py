@@ -67,8 +67,10 @@ class Checkpoint:
     source: str
 
     def __repr__(self) -> str:
-        return (f"Checkpoint(step={self.step}, metrics={self.metrics}, "
-                f"created={self.created:%Y-%m-%d %H:%M:%S}, source={self.source!r})")  # fmt: skip
+        return (
+            f"Checkpoint(step={self.step}, metrics={self.metrics}, "
+            f"created={self.created:%Y-%m-%d %H:%M:%S}, source={self.source!r})"
+        )
 
 
 @dataclass
@@ -371,8 +373,10 @@ class Checkpointer:
             except _Invalid as exc:
                 logger.warning(
                     "colabsession: skipping checkpoint step %d in %s: %s",
-                    entry.step, self._describe(entry), exc,
-                )  # fmt: skip
+                    entry.step,
+                    self._describe(entry),
+                    exc,
+                )
                 continue
             self._restored_step = checkpoint.step
             self._last_saved_step = checkpoint.step
@@ -413,8 +417,11 @@ class Checkpointer:
             try:
                 entries += self._remote_entries(committed_only)
             except OSError as exc:
-                logger.warning("colabsession: cannot list %s (%s): using the local copy only",
-                               self._remote, exc)  # fmt: skip
+                logger.warning(
+                    "colabsession: cannot list %s (%s): using the local copy only",
+                    self._remote,
+                    exc,
+                )
         # Newest first; for one step the local copy first (faster, and written first).
         return sorted(entries, key=lambda e: (-e.step, e.where != "local"))
 
@@ -516,16 +523,18 @@ class Checkpointer:
         if self._lease_obj is not None and self._lease_obj.lost:
             raise LeaseError(self._lease_obj.lost)
 
-    def _write(self, step: int, tree: Any, arrays: dict[str, Any], metrics: dict[str, Any],
-               started: float) -> None:  # fmt: skip
+    def _write(
+        self, step: int, tree: Any, arrays: dict[str, Any], metrics: dict[str, Any], started: float
+    ) -> None:
         self._lease().check()
         self._commit_local(step, tree, arrays, metrics)
         self._retain_local()
         self._sync()
         self._save_seconds.append(time.monotonic() - started)
 
-    def _commit_local(self, step: int, tree: Any, arrays: dict[str, Any],
-                      metrics: dict[str, Any]) -> None:  # fmt: skip
+    def _commit_local(
+        self, step: int, tree: Any, arrays: dict[str, Any], metrics: dict[str, Any]
+    ) -> None:
         import numpy as np
 
         self.local_dir.mkdir(parents=True, exist_ok=True)
@@ -545,10 +554,15 @@ class Checkpointer:
             }
             now = time.time()
             manifest = {
-                "format": FORMAT, "version": 1, "step": step, "time": now,
+                "format": FORMAT,
+                "version": 1,
+                "step": step,
+                "time": now,
                 "created": datetime.fromtimestamp(now, timezone.utc).isoformat(),
-                "session": self.session, "metrics": metrics, "files": files,
-            }  # fmt: skip
+                "session": self.session,
+                "metrics": metrics,
+                "files": files,
+            }
             with open(temp / MANIFEST, "wb") as f:
                 f.write(json.dumps(manifest, indent=1).encode())
                 _fsync(f)
@@ -585,10 +599,15 @@ class Checkpointer:
             logger.warning(
                 "colabsession: could not write to %s (%s). Checkpoint steps %s are saved "
                 "locally in %s but NOT yet on %s; %s",
-                self._remote, _reason(exc), pending, self.local_dir, self._remote,
-                "they are lost if this runtime ends now" if final else
-                f"trying again in {format_duration(self._sync_backoff)}",
-            )  # fmt: skip
+                self._remote,
+                _reason(exc),
+                pending,
+                self.local_dir,
+                self._remote,
+                "they are lost if this runtime ends now"
+                if final
+                else f"trying again in {format_duration(self._sync_backoff)}",
+            )
             self._sync_backoff = min(self._sync_backoff * 2, 600.0)
 
     def _maybe_background_sync(self) -> None:
@@ -639,8 +658,9 @@ class Checkpointer:
                 for e in ordered
                 if isinstance(e.manifest.get("metrics", {}).get(self.monitor), (int, float))
             ]
-            scored.sort(key=lambda e: e.manifest["metrics"][self.monitor],
-                        reverse=self.mode == "max")  # fmt: skip
+            scored.sort(
+                key=lambda e: e.manifest["metrics"][self.monitor], reverse=self.mode == "max"
+            )
             keep.update(e.step for e in scored[: self.keep_best])
         return keep
 
@@ -712,10 +732,14 @@ class Checkpointer:
         if self._lease_obj is None:
             where = self._remote or Location(_local_fs(), str(self.local_dir), str(self.local_dir))
             self._lease_obj = Lease(
-                where.fs, f"{where.path.rstrip('/')}/{LEASE}", owner=self._owner,
-                session=self.session, ttl=self.lease_ttl, takeover=self.takeover,
+                where.fs,
+                f"{where.path.rstrip('/')}/{LEASE}",
+                owner=self._owner,
+                session=self.session,
+                ttl=self.lease_ttl,
+                takeover=self.takeover,
                 what=str(self.location),
-            )  # fmt: skip
+            )
         return self._lease_obj
 
     def _check_open(self) -> None:
@@ -723,8 +747,10 @@ class Checkpointer:
             raise CheckpointError("this Checkpointer is closed: create a new one to save again")
 
     def __repr__(self) -> str:
-        return (f"Checkpointer({str(self.location)!r}, every={self.every}, "
-                f"keep_last={self.keep_last}, local_dir={str(self.local_dir)!r})")  # fmt: skip
+        return (
+            f"Checkpointer({str(self.location)!r}, every={self.every}, "
+            f"keep_last={self.keep_last}, local_dir={str(self.local_dir)!r})"
+        )
 
 
 # Helpers -------------------------------------------------------------------------------------

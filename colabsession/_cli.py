@@ -101,11 +101,14 @@ def _parser() -> argparse.ArgumentParser:
     actions = ckpt.add_subparsers(title="actions", metavar="ACTION")
     for name, help_text, handler in (
         ("list", "committed checkpoints, newest last", _ckpt_list),
-        ("verify", "check every checkpoint against its manifest (exit 1 if one is damaged)",
-         _ckpt_verify),
+        (
+            "verify",
+            "check every checkpoint against its manifest (exit 1 if one is damaged)",
+            _ckpt_verify,
+        ),
         ("history", "the loss history across sessions", _ckpt_history),
         ("plot", "plot the history to a PNG file", _ckpt_plot),
-    ):  # fmt: skip
+    ):
         cmd = actions.add_parser(name, help=help_text)
         cmd.add_argument("location", help="a path, drive:RELATIVE/PATH or an fsspec URL")
         if name != "plot":
@@ -188,17 +191,23 @@ def _ckpt_list(args: argparse.Namespace) -> int:
 
     ckpt = Checkpointer(args.location, every=None)
     rows = [
-        {"step": e.step, "where": ckpt._describe(e), "created": e.manifest.get("created"),
-         "metrics": e.manifest.get("metrics", {})}
+        {
+            "step": e.step,
+            "where": ckpt._describe(e),
+            "created": e.manifest.get("created"),
+            "metrics": e.manifest.get("metrics", {}),
+        }
         for e in sorted(ckpt._entries(), key=lambda e: (e.step, e.where))
-    ]  # fmt: skip
+    ]
     if args.json:
         print(json.dumps(rows, indent=2))
     elif not rows:
         print(f"no checkpoints in {ckpt.location}")
     for row in [] if args.json else rows:
-        metrics = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                           for k, v in row["metrics"].items())  # fmt: skip
+        metrics = " ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in row["metrics"].items()
+        )
         print(f"{row['step']:>10}  {row['created'] or '-':<32}  {metrics:<30}  {row['where']}")
     return 0
 

@@ -57,19 +57,28 @@ def fit(
     from .keras import SessionCheckpoint
 
     if fit_kwargs.keys() & {"initial_epoch", "shuffle", "steps_per_epoch", "sample_weight"}:
-        bad = sorted(fit_kwargs.keys() & {"initial_epoch", "shuffle", "steps_per_epoch",
-                                          "sample_weight"})  # fmt: skip
+        bad = sorted(
+            fit_kwargs.keys() & {"initial_epoch", "shuffle", "steps_per_epoch", "sample_weight"}
+        )
         raise ConfigError(
             f"cs.fit sets {', '.join(bad)} itself to resume exactly: leave them out (put sample "
             "weights in a tf.data Dataset, or use model.fit with cs.keras.SessionCheckpoint)"
         )
     _check_scope(model)
-    callback = SessionCheckpoint(location if location is not None else run, every=every,
-                                 every_steps=every_steps, keep_last=keep_last, clock=clock,
-                                 verbose=verbose != 0)  # fmt: skip
+    callback = SessionCheckpoint(
+        location if location is not None else run,
+        every=every,
+        every_steps=every_steps,
+        keep_last=keep_last,
+        clock=clock,
+        verbose=verbose != 0,
+    )
     callback.close_on_train_end = False  # cs.fit may call model.fit twice; it closes at the end
-    replicas = int(getattr(model.distribute_strategy, "num_replicas_in_sync", 1)) if hasattr(
-        model, "distribute_strategy") else 1  # fmt: skip
+    replicas = (
+        int(getattr(model.distribute_strategy, "num_replicas_in_sync", 1))
+        if hasattr(model, "distribute_strategy")
+        else 1
+    )
     per_replica = batch_size or 32
     global_batch = per_replica * replicas
     details = {"run": run, "location": str(callback.location), "epochs": epochs}
@@ -104,9 +113,13 @@ def fit(
         raise
     history = callback.full_history()
     done = len(history.epoch)
-    post(notify, "deadline" if callback.stopped_for_deadline else "finished",
-         epochs_done=done, metrics={k: v[-1] for k, v in history.history.items() if v},
-         **details)  # fmt: skip
+    post(
+        notify,
+        "deadline" if callback.stopped_for_deadline else "finished",
+        epochs_done=done,
+        metrics={k: v[-1] for k, v in history.history.items() if v},
+        **details,
+    )
     return history
 
 
@@ -129,50 +142,79 @@ def _train(
     """Restore the run into *model*, then train its remaining batches in model.fit calls."""
     restored = callback.restore(model)
     epoch, skip = callback.resume_point(restored)
-    fit_args = dict(validation_data=validation_data, verbose=verbose,
-                    callbacks=[callback, *callbacks], **fit_kwargs)  # fmt: skip
+    fit_args = dict(
+        validation_data=validation_data,
+        verbose=verbose,
+        callbacks=[callback, *callbacks],
+        **fit_kwargs,
+    )
     if _is_arrays(x) and (y is None or _is_arrays(y)):
         saved_batch = callback.data.get("batch_size")
         if skip and saved_batch not in (None, global_batch):
             logger.warning(
                 "colabsession: %s was saved with a global batch of %s, not %s: resuming at the "
-                "start of epoch %d", run, saved_batch, global_batch, epoch + 1,
-            )  # fmt: skip
+                "start of epoch %d",
+                run,
+                saved_batch,
+                global_batch,
+                epoch + 1,
+            )
             skip = 0
         stored = callback.data.get("seed")
         if stored is not None and seed is not None and stored != seed:
-            logger.warning("colabsession: %s was started with seed %s; keeping it",
-                           run, stored)  # fmt: skip
-        seed = int(stored if stored is not None else seed if seed is not None
-                   else int.from_bytes(os.urandom(4), "little"))  # fmt: skip
+            logger.warning("colabsession: %s was started with seed %s; keeping it", run, stored)
+        seed = int(
+            stored
+            if stored is not None
+            else seed
+            if seed is not None
+            else int.from_bytes(os.urandom(4), "little")
+        )
         callback.data = {"seed": seed, "batch_size": global_batch}
         count = _length(x)
         per_epoch = math.ceil(count / global_batch)
         callback.steps_per_epoch = per_epoch
         if skip and epoch < epochs:  # the rest of the epoch that was cut short
             callback.batch_offset = skip
-            data = _batches(keras, x, y, seed, range(epoch, epoch + 1), global_batch,
-                            skip)  # fmt: skip
-            model.fit(data, epochs=epoch + 1, initial_epoch=epoch, shuffle=False,
-                      steps_per_epoch=per_epoch - skip, **fit_args)  # fmt: skip
+            data = _batches(keras, x, y, seed, range(epoch, epoch + 1), global_batch, skip)
+            model.fit(
+                data,
+                epochs=epoch + 1,
+                initial_epoch=epoch,
+                shuffle=False,
+                steps_per_epoch=per_epoch - skip,
+                **fit_args,
+            )
             callback.batch_offset = 0
             epoch += 1
         if epoch < epochs and not callback.stopped_for_deadline:
             data = _batches(keras, x, y, seed, range(epoch, epochs), global_batch, 0)
-            model.fit(data, epochs=epochs, initial_epoch=epoch, shuffle=False,
-                      steps_per_epoch=per_epoch, **fit_args)  # fmt: skip
+            model.fit(
+                data,
+                epochs=epochs,
+                initial_epoch=epoch,
+                shuffle=False,
+                steps_per_epoch=per_epoch,
+                **fit_args,
+            )
     else:
         if restored is not None:
             logger.warning(
                 "colabsession: the input is not arrays, so its order is not cs.fit's to "
-                "replay: resuming at the start of epoch %d", epoch + 1,
-            )  # fmt: skip
+                "replay: resuming at the start of epoch %d",
+                epoch + 1,
+            )
         if hasattr(x, "element_spec"):  # a tf.data Dataset orders itself
             fit_args["shuffle"] = False
         if epoch < epochs:
-            model.fit(x, y, batch_size=global_batch if y is not None or _is_arrays(x)
-                      else None, epochs=epochs, initial_epoch=epoch,
-                      **fit_args)  # fmt: skip
+            model.fit(
+                x,
+                y,
+                batch_size=global_batch if y is not None or _is_arrays(x) else None,
+                epochs=epochs,
+                initial_epoch=epoch,
+                **fit_args,
+            )
 
 
 def _check_scope(model: Any) -> None:
@@ -195,8 +237,12 @@ def _is_arrays(data: Any) -> bool:
         return bool(data) and all(_is_arrays(v) for v in data.values())
     if isinstance(data, (list, tuple)):
         return bool(data) and all(_is_arrays(v) for v in data)
-    return hasattr(data, "shape") and hasattr(data, "__getitem__") and hasattr(data, "dtype") and (
-        type(data).__module__.startswith("numpy"))  # fmt: skip
+    return (
+        hasattr(data, "shape")
+        and hasattr(data, "__getitem__")
+        and hasattr(data, "dtype")
+        and (type(data).__module__.startswith("numpy"))
+    )
 
 
 def _length(data: Any) -> int:

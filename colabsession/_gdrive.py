@@ -146,8 +146,9 @@ def _google_auth(credentials: Any, api_endpoint: str | None) -> Any:
         doc["rootUrl"] = api_endpoint.rstrip("/") + "/"
         gauth.service = build_from_document(doc, http=gauth.http)
     else:
-        gauth.service = build("drive", "v2", http=gauth.http, cache_discovery=False,
-                              static_discovery=True)  # fmt: skip
+        gauth.service = build(
+            "drive", "v2", http=gauth.http, cache_discovery=False, static_discovery=True
+        )
     return gauth
 
 
@@ -220,8 +221,19 @@ def _filesystem_class() -> type:
                 item["title"] = name
                 item.Upload()
 
-        for method in ("ls", "info", "exists", "rm_file", "cat_file", "get_file", "mkdir",
-                       "makedirs", "find", "mv", "_open"):  # fmt: skip
+        for method in (
+            "ls",
+            "info",
+            "exists",
+            "rm_file",
+            "cat_file",
+            "get_file",
+            "mkdir",
+            "makedirs",
+            "find",
+            "mv",
+            "_open",
+        ):
             setattr(DriveFileSystem, method, _translating(getattr(DriveFileSystem, method)))
         _FS_CLASS = DriveFileSystem
     return _FS_CLASS
@@ -252,12 +264,16 @@ def _translate(exc: Exception, what: str) -> Exception:
             return FileNotFoundError(f"not on Drive: {what}")
         return DriveAPIError(
             f"the Drive API refused to {what}: {code} {reason}: {message}"
-            + (". Share the folder with the service account, or check its permissions"
-               if code == 403 else "")
-        )  # fmt: skip
+            + (
+                ". Share the folder with the service account, or check its permissions"
+                if code == 403
+                else ""
+            )
+        )
     if type(exc).__name__ in ("GDriveAuthError", "RefreshError", "TransportError"):
-        return DriveAuthError(f"Drive API authentication failed while trying to {what}: "
-                              f"{type(exc).__name__}")  # fmt: skip
+        return DriveAuthError(
+            f"Drive API authentication failed while trying to {what}: {type(exc).__name__}"
+        )
     return exc
 
 
@@ -274,8 +290,9 @@ def _call(func: Callable[[], T], what: str, *, rewind: Any = None, tries: int = 
             if not transient or attempt == tries - 1:
                 raise _translate(exc, what) from exc
             delay = min(0.5 * 2**attempt, 16.0)
-            logger.debug("Drive API %s: %s %s, retrying in %.1f s", what, code,
-                         exc.GetField("reason"), delay)  # fmt: skip
+            logger.debug(
+                "Drive API %s: %s %s, retrying in %.1f s", what, code, exc.GetField("reason"), delay
+            )
             if rewind is not None:
                 rewind.seek(0)
             time.sleep(delay)

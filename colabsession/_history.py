@@ -39,15 +39,20 @@ def plot_history(
 
     >>> cs.plot_history("drive:checkpoints/my-run", ["loss", "val_loss"])  # doctest: +SKIP
     """
-    plt = require("matplotlib.pyplot", extra="plot", purpose="cs.plot_history()",
-                  package="matplotlib")  # fmt: skip
+    plt = require(
+        "matplotlib.pyplot", extra="plot", purpose="cs.plot_history()", package="matplotlib"
+    )
     records = read_history(location)
     if ax is None:
         _, ax = plt.subplots(figsize=(8, 4.5))
     names = metrics or sorted(
-        {k for r in records for k, v in r.items()
-         if k not in ("step", "time", "session", "epoch") and isinstance(v, (int, float))}
-    )  # fmt: skip
+        {
+            k
+            for r in records
+            for k, v in r.items()
+            if k not in ("step", "time", "session", "epoch") and isinstance(v, (int, float))
+        }
+    )
     for name in names:
         points = [(r["step"], r[name]) for r in records if isinstance(r.get(name), (int, float))]
         if points:

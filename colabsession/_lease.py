@@ -23,8 +23,9 @@ logger = logging.getLogger("colabsession.checkpoint")
 class Lease:
     """The lease at *path* in the fsspec file system *fs*, held as *owner*."""
 
-    def __init__(self, fs: Any, path: str, *, owner: str, session: str, ttl: float,
-                 takeover: bool, what: str) -> None:  # fmt: skip
+    def __init__(
+        self, fs: Any, path: str, *, owner: str, session: str, ttl: float, takeover: bool, what: str
+    ) -> None:
         self.fs, self.path, self.owner, self.session = fs, path, owner, session
         self.ttl, self.takeover, self.what = ttl, takeover, what
         self.lost: str | None = None
@@ -49,8 +50,9 @@ class Lease:
         try:
             lease = self.read()
         except OSError as exc:
-            logger.warning("colabsession: cannot read the lease of %s (%s): writing anyway",
-                           self.what, exc)  # fmt: skip
+            logger.warning(
+                "colabsession: cannot read the lease of %s (%s): writing anyway", self.what, exc
+            )
             return
         if lease and lease.get("owner") != self.owner and not self._stale(lease):
             if self.takeover:
@@ -72,9 +74,12 @@ class Lease:
     def _wait_for_silence(self, lease: dict[str, Any]) -> dict[str, Any]:
         ttl = float(lease.get("ttl", self.ttl))
         age = time.time() - float(lease.get("heartbeat", 0))
-        print(f"colabsession: {self.what} was written by {_who(lease)} "
-              f"{format_duration(age)} ago; waiting up to {format_duration(ttl - age)} in case "
-              "that runtime is gone", flush=True)  # fmt: skip
+        print(
+            f"colabsession: {self.what} was written by {_who(lease)} "
+            f"{format_duration(age)} ago; waiting up to {format_duration(ttl - age)} in case "
+            "that runtime is gone",
+            flush=True,
+        )
         first_beat = lease.get("heartbeat")
         deadline = time.monotonic() + ttl - age + 1
         while time.monotonic() < deadline:
@@ -93,8 +98,14 @@ class Lease:
         )
 
     def write(self) -> None:
-        record = {"owner": self.owner, "host": socket.gethostname(), "pid": os.getpid(),
-                  "session": self.session, "heartbeat": time.time(), "ttl": self.ttl}  # fmt: skip
+        record = {
+            "owner": self.owner,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "session": self.session,
+            "heartbeat": time.time(),
+            "ttl": self.ttl,
+        }
         with self._lock:
             self.fs.makedirs(self.path.rsplit("/", 1)[0], exist_ok=True)
             self.fs.pipe_file(self.path, json.dumps(record).encode())
@@ -108,8 +119,10 @@ class Lease:
         except OSError:
             return  # the location is down; the local commit goes on
         if lease and lease.get("owner") != self.owner:
-            self.lost = (f"{self.what} was taken over by another notebook ({_who(lease)}); "
-                         "this one no longer writes to it")  # fmt: skip
+            self.lost = (
+                f"{self.what} was taken over by another notebook ({_who(lease)}); "
+                "this one no longer writes to it"
+            )
             raise LeaseError(self.lost)
 
     def _start_heartbeat(self) -> None:

@@ -20,9 +20,12 @@ def require(module: str, *, extra: str, purpose: str, package: str | None = None
         raise MissingDependencyError(
             f"{purpose} needs {package or module.split('.')[0]}, which is not installed here: "
             f"run `pip install 'colabsession[{extra}]'`"
-            + (" (on Colab it is preinstalled: restart the runtime if you removed it)"
-               if extra == "tensorflow" else "")
-        ) from exc  # fmt: skip
+            + (
+                " (on Colab it is preinstalled: restart the runtime if you removed it)"
+                if extra == "tensorflow"
+                else ""
+            )
+        ) from exc
 
 
 def installed(module: str) -> bool:

@@ -211,7 +211,7 @@ class HardwareReport:
         for name, info in (self.frameworks or {}).items():
             rows.append((name, info.error or f"{info.version}: {', '.join(info.devices) or '-'}"))
         rows.extend((f"({name})", reason) for name, reason in self.reasons.items())
-        return rows  # fmt: skip
+        return rows
 
     def table(self) -> str:
         """A readable two-column table, as ``colabsession probe`` prints it."""
@@ -293,8 +293,9 @@ def require_accelerator(
     )
     raise AcceleratorNotFoundError(
         f"this code needs a {kind.upper()}, but this runtime has {found}"
-        + (f" ({why})" if why else "") + f". {fix}."
-    )  # fmt: skip
+        + (f" ({why})" if why else "")
+        + f". {fix}."
+    )
 
 
 def _guard(reasons: dict[str, str], name: str, func: Callable[[], T], empty: T) -> T:
@@ -542,8 +543,11 @@ def _frameworks() -> dict[str, FrameworkInfo]:
     from ._optional import installed
 
     found: dict[str, FrameworkInfo] = {}
-    for name, devices in (("tensorflow", _tf_devices), ("jax", _jax_devices),
-                          ("torch", _torch_devices)):  # fmt: skip
+    for name, devices in (
+        ("tensorflow", _tf_devices),
+        ("jax", _jax_devices),
+        ("torch", _torch_devices),
+    ):
         if not installed(name):
             continue
         try:

@@ -68,8 +68,10 @@ def _make_strategy(report: HardwareReport | None) -> Any:
         logger.warning(
             "colabsession: %d GPU(s) attached but TensorFlow sees %d: check that this "
             "TensorFlow build supports the CUDA driver (%s)",
-            len(report.gpus), visible, report.gpus[0].cuda_version,
-        )  # fmt: skip
+            len(report.gpus),
+            visible,
+            report.gpus[0].cuda_version,
+        )
         kind = "mirrored" if visible >= 2 else "one-device" if visible == 1 else "default"
     if kind == "mirrored":
         return tf.distribute.MirroredStrategy()
@@ -104,8 +106,9 @@ def precision(
     keras = require("keras", extra="tensorflow", purpose="cs.precision()")
     name = policy or choose_precision(report or probe(), bfloat16=bfloat16)
     if name not in ("float32", "mixed_float16", "mixed_bfloat16"):
-        raise ConfigError(f"unknown precision policy {name!r}: use float32, mixed_float16 or "
-                          "mixed_bfloat16")  # fmt: skip
+        raise ConfigError(
+            f"unknown precision policy {name!r}: use float32, mixed_float16 or mixed_bfloat16"
+        )
     keras.mixed_precision.set_global_policy(name)
     return name
 
@@ -123,6 +126,9 @@ def distribution() -> Any:
     devices = keras.distribution.list_devices()
     setting = keras.distribution.DataParallel(devices=devices)
     keras.distribution.set_distribution(setting)
-    logger.info("colabsession: data parallel over %d devices (%s)", len(devices),
-                os.environ.get("KERAS_BACKEND", backend))  # fmt: skip
+    logger.info(
+        "colabsession: data parallel over %d devices (%s)",
+        len(devices),
+        os.environ.get("KERAS_BACKEND", backend),
+    )
     return setting

@@ -19,8 +19,7 @@ def digits_data(validation: float = 0.15) -> tuple[Any, Any, Any, Any]:
     """scikit-learn's 1,797 handwritten 8x8 digits as (x_train, y_train, x_val, y_val)."""
     import numpy as np
 
-    datasets = require("sklearn.datasets", extra="demo", purpose="the demo",
-                       package="scikit-learn")  # fmt: skip
+    datasets = require("sklearn.datasets", extra="demo", purpose="the demo", package="scikit-learn")
     digits = datasets.load_digits()
     x = (digits.images / 16.0).astype(np.float32)[..., None]
     y = digits.target.astype(np.int64)
@@ -53,8 +52,14 @@ def digits_model() -> Any:
     return model
 
 
-def run(*, name: str = "digits-cnn", epochs: int = 20, location: str | None = None,
-        every: str = "5s", verbose: Any = 2) -> Any:  # fmt: skip
+def run(
+    *,
+    name: str = "digits-cnn",
+    epochs: int = 20,
+    location: str | None = None,
+    every: str = "5s",
+    verbose: Any = 2,
+) -> Any:
     """Probe the hardware, then train (or resume) the digits CNN; returns the History."""
     import colabsession as cs
 
@@ -65,15 +70,27 @@ def run(*, name: str = "digits-cnn", epochs: int = 20, location: str | None = No
     cs.precision(report=report)
     with strategy.scope():
         model = digits_model()
-    history = cs.fit(model, x, y, run=name, location=location, epochs=epochs, batch_size=64,
-                     validation_data=(x_val, y_val), seed=0, every=every,
-                     verbose=verbose)  # fmt: skip
+    history = cs.fit(
+        model,
+        x,
+        y,
+        run=name,
+        location=location,
+        epochs=epochs,
+        batch_size=64,
+        validation_data=(x_val, y_val),
+        seed=0,
+        every=every,
+        verbose=verbose,
+    )
     where = location or f"drive:checkpoints/{name}"
     if history.epoch:
         last = {k: round(v[-1], 4) for k, v in history.history.items()}
         print(f"\n{len(history.epoch)} of {epochs} epochs done; last epoch: {last}")
     loc = cs.drive.resolve(where)
     print(f"checkpoints and history: {loc}" + (f" ({loc.path})" if str(loc) != loc.path else ""))
-    print("Interrupt and run `colabsession demo` again: it resumes. `colabsession ckpt history "
-          f"{where}` shows every session's losses.")  # fmt: skip
+    print(
+        "Interrupt and run `colabsession demo` again: it resumes. `colabsession ckpt history "
+        f"{where}` shows every session's losses."
+    )
     return history

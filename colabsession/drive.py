@@ -102,8 +102,10 @@ def mount(
                 raise error from exc
             logger.warning(
                 "Drive did not answer while mounting (attempt %d of %d); trying again in %.0f s",
-                attempt + 1, retries + 1, pause,
-            )  # fmt: skip
+                attempt + 1,
+                retries + 1,
+                pause,
+            )
             _sleep(pause)
             pause *= 3
     raise AssertionError("unreachable")
@@ -212,8 +214,9 @@ def flush_and_unmount(timeout: Duration = "24h") -> None:
     if detect_kind() != "colab":
         logger.warning(
             "colabsession: nothing to flush: outside Colab the local folder %s stands in for "
-            "Drive and is written directly", default_drive_root()
-        )  # fmt: skip
+            "Drive and is written directly",
+            default_drive_root(),
+        )
         return
     from google.colab import drive as colab_drive
 
@@ -307,8 +310,12 @@ def connect(
     >>> cs.drive.resolve("drive:checkpoints")  # now through the API  # doctest: +SKIP
     """
     global _api_fs
-    _api_fs = _api_connect(credentials=credentials, service_account=service_account,
-                           folder=folder, api_endpoint=api_endpoint)  # fmt: skip
+    _api_fs = _api_connect(
+        credentials=credentials,
+        service_account=service_account,
+        folder=folder,
+        api_endpoint=api_endpoint,
+    )
     return _api_fs
 
 

@@ -66,9 +66,14 @@ class SessionCheckpoint(_Callback):  # type: ignore[misc]
         self.location = run_location(run_or_location)
         self.clock = clock or SessionClock()
         self.verbose = verbose
-        self._options = dict(every=every, every_steps=every_steps, keep_last=keep_last,
-                             clock=self.clock, save_on_interrupt=False,
-                             **checkpointer_options)  # fmt: skip
+        self._options = dict(
+            every=every,
+            every_steps=every_steps,
+            keep_last=keep_last,
+            clock=self.clock,
+            save_on_interrupt=False,
+            **checkpointer_options,
+        )
         self.ckpt = Checkpointer(self.location, **self._options)
         self.close_on_train_end = True
         self.steps_per_epoch: int | None = None  # cs.fit sets these
@@ -106,9 +111,12 @@ class SessionCheckpoint(_Callback):  # type: ignore[misc]
         self.data = dict(state.get("data") or {})
         self._resumed_logs = state.get("logs") or None
         if self.verbose:
-            print(f"colabsession: resumed {self.location} at epoch {state['epoch'] + 1}, "
-                  f"batch {state['batch']} (step {checkpoint.step}, saved "
-                  f"{checkpoint.created:%Y-%m-%d %H:%M} UTC)", flush=True)  # fmt: skip
+            print(
+                f"colabsession: resumed {self.location} at epoch {state['epoch'] + 1}, "
+                f"batch {state['batch']} (step {checkpoint.step}, saved "
+                f"{checkpoint.created:%Y-%m-%d %H:%M} UTC)",
+                flush=True,
+            )
         return checkpoint
 
     @staticmethod
@@ -136,8 +144,9 @@ class SessionCheckpoint(_Callback):  # type: ignore[misc]
                 logger.warning(
                     "colabsession: the newest checkpoint is from the middle of epoch %d; model.fit "
                     "decides the data order, so training restarts that epoch (cs.fit resumes "
-                    "at the exact batch)", epoch + 1,
-                )  # fmt: skip
+                    "at the exact batch)",
+                    epoch + 1,
+                )
                 self._resumed_logs = None
             if checkpoint is not None:
                 self.model._initial_epoch = epoch  # what Keras' BackupAndRestore does too
@@ -191,8 +200,9 @@ class SessionCheckpoint(_Callback):  # type: ignore[misc]
             print(
                 f"colabsession: stopped at epoch {self._epoch + 1}, batch {self._batches_done}, "
                 f"before the session deadline; the run is saved in {self.location}. Reconnect "
-                "(or start a new runtime) and run this cell again to continue.", flush=True,
-            )  # fmt: skip
+                "(or start a new runtime) and run this cell again to continue.",
+                flush=True,
+            )
 
     # Helpers ---------------------------------------------------------------------------------
 
@@ -208,8 +218,10 @@ class SessionCheckpoint(_Callback):  # type: ignore[misc]
         left = max(0, self._epochs - epoch - 1)
         remaining = self.clock.remaining
         if not left:
-            return (f"colabsession: epoch {epoch + 1}/{self._epochs} took "
-                    f"{format_duration(per_epoch)}; training is complete")  # fmt: skip
+            return (
+                f"colabsession: epoch {epoch + 1}/{self._epochs} took "
+                f"{format_duration(per_epoch)}; training is complete"
+            )
         fit = int(remaining // per_epoch) if per_epoch else left
         per_session = self.clock.max_session / per_epoch if per_epoch else float("inf")
         sessions = 0 if left <= fit else 1 + math.ceil((left - fit) / max(per_session, 1e-9))
@@ -253,8 +265,9 @@ class SessionCheckpoint(_Callback):  # type: ignore[misc]
         records = [r for r in read_history(self.location, self.ckpt.local_dir) if "epoch" in r]
         by_epoch = {int(r["epoch"]): r for r in records}
         history.epoch = sorted(by_epoch)
-        names = sorted({k for r in by_epoch.values() for k in r} - {"step", "time", "session",
-                                                                    "epoch"})  # fmt: skip
+        names = sorted(
+            {k for r in by_epoch.values() for k in r} - {"step", "time", "session", "epoch"}
+        )
         history.history = {n: [by_epoch[e].get(n) for e in history.epoch] for n in names}
         return history
 

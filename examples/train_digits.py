@@ -19,10 +19,14 @@ with strategy.scope():
     model = digits_model()
 
 history = cs.fit(
-    model, x, y,
+    model,
+    x,
+    y,
     run="digits-cnn-example",  # checkpoints and history in drive:checkpoints/digits-cnn-example
-    epochs=30, batch_size=64, validation_data=(x_val, y_val),
+    epochs=30,
+    batch_size=64,
+    validation_data=(x_val, y_val),
     seed=0,  # the data order of every epoch: resumes are exact to the batch
     every="10s",
-)  # fmt: skip
+)
 print("epochs done:", len(history.epoch), "val_accuracy:", history.history["val_accuracy"][-1])

@@ -74,9 +74,13 @@ def fake_colab(
     google = sys.modules.get("google") or types.ModuleType("google")
     mocker.patch.dict(
         sys.modules,
-        {"google": google, "google.colab": colab, "google.colab.drive": drive,
-         "google.colab.auth": auth},
-    )  # fmt: skip
+        {
+            "google": google,
+            "google.colab": colab,
+            "google.colab.drive": drive,
+            "google.colab.auth": auth,
+        },
+    )
     return types.SimpleNamespace(module=colab, drive=drive, auth=auth, hostname=hostname)
 
 

@@ -71,8 +71,11 @@ class FakeDrive:
 
     # Helpers for assertions --------------------------------------------------------------
     def find(self, title: str, trashed: bool = False) -> list[dict[str, Any]]:
-        return [f for f in self.state.files.values()
-                if f["title"] == title and f["labels"]["trashed"] == trashed]  # fmt: skip
+        return [
+            f
+            for f in self.state.files.values()
+            if f["title"] == title and f["labels"]["trashed"] == trashed
+        ]
 
     def read(self, file_id: str) -> bytes:
         return self.state.content.get(file_id, b"")
@@ -146,8 +149,13 @@ class _Handler(BaseHTTPRequestHandler):
         self._error(404, "notFound", f"no route for {method} {url.path}")
 
     # Responses ---------------------------------------------------------------------------
-    def _send(self, status: int, payload: bytes = b"", content_type: str = "application/json",
-              headers: dict[str, str] | None = None) -> None:  # fmt: skip
+    def _send(
+        self,
+        status: int,
+        payload: bytes = b"",
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
@@ -236,8 +244,11 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json(self._new(metadata, content))
         if kind == "resumable":
             upload_id = f"up{next(self.state.ids)}"
-            self.state.uploads[upload_id] = {"metadata": json.loads(body or b"{}"), "data": b"",
-                                             "file_id": None}  # fmt: skip
+            self.state.uploads[upload_id] = {
+                "metadata": json.loads(body or b"{}"),
+                "data": b"",
+                "file_id": None,
+            }
             return self._resumable_location(upload_id)
         if kind == "media":
             return self._json(self._new({}, body))
@@ -254,8 +265,11 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json(item)
         if query.get("uploadType") == "resumable":
             upload_id = f"up{next(self.state.ids)}"
-            self.state.uploads[upload_id] = {"metadata": json.loads(body or b"{}"), "data": b"",
-                                             "file_id": file_id}  # fmt: skip
+            self.state.uploads[upload_id] = {
+                "metadata": json.loads(body or b"{}"),
+                "data": b"",
+                "file_id": file_id,
+            }
             return self._resumable_location(upload_id)
         self._set_content(file_id, body)
         self._json(item)

@@ -19,12 +19,14 @@ keras.utils.set_random_seed(0)
 rng = np.random.default_rng(0)
 x = rng.random((150, 6), dtype=np.float32)
 y = (x.sum(axis=1) > 3).astype("float32")
-model = keras.Sequential([
-    keras.Input((6,)),
-    keras.layers.Dense(16, activation="relu"),
-    keras.layers.Dropout(0.4),
-    keras.layers.Dense(1, activation="sigmoid"),
-])  # fmt: skip
+model = keras.Sequential(
+    [
+        keras.Input((6,)),
+        keras.layers.Dense(16, activation="relu"),
+        keras.layers.Dropout(0.4),
+        keras.layers.Dense(1, activation="sigmoid"),
+    ]
+)
 model.compile(keras.optimizers.Adam(0.01), "binary_crossentropy", metrics=["accuracy"])
 
 
@@ -37,7 +39,19 @@ class Kill(keras.callbacks.Callback):  # type: ignore[misc]
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-history = cs.fit(model, x, y, run="ignored", location=location, epochs=4, batch_size=16, seed=7,
-                 every=None, every_steps=1, callbacks=[Kill()], verbose=0)  # fmt: skip
+history = cs.fit(
+    model,
+    x,
+    y,
+    run="ignored",
+    location=location,
+    epochs=4,
+    batch_size=16,
+    seed=7,
+    every=None,
+    every_steps=1,
+    callbacks=[Kill()],
+    verbose=0,
+)
 np.savez(out, *[v.numpy() for v in model.variables])
 print("epochs", history.epoch, flush=True)

@@ -181,8 +181,10 @@ def test_verify_reports_damage(three: Path) -> None:
     (three / "ckpt-000000000002" / "tree.json").write_text("[]")
     results = cs.Checkpointer(three).verify()
     assert [(step, problem is None) for step, _, problem in results] == [
-        (1, True), (2, False), (3, True)
-    ]  # fmt: skip
+        (1, True),
+        (2, False),
+        (3, True),
+    ]
     assert "tree.json has 2 bytes" in (results[1][2] or "")
 
 
@@ -205,8 +207,9 @@ def test_keep_best(tmp_path: Path) -> None:
 
 
 def test_keep_best_max_mode(tmp_path: Path) -> None:
-    with cs.Checkpointer(tmp_path, every=None, keep_last=1, keep_best=1, monitor="acc",
-                         mode="max") as ckpt:  # fmt: skip
+    with cs.Checkpointer(
+        tmp_path, every=None, keep_last=1, keep_best=1, monitor="acc", mode="max"
+    ) as ckpt:
         for step, acc in enumerate([0.5, 0.9, 0.7]):
             ckpt.save(step, state_at(step), metrics={"acc": acc})
     assert ckpt_dirs(tmp_path) == ["ckpt-000000000001", "ckpt-000000000002"]
@@ -268,8 +271,10 @@ def test_dropped_location_keeps_training_and_catches_up(
     ckpt.close()
     names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(location.path, detail=False))
     assert [n for n in names if n.startswith("ckpt-")] == [
-        "ckpt-000000000001", "ckpt-000000000002", "ckpt-000000000003"
-    ]  # fmt: skip
+        "ckpt-000000000001",
+        "ckpt-000000000002",
+        "ckpt-000000000003",
+    ]
 
 
 def test_remote_manifest_is_the_commit_marker(tmp_path: Path) -> None:
@@ -384,8 +389,13 @@ def test_silent_writer_loses_the_lease(tmp_path: Path) -> None:
 
 
 def test_crashed_kernel_on_this_machine_releases_at_once(tmp_path: Path) -> None:
-    lease = {"owner": "gone", "host": __import__("socket").gethostname(), "pid": 2**22 + 12345,
-             "heartbeat": time.time(), "ttl": 3600}  # fmt: skip
+    lease = {
+        "owner": "gone",
+        "host": __import__("socket").gethostname(),
+        "pid": 2**22 + 12345,
+        "heartbeat": time.time(),
+        "ttl": 3600,
+    }
     tmp_path.mkdir(exist_ok=True)
     (tmp_path / "lease.json").write_text(json.dumps(lease))
     with cs.Checkpointer(tmp_path, every=None) as ckpt:
@@ -459,8 +469,10 @@ def test_sigkill_at_random_instants_never_loses_the_last_checkpoint(
     for _ in range(12):
         proc = subprocess.Popen(
             [sys.executable, worker, str(location), *extra],
-            stdout=subprocess.PIPE, text=True, env=env,
-        )  # fmt: skip
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         assert proc.stdout is not None
         assert proc.stdout.readline().startswith("started")
         time.sleep(rng.uniform(0.02, 0.4))

@@ -52,6 +52,8 @@ def test_usage_error_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
 def test_python_dash_m_and_console_script() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "colabsession", "--version"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.strip() == f"colabsession {cs.__version__}"

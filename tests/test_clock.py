@@ -104,5 +104,10 @@ def test_real_clock_is_sane() -> None:
     assert 0 <= clock.elapsed < 10 * 365 * 86400
     assert "remaining=" in repr(clock)
     assert set(clock.to_dict()) == {
-        "started", "max_session", "idle_limit", "elapsed", "remaining", "deadline"
-    }  # fmt: skip
+        "started",
+        "max_session",
+        "idle_limit",
+        "elapsed",
+        "remaining",
+        "deadline",
+    }

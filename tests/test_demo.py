@@ -17,8 +17,13 @@ def test_demo_interrupted_and_resumed(tmp_path: Path) -> None:
     pytest.importorskip("sklearn")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "colabsession", "demo", "--location", str(tmp_path / "run")]
-    proc = subprocess.Popen([*command, "--epochs", "200"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)  # fmt: skip
+    proc = subprocess.Popen(
+        [*command, "--epochs", "200"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     assert proc.stdout is not None
     seen = []
     deadline = time.monotonic() + 120
@@ -32,8 +37,9 @@ def test_demo_interrupted_and_resumed(tmp_path: Path) -> None:
     assert proc.returncode == 130, out
     assert "interrupted; saved the run" in out
 
-    again = subprocess.run([*command, "--epochs", "5"], capture_output=True, text=True, env=env,
-                           timeout=300)  # fmt: skip
+    again = subprocess.run(
+        [*command, "--epochs", "5"], capture_output=True, text=True, env=env, timeout=300
+    )
     assert again.returncode == 0, again.stdout + again.stderr
     assert "colabsession: resumed" in again.stdout
     assert "5 of 5 epochs done" in again.stdout

@@ -81,8 +81,12 @@ def test_install_persists_and_activates(
     assert script is not None
     out = subprocess.run([script], capture_output=True, text=True, check=True)
     assert "hello from cs_demo_a 1.0" in out.stdout
-    out = subprocess.run([sys.executable, "-c", "import cs_demo_b; print(cs_demo_b.VERSION)"],
-                         capture_output=True, text=True, check=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", "import cs_demo_b; print(cs_demo_b.VERSION)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.strip() == "2.0"  # !python sees the layer too
 
 
@@ -101,9 +105,12 @@ def test_install_extends_the_environment(pip_args: list[str]) -> None:
 
 def test_restore_on_a_fresh_runtime(isolated: Path, pip_args: list[str], tmp_path: Path) -> None:
     cs.env.install("cs-demo-a", pip_args=pip_args)
-    env = {**os.environ, "COLABSESSION_HOME": str(tmp_path / "new-vm"),
-           "COLABSESSION_DRIVE": str(isolated / "drive"),
-           "PYTHONPATH": os.pathsep.join(p for p in sys.path if "cs-home" not in p)}  # fmt: skip
+    env = {
+        **os.environ,
+        "COLABSESSION_HOME": str(tmp_path / "new-vm"),
+        "COLABSESSION_DRIVE": str(isolated / "drive"),
+        "PYTHONPATH": os.pathsep.join(p for p in sys.path if "cs-home" not in p),
+    }
     code = "import colabsession as cs; cs.env.restore(); import cs_demo_a; print(cs_demo_a.VERSION)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
@@ -138,8 +145,9 @@ def test_restore_reads_two_files(tmp_path: Path, pip_args: list[str], isolated: 
     assert len(CountingFS.reads) == 1
 
 
-def test_python_upgrade_rebuilds(isolated: Path, pip_args: list[str],
-                                 capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_python_upgrade_rebuilds(
+    isolated: Path, pip_args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
     cs.env.install("cs-demo-a", pip_args=pip_args)
     manifest = isolated / "drive/Colab Notebooks/colabsession/envs/my_env/manifest.json"
     data = json.loads(manifest.read_text())
@@ -268,8 +276,20 @@ def test_list_and_remove(isolated: Path, pip_args: list[str]) -> None:
 def test_cli(pip_args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     from colabsession._cli import main
 
-    assert main(["env", "install", "--name", "cli", "cs-demo-c", "--pip-arg=--no-index",
-                 f"--pip-arg=--find-links={pip_args[-1]}"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "env",
+                "install",
+                "--name",
+                "cli",
+                "cs-demo-c",
+                "--pip-arg=--no-index",
+                f"--pip-arg=--find-links={pip_args[-1]}",
+            ]
+        )
+        == 0
+    )
     assert main(["env", "list"]) == 0
     assert "cli" in capsys.readouterr().out
     assert main(["env", "restore", "--name", "cli"]) == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import types
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ from pytest_mock import MockerFixture
 
 import colabsession as cs
 from colabsession._checkpoint import read_history
-from colabsession._probe import GPUInfo, HardwareReport, TPUInfo
+from colabsession._probe import CPUInfo, GPUInfo, HardwareReport, OSInfo, TPUInfo
 from colabsession._strategy import choose_precision, choose_strategy
 
 WORKER = str(Path(__file__).with_name("fit_worker.py"))
@@ -25,8 +25,11 @@ def run_worker(location: Path, kill_after: int, out: Path) -> subprocess.Complet
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     return subprocess.run(
         [sys.executable, WORKER, str(location), str(kill_after), str(out)],
-        capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
 
 
 def test_killed_mid_epoch_and_rerun_matches_an_uninterrupted_run(tmp_path: Path) -> None:
@@ -61,8 +64,14 @@ def keras() -> Any:
 
 
 def small_model(keras: Any) -> Any:
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
-                              keras.layers.Dropout(0.2), keras.layers.Dense(1)])  # fmt: skip
+    model = keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(8, activation="relu"),
+            keras.layers.Dropout(0.2),
+            keras.layers.Dense(1),
+        ]
+    )
     model.compile("adam", "mse")
     return model
 
@@ -75,21 +84,32 @@ def data() -> tuple[Any, Any]:
 
 def test_fit_returns_history_and_resumes_finished_run(keras: Any, tmp_path: Path) -> None:
     x, y = data()
-    h = cs.fit(small_model(keras), x, y, run="r", location=tmp_path / "r", epochs=2,
-               batch_size=16, seed=0, verbose=0)  # fmt: skip
+    h = cs.fit(
+        small_model(keras),
+        x,
+        y,
+        run="r",
+        location=tmp_path / "r",
+        epochs=2,
+        batch_size=16,
+        seed=0,
+        verbose=0,
+    )
     assert h.epoch == [0, 1]
     assert len(h.history["loss"]) == 2
     model = small_model(keras)
-    again = cs.fit(model, x, y, run="r", location=tmp_path / "r", epochs=3, batch_size=16,
-                   seed=0, verbose=0)  # fmt: skip
+    again = cs.fit(
+        model, x, y, run="r", location=tmp_path / "r", epochs=3, batch_size=16, seed=0, verbose=0
+    )
     assert again.epoch == [0, 1, 2]  # one more epoch, the first two from the earlier session
 
 
 def test_callback_with_plain_model_fit(keras: Any, tmp_path: Path) -> None:
     x, y = data()
     model = small_model(keras)
-    callback = cs.keras.SessionCheckpoint(tmp_path / "plain", every=None, every_steps=2,
-                                          verbose=False)  # fmt: skip
+    callback = cs.keras.SessionCheckpoint(
+        tmp_path / "plain", every=None, every_steps=2, verbose=False
+    )
     model.fit(x, y, epochs=2, batch_size=16, callbacks=[callback], verbose=0)
     assert cs.Checkpointer(tmp_path / "plain").latest_step() == 8
     fresh = small_model(keras)
@@ -115,8 +135,18 @@ def test_deadline_saves_and_stops(
 ) -> None:
     x, y = data()
     clock = cs.SessionClock(started=0, max_session=3600, now=lambda: 3600 - 30.0)  # 30 s left
-    history = cs.fit(small_model(keras), x, y, run="r", location=tmp_path, epochs=5,
-                     batch_size=16, clock=clock, every=None, verbose=1)  # fmt: skip
+    history = cs.fit(
+        small_model(keras),
+        x,
+        y,
+        run="r",
+        location=tmp_path,
+        epochs=5,
+        batch_size=16,
+        clock=clock,
+        every=None,
+        verbose=1,
+    )
     out = capsys.readouterr().out
     assert "run this cell again to continue" in out
     ckpt = cs.Checkpointer(tmp_path)
@@ -148,8 +178,7 @@ def test_dataset_input_resumes_at_epoch_start(
     x, y = data()
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
     cs.fit(small_model(keras), dataset, run="r", location=tmp_path, epochs=1, verbose=0)
-    history = cs.fit(small_model(keras), dataset, run="r", location=tmp_path, epochs=2,
-                     verbose=0)  # fmt: skip
+    history = cs.fit(small_model(keras), dataset, run="r", location=tmp_path, epochs=2, verbose=0)
     assert history.epoch == [0, 1]
     assert "not arrays" in caplog.text
 
@@ -164,8 +193,9 @@ def test_mirrored_strategy_over_two_cpus(keras: Any, tmp_path: Path) -> None:
     with strategy.scope():
         model = small_model(keras)
     x, y = data()
-    history = cs.fit(model, x, y, run="m", location=tmp_path, epochs=2, batch_size=8, seed=1,
-                     verbose=0)  # fmt: skip
+    history = cs.fit(
+        model, x, y, run="m", location=tmp_path, epochs=2, batch_size=8, seed=1, verbose=0
+    )
     assert history.epoch == [0, 1]
     restored = cs.Checkpointer(tmp_path).restore()
     assert restored is not None
@@ -184,8 +214,16 @@ def test_model_outside_strategy_scope(keras: Any, tmp_path: Path, mocker: Mocker
 def test_notify(keras: Any, tmp_path: Path, mocker: MockerFixture) -> None:
     post = mocker.patch("requests.post")
     x, y = data()
-    cs.fit(small_model(keras), x, y, run="n", location=tmp_path, epochs=1, verbose=0,
-           notify="https://hooks.example/secret")  # fmt: skip
+    cs.fit(
+        small_model(keras),
+        x,
+        y,
+        run="n",
+        location=tmp_path,
+        epochs=1,
+        verbose=0,
+        notify="https://hooks.example/secret",
+    )
     payload = post.call_args.kwargs["json"]
     assert payload["event"] == "finished"
     assert payload["run"] == "n"
@@ -208,13 +246,17 @@ def test_notify_failure_is_only_logged(
 # Choosing the strategy and the precision ---------------------------------------------------------
 
 
-def report(gpus: list[str] = (), tpu: TPUInfo | None = None) -> HardwareReport:  # type: ignore[assignment]
+def report(gpus: Sequence[str] = (), tpu: TPUInfo | None = None) -> HardwareReport:
     return HardwareReport(
-        os=types.SimpleNamespace(), cpu=types.SimpleNamespace(), ram=None, disk=None,  # type: ignore[arg-type]
-        drive_disk=None, gpus=tuple(GPUInfo(i, "GPU", compute_capability=c)
-                                    for i, c in enumerate(gpus)),
-        tpu=tpu, runtime=cs.runtime(),
-    )  # fmt: skip
+        os=OSInfo("Linux", "12", "6.1", "3.12.0", "CPython"),
+        cpu=CPUInfo("CPU", 2, 2, None),
+        ram=None,
+        disk=None,
+        drive_disk=None,
+        gpus=tuple(GPUInfo(i, "GPU", compute_capability=c) for i, c in enumerate(gpus)),
+        tpu=tpu,
+        runtime=cs.runtime(),
+    )
 
 
 @pytest.mark.parametrize(

@@ -28,8 +28,9 @@ def Credentials(token: str) -> Any:
 
 @pytest.fixture
 def fs(fake_drive: FakeDrive) -> Any:
-    return cs.drive.connect(credentials=Credentials(token="test-token"),
-                            api_endpoint=fake_drive.endpoint)  # fmt: skip
+    return cs.drive.connect(
+        credentials=Credentials(token="test-token"), api_endpoint=fake_drive.endpoint
+    )
 
 
 def test_write_read_list_remove(fs: Any, fake_drive: FakeDrive) -> None:
@@ -191,8 +192,9 @@ def test_colab_uses_the_notebook_user(
 
 
 def test_expired_credentials_are_an_auth_error(fake_drive: FakeDrive) -> None:
-    fs = cs.drive.connect(credentials=Credentials(token="revoked"),
-                          api_endpoint=fake_drive.endpoint)  # fmt: skip
+    fs = cs.drive.connect(
+        credentials=Credentials(token="revoked"), api_endpoint=fake_drive.endpoint
+    )
     with pytest.raises(cs.DriveAuthError, match="authentication failed") as info:
         fs.ls("root/anything")
     assert "revoked" not in str(info.value)

@@ -62,8 +62,15 @@ def test_format_duration(seconds: float, text: str) -> None:
 
 @pytest.mark.parametrize(
     ("size", "text"),
-    [(None, "-"), (0, "0 B"), (1023, "1023 B"), (1536, "1.5 KiB"), (16106127360, "15.0 GiB"),
-     (5 * 2**40, "5.0 TiB"), (3 * 2**50, "3072.0 TiB")],
-)  # fmt: skip
+    [
+        (None, "-"),
+        (0, "0 B"),
+        (1023, "1023 B"),
+        (1536, "1.5 KiB"),
+        (16106127360, "15.0 GiB"),
+        (5 * 2**40, "5.0 TiB"),
+        (3 * 2**50, "3072.0 TiB"),
+    ],
+)
 def test_format_bytes(size: int | None, text: str) -> None:
     assert format_bytes(size) == text

@@ -9,8 +9,15 @@ import zipfile
 from pathlib import Path
 
 
-def make_wheel(folder: Path, name: str, version: str, *, requires: tuple[str, ...] = (),
-               script: str | None = None, body: str = "") -> Path:  # fmt: skip
+def make_wheel(
+    folder: Path,
+    name: str,
+    version: str,
+    *,
+    requires: tuple[str, ...] = (),
+    script: str | None = None,
+    body: str = "",
+) -> Path:
     """Build ``name-version-py3-none-any.whl`` in *folder*: a package ``name`` whose
     ``VERSION`` is *version*, with an optional console script running ``name:main``."""
     module = name.replace("-", "_")
