@@ -63,6 +63,7 @@ class EnvInfo:
     created: str
     installer: str
     colab_release: str | None = None
+    files: int = 0  # archive members, for the extraction's progress bar
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -88,6 +89,7 @@ class EnvInfo:
             created=str(data["created"]),
             installer=str(data.get("installer", "pip")),
             colab_release=data.get("colab_release"),
+            files=int(data.get("files", 0)),
         )
 
 
@@ -412,6 +414,7 @@ def _persist(
     with tarfile.open(archive, "w:gz", compresslevel=1) as tar:
         for child in sorted(layer.iterdir()):
             tar.add(child, arcname=child.name)
+        members = len(tar.getmembers())
     digest = _sha256(archive)
     info = EnvInfo(
         name=name,
@@ -426,6 +429,7 @@ def _persist(
         created=datetime.now(timezone.utc).isoformat(),
         installer=tool,
         colab_release=os.environ.get("COLAB_RELEASE_TAG") or None,
+        files=members,
     )
     old = _read_manifest(folder, missing_ok=True) if folder.fs.exists(folder.path) else None
     folder.fs.makedirs(folder.path, exist_ok=True)
@@ -510,24 +514,34 @@ def _install_local(layer: Path, info: EnvInfo) -> Path:
 def _install_local_archive(archive: Path, info: EnvInfo, tmp: Path) -> Path:
     extracted = tmp / "layer"
     extracted.mkdir()
-    safe_extract(archive, extracted)
+    safe_extract(archive, extracted, files=info.files, desc=f"extracting {info.name}")
     return _install_local(extracted, info)
 
 
-def safe_extract(archive: Path, target: Path) -> None:
+def safe_extract(
+    archive: Path, target: Path, *, files: int | None = None, desc: str | None = None
+) -> None:
     """Extract *archive* into *target*, refusing absolute paths, ``..`` components, links that
-    point outside *target*, and device files."""
+    point outside *target*, and device files. With *desc*, a progress bar over its *files*."""
+    from tqdm.auto import tqdm
+
     root = target.resolve()
     # One streaming pass: listing the members first would decompress the archive twice. A bad
     # member stops the extraction; the caller then discards the half-filled folder. Our own
     # checks replace tarfile's "data" filter, whose realpath() per member doubles the time.
     trusted = {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
     try:
-        with tarfile.open(archive, "r|*") as tar:
+        with (
+            tarfile.open(archive, "r|*") as tar,
+            tqdm(
+                total=files or None, unit="files", desc=desc, disable=desc is None, leave=False
+            ) as bar,
+        ):
             for member in tar:
                 _check_member(member, root)
                 member.mode &= 0o755  # no setuid/setgid/sticky bits, no group or other writes
                 tar.extract(member, root, **trusted)  # type: ignore[arg-type]
+                bar.update()
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise EnvError(
             f"{archive.name} cannot be extracted ({exc}); nothing was activated"
