@@ -152,18 +152,30 @@ def _google_auth(credentials: Any, api_endpoint: str | None) -> Any:
     return gauth
 
 
+current: Any = None  # the file system that drive: locations use, once connected
+
+
 def connect(
     *,
     credentials: Any = None,
     service_account: str | os.PathLike[str] | Mapping[str, Any] | None = None,
     folder: str | None = None,
     api_endpoint: str | None = None,
+    use_for_drive: bool = True,
 ) -> Any:
-    """An fsspec file system over the Drive API; paths inside it start with *folder*'s id.
+    """Reach Drive through its API (Kaggle, local Jupyter, scripts); returns an fsspec file
+    system whose paths start with the id of *folder* (default ``$COLABSESSION_DRIVE_FOLDER``,
+    else ``"root"``, My Drive). With *use_for_drive*, ``drive:`` locations use it from now on.
+
+    Credentials: *credentials* (google-auth), else *service_account* (a key file's path, its
+    JSON, or the parsed key), else ``$COLABSESSION_SERVICE_ACCOUNT``, else in Colab the
+    notebook user's account. A service account sees only what is shared with its e-mail address:
+    share a Drive folder with it and pass that folder's id.
 
     >>> fs = cs.drive.connect(service_account="key.json", folder="1AbC...")  # doctest: +SKIP
-    >>> fs.ls(fs.root)  # doctest: +SKIP
+    >>> cs.drive.resolve("drive:checkpoints")  # now through the API  # doctest: +SKIP
     """
+    global current
     require("pydrive2.fs", extra="drive", purpose="the Drive API", package="pydrive2")
     credentials = credentials or load_credentials(service_account)
     endpoint = api_endpoint or os.environ.get(ENV_API_ENDPOINT) or None
@@ -172,7 +184,16 @@ def connect(
         gauth = _google_auth(credentials, endpoint)
     except Exception as exc:
         raise DriveAuthError(f"cannot reach the Drive API: {type(exc).__name__}: {exc}") from None
-    return _filesystem_class()(root, google_auth=gauth, trash_only=True)
+    fs = _filesystem_class()(root, google_auth=gauth, trash_only=True)
+    if use_for_drive:
+        current = fs
+    return fs
+
+
+def disconnect() -> None:
+    """Forget the Drive API connection: ``drive:`` goes back to the mount or the local folder."""
+    global current
+    current = None
 
 
 _FS_CLASS: type | None = None

@@ -13,15 +13,14 @@ import errno
 import logging
 import os
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from . import _gdrive
 from ._errors import ConfigError, MountError, MountTimeoutError
 from ._gdrive import configured as api_configured
-from ._gdrive import connect as _api_connect
-from ._gdrive import load_credentials
+from ._gdrive import connect, disconnect, load_credentials
 from ._runtime import (
     COLAB_MOUNTPOINT,
     MY_DRIVE,
@@ -49,7 +48,6 @@ __all__ = [
 
 logger = logging.getLogger("colabsession.drive")
 _said_local = False
-_api_fs: Any = None
 _sleep = time.sleep  # tests replace these two
 _stat = os.stat
 
@@ -281,48 +279,13 @@ def _drive_location(text: str, relative: str) -> Location:
         )
     clean = "/".join(parts)
     kind = detect_kind()
-    if kind != "colab" and (_api_fs is not None or api_configured()):
-        fs = _api_fs if _api_fs is not None else connect()
+    if kind != "colab" and (_gdrive.current is not None or api_configured()):
+        fs = _gdrive.current if _gdrive.current is not None else connect()
         return Location(fs, f"{fs.root}/{clean}".rstrip("/"), f"{text} (Drive API)")
     root = ensure() if kind == "colab" else mount()
     from fsspec.implementations.local import LocalFileSystem
 
     return Location(LocalFileSystem(), str(root / clean) if clean else str(root), text)
-
-
-def connect(
-    *,
-    credentials: Any = None,
-    service_account: str | os.PathLike[str] | Mapping[str, Any] | None = None,
-    folder: str | None = None,
-    api_endpoint: str | None = None,
-) -> Any:
-    """Reach Drive through its API (Kaggle, local Jupyter, scripts) and make ``drive:``
-    locations use it from now on; returns the fsspec file system, whose paths start with the
-    id of *folder* (default ``$COLABSESSION_DRIVE_FOLDER``, else ``"root"``, My Drive).
-
-    Credentials: *credentials* (google-auth), else *service_account* (a key file's path, its
-    JSON, or the parsed key), else ``$COLABSESSION_SERVICE_ACCOUNT``, else in Colab the
-    notebook user's account. A service account sees only what is shared with its e-mail address:
-    share a Drive folder with it and pass that folder's id.
-
-    >>> fs = cs.drive.connect(service_account="key.json", folder="1AbC...")  # doctest: +SKIP
-    >>> cs.drive.resolve("drive:checkpoints")  # now through the API  # doctest: +SKIP
-    """
-    global _api_fs
-    _api_fs = _api_connect(
-        credentials=credentials,
-        service_account=service_account,
-        folder=folder,
-        api_endpoint=api_endpoint,
-    )
-    return _api_fs
-
-
-def disconnect() -> None:
-    """Forget the Drive API connection: ``drive:`` goes back to the mount or the local folder."""
-    global _api_fs
-    _api_fs = None
 
 
 def _url_location(url: str) -> Location:
@@ -331,8 +294,9 @@ def _url_location(url: str) -> Location:
         folder = path.split("/")[0]
         if not folder:
             raise ConfigError(f"{url!r}: say which folder, e.g. 'gdrive://root/checkpoints'")
-        same = _api_fs is not None and _api_fs.root == folder
-        fs = _api_fs if same else _api_connect(folder=folder)
+        known = _gdrive.current
+        same = known is not None and known.root == folder
+        fs = known if same else connect(folder=folder, use_for_drive=False)
         return Location(fs, path, url)
     import fsspec
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pytest_mock import MockerFixture
 
-from colabsession import _runtime, drive
+from colabsession import _gdrive, _runtime, drive
 
 from .fake_drive_api import FakeDrive
 
@@ -43,7 +43,7 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(_runtime, "COLAB_HOSTNAME_FILE", tmp_path / "no-colab-hostname")
     monkeypatch.setattr(_runtime, "MOUNT_TABLE", str(tmp_path / "mounts"))
     (tmp_path / "mounts").write_text("proc /proc proc rw 0 0\n")
-    monkeypatch.setattr(drive, "_api_fs", None)
+    monkeypatch.setattr(_gdrive, "current", None)
     monkeypatch.setattr(drive, "_said_local", False)
     return home
 
