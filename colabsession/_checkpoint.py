@@ -15,7 +15,6 @@ bucket) the manifest uploaded last is the commit marker.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
 import json
@@ -27,7 +26,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -37,9 +36,10 @@ from typing import Any, Literal
 
 from ._clock import SessionClock
 from ._errors import CheckpointError, ConfigError, LeaseError
+from ._history import HISTORY, newest_history, read_history_file, write_history_file
 from ._lease import Lease
-from ._runtime import home_dir, mount_type
 from ._serialize import dumps, flatten, unflatten
+from ._storage import default_local_dir, is_direct, reason
 from ._units import Duration, format_duration, parse_duration
 from .drive import Location, resolve
 
@@ -49,7 +49,6 @@ PREFIX = "ckpt-"
 MANIFEST = "MANIFEST.json"
 ARRAYS = "arrays.npz"
 TREE = "tree.json"
-HISTORY = "history.jsonl"
 LEASE = "lease.json"
 FORMAT = "colabsession-checkpoint"
 SAFETY = 3.0  # the deadline margin covers this many times the slowest recent save
@@ -96,17 +95,6 @@ def session_id(clock: SessionClock | None = None) -> str:
     restarts in one Colab runtime."""
     started = (clock or SessionClock()).started
     return f"{socket.gethostname()}-{datetime.fromtimestamp(started, timezone.utc):%Y%m%dT%H%M%S}"
-
-
-def default_local_dir(location: Location) -> Path:
-    slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in location.description)[-60:]
-    digest = hashlib.sha256(f"{location.fs.protocol}:{location.path}".encode()).hexdigest()[:8]
-    return home_dir() / "checkpoints" / f"{slug.strip('-')}-{digest}"
-
-
-def _is_direct(location: Location) -> bool:
-    """A local folder that is not a network mount needs no local mirror."""
-    return location.is_local and not (mount_type(location.path) or "").startswith("fuse")
 
 
 class Checkpointer:
@@ -183,7 +171,7 @@ class Checkpointer:
         self.takeover = takeover
         self.margin_floor = parse_duration(margin_floor, name="margin_floor")
         self.save_on_interrupt = save_on_interrupt
-        direct = _is_direct(self.location) and local_dir is None
+        direct = is_direct(self.location) and local_dir is None
         self.local_dir = Path(
             self.location.path if direct else local_dir or default_local_dir(self.location)
         )
@@ -600,7 +588,7 @@ class Checkpointer:
                 "colabsession: could not write to %s (%s). Checkpoint steps %s are saved "
                 "locally in %s but NOT yet on %s; %s",
                 self._remote,
-                _reason(exc),
+                reason(exc),
                 pending,
                 self.local_dir,
                 self._remote,
@@ -693,10 +681,10 @@ class Checkpointer:
         record = {"step": step, "time": time.time(), "session": self.session, **metrics}
         path = self.local_dir / HISTORY
         with self._lock:
-            records = _read_history_file(path)
+            records = read_history_file(path)
             if records and records[-1]["step"] == step and records[-1]["session"] == self.session:
                 records[-1].update(record)  # log() and save() of one step make one record
-                _write_history_file(path, records)
+                write_history_file(path, records)
             else:
                 self.local_dir.mkdir(parents=True, exist_ok=True)
                 with open(path, "a", encoding="utf-8") as f:
@@ -718,12 +706,12 @@ class Checkpointer:
         self._lease().acquire()
         with self._lock:
             path = self.local_dir / HISTORY
-            records = _newest_history(path, self._remote)
+            records = newest_history(path, self._remote)
             if self._restore_called:
                 limit = self._restored_step if self._restored_step is not None else -1
                 records = [r for r in records if r["step"] <= limit]
             self.local_dir.mkdir(parents=True, exist_ok=True)
-            _write_history_file(path, records)
+            write_history_file(path, records)
         self._writing = True
 
     # Lease -------------------------------------------------------------------------------
@@ -754,16 +742,6 @@ class Checkpointer:
 
 
 # Helpers -------------------------------------------------------------------------------------
-
-
-def run_location(run_or_location: str | os.PathLike[str] | Location) -> Location:
-    """A bare run name (``"digits-cnn"``) means ``drive:checkpoints/<name>``; anything with a
-    slash or a colon is a location."""
-    if isinstance(run_or_location, str) and not any(c in run_or_location for c in "/:\\"):
-        if not run_or_location or run_or_location in (".", ".."):
-            raise ConfigError(f"{run_or_location!r} is not a run name")
-        return resolve(f"drive:checkpoints/{run_or_location}")
-    return resolve(run_or_location)
 
 
 def _resolve(state: Any) -> Any:
@@ -832,14 +810,6 @@ def _local_fs() -> Any:
     return LocalFileSystem()
 
 
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.errno == errno.ENOTCONN:
-        return "the Drive mount dropped: run cs.drive.ensure() in a cell to remount"
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return "no space left: Drive's quota (15 GB free) or the disk is full"
-    return f"{type(exc).__name__}: {exc}"
-
-
 def _clean_metrics(metrics: dict[str, Any] | None) -> dict[str, Any]:
     clean: dict[str, Any] = {}
     for key, value in (metrics or {}).items():
@@ -849,64 +819,3 @@ def _clean_metrics(metrics: dict[str, Any] | None) -> dict[str, Any]:
             raise CheckpointError(f"metric {key!r} is a {type(value).__name__}: log numbers")
         clean[str(key)] = value
     return clean
-
-
-def _read_history_file(path: Path) -> list[dict[str, Any]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError:
-        return []
-    return _parse_history(text)
-
-
-def _parse_history(text: str) -> list[dict[str, Any]]:
-    records = []
-    for line in text.splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # a line torn by a kill mid-append
-        if isinstance(record, dict) and isinstance(record.get("step"), int):
-            records.append(record)
-    return records
-
-
-def _write_history_file(path: Path, records: Iterable[dict[str, Any]]) -> None:
-    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    with open(temp, "w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record) + "\n")
-        _fsync(f)
-    os.replace(temp, path)
-
-
-def _newest_history(path: Path, remote: Location | None) -> list[dict[str, Any]]:
-    """The local history, or the location's when that one is more recent (another runtime
-    wrote it since)."""
-    local = _read_history_file(path)
-    if remote is None:
-        return local
-    try:
-        text = bytes(remote.fs.cat_file(f"{remote.path.rstrip('/')}/{HISTORY}")).decode()
-    except (FileNotFoundError, UnicodeDecodeError):
-        return local
-    except OSError as exc:
-        logger.warning("colabsession: cannot read the history on %s (%s)", remote, _reason(exc))
-        return local
-    theirs = _parse_history(text)
-
-    def last(records: list[dict[str, Any]]) -> float:
-        return max((float(r.get("time", 0)) for r in records), default=0.0)
-
-    return theirs if last(theirs) > last(local) else local
-
-
-def read_history(
-    location: str | os.PathLike[str] | Location, local_dir: str | os.PathLike[str] | None = None
-) -> list[dict[str, Any]]:
-    """The run's history records, from the location or its local mirror, whichever is newer."""
-    loc = run_location(location)
-    if _is_direct(loc) and local_dir is None:
-        return _read_history_file(Path(loc.path) / HISTORY)
-    mirror = Path(local_dir) if local_dir else default_local_dir(loc)
-    return _newest_history(mirror / HISTORY, loc)

@@ -227,7 +227,7 @@ def _ckpt_verify(args: argparse.Namespace) -> int:
 
 
 def _ckpt_history(args: argparse.Namespace) -> int:
-    from ._checkpoint import read_history
+    from ._history import read_history
 
     records = read_history(args.location)
     if args.json:

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import itertools
+import json
+import logging
 import os
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
-from ._checkpoint import read_history
 from ._optional import installed, require
+from ._storage import default_local_dir, is_direct, reason, run_location
 from .drive import Location
+
+logger = logging.getLogger("colabsession.checkpoint")
+
+HISTORY = "history.jsonl"
 
 
 def history(location: str | os.PathLike[str] | Location) -> Any:
@@ -68,3 +77,65 @@ def plot_history(
     if names:
         ax.legend()
     return ax
+
+
+def read_history_file(path: Path) -> list[dict[str, Any]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return []
+    return parse_history(text)
+
+
+def parse_history(text: str) -> list[dict[str, Any]]:
+    records = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line torn by a kill mid-append
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            records.append(record)
+    return records
+
+
+def write_history_file(path: Path, records: Iterable[dict[str, Any]]) -> None:
+    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+    with open(temp, "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temp, path)
+
+
+def newest_history(path: Path, remote: Location | None) -> list[dict[str, Any]]:
+    """The local history, or the location's when that one is more recent (another runtime
+    wrote it since)."""
+    local = read_history_file(path)
+    if remote is None:
+        return local
+    try:
+        text = bytes(remote.fs.cat_file(f"{remote.path.rstrip('/')}/{HISTORY}")).decode()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return local
+    except OSError as exc:
+        logger.warning("colabsession: cannot read the history on %s (%s)", remote, reason(exc))
+        return local
+    theirs = parse_history(text)
+
+    def last(records: list[dict[str, Any]]) -> float:
+        return max((float(r.get("time", 0)) for r in records), default=0.0)
+
+    return theirs if last(theirs) > last(local) else local
+
+
+def read_history(
+    location: str | os.PathLike[str] | Location, local_dir: str | os.PathLike[str] | None = None
+) -> list[dict[str, Any]]:
+    """The run's history records, from the location or its local mirror, whichever is newer."""
+    loc = run_location(location)
+    if is_direct(loc) and local_dir is None:
+        return read_history_file(Path(loc.path) / HISTORY)
+    mirror = Path(local_dir) if local_dir else default_local_dir(loc)
+    return newest_history(mirror / HISTORY, loc)

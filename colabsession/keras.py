@@ -16,10 +16,12 @@ import os
 import time
 from typing import Any
 
-from ._checkpoint import Checkpoint, Checkpointer, read_history, run_location
+from ._checkpoint import Checkpoint, Checkpointer
 from ._clock import SessionClock
 from ._errors import CheckpointError
+from ._history import read_history
 from ._optional import require
+from ._storage import run_location
 from ._units import Duration, format_duration
 from .drive import Location
 

@@ -18,7 +18,8 @@ import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
 import colabsession as cs
-from colabsession._checkpoint import MANIFEST, read_history
+from colabsession._checkpoint import MANIFEST
+from colabsession._history import read_history
 from colabsession.drive import Location
 
 

@@ -14,7 +14,7 @@ import pytest
 from pytest_mock import MockerFixture
 
 import colabsession as cs
-from colabsession._checkpoint import read_history
+from colabsession._history import read_history
 from colabsession._probe import CPUInfo, GPUInfo, HardwareReport, OSInfo, TPUInfo
 from colabsession._strategy import choose_precision, choose_strategy
 
