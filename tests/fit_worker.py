@@ -1,5 +1,7 @@
 """Run by test_fit: train a small model with Dropout on shuffled data through cs.fit, optionally
-killing itself with SIGKILL after a given number of batches, and save the final weights."""
+stopped after a given number of batches, and save the final weights. The stop is a SIGKILL after
+the batch's callbacks, or with --interrupt a KeyboardInterrupt right after the training step and
+before any callback has seen it, where the notebook's stop button usually lands."""
 
 import os
 import signal
@@ -14,6 +16,7 @@ import tensorflow as tf
 import colabsession as cs
 
 location, kill_after, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+interrupt = "--interrupt" in sys.argv
 tf.config.experimental.enable_op_determinism()
 keras.utils.set_random_seed(0)
 rng = np.random.default_rng(0)
@@ -35,23 +38,47 @@ class Kill(keras.callbacks.Callback):  # type: ignore[misc]
 
     def on_train_batch_end(self, batch: int, logs: object = None) -> None:
         Kill.batches += 1
-        if Kill.batches == kill_after:
+        if Kill.batches == kill_after and not interrupt:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-history = cs.fit(
-    model,
-    x,
-    y,
-    run="ignored",
-    location=location,
-    epochs=4,
-    batch_size=16,
-    seed=7,
-    every=None,
-    every_steps=1,
-    callbacks=[Kill()],
-    verbose=0,
-)
+make_train_function = model.make_train_function
+steps = 0
+
+
+def interrupting_train_function(force: bool = False) -> object:
+    make_train_function(force)
+    train = model.train_function
+
+    def step(iterator: object) -> object:
+        global steps
+        logs = train(iterator)
+        steps += 1
+        if interrupt and steps == kill_after:
+            raise KeyboardInterrupt
+        return logs
+
+    model.train_function = step
+    return step
+
+
+model.make_train_function = interrupting_train_function
+try:
+    history = cs.fit(
+        model,
+        x,
+        y,
+        run="ignored",
+        location=location,
+        epochs=4,
+        batch_size=16,
+        seed=7,
+        every=None,
+        every_steps=None if interrupt else 1,
+        callbacks=[Kill()],
+        verbose=0,
+    )
+except KeyboardInterrupt:
+    sys.exit(130)
 np.savez(out, *[v.numpy() for v in model.variables])
 print("epochs", history.epoch, flush=True)

@@ -21,10 +21,12 @@ from colabsession._strategy import choose_precision, choose_strategy
 WORKER = str(Path(__file__).with_name("fit_worker.py"))
 
 
-def run_worker(location: Path, kill_after: int, out: Path) -> subprocess.CompletedProcess[str]:
+def run_worker(
+    location: Path, kill_after: int, out: Path, *extra: str
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     return subprocess.run(
-        [sys.executable, WORKER, str(location), str(kill_after), str(out)],
+        [sys.executable, WORKER, str(location), str(kill_after), str(out), *extra],
         capture_output=True,
         text=True,
         env=env,
@@ -50,6 +52,21 @@ def test_killed_mid_epoch_and_rerun_matches_an_uninterrupted_run(tmp_path: Path)
     steps = [r["step"] for r in records]
     assert steps == sorted(set(steps))  # no duplicates after the resume
     assert [r["epoch"] for r in records if "epoch" in r] == [0, 1, 2, 3]
+
+
+def test_stop_button_saves_the_exact_step(tmp_path: Path) -> None:
+    pytest.importorskip("tensorflow")
+    reference = run_worker(tmp_path / "uninterrupted", -1, tmp_path / "reference.npz")
+    assert reference.returncode == 0, reference.stderr
+    # Interrupted right after the 17th step, before any callback ran: only the interrupt saves.
+    stopped = run_worker(tmp_path / "stopped", 17, tmp_path / "never.npz", "--interrupt")
+    assert stopped.returncode == 130, stopped.stderr
+    assert cs.Checkpointer(tmp_path / "stopped").latest_step() == 17
+    resumed = run_worker(tmp_path / "stopped", -1, tmp_path / "resumed.npz", "--interrupt")
+    assert resumed.returncode == 0, resumed.stderr
+    with np.load(tmp_path / "reference.npz") as a, np.load(tmp_path / "resumed.npz") as b:
+        for name in a.files:
+            np.testing.assert_array_equal(a[name], b[name])
 
 
 # In-process tests ------------------------------------------------------------------------------
