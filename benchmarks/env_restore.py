@@ -57,7 +57,22 @@ def main() -> None:
 
     pip = [sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target"]
     fresh = {}
+    # What `!pip install transformers datasets evaluate` does after a restart: resolve against the
+    # base environment, then download and install; timed as the two steps pip takes.
+    resolve = timed(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--quiet",
+            "--no-cache-dir",
+            *args.packages,
+        ]
+    )
     fresh["pip, no cache"] = timed([*pip, str(tmp / "t1"), "--no-cache-dir", *pins])
+    fresh["pip resolve + install"] = resolve + fresh["pip, no cache"]
     fresh["pip, warm cache"] = timed([*pip, str(tmp / "t2"), *pins])
     uv = _uv()
     if uv:
