@@ -39,7 +39,7 @@ from ._errors import CheckpointError, ConfigError, LeaseError
 from ._history import HISTORY, newest_history, read_history_file, write_history_file
 from ._lease import Lease
 from ._serialize import dumps, flatten, unflatten
-from ._storage import default_local_dir, is_direct, reason
+from ._storage import default_local_dir, fsync_file, is_direct, reason, sha256_file
 from ._units import Duration, format_duration, parse_duration
 from .drive import Location, resolve
 
@@ -532,12 +532,12 @@ class Checkpointer:
         try:
             with open(temp / ARRAYS, "wb") as f:
                 np.savez(f, **arrays)
-                _fsync(f)
+                fsync_file(f)
             with open(temp / TREE, "wb") as f:
                 f.write(dumps(tree))
-                _fsync(f)
+                fsync_file(f)
             files = {
-                name: {"size": (temp / name).stat().st_size, "sha256": _sha256_file(temp / name)}
+                name: {"size": (temp / name).stat().st_size, "sha256": sha256_file(temp / name)}
                 for name in (ARRAYS, TREE)
             }
             now = time.time()
@@ -553,7 +553,7 @@ class Checkpointer:
             }
             with open(temp / MANIFEST, "wb") as f:
                 f.write(json.dumps(manifest, indent=1).encode())
-                _fsync(f)
+                fsync_file(f)
             if final.exists():  # the same step saved again: replace it
                 old = self.local_dir / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
                 final.rename(old)
@@ -769,19 +769,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _fsync(f: Any) -> None:
-    f.flush()
-    os.fsync(f.fileno())
 
 
 def _fsync_dir(path: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ._optional import installed, require
-from ._storage import default_local_dir, is_direct, reason, run_location
+from ._storage import default_local_dir, fsync_file, is_direct, reason, run_location
 from .drive import Location
 
 logger = logging.getLogger("colabsession.checkpoint")
@@ -104,8 +104,7 @@ def write_history_file(path: Path, records: Iterable[dict[str, Any]]) -> None:
     with open(temp, "w", encoding="utf-8") as f:
         for record in records:
             f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+        fsync_file(f)
     os.replace(temp, path)
 
 

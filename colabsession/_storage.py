@@ -6,6 +6,7 @@ import errno
 import hashlib
 import os
 from pathlib import Path
+from typing import IO, Any
 
 from ._errors import ConfigError
 from ._runtime import home_dir, mount_type
@@ -41,3 +42,18 @@ def reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return "no space left: Drive's quota (15 GB free) or the disk is full"
     return f"{type(exc).__name__}: {exc}"
+
+
+def sha256_file(path: Path) -> str:
+    """The sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fsync_file(f: IO[Any]) -> None:
+    """Flush *f* and make the system write it to disk before the next commit step."""
+    f.flush()
+    os.fsync(f.fileno())

@@ -34,6 +34,7 @@ from typing import Any
 
 from ._errors import ConfigError, EnvError
 from ._runtime import home_dir
+from ._storage import sha256_file
 from .drive import Location, resolve
 
 __all__ = ["EnvInfo", "install", "list", "remove", "restore"]
@@ -415,7 +416,7 @@ def _persist(
         for child in sorted(layer.iterdir()):
             tar.add(child, arcname=child.name)
         members = len(tar.getmembers())
-    digest = _sha256(archive)
+    digest = sha256_file(archive)
     info = EnvInfo(
         name=name,
         python=platform.python_version(),
@@ -564,14 +565,6 @@ def _check_member(member: tarfile.TarInfo, root: Path) -> None:
                 f"refusing the archive: the link {name!r} -> {member.linkname!r} "
                 "points outside the environment"
             )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _local_root() -> Path:
