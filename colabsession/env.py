@@ -129,7 +129,7 @@ def install(
     with tempfile.TemporaryDirectory(prefix=f"cs-env-{name}-") as tmp:
         layer = Path(tmp) / "layer"
         pins = _build_layer(wanted, layer, pip_args, tool)
-        info = _persist(folder, name, layer, wanted, pins, tool, Path(tmp))
+        info = _persist(folder, name, layer, wanted, pins, tool, Path(tmp), old=previous)
         local = _install_local(layer, info)
     _activate(local, info)
     print(
@@ -174,7 +174,9 @@ def restore(
         with tempfile.TemporaryDirectory(prefix=f"cs-env-{name}-") as tmp:
             layer = Path(tmp) / "layer"
             built = _build_layer(pins, layer, pip_args, tool, resolve_deps=False)
-            info = _persist(folder, name, layer, info.requirements, built, tool, Path(tmp))
+            info = _persist(
+                folder, name, layer, info.requirements, built, tool, Path(tmp), old=info
+            )
             local = _install_local(layer, info)
     else:
         local = _local_layer(info)
@@ -410,7 +412,11 @@ def _persist(
     pins: Sequence[tuple[str, str]],
     tool: str,
     tmp: Path,
+    *,
+    old: EnvInfo | None,
 ) -> EnvInfo:
+    """Archive *layer* and save it next to *old* (the manifest already read, or None); the old
+    archive is removed once the new manifest points to the new one."""
     archive = tmp / "layer.tar.gz"
     with tarfile.open(archive, "w:gz", compresslevel=1) as tar:
         for child in sorted(layer.iterdir()):
@@ -432,7 +438,6 @@ def _persist(
         colab_release=os.environ.get("COLAB_RELEASE_TAG") or None,
         files=members,
     )
-    old = _read_manifest(folder, missing_ok=True) if folder.fs.exists(folder.path) else None
     folder.fs.makedirs(folder.path, exist_ok=True)
     remote = f"{folder.path}/{info.archive}"
     _copy_up(archive, folder.fs, remote, f"saving {name}")
