@@ -246,7 +246,7 @@ class Checkpointer:
                 else (f"{format_duration(self.clock.remaining)} left in this session")
             )
             logger.warning("colabsession: %s: saving step %d and stopping", why, step)
-            self.save(step, _resolve(state), metrics=metrics)
+            self.save(step, _gather(state), metrics=metrics)
             self.wait()
             self.should_stop = True
             return True
@@ -256,7 +256,7 @@ class Checkpointer:
             >= self.every_steps
         )
         if due:
-            self.save(step, _resolve(state), metrics=metrics)
+            self.save(step, _gather(state), metrics=metrics)
             return True
         if metrics:
             self.log(step, **metrics)
@@ -333,7 +333,7 @@ class Checkpointer:
             return
         logger.warning("colabsession: interrupted: saving step %d before stopping", step)
         try:
-            self.save(step, _resolve(state), metrics=metrics)
+            self.save(step, _gather(state), metrics=metrics)
             self.wait()
         except Exception:
             logger.exception("colabsession: the save at interruption failed")
@@ -572,9 +572,11 @@ class Checkpointer:
         if self._remote is None:
             return
         try:
-            uploaded = self._upload_missing()
+            # One listing (and one read of each manifest) serves the upload and the retention.
+            remote = {e.step: e for e in self._remote_entries(True)}
+            uploaded = self._upload_missing(remote)
             self._upload_history()
-            self._retain_remote()
+            self._retain_remote(list(remote.values()))
             self._sync_backoff = 5.0
             self._next_sync_at = 0.0
             if uploaded:
@@ -604,14 +606,13 @@ class Checkpointer:
             self._raise_pending_error()
             self._pending = self._executor.submit(self._guarded, self._sync)
 
-    def _upload_missing(self) -> list[int]:
+    def _upload_missing(self, remote: dict[int, _Entry]) -> list[int]:
+        """Upload the local checkpoints that *remote* (the location's, by step) lacks, and add
+        them to it."""
         assert self._remote is not None
         fs, root = self._remote.fs, self._remote.path.rstrip("/")
         local = sorted(self._local_entries(True), key=lambda e: e.step)
         todo = [e for e in local if e.step not in self._uploaded]
-        if not todo:
-            return []
-        remote = {e.step: e for e in self._remote_entries(True)}
         done = []
         for entry in todo:
             there = remote.get(entry.step)
@@ -624,6 +625,7 @@ class Checkpointer:
                 fs.rm_file(f"{target}/{MANIFEST}")
             for name in (ARRAYS, TREE, MANIFEST):  # the manifest last: it commits
                 fs.put_file(str(Path(entry.path, name)), f"{target}/{name}")
+            remote[entry.step] = _Entry(entry.step, "remote", target, entry.manifest)
             self._uploaded.add(entry.step)
             done.append(entry.step)
         return done
@@ -662,9 +664,8 @@ class Checkpointer:
             if child.name.startswith((".tmp-", ".old-")) and _older_than(child, 3600):
                 shutil.rmtree(child, ignore_errors=True)
 
-    def _retain_remote(self) -> None:
+    def _retain_remote(self, entries: list[_Entry]) -> None:
         assert self._remote is not None
-        entries = self._remote_entries(True)
         keep = self._keep(entries)
         for entry in entries:
             if entry.step not in keep:
@@ -718,7 +719,7 @@ class Checkpointer:
 
     def _lease(self) -> Lease:
         if self._lease_obj is None:
-            where = self._remote or Location(_local_fs(), str(self.local_dir), str(self.local_dir))
+            where = self._remote or resolve(self.local_dir)
             self._lease_obj = Lease(
                 where.fs,
                 f"{where.path.rstrip('/')}/{LEASE}",
@@ -744,7 +745,7 @@ class Checkpointer:
 # Helpers -------------------------------------------------------------------------------------
 
 
-def _resolve(state: Any) -> Any:
+def _gather(state: Any) -> Any:
     return state() if callable(state) else state
 
 
@@ -789,12 +790,6 @@ def _older_than(path: Path, seconds: float) -> bool:
         return time.time() - path.stat().st_mtime > seconds
     except OSError:
         return False
-
-
-def _local_fs() -> Any:
-    from fsspec.implementations.local import LocalFileSystem
-
-    return LocalFileSystem()
 
 
 def _clean_metrics(metrics: dict[str, Any] | None) -> dict[str, Any]:
