@@ -243,13 +243,7 @@ class _Handler(BaseHTTPRequestHandler):
             metadata, content = self._multipart(body)
             return self._json(self._new(metadata, content))
         if kind == "resumable":
-            upload_id = f"up{next(self.state.ids)}"
-            self.state.uploads[upload_id] = {
-                "metadata": json.loads(body or b"{}"),
-                "data": b"",
-                "file_id": None,
-            }
-            return self._resumable_location(upload_id)
+            return self._start_resumable(body, None)
         if kind == "media":
             return self._json(self._new({}, body))
         self._error(400, "badRequest", f"unsupported uploadType {kind!r}")
@@ -264,17 +258,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._set_content(file_id, content)
             return self._json(item)
         if query.get("uploadType") == "resumable":
-            upload_id = f"up{next(self.state.ids)}"
-            self.state.uploads[upload_id] = {
-                "metadata": json.loads(body or b"{}"),
-                "data": b"",
-                "file_id": file_id,
-            }
-            return self._resumable_location(upload_id)
+            return self._start_resumable(body, file_id)
         self._set_content(file_id, body)
         self._json(item)
 
-    def _resumable_location(self, upload_id: str) -> None:
+    def _start_resumable(self, body: bytes, file_id: str | None) -> None:
+        """Open an upload session (for a new file, or new content of *file_id*)."""
+        upload_id = f"up{next(self.state.ids)}"
+        metadata = json.loads(body or b"{}")
+        self.state.uploads[upload_id] = {"metadata": metadata, "data": b"", "file_id": file_id}
         host = self.headers.get("Host", "127.0.0.1")
         location = f"http://{host}/upload/drive/v2/files?uploadType=resumable&upload_id={upload_id}"
         self._send(200, b"", headers={"Location": location})
