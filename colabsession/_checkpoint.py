@@ -201,6 +201,7 @@ class Checkpointer:
         self._previous_sigterm: Any = None
         self._closed = False
         self._staging: dict[str, Any] = {}
+        self._last_record: dict[str, Any] | None = None  # the history's last line, once writing
 
     # Saving ------------------------------------------------------------------------------
 
@@ -682,14 +683,18 @@ class Checkpointer:
         record = {"step": step, "time": time.time(), "session": self.session, **metrics}
         path = self.local_dir / HISTORY
         with self._lock:
-            records = read_history_file(path)
-            if records and records[-1]["step"] == step and records[-1]["session"] == self.session:
-                records[-1].update(record)  # log() and save() of one step make one record
+            last = self._last_record
+            if last is not None and last["step"] == step and last["session"] == self.session:
+                # log() and save() of one step make one record: rewrite the last line (rare).
+                records = read_history_file(path)
+                records[-1].update(record)
                 write_history_file(path, records)
-            else:
+                self._last_record = records[-1]
+            else:  # the common case appends, without reading the history back
                 self.local_dir.mkdir(parents=True, exist_ok=True)
                 with open(path, "a", encoding="utf-8") as f:
                     f.write(json.dumps(record, allow_nan=True) + "\n")
+                self._last_record = record
 
     def _upload_history(self) -> None:
         assert self._remote is not None
@@ -713,6 +718,7 @@ class Checkpointer:
                 records = [r for r in records if r["step"] <= limit]
             self.local_dir.mkdir(parents=True, exist_ok=True)
             write_history_file(path, records)
+            self._last_record = records[-1] if records else None
         self._writing = True
 
     # Lease -------------------------------------------------------------------------------
