@@ -1,26 +1,27 @@
 """Atomic, checksummed, non-blocking, deadline-aware checkpoints with a loss history.
 
-Layout of a run's folder (the *location*, and its local mirror)::
+A run's folder (the *location*, and its local mirror when the location is Drive or a bucket)::
 
-    ckpt-000000001200/arrays.npz      the state's arrays (npz, loaded without pickle)
-    ckpt-000000001200/tree.json       the rest of the state, and where each array goes
-    ckpt-000000001200/MANIFEST.json   step, metrics, size and sha256 of each file; written last
-    history.jsonl                     one record per logged step, across sessions
-    lease.json                        which notebook writes this run
+    ckpt-000000001200.3f9a1c2b7d4e.ckpt   one file per checkpoint, committed by its trailer
+    history.jsonl / history.000003.jsonl  the loss history (local file / revisions at the location)
+    lease.json                            which notebook writes this run
 
-A checkpoint counts only once its manifest is there and every file matches it. Locally it is
-written in a temporary folder, fsynced and renamed into place; at the location (Drive, a
-bucket) the manifest uploaded last is the commit marker.
+The pieces, one concern each: :mod:`._layout` (the file format and its commit), :mod:`._store`
+(one store interface over fsspec, for the local mirror and the location alike, every operation
+bounded), :mod:`._retention` (which checkpoints to keep), :mod:`._replicate` (copying to the
+location in a thread of its own), :mod:`._history` and :mod:`._lease`. The
+:class:`Checkpointer` here schedules saves, writes them in the background and handles signals.
+
+The local commit never waits for Drive: a save is written to the local disk, and the replicator
+copies it to the location when the location answers.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import logging
+import math
+import operator
 import os
-import shutil
 import signal
 import socket
 import threading
@@ -28,30 +29,30 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Literal
 
+from . import _layout
 from ._clock import SessionClock
-from ._errors import CheckpointError, ConfigError, LeaseError
-from ._history import HISTORY, newest_history, read_history_file, write_history_file
+from ._errors import CheckpointError, ColabSessionError, ConfigError, LeaseError
+from ._history import HistoryLog, make_record
+from ._layout import Damaged
 from ._lease import Lease
-from ._serialize import dumps, flatten, unflatten
-from ._storage import default_local_dir, fsync_file, is_direct, reason, sha256_file
+from ._replicate import Replicator
+from ._retention import AnyOf, BestN, EveryInterval, LatestN, Policy, newest_per_step
+from ._serialize import flatten, host_arrays
+from ._storage import reason, run_location, run_stores
+from ._store import Entry, Store
 from ._units import Duration, format_duration, parse_duration
-from .drive import Location, resolve
+from .drive import Location
 
-logger = logging.getLogger("colabsession.checkpoint")
+logger = logging.getLogger(__name__)
 
-PREFIX = "ckpt-"
-MANIFEST = "MANIFEST.json"
-ARRAYS = "arrays.npz"
-TREE = "tree.json"
-LEASE = "lease.json"
-FORMAT = "colabsession-checkpoint"
 SAFETY = 3.0  # the deadline margin covers this many times the slowest recent save
+LEASE_TIMEOUT = 10.0  # the first save waits at most this long for the location's lease
 
 
 @dataclass(frozen=True)
@@ -72,22 +73,15 @@ class Checkpoint:
         )
 
 
-@dataclass
-class _Entry:
-    """A committed checkpoint, as its manifest describes it."""
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """A committed checkpoint as listed (not loaded): its step, where it is, when and what."""
 
     step: int
-    where: str  # "local" or "remote"
-    path: str
-    manifest: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def time(self) -> float:
-        return float(self.manifest.get("time", 0.0))
-
-
-class _Invalid(Exception):
-    pass
+    where: str
+    created: datetime
+    metrics: dict[str, Any]
+    session: str
 
 
 def session_id(clock: SessionClock | None = None) -> str:
@@ -100,10 +94,10 @@ def session_id(clock: SessionClock | None = None) -> str:
 class Checkpointer:
     """Save and restore a training run's state, safely and without stalling training.
 
-    >>> ckpt = cs.Checkpointer("drive:checkpoints/my-run", every="10min", keep_last=3)
+    >>> ckpt = cs.Checkpointer("my-run", every="10min", keep_last=3)  # drive:checkpoints/my-run
     >>> restored = ckpt.restore()            # None, or the newest valid Checkpoint
     >>> start = restored.step + 1 if restored else 0
-    >>> with ckpt:
+    >>> with ckpt:                           # a normal exit saves the last state given
     ...     for step in range(start, total):
     ...         loss = train_step()
     ...         ckpt.maybe_save(step, {"w": w}, metrics={"loss": loss})
@@ -111,12 +105,13 @@ class Checkpointer:
     ...             break
 
     Args:
-        location: where the run lives: a path, ``drive:...`` or an fsspec URL.
+        location: a run name (stored at ``drive:checkpoints/<name>``) or a location: ``drive:...``,
+            an fsspec URL, or a path that starts with ``/``, ``./``, ``../`` or ``~``.
         every: save at most this often (a duration); None for step-based saving only.
         every_steps: also save every this many steps.
         keep_last: keep this many newest checkpoints.
         keep_every: also keep one checkpoint per this interval (a duration).
-        keep_best: also keep this many best checkpoints by *monitor*.
+        keep_best: also keep this many best checkpoints by *monitor* (NaN is never best).
         monitor: the metric that ranks checkpoints for *keep_best*.
         mode: ``"min"`` or ``"max"``: which *monitor* values are best.
         async_save: write in a background thread; ``save`` blocks only to copy the state.
@@ -128,6 +123,10 @@ class Checkpointer:
         margin_floor: the least time before the deadline at which the final save starts.
         save_on_interrupt: inside ``with``, save the state last given to ``maybe_save`` when a
             KeyboardInterrupt stops the loop.
+        timeout: the longest any one operation on the location may take (longer for large
+            transfers); past it the operation counts as failed and is retried later.
+        close_timeout: how long ``close()`` waits for the location to receive what is local.
+        monotonic: the monotonic clock for intervals and retries (tests pass a fake).
     """
 
     def __init__(
@@ -148,6 +147,9 @@ class Checkpointer:
         takeover: bool = False,
         margin_floor: Duration = "60s",
         save_on_interrupt: bool = True,
+        timeout: Duration = "60s",
+        close_timeout: Duration = "2min",
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         if keep_last < 1:
             raise ConfigError("keep_last must be at least 1: the newest checkpoint is always kept")
@@ -155,7 +157,9 @@ class Checkpointer:
             raise ConfigError(f"mode must be 'min' or 'max', not {mode!r}")
         if every_steps is not None and every_steps < 1:
             raise ConfigError("every_steps must be a positive number of steps")
-        self.location = resolve(location)
+        if keep_best is not None and keep_best < 1:
+            raise ConfigError("keep_best must be a positive number of checkpoints, or None")
+        self.location = run_location(location)
         self.every = None if every is None else parse_duration(every, name="every")
         self.every_steps = every_steps
         self.keep_last = keep_last
@@ -171,55 +175,101 @@ class Checkpointer:
         self.takeover = takeover
         self.margin_floor = parse_duration(margin_floor, name="margin_floor")
         self.save_on_interrupt = save_on_interrupt
-        direct = is_direct(self.location) and local_dir is None
-        self.local_dir = Path(
-            self.location.path if direct else local_dir or default_local_dir(self.location)
-        )
-        self._remote: Location | None = None if direct else self.location
+        self.timeout = parse_duration(timeout, name="timeout")
+        self.close_timeout = parse_duration(close_timeout, name="close_timeout")
+        self._monotonic = monotonic
+
+        self.local, self.remote = run_stores(self.location, local_dir, timeout=self.timeout)
+        self.local_dir = Path(self.local.root)
         self.session = session_id(self.clock)
-        self._owner = f"{self.session}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.policy = self._policy()
+        self.history = HistoryLog(self.local, self.remote, session=self.session)
+        lease_where = self.remote or self.local
+        self._lease = Lease(
+            Store(lease_where.location, timeout=min(self.timeout, LEASE_TIMEOUT), durable=True)
+            if self.remote is not None
+            else self.local,
+            owner=f"{self.session}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+            session=self.session,
+            ttl=self.lease_ttl,
+            takeover=takeover,
+            what=str(self.location),
+        )
+        self._replicator = (
+            Replicator(
+                self.local,
+                self.remote,
+                history=self.history,
+                lease=self._lease,
+                policy=self.policy,
+                monotonic=monotonic,
+            )
+            if self.remote is not None
+            else None
+        )
 
         self.should_stop = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="colabsession-ckpt")
         self._pending: Future[None] | None = None
         self._error: BaseException | None = None
-        self._lock = threading.RLock()
         self._writing = False
         self._restore_called = False
         self._restored_step: int | None = None
+        self._newer_than_restored = False
         self._last_saved_step: int | None = None
-        self._last_save_at = time.monotonic()
+        self._last_save_at = monotonic()
         self._save_seconds: list[float] = []
         self._last_call: tuple[int, Any, dict[str, Any] | None] | None = None
         self._last_call_at: float | None = None
         self._step_seconds = 0.0
-        self._uploaded: set[int] = set()
-        self._next_sync_at = 0.0
-        self._sync_backoff = 5.0
-        self._lease_obj: Lease | None = None
         self._interrupted = False
         self._previous_sigterm: Any = None
         self._closed = False
-        self._staging: dict[str, Any] = {}
-        self._last_record: dict[str, Any] | None = None  # the history's last line, once writing
+        self._staging: list[Any] = []
+
+    def _policy(self) -> Policy:
+        policies: list[Policy] = [LatestN(self.keep_last)]
+        if self.keep_every:
+            policies.append(EveryInterval(self.keep_every))
+        if self.keep_best:
+            policies.append(BestN(self.keep_best, self.monitor, self.mode))
+        return AnyOf(policies)
+
+    # Public state --------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` ran: a closed Checkpointer saves no more."""
+        return self._closed
+
+    @property
+    def last_saved_step(self) -> int | None:
+        """The step of the last save of this Checkpointer (or of the restored checkpoint)."""
+        return self._last_saved_step
 
     # Saving ------------------------------------------------------------------------------
 
     def save(self, step: int, state: Any, *, metrics: dict[str, Any] | None = None) -> None:
         """Save *state* as *step* now. With ``async_save`` this returns once the state is copied
-        to host memory; the write goes on in the background (one at a time)."""
+        to host memory; the write to the local disk goes on in the background (one at a time),
+        and the copy to the location after it, in a thread of its own."""
+        step = _check_step(step)
         self._check_open()
         self.wait()  # at most one save in flight; surfaces the previous save's failure
-        self._begin_writing()
-        tree, arrays = flatten(state, reuse=self._staging)
-        self._staging = arrays  # free again once this save is written: wait() comes first
         clean = _clean_metrics(metrics)
+        self._begin_writing()
+        tree, leaves = flatten(state, reuse=self._staging)
+        self._staging = leaves  # free again once this save is written: wait() comes first
         if clean:
-            self._append_history(step, clean)
-        started = time.monotonic()
-        job = lambda: self._write(step, tree, arrays, clean, started)  # noqa: E731
+            self.history.append(make_record(step, self.session, clean))
+        started = self._monotonic()
         self._last_saved_step = step
-        self._last_save_at = time.monotonic()
+        self._last_save_at = started
+
+        def job() -> None:
+            self._commit(step, tree, leaves, clean)
+            self._save_seconds.append(self._monotonic() - started)
+
         if self.async_save:
             self._pending = self._executor.submit(self._guarded, job)
         else:
@@ -233,7 +283,9 @@ class Checkpointer:
 
         *state* may be a function that returns the state: it is called only when a save is
         due, which spares gathering a large state at every step."""
-        now = time.monotonic()
+        step = _check_step(step)
+        self._check_open()
+        now = self._monotonic()
         if self._last_call_at is not None:
             self._step_seconds = 0.8 * self._step_seconds + 0.2 * (now - self._last_call_at)
         self._last_call_at = now
@@ -244,7 +296,7 @@ class Checkpointer:
             why = (
                 "SIGTERM received"
                 if self._interrupted
-                else (f"{format_duration(self.clock.remaining)} left in this session")
+                else f"{format_duration(self.clock.remaining)} left in this session"
             )
             logger.warning("colabsession: %s: saving step %d and stopping", why, step)
             self.save(step, _gather(state), metrics=metrics)
@@ -261,7 +313,6 @@ class Checkpointer:
             return True
         if metrics:
             self.log(step, **metrics)
-        self._maybe_background_sync()
         return False
 
     @property
@@ -273,12 +324,16 @@ class Checkpointer:
 
     def log(self, step: int, **metrics: Any) -> None:
         """Add metrics for *step* to the run's history without saving a checkpoint."""
+        step = _check_step(step)
         self._check_open()
+        clean = _clean_metrics(metrics)
         self._begin_writing()
-        self._append_history(step, _clean_metrics(metrics))
+        if clean:
+            self.history.append(make_record(step, self.session, clean))
 
     def wait(self) -> None:
-        """Block until the save in flight is written (locally and, if reachable, remotely)."""
+        """Block until the save in flight is committed to the local disk (not the location:
+        see :meth:`close`)."""
         pending = self._pending
         if pending is not None:
             pending.result()
@@ -286,17 +341,50 @@ class Checkpointer:
         self._raise_pending_error()
 
     def close(self) -> None:
-        """Wait for pending writes, upload what is still local, and release the lease."""
+        """Wait for the save in flight, give the location up to ``close_timeout`` to receive
+        what is still only local (saying what stays local), and release the lease. Always
+        releases, even when the last save failed (which it then raises)."""
         if self._closed:
             return
+        self._closed = True
         try:
             self.wait()
-            if self._writing:
-                self._sync(final=True)
-                self._lease().release()
         finally:
-            self._closed = True
-            self._executor.shutdown(wait=True)
+            try:
+                self._final_sync()
+            finally:
+                if self._replicator is not None:
+                    self._replicator.stop()
+                self._lease.release()
+                self._executor.shutdown(wait=True)
+
+    def sync(self, timeout: Duration | None = None) -> list[int]:
+        """Copy what is only local to the location now, waiting up to *timeout* (default
+        ``close_timeout``); return the steps that are still not there (empty: all are).
+
+        >>> ckpt.sync("30s")  # before something that may end the runtime  # doctest: +SKIP
+        []
+        """
+        self.wait()
+        if self._replicator is None or not self._writing:
+            return []
+        limit = self.close_timeout if timeout is None else parse_duration(timeout, name="timeout")
+        return self._replicator.flush(limit)
+
+    def _final_sync(self) -> None:
+        if not self._writing or self._lease.lost or self._replicator is None:
+            return
+        left = self._replicator.flush(self.close_timeout)
+        if left:
+            logger.warning(
+                "colabsession: checkpoint steps %s are saved locally in %s but NOT on %s (%s): "
+                "they are lost if this runtime ends. Run the cell again later (or "
+                "cs.drive.ensure() first) to copy them",
+                left,
+                self.local_dir,
+                self.location,
+                self._replicator.last_error or "it did not answer in time",
+            )
 
     def __enter__(self) -> Checkpointer:
         if threading.current_thread() is threading.main_thread():
@@ -313,9 +401,10 @@ class Checkpointer:
         tb: TracebackType | None,
     ) -> None:
         try:
-            interrupted = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
-            if interrupted and self.save_on_interrupt:
-                self._save_on_interrupt()
+            if exc_type is None:
+                self._save_last("the loop ended")
+            elif issubclass(exc_type, KeyboardInterrupt) and self.save_on_interrupt:
+                self._save_last("interrupted")
         finally:
             if self._previous_sigterm is not None:
                 signal.signal(signal.SIGTERM, self._previous_sigterm)
@@ -326,27 +415,35 @@ class Checkpointer:
         # Cooperative, like submitit: the next maybe_save() saves and asks the loop to stop.
         self._interrupted = True
 
-    def _save_on_interrupt(self) -> None:
-        if self._last_call is None:
+    def _save_last(self, why: str) -> None:
+        """Save the state last given to maybe_save if it is newer than the last checkpoint."""
+        if self._last_call is None or self._closed or self._lease.lost:
             return
         step, state, metrics = self._last_call
         if self._last_saved_step is not None and step <= self._last_saved_step:
             return
-        logger.warning("colabsession: interrupted: saving step %d before stopping", step)
+        logger.info("colabsession: %s: saving step %d", why, step)
         try:
             self.save(step, _gather(state), metrics=metrics)
             self.wait()
-        except Exception:
-            logger.exception("colabsession: the save at interruption failed")
+        except ColabSessionError:
+            logger.exception("colabsession: the save when %s failed", why)
 
     # Restoring ---------------------------------------------------------------------------
 
     def restore(self, step: int | None = None) -> Checkpoint | None:
         """The newest valid checkpoint (or the one for *step*) from the local mirror or the
-        location, whichever has it; None when there is none. A checkpoint without a committed
-        manifest, or whose files do not match it, is skipped with a warning, never loaded."""
+        location, whichever has it; None when there is none. A damaged checkpoint is skipped
+        with a warning, never loaded. A location that does not answer leaves the local copy.
+
+        Saving after restoring an older step than the newest abandons the newer ones: at the
+        first save they are set aside (renamed ``parked-...``), as the history drops its
+        records past the restored step."""
+        if step is not None:
+            step = _check_step(step)
         self.wait()
-        entries = self._entries(committed_only=False)
+        entries = self._entries()
+        newest_step = max((e.step for e in entries), default=None)
         if step is not None:
             entries = [e for e in entries if e.step == step]
             if not entries:
@@ -356,29 +453,40 @@ class Checkpointer:
                     f"{available or 'none'}"
                 )
         self._restore_called = True
+        self._writing = False  # the next write takes up from the restored step afresh
         for entry in entries:
             try:
-                checkpoint = self._load(entry)
-            except _Invalid as exc:
+                state = entry.store.load(entry)
+            except (Damaged, OSError, TimeoutError) as exc:
                 logger.warning(
                     "colabsession: skipping checkpoint step %d in %s: %s",
                     entry.step,
-                    self._describe(entry),
-                    exc,
+                    entry.where,
+                    exc if isinstance(exc, Damaged) else reason(exc),
                 )
                 continue
-            self._restored_step = checkpoint.step
-            self._last_saved_step = checkpoint.step
-            return checkpoint
+            self._restored_step = entry.step
+            self._newer_than_restored = newest_step is not None and newest_step > entry.step
+            self._last_saved_step = entry.step
+            manifest = entry.manifest
+            return Checkpoint(
+                step=entry.step,
+                state=state,
+                metrics=dict(manifest.metrics),
+                created=manifest.created,
+                session=manifest.session,
+                source=entry.where,
+            )
         if step is not None:
             raise CheckpointError(
                 f"checkpoint step {step} in {self.location} is damaged everywhere"
             )
         self._restored_step = None
+        self._newer_than_restored = newest_step is not None
         return None
 
     def latest_step(self) -> int | None:
-        """The newest committed step (without verifying its files)."""
+        """The newest committed step (without verifying its arrays)."""
         steps = self.steps()
         return steps[-1] if steps else None
 
@@ -386,113 +494,137 @@ class Checkpointer:
         """All committed steps, local or remote, oldest first."""
         return sorted({e.step for e in self._entries()})
 
+    def checkpoints(self) -> list[CheckpointInfo]:
+        """Every committed checkpoint, local and at the location, oldest first."""
+        return [
+            CheckpointInfo(
+                e.step, e.where, e.manifest.created, dict(e.manifest.metrics), e.manifest.session
+            )
+            for e in sorted(self._entries(), key=lambda e: (e.step, e.store is not self.local))
+        ]
+
     def verify(self) -> list[tuple[int, str, str | None]]:
-        """Check every checkpoint: (step, where, None if valid else why not)."""
+        """Check every checkpoint file: (step, where, None if valid else why not)."""
         results: list[tuple[int, str, str | None]] = []
-        for entry in self._entries(committed_only=False):
+        for entry in self._entries():
             try:
-                self._load(entry)
-                results.append((entry.step, self._describe(entry), None))
-            except _Invalid as exc:
-                results.append((entry.step, self._describe(entry), str(exc)))
+                entry.store.load(entry)
+                results.append((entry.step, entry.where, None))
+            except (Damaged, OSError, TimeoutError) as exc:
+                results.append((entry.step, entry.where, str(exc)))
+        for store in (self.local, self.remote):
+            for name, why in store.damaged() if store is not None else []:
+                step = _layout.parse_name(name)
+                if step is not None:
+                    results.append((step, f"{store}/{name}", why))
         return sorted(results)
 
-    def _describe(self, entry: _Entry) -> str:
-        return entry.path if entry.where == "local" else f"{self.location}/{Path(entry.path).name}"
-
-    def _entries(self, committed_only: bool = True) -> list[_Entry]:
-        entries = self._local_entries(committed_only)
-        if self._remote is not None:
+    def _entries(self) -> list[Entry]:
+        """Committed checkpoints, newest first; of one file in both places, the local one."""
+        entries = self.local.entries()
+        if self.remote is not None:
             try:
-                entries += self._remote_entries(committed_only)
-            except OSError as exc:
+                local_names = {e.name for e in entries}
+                entries += [e for e in self.remote.entries() if e.name not in local_names]
+            except (OSError, TimeoutError) as exc:
                 logger.warning(
                     "colabsession: cannot list %s (%s): using the local copy only",
-                    self._remote,
-                    exc,
+                    self.remote,
+                    reason(exc),
                 )
-        # Newest first; for one step the local copy first (faster, and written first).
-        return sorted(entries, key=lambda e: (-e.step, e.where != "local"))
+        return sorted(entries, key=lambda e: (-e.step, -e.manifest.time, e.store is not self.local))
 
-    def _local_entries(self, committed_only: bool) -> list[_Entry]:
-        entries: list[_Entry] = []
-        if not self.local_dir.is_dir():
-            return entries
-        for child in self.local_dir.iterdir():
-            step = _step_of(child.name)
-            if step is None:
-                continue
-            manifest = _read_json(child / MANIFEST)
-            if manifest is None and committed_only:
-                continue
-            entries.append(_Entry(step, "local", str(child), manifest or {}))
-        return entries
+    # Writing -------------------------------------------------------------------------------
 
-    def _remote_entries(self, committed_only: bool) -> list[_Entry]:
-        assert self._remote is not None
-        fs, root = self._remote.fs, self._remote.path
+    def _begin_writing(self) -> None:
+        """The first write of this session: take the lease (or leave it to the replicator
+        when the location does not answer), bring the history up to date (dropping records
+        past a restored step), and set aside checkpoints newer than a restored one."""
+        if self._writing:
+            if self._lease.lost:
+                raise LeaseError(self._lease.lost)
+            return
         try:
-            listing = fs.ls(root, detail=False)
-        except FileNotFoundError:
-            return []
-        entries = []
-        for child in listing:
-            name = str(child).rstrip("/").rsplit("/", 1)[-1]
-            step = _step_of(name)
-            if step is None:
-                continue
-            path = f"{root.rstrip('/')}/{name}"
-            try:
-                manifest = json.loads(fs.cat_file(f"{path}/{MANIFEST}"))
-            except (FileNotFoundError, ValueError):
-                manifest = None
-            if manifest is None and committed_only:
-                continue
-            entries.append(_Entry(step, "remote", path, manifest or {}))
-        return entries
-
-    def _load(self, entry: _Entry) -> Checkpoint:
-        import numpy as np
-
-        manifest = entry.manifest
-        if manifest.get("format") != FORMAT or "files" not in manifest:
-            raise _Invalid(f"its {MANIFEST} is missing or unreadable (the save was cut short)")
-        blobs = {}
-        for name, expected in manifest["files"].items():
-            try:
-                data = self._read(entry, name)
-            except OSError as exc:
-                raise _Invalid(f"{name} cannot be read ({exc})") from None
-            if len(data) != expected["size"]:
-                raise _Invalid(
-                    f"{name} has {len(data)} bytes, the manifest says {expected['size']}"
-                )
-            if hashlib.sha256(data).hexdigest() != expected["sha256"]:
-                raise _Invalid(f"{name} does not match its sha256 checksum")
-            blobs[name] = data
+            self.local.makedirs()
+        except OSError as exc:
+            raise CheckpointError(
+                f"cannot write to {self.local_dir} ({reason(exc)}): pass a location (or "
+                "local_dir=) in a folder you can write to"
+            ) from None
         try:
-            tree = json.loads(blobs[TREE])
-            with np.load(io.BytesIO(blobs[ARRAYS]), allow_pickle=False) as npz:
-                arrays = {key: npz[key] for key in npz.files}
-            state = unflatten(tree, arrays)
-        except (KeyError, ValueError, OSError) as exc:
-            raise _Invalid(f"its files cannot be decoded ({exc})") from None
-        return Checkpoint(
-            step=int(manifest["step"]),
-            state=state,
-            metrics=dict(manifest.get("metrics") or {}),
-            created=datetime.fromtimestamp(float(manifest.get("time", 0)), timezone.utc),
-            session=str(manifest.get("session", "")),
-            source=self._describe(entry),
+            self._lease.acquire()
+        except (OSError, TimeoutError) as exc:
+            if self.remote is None:
+                raise CheckpointError(
+                    f"cannot write the lease of {self.location} ({reason(exc)}): free disk "
+                    "space or choose another location"
+                ) from None
+            logger.warning(
+                "colabsession: %s does not answer (%s): saving locally in %s; copying to it "
+                "resumes when it answers",
+                self.location,
+                reason(exc),
+                self.local_dir,
+            )
+        try:
+            self.history.start(self._restored_step, truncate=self._restore_called)
+            if self._restore_called and self._newer_than_restored:
+                self._park_newer(self._restored_step)
+        except OSError as exc:
+            self._lease.release()
+            raise CheckpointError(
+                f"cannot write the history in {self.local_dir} ({reason(exc)}): free disk space "
+                "(!df -h) or pass local_dir= elsewhere"
+            ) from None
+        self._writing = True
+
+    def _park_newer(self, step: int | None) -> None:
+        limit = -1 if step is None else step
+        parked = []
+        for entry in self.local.entries(warn=False):
+            if entry.step > limit:
+                self.local.park(entry)
+                parked.append(entry.step)
+        if self._replicator is not None:
+            self._replicator.park_newer_than(limit)
+        logger.warning(
+            "colabsession: training continues from step %s, so the newer checkpoints%s are set "
+            "aside (renamed parked-...) in %s",
+            step,
+            f" {parked}" if parked else "",
+            self.location,
         )
 
-    def _read(self, entry: _Entry, name: str) -> bytes:
-        if entry.where == "local":
-            return Path(entry.path, name).read_bytes()
-        assert self._remote is not None
-        return bytes(self._remote.fs.cat_file(f"{entry.path}/{name}"))
+    def _commit(self, step: int, tree: Any, leaves: list[Any], metrics: dict[str, Any]) -> None:
+        """The background part of a save: write the file locally, apply retention there, and
+        hand it to the replicator."""
+        if self.remote is None and self._lease.held:
+            self._lease.verify()  # a direct folder: the lease is on the local disk, cheap to look
+        arrays = host_arrays(leaves)
+        fields = {
+            "step": step,
+            "time": time.time(),
+            "session": self.session,
+            "metrics": {k: _json_metric(v) for k, v in metrics.items()},
+            "tree": tree,
+        }
+        self.local.commit(_layout.file_name(step), lambda f: _layout.write(f, arrays, **fields))
+        self._retain_local()
+        if self._replicator is not None:
+            self._replicator.notify()
 
-    # Writing (background thread) ----------------------------------------------------------
+    def _retain_local(self) -> None:
+        newest, older = newest_per_step(self.local.entries(warn=False))
+        kept = self.policy.select(newest)
+        for entry in [*older, *(e for e in newest if e.name not in kept)]:
+            self.local.delete(entry)
+        for name in self.local.leftovers():  # temporary files of saves cut short
+            path = Path(self.local.path(name))
+            try:
+                if time.time() - path.stat().st_mtime > 3600:
+                    path.unlink()
+            except OSError:
+                pass
 
     def _guarded(self, job: Callable[[], None]) -> None:
         try:
@@ -503,243 +635,20 @@ class Checkpointer:
     def _raise_pending_error(self) -> None:
         error, self._error = self._error, None
         if error is not None:
-            if isinstance(error, CheckpointError):
+            if isinstance(error, ColabSessionError):
                 raise error
             raise CheckpointError(
-                f"saving to the local folder {self.local_dir} failed: {error}. Training state is "
-                "not protected: free disk space (!df -h) or pass local_dir= elsewhere"
+                f"saving to the local folder {self.local_dir} failed ({reason(error)}). Training "
+                "state is not protected: free disk space (!df -h) or pass local_dir= elsewhere"
             ) from error
-        if self._lease_obj is not None and self._lease_obj.lost:
-            raise LeaseError(self._lease_obj.lost)
-
-    def _write(
-        self, step: int, tree: Any, arrays: dict[str, Any], metrics: dict[str, Any], started: float
-    ) -> None:
-        self._lease().check()
-        self._commit_local(step, tree, arrays, metrics)
-        self._retain_local()
-        self._sync()
-        self._save_seconds.append(time.monotonic() - started)
-
-    def _commit_local(
-        self, step: int, tree: Any, arrays: dict[str, Any], metrics: dict[str, Any]
-    ) -> None:
-        import numpy as np
-
-        self.local_dir.mkdir(parents=True, exist_ok=True)
-        final = self.local_dir / _dirname(step)
-        temp = self.local_dir / f".tmp-{_dirname(step)}-{uuid.uuid4().hex[:8]}"
-        temp.mkdir()
-        try:
-            with open(temp / ARRAYS, "wb") as f:
-                np.savez(f, **arrays)
-                fsync_file(f)
-            with open(temp / TREE, "wb") as f:
-                f.write(dumps(tree))
-                fsync_file(f)
-            files = {
-                name: {"size": (temp / name).stat().st_size, "sha256": sha256_file(temp / name)}
-                for name in (ARRAYS, TREE)
-            }
-            now = time.time()
-            manifest = {
-                "format": FORMAT,
-                "version": 1,
-                "step": step,
-                "time": now,
-                "created": datetime.fromtimestamp(now, timezone.utc).isoformat(),
-                "session": self.session,
-                "metrics": metrics,
-                "files": files,
-            }
-            with open(temp / MANIFEST, "wb") as f:
-                f.write(json.dumps(manifest, indent=1).encode())
-                fsync_file(f)
-            if final.exists():  # the same step saved again: replace it
-                old = self.local_dir / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
-                final.rename(old)
-                temp.rename(final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                temp.rename(final)
-            _fsync_dir(self.local_dir)
-        except BaseException:
-            shutil.rmtree(temp, ignore_errors=True)
-            raise
-
-    def _sync(self, final: bool = False) -> None:
-        """Copy committed local checkpoints and the history up to the location. A failure is
-        reported and retried later; it never stops training."""
-        if self._remote is None:
-            return
-        try:
-            # One listing (and one read of each manifest) serves the upload and the retention.
-            remote = {e.step: e for e in self._remote_entries(True)}
-            uploaded = self._upload_missing(remote)
-            self._upload_history()
-            self._retain_remote(list(remote.values()))
-            self._sync_backoff = 5.0
-            self._next_sync_at = 0.0
-            if uploaded:
-                logger.debug("colabsession: uploaded steps %s to %s", uploaded, self._remote)
-        except LeaseError:
-            raise
-        except Exception as exc:
-            pending = sorted({e.step for e in self._local_entries(True)} - self._uploaded)
-            self._next_sync_at = time.monotonic() + self._sync_backoff
-            logger.warning(
-                "colabsession: could not write to %s (%s). Checkpoint steps %s are saved "
-                "locally in %s but NOT yet on %s; %s",
-                self._remote,
-                reason(exc),
-                pending,
-                self.local_dir,
-                self._remote,
-                "they are lost if this runtime ends now"
-                if final
-                else f"trying again in {format_duration(self._sync_backoff)}",
-            )
-            self._sync_backoff = min(self._sync_backoff * 2, 600.0)
-
-    def _maybe_background_sync(self) -> None:
-        due_sync = self._next_sync_at and time.monotonic() >= self._next_sync_at
-        if due_sync and (self._pending is None or self._pending.done()):
-            self._raise_pending_error()
-            self._pending = self._executor.submit(self._guarded, self._sync)
-
-    def _upload_missing(self, remote: dict[int, _Entry]) -> list[int]:
-        """Upload the local checkpoints that *remote* (the location's, by step) lacks, and add
-        them to it."""
-        assert self._remote is not None
-        fs, root = self._remote.fs, self._remote.path.rstrip("/")
-        local = sorted(self._local_entries(True), key=lambda e: e.step)
-        todo = [e for e in local if e.step not in self._uploaded]
-        done = []
-        for entry in todo:
-            there = remote.get(entry.step)
-            if there is not None and there.manifest.get("files") == entry.manifest.get("files"):
-                self._uploaded.add(entry.step)
-                continue
-            target = f"{root}/{Path(entry.path).name}"
-            fs.makedirs(target, exist_ok=True)
-            if there is not None:  # a different save of this step: un-commit it first
-                fs.rm_file(f"{target}/{MANIFEST}")
-            for name in (ARRAYS, TREE, MANIFEST):  # the manifest last: it commits
-                fs.put_file(str(Path(entry.path, name)), f"{target}/{name}")
-            remote[entry.step] = _Entry(entry.step, "remote", target, entry.manifest)
-            self._uploaded.add(entry.step)
-            done.append(entry.step)
-        return done
-
-    # Retention ---------------------------------------------------------------------------
-
-    def _keep(self, entries: list[_Entry]) -> set[int]:
-        ordered = sorted(entries, key=lambda e: e.step)
-        keep = {e.step for e in ordered[-self.keep_last :]}
-        if self.keep_every:
-            seen: set[int] = set()
-            for entry in ordered:
-                bucket = int(entry.time // self.keep_every)
-                if bucket not in seen:
-                    seen.add(bucket)
-                    keep.add(entry.step)
-        if self.keep_best:
-            scored = [
-                e
-                for e in ordered
-                if isinstance(e.manifest.get("metrics", {}).get(self.monitor), (int, float))
-            ]
-            scored.sort(
-                key=lambda e: e.manifest["metrics"][self.monitor], reverse=self.mode == "max"
-            )
-            keep.update(e.step for e in scored[: self.keep_best])
-        return keep
-
-    def _retain_local(self) -> None:
-        entries = self._local_entries(True)
-        keep = self._keep(entries)
-        for entry in entries:
-            if entry.step not in keep:
-                shutil.rmtree(entry.path, ignore_errors=True)
-        for child in self.local_dir.iterdir():  # leftovers of saves cut short
-            if child.name.startswith((".tmp-", ".old-")) and _older_than(child, 3600):
-                shutil.rmtree(child, ignore_errors=True)
-
-    def _retain_remote(self, entries: list[_Entry]) -> None:
-        assert self._remote is not None
-        keep = self._keep(entries)
-        for entry in entries:
-            if entry.step not in keep:
-                # The manifest first: a half-deleted checkpoint is then merely uncommitted.
-                self._remote.fs.rm_file(f"{entry.path}/{MANIFEST}")
-                self._remote.fs.rm(entry.path, recursive=True)
-                self._uploaded.discard(entry.step)
-
-    # History -----------------------------------------------------------------------------
-
-    def _append_history(self, step: int, metrics: dict[str, Any]) -> None:
-        if not metrics:
-            return
-        record = {"step": step, "time": time.time(), "session": self.session, **metrics}
-        path = self.local_dir / HISTORY
-        with self._lock:
-            last = self._last_record
-            if last is not None and last["step"] == step and last["session"] == self.session:
-                # log() and save() of one step make one record: rewrite the last line (rare).
-                records = read_history_file(path)
-                records[-1].update(record)
-                write_history_file(path, records)
-                self._last_record = records[-1]
-            else:  # the common case appends, without reading the history back
-                self.local_dir.mkdir(parents=True, exist_ok=True)
-                with open(path, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(record, allow_nan=True) + "\n")
-                self._last_record = record
-
-    def _upload_history(self) -> None:
-        assert self._remote is not None
-        path = self.local_dir / HISTORY
-        if path.exists():
-            with self._lock:
-                data = path.read_bytes()
-            self._remote.fs.pipe_file(f"{self._remote.path.rstrip('/')}/{HISTORY}", data)
-
-    def _begin_writing(self) -> None:
-        """The first write of this session: take the lease, bring the history up to date, and
-        drop history records past the restored step."""
-        if self._writing:
-            return
-        self._lease().acquire()
-        with self._lock:
-            path = self.local_dir / HISTORY
-            records = newest_history(path, self._remote)
-            if self._restore_called:
-                limit = self._restored_step if self._restored_step is not None else -1
-                records = [r for r in records if r["step"] <= limit]
-            self.local_dir.mkdir(parents=True, exist_ok=True)
-            write_history_file(path, records)
-            self._last_record = records[-1] if records else None
-        self._writing = True
-
-    # Lease -------------------------------------------------------------------------------
-
-    def _lease(self) -> Lease:
-        if self._lease_obj is None:
-            where = self._remote or resolve(self.local_dir)
-            self._lease_obj = Lease(
-                where.fs,
-                f"{where.path.rstrip('/')}/{LEASE}",
-                owner=self._owner,
-                session=self.session,
-                ttl=self.lease_ttl,
-                takeover=self.takeover,
-                what=str(self.location),
-            )
-        return self._lease_obj
+        if self._lease.lost:
+            raise LeaseError(self._lease.lost)
 
     def _check_open(self) -> None:
         if self._closed:
             raise CheckpointError("this Checkpointer is closed: create a new one to save again")
+        if self._lease.lost:
+            raise LeaseError(self._lease.lost)
 
     def __repr__(self) -> str:
         return (
@@ -755,47 +664,19 @@ def _gather(state: Any) -> Any:
     return state() if callable(state) else state
 
 
-def _dirname(step: int) -> str:
-    if step < 0:
-        raise ConfigError(f"a checkpoint's step must not be negative, got {step}")
-    return f"{PREFIX}{step:012d}"
-
-
-def _step_of(name: str) -> int | None:
-    if not name.startswith(PREFIX):
-        return None
+def _check_step(step: Any) -> int:
+    """A step is a non-negative integer (numpy integers too); bools and floats are refused."""
+    if isinstance(step, (bool, float)):
+        raise ConfigError(f"a checkpoint's step must be an integer, not {step!r}")
     try:
-        return int(name[len(PREFIX) :])
-    except ValueError:
-        return None
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_bytes())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return  # not supported (Windows)
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _older_than(path: Path, seconds: float) -> bool:
-    try:
-        return time.time() - path.stat().st_mtime > seconds
-    except OSError:
-        return False
+        value = operator.index(step)
+    except TypeError:
+        raise ConfigError(
+            f"a checkpoint's step must be an integer, not a {type(step).__name__}"
+        ) from None
+    if value < 0:
+        raise ConfigError(f"a checkpoint's step must not be negative, got {value}")
+    return value
 
 
 def _clean_metrics(metrics: dict[str, Any] | None) -> dict[str, Any]:
@@ -806,4 +687,12 @@ def _clean_metrics(metrics: dict[str, Any] | None) -> dict[str, Any]:
         if not isinstance(value, (int, float, str, bool)) and value is not None:
             raise CheckpointError(f"metric {key!r} is a {type(value).__name__}: log numbers")
         clean[str(key)] = value
+    make_record(0, "", clean)  # refuses the names the history keeps for itself
     return clean
+
+
+def _json_metric(value: Any) -> Any:
+    """Manifests are strict JSON: NaN and infinities are kept as text."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    return value

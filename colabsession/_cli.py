@@ -190,14 +190,14 @@ def _ckpt_list(args: argparse.Namespace) -> int:
     from ._checkpoint import Checkpointer
 
     ckpt = Checkpointer(args.location, every=None)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
-            "step": e.step,
-            "where": ckpt._describe(e),
-            "created": e.manifest.get("created"),
-            "metrics": e.manifest.get("metrics", {}),
+            "step": info.step,
+            "where": info.where,
+            "created": info.created.isoformat(),
+            "metrics": info.metrics,
         }
-        for e in sorted(ckpt._entries(), key=lambda e: (e.step, e.where))
+        for info in ckpt.checkpoints()
     ]
     if args.json:
         print(json.dumps(rows, indent=2))

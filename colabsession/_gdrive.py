@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from ._errors import DriveAPIError, DriveAuthError
 from ._optional import require
 from ._runtime import detect_kind
+from ._timeout import Backoff
 
 logger = logging.getLogger("colabsession.drive")
 T = TypeVar("T")
@@ -33,6 +34,7 @@ ENV_FOLDER = "COLABSESSION_DRIVE_FOLDER"  # the folder id that stands for My Dri
 ENV_API_ENDPOINT = "COLABSESSION_DRIVE_API_ENDPOINT"  # another API root (a proxy, a test server)
 TRANSIENT_403 = ("rateLimitExceeded", "userRateLimitExceeded")
 FOLDER_MIME = "application/vnd.google-apps.folder"
+HTTP_TIMEOUT = 60.0  # seconds a Drive API request may wait for an answer
 
 
 def configured() -> bool:
@@ -135,7 +137,9 @@ def _google_auth(credentials: Any, api_endpoint: str | None) -> Any:
         "save_credentials": False,
         "oauth_scope": list(SCOPES),
     }
-    gauth = GoogleAuth(settings_file=None, settings=settings)
+    # Without a socket timeout a server that accepts the connection and never answers blocks
+    # the caller for ever.
+    gauth = GoogleAuth(settings_file=None, settings=settings, http_timeout=HTTP_TIMEOUT)
     gauth.credentials = _OAuth2ClientFace(credentials)
     gauth.auth_method = "service"
     gauth.http = gauth.credentials.authorize(gauth._build_http())
@@ -302,6 +306,7 @@ def _call(func: Callable[[], T], what: str, *, rewind: Any = None, tries: int = 
     """Retry transient API failures (5xx, 403 rate limits) with exponential backoff."""
     from pydrive2.files import ApiRequestError
 
+    backoff = Backoff(initial=0.5, maximum=16.0)
     for attempt in range(tries):
         try:
             return func()
@@ -310,7 +315,7 @@ def _call(func: Callable[[], T], what: str, *, rewind: Any = None, tries: int = 
             transient = code >= 500 or (code == 403 and exc.GetField("reason") in TRANSIENT_403)
             if not transient or attempt == tries - 1:
                 raise _translate(exc, what) from exc
-            delay = min(0.5 * 2**attempt, 16.0)
+            delay = backoff.failed()
             logger.debug(
                 "Drive API %s: %s %s, retrying in %.1f s", what, code, exc.GetField("reason"), delay
             )

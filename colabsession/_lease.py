@@ -1,127 +1,187 @@
 """One writer per run: a lease file with its owner and a heartbeat, renewed in the background.
 
-Drive offers no atomic create, so this guards against the common case (a second notebook opened
-on a run that is still training), not against two writers starting in the same second.
+The lease is replaced whole (a temporary file renamed over it on disk and on the Drive mount; the
+Drive API replaces on write), so a reader never sees it half written; a lease that cannot be read
+counts as held, never as free. Drive offers no atomic create, so this guards against the common
+case (a second notebook opened on a run that is still training), not against two writers
+starting in the same second.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
 
 from ._errors import LeaseError
+from ._records import InvalidRecord, Record, parse_record
+from ._store import Store
 from ._units import format_duration
 
-logger = logging.getLogger("colabsession.checkpoint")
+logger = logging.getLogger(__name__)
+
+NAME = "lease.json"
+
+
+@dataclass(frozen=True)
+class LeaseRecord(Record):
+    """Who writes a run, and when it was last heard of."""
+
+    KIND: ClassVar[str] = "colabsession-lease"
+    owner: str
+    host: str
+    pid: int
+    session: str
+    heartbeat: float
+    ttl: float
 
 
 class Lease:
-    """The lease at *path* in the fsspec file system *fs*, held as *owner*."""
+    """The lease of the run in *store*, held as *owner*.
+
+    *now* and *sleep* are the wall clock and the pause (tests pass fakes)."""
 
     def __init__(
-        self, fs: Any, path: str, *, owner: str, session: str, ttl: float, takeover: bool, what: str
+        self,
+        store: Store,
+        *,
+        owner: str,
+        session: str,
+        ttl: float,
+        takeover: bool,
+        what: str,
+        now: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.fs, self.path, self.owner, self.session = fs, path, owner, session
+        self.store, self.owner, self.session = store, owner, session
         self.ttl, self.takeover, self.what = ttl, takeover, what
+        self.now, self.sleep = now, sleep
         self.lost: str | None = None
-        self._lock = threading.Lock()
+        self.held = False
+        self._mark: tuple[object, ...] | None = None  # the lease file as our last write left it
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def read(self) -> dict[str, Any] | None:
+    def read(self) -> LeaseRecord | None:
+        """The lease as it stands; None when nobody holds it. Raises OSError or TimeoutError
+        when the store does not answer."""
         try:
-            data = json.loads(self.fs.cat_file(self.path))
+            data = self.store.read(NAME)
         except FileNotFoundError:
             return None
-        except (ValueError, TypeError):
-            return None  # a torn lease file: nobody holds it
-        return data if isinstance(data, dict) else None
+        try:
+            return parse_record(LeaseRecord, data, what=f"the lease of {self.what}")
+        except InvalidRecord:
+            # Damaged: held by someone unknown, heard of when the file was last written.
+            return LeaseRecord(
+                owner="(unreadable lease)",
+                host="?",
+                pid=-1,
+                session="?",
+                heartbeat=self._mtime(),
+                ttl=self.ttl,
+            )
+
+    def _mtime(self) -> float:
+        try:
+            info = self.store.io("look up", lambda: self.store.fs.info(self.store.path(NAME)))
+            mtime = info.get("mtime") or info.get("modified")
+            return float(mtime.timestamp() if hasattr(mtime, "timestamp") else mtime)
+        except (OSError, TimeoutError, TypeError, ValueError):
+            return self.now()
 
     def acquire(self) -> None:
         """Take the lease. A holder on this machine whose process is gone, or one silent for
         longer than its ttl, loses it; for a holder elsewhere that may have died with its
         runtime, wait until its ttl runs out; a holder that is still alive is an error (unless
-        *takeover*)."""
-        try:
-            lease = self.read()
-        except OSError as exc:
-            logger.warning(
-                "colabsession: cannot read the lease of %s (%s): writing anyway", self.what, exc
-            )
-            return
-        if lease and lease.get("owner") != self.owner and not self._stale(lease):
+        *takeover*). Raises OSError or TimeoutError when the store does not answer."""
+        lease = self.read()
+        if lease and lease.owner != self.owner and not self._stale(lease):
             if self.takeover:
                 logger.warning("colabsession: taking %s over from %s", self.what, _who(lease))
             else:
-                lease = self._wait_for_silence(lease)
+                self._wait_for_silence(lease)
         self.write()
+        self.held = True
         self._start_heartbeat()
 
-    def _stale(self, lease: dict[str, Any]) -> bool:
-        if time.time() - float(lease.get("heartbeat", 0)) >= float(lease.get("ttl", self.ttl)):
+    def _stale(self, lease: LeaseRecord) -> bool:
+        if self.now() - lease.heartbeat >= lease.ttl:
             return True
-        if lease.get("host") == socket.gethostname():
+        if lease.host == socket.gethostname() and lease.pid > 0:
             import psutil
 
-            return not psutil.pid_exists(int(lease.get("pid", -1)))  # a crashed kernel
+            return not psutil.pid_exists(lease.pid)  # a crashed kernel
         return False
 
-    def _wait_for_silence(self, lease: dict[str, Any]) -> dict[str, Any]:
-        ttl = float(lease.get("ttl", self.ttl))
-        age = time.time() - float(lease.get("heartbeat", 0))
+    def _wait_for_silence(self, lease: LeaseRecord) -> None:
+        age = self.now() - lease.heartbeat
         print(
-            f"colabsession: {self.what} was written by {_who(lease)} "
-            f"{format_duration(age)} ago; waiting up to {format_duration(ttl - age)} in case "
-            "that runtime is gone",
+            f"colabsession: {self.what} was written by {_who(lease)} {format_duration(age)} ago; "
+            f"waiting up to {format_duration(lease.ttl - age)} in case that runtime is gone",
             flush=True,
         )
-        first_beat = lease.get("heartbeat")
-        deadline = time.monotonic() + ttl - age + 1
-        while time.monotonic() < deadline:
-            time.sleep(min(max(ttl / 6, 0.05), 10.0))
+        first_beat = lease.heartbeat
+        deadline = lease.heartbeat + lease.ttl + 1
+        while self.now() < deadline:
+            self.sleep(min(max(lease.ttl / 6, 0.05), 10.0))
             current = self.read()
-            if not current or current.get("owner") == self.owner or self._stale(current):
-                return current or {}
-            if current.get("heartbeat") != first_beat:  # it is alive: do not write over it
+            if not current or current.owner == self.owner or self._stale(current):
+                return
+            if current.heartbeat != first_beat:  # it is alive: do not write over it
+                lease = current
                 break
-        current = self.read() or lease
+        else:
+            return
         raise LeaseError(
-            f"{self.what} is being written by another notebook ({_who(current)}, heard of "
-            f"{format_duration(time.time() - float(current.get('heartbeat', 0)))} ago). Two "
-            "writers would overwrite each other's checkpoints: stop the other one, or pass "
-            "takeover=True"
+            f"{self.what} is being written by another notebook ({_who(lease)}, heard of "
+            f"{format_duration(self.now() - lease.heartbeat)} ago). Two writers would overwrite "
+            "each other's checkpoints: stop the other one, or pass takeover=True"
         )
 
     def write(self) -> None:
-        record = {
-            "owner": self.owner,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "session": self.session,
-            "heartbeat": time.time(),
-            "ttl": self.ttl,
-        }
-        with self._lock:
-            self.fs.makedirs(self.path.rsplit("/", 1)[0], exist_ok=True)
-            self.fs.pipe_file(self.path, json.dumps(record).encode())
+        record = LeaseRecord(
+            owner=self.owner,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            session=self.session,
+            heartbeat=self.now(),
+            ttl=self.ttl,
+        )
+        self.store.makedirs()
+        self.store.replace(NAME, record.to_json())
+        self._mark = self._stat()
 
-    def check(self) -> None:
-        """Raise LeaseError if another writer took the run over."""
+    def _stat(self) -> tuple[object, ...] | None:
+        try:
+            info = self.store.io("look up", lambda: self.store.fs.info(self.store.path(NAME)))
+        except FileNotFoundError:
+            return None
+        return tuple(info.get(k) for k in ("size", "mtime", "ino", "id", "modified", "md5Checksum"))
+
+    def verify(self) -> None:
+        """Raise LeaseError if the run was taken over: a look at the lease file's size and time
+        (one round trip), and a read only when someone else wrote it since our last write."""
         if self.lost:
             raise LeaseError(self.lost)
-        try:
-            lease = self.read()
-        except OSError:
-            return  # the location is down; the local commit goes on
-        if lease and lease.get("owner") != self.owner:
+        if self._mark is None or self._stat() != self._mark:
+            self.check()
+
+    def check(self) -> None:
+        """Raise LeaseError if another writer took the run over (a store that does not answer
+        raises OSError or TimeoutError)."""
+        if self.lost:
+            raise LeaseError(self.lost)
+        lease = self.read()
+        if lease and lease.owner != self.owner:
             self.lost = (
-                f"{self.what} was taken over by another notebook ({_who(lease)}); "
-                "this one no longer writes to it"
+                f"{self.what} was taken over by another notebook ({_who(lease)}); this one no "
+                "longer writes to it. Its checkpoints so far are kept"
             )
             raise LeaseError(self.lost)
 
@@ -136,23 +196,31 @@ class Lease:
                     self.write()
                 except LeaseError:
                     return
-                except OSError as exc:
+                except (OSError, TimeoutError) as exc:
                     logger.debug("colabsession: lease heartbeat failed: %s", exc)
 
         self._thread = threading.Thread(target=beat, name="colabsession-lease", daemon=True)
         self._thread.start()
 
+    def stop_heartbeat(self) -> None:
+        """Stop renewing (as if this runtime died); the lease expires after its ttl."""
+        self._stop.set()
+
     def release(self) -> None:
+        """Stop renewing and delete the lease if it is still ours; never raises."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if not self.held:
+            return
+        self.held = False
         try:
             lease = self.read()
-            if lease and lease.get("owner") == self.owner:
-                self.fs.rm_file(self.path)
-        except OSError:
+            if lease and lease.owner == self.owner:
+                self.store.remove(NAME)
+        except (OSError, TimeoutError):
             pass  # it expires by itself
 
 
-def _who(lease: dict[str, Any]) -> str:
-    return f"host {lease.get('host')}, pid {lease.get('pid')}"
+def _who(lease: LeaseRecord) -> str:
+    return f"host {lease.host}, pid {lease.pid}"

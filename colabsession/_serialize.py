@@ -1,81 +1,285 @@
-"""A checkpoint's state on disk: the arrays in one uncompressed ``.npz`` (loaded with
-``allow_pickle=False``, so loading never runs code) and the rest of the tree as JSON."""
+"""A checkpoint's state: a JSON tree plus one file of raw array bytes.
+
+The tree keeps the state's structure exactly: dicts (string or integer keys), lists, tuples,
+numbers, strings, booleans, None, and arrays, which it names by their index in the arrays file.
+Keys that begin with the tree's own marker (``$``) are escaped, so no user dict is ever read back
+as something else. Arrays are stored raw, each at a 64-byte boundary, with their dtype by name:
+every dtype numpy knows and those of ml_dtypes (bfloat16, float8_*, int4, ...) round-trip exactly.
+Loading never runs code (no pickle).
+
+The arrays file's CRC32C is computed while it is written, in one pass.
+"""
 
 from __future__ import annotations
 
-import json
 import math
-from typing import Any
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO, Any
 
 from ._errors import CheckpointError
 
-ARRAY = "__colabsession_array__"
+MARK = "$"
+ALIGN = 64
+CHUNK = 16 << 20  # hash each chunk right after writing it, while it is in the CPU cache
 
 
-def flatten(state: Any, reuse: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
-    """Split *state* into a JSON tree and host copies of its arrays.
+@dataclass(frozen=True)
+class ArrayInfo:
+    """Where one array lies in the arrays file."""
 
-    Arrays are anything numpy can turn into an array (numpy, TensorFlow, JAX, CPU torch tensors);
-    they are copied now, so the caller may go on changing its own. Other leaves must be JSON
-    values: numbers, strings, booleans, None, lists and dicts with string keys.
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int
+    nbytes: int
 
-    *reuse* holds the copies of an earlier call that nothing uses any more: arrays of the same
-    place, shape and dtype are copied into them, which spares allocating (and page-faulting)
-    hundreds of megabytes on every save.
+
+def flatten(state: Any, reuse: list[Any] | None = None) -> tuple[Any, list[Any]]:
+    """Split *state* into a JSON tree and its arrays.
+
+    Mutable arrays (numpy, CPU torch tensors, anything with ``__array__``) are copied now, so
+    the caller may go on changing its own; *reuse* holds the copies of an earlier call that
+    nothing uses any more: arrays of the same place, shape and dtype are copied into them, which
+    spares allocating (and page-faulting) hundreds of megabytes on every save. Arrays that no
+    framework changes in place (JAX arrays, TensorFlow tensors) are kept as they are and
+    converted in the background by :func:`host_arrays`.
     """
     import numpy as np
 
-    arrays: dict[str, Any] = {}
+    leaves: list[Any] = []
+    spares = reuse or []
+
+    def array(node: Any, where: str) -> int:
+        index = len(leaves)
+        if _immutable(node):
+            leaves.append(node)
+            return index
+        source = np.asarray(node)
+        if source.dtype.hasobject or source.dtype.fields is not None:
+            raise CheckpointError(
+                f"state{where} is an array of {source.dtype}, which cannot be saved without "
+                "pickle: convert it to a plain numeric array"
+            )
+        spare = spares[index] if index < len(spares) else None
+        if isinstance(spare, np.ndarray) and (spare.shape, spare.dtype) == (
+            source.shape,
+            source.dtype,
+        ):
+            np.copyto(spare, source)
+            leaves.append(spare)
+        else:
+            leaves.append(np.array(source, copy=True, order="C"))
+        return index
 
     def visit(node: Any, where: str) -> Any:
         if isinstance(node, dict):
-            for key in node:
-                if not isinstance(key, str):
-                    raise CheckpointError(f"state{where} has the key {key!r}: keys must be strings")
-            return {key: visit(value, f"{where}[{key!r}]") for key, value in node.items()}
-        if isinstance(node, (list, tuple)):
-            return [visit(value, f"{where}[{i}]") for i, value in enumerate(node)]
+            if all(isinstance(k, str) for k in node):
+                return {_escape(k): visit(v, f"{where}[{k!r}]") for k, v in node.items()}
+            items = []
+            for key, value in node.items():
+                if not isinstance(key, (str, int)) or isinstance(key, bool):
+                    raise CheckpointError(
+                        f"state{where} has the key {key!r}: keys must be strings or integers"
+                    )
+                items.append([key, visit(value, f"{where}[{key!r}]")])
+            return {f"{MARK}d": items}
+        if isinstance(node, list):
+            return [visit(v, f"{where}[{i}]") for i, v in enumerate(node)]
+        if isinstance(node, tuple):
+            return {f"{MARK}t": [visit(v, f"{where}[{i}]") for i, v in enumerate(node)]}
         if node is None or isinstance(node, (bool, str)):
             return node
-        if isinstance(node, (int, float)) and not isinstance(node, bool):
+        if isinstance(node, (int, float)) and not isinstance(node, np.generic):
             if isinstance(node, float) and not math.isfinite(node):
-                return {"__float__": repr(node)}  # JSON has no nan/inf
-            return node
-        if isinstance(node, np.generic) or hasattr(node, "__array__"):
-            name = f"a{len(arrays)}"
-            source = np.asarray(node)
-            spare = (reuse or {}).get(name)
-            if spare is not None and spare.shape == source.shape and spare.dtype == source.dtype:
-                np.copyto(spare, source)
-                array = spare
-            else:
-                array = np.array(source, copy=True)
-            if array.dtype.hasobject:
-                raise CheckpointError(
-                    f"state{where} is an array of Python objects, which cannot be saved without "
-                    "pickle: convert it to a numeric array"
-                )
-            arrays[name] = array
-            return {ARRAY: name}
+                return {f"{MARK}f": repr(node)}  # JSON has no nan or inf
+            return int(node) if isinstance(node, int) else float(node)
+        if isinstance(node, np.generic):
+            return {f"{MARK}s": array(node, where)}
+        if hasattr(node, "__array__"):
+            return {f"{MARK}a": array(node, where)}
         raise CheckpointError(
             f"state{where} is a {type(node).__name__}: a checkpoint holds arrays, numbers, "
-            "strings, booleans, None, and lists and dicts of them"
+            "strings, booleans, None, and lists, tuples and dicts of them"
         )
 
-    return visit(state, ""), arrays
+    return visit(state, ""), leaves
 
 
-def unflatten(tree: Any, arrays: Any) -> Any:
-    if isinstance(tree, dict):
-        if set(tree) == {ARRAY}:
-            return arrays[tree[ARRAY]]
-        if set(tree) == {"__float__"}:
-            return float(tree["__float__"])
-        return {key: unflatten(value, arrays) for key, value in tree.items()}
+def host_arrays(leaves: list[Any]) -> list[Any]:
+    """The leaves of :func:`flatten` as C-contiguous numpy arrays (device arrays fetched now)."""
+    import numpy as np
+
+    return [np.asarray(leaf, order="C") for leaf in leaves]  # (ascontiguousarray makes 0-d 1-d)
+
+
+def unflatten(tree: Any, arrays: list[Any]) -> Any:
+    """The state that :func:`flatten` split, from its tree and arrays."""
     if isinstance(tree, list):
-        return [unflatten(value, arrays) for value in tree]
-    return tree
+        return [unflatten(v, arrays) for v in tree]
+    if not isinstance(tree, dict):
+        return tree
+    if len(tree) == 1:
+        ((key, value),) = tree.items()
+        if key == f"{MARK}a":
+            return arrays[value]
+        if key == f"{MARK}s":
+            return arrays[value][()]
+        if key == f"{MARK}f":
+            return float(value)
+        if key == f"{MARK}t":
+            return tuple(unflatten(v, arrays) for v in value)
+        if key == f"{MARK}d":
+            return {k: unflatten(v, arrays) for k, v in value}
+    return {_unescape(k): unflatten(v, arrays) for k, v in tree.items()}
 
 
-def dumps(tree: Any) -> bytes:
-    return json.dumps(tree, separators=(",", ":"), allow_nan=False).encode()
+def check_tree(tree: Any, count: int) -> None:
+    """Raise ValueError unless *tree* is a well-formed tree over *count* arrays."""
+    if isinstance(tree, list):
+        for value in tree:
+            check_tree(value, count)
+        return
+    if tree is None or isinstance(tree, (bool, int, float, str)):
+        return
+    if not isinstance(tree, dict):
+        raise ValueError(f"a {type(tree).__name__} in the tree")
+    if len(tree) == 1:
+        ((key, value),) = tree.items()
+        if key in (f"{MARK}a", f"{MARK}s"):
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < count:
+                raise ValueError(f"the array reference {value!r} is out of range")
+            return
+        if key == f"{MARK}f":
+            if value not in ("nan", "inf", "-inf"):
+                raise ValueError(f"{value!r} is not a non-finite float")
+            return
+        if key == f"{MARK}t":
+            if not isinstance(value, list):
+                raise ValueError("a tuple that is not a list")
+            check_tree(value, count)
+            return
+        if key == f"{MARK}d":
+            if not isinstance(value, list) or not all(
+                isinstance(p, list)
+                and len(p) == 2
+                and isinstance(p[0], (int, str))
+                and not isinstance(p[0], bool)
+                for p in value
+            ):
+                raise ValueError("a dict of integer keys that is not a list of pairs")
+            for _, item in value:
+                check_tree(item, count)
+            return
+    for key, value in tree.items():
+        if key.startswith(MARK) and not key.startswith(MARK * 2):
+            raise ValueError(f"the unknown marker {key!r}")
+        check_tree(value, count)
+
+
+def dtype_name(dtype: Any) -> str:
+    """A dtype's name that :func:`dtype_of` turns back into it."""
+    if dtype.type.__module__.startswith("ml_dtypes"):
+        return str(dtype.name)  # their .str is a bare void ("<V2") and would lose them
+    return str(dtype.str)
+
+
+def dtype_of(name: str) -> Any:
+    """The dtype :func:`dtype_name` named (ml_dtypes' own imported only when needed)."""
+    import numpy as np
+
+    try:
+        dtype = np.dtype(name)
+    except Exception:  # an untrusted name: numpy raises TypeError, ValueError or worse
+        try:
+            import ml_dtypes
+        except ImportError:
+            raise CheckpointError(
+                f"this checkpoint holds {name} arrays, which need the ml_dtypes package: "
+                "pip install ml_dtypes (TensorFlow and JAX install it)"
+            ) from None
+        kind = getattr(ml_dtypes, name, None) if name.isidentifier() else None
+        if not isinstance(kind, type):
+            raise ValueError(f"unknown dtype {name!r}") from None
+        dtype = np.dtype(kind)
+    if dtype.hasobject or dtype.fields is not None:
+        raise ValueError(f"dtype {name!r} is not allowed in a checkpoint")
+    if dtype.kind == "V" and not dtype.type.__module__.startswith("ml_dtypes"):
+        raise ValueError(f"dtype {name!r} is not allowed in a checkpoint")
+    return dtype
+
+
+def write_arrays(f: IO[bytes], arrays: list[Any]) -> tuple[list[ArrayInfo], int, int]:
+    """Write *arrays* to *f*, each at a 64-byte boundary. Returns where each one lies, the
+    file's size and its CRC32C, computed while writing."""
+    import google_crc32c
+
+    infos: list[ArrayInfo] = []
+    offset, crc = 0, 0
+    for array in arrays:
+        pad = -offset % ALIGN
+        if pad:
+            zeros = bytes(pad)
+            f.write(zeros)
+            crc = google_crc32c.extend(crc, zeros)
+            offset += pad
+        for chunk in _chunks(array):
+            f.write(chunk)
+            crc = google_crc32c.extend(crc, chunk)
+        infos.append(ArrayInfo(dtype_name(array.dtype), tuple(array.shape), offset, array.nbytes))
+        offset += array.nbytes
+    return infos, offset, crc
+
+
+def read_arrays(buffer: bytearray, infos: list[ArrayInfo]) -> list[Any]:
+    """The arrays that :func:`write_arrays` wrote, as writable views of *buffer*."""
+    import numpy as np
+
+    arrays = []
+    for info in infos:
+        dtype = dtype_of(info.dtype)
+        count = math.prod(info.shape)
+        fits = min(info.shape, default=0) >= 0 and 0 <= info.offset <= len(buffer) - info.nbytes
+        if count * dtype.itemsize != info.nbytes or not fits:
+            raise ValueError(f"an array of {info.dtype} {info.shape} does not fit its place")
+        if count == 0:
+            arrays.append(np.empty(info.shape, dtype))
+            continue
+        flat = np.frombuffer(buffer, dtype=dtype, count=count, offset=info.offset)
+        arrays.append(flat.reshape(info.shape))
+    return arrays
+
+
+def crc32c(data: Any, crc: int = 0) -> int:
+    """The CRC32C of *data* (bytes, bytearray or a numpy array), continuing from *crc*."""
+    import google_crc32c
+    import numpy as np
+
+    view = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) else data
+    for chunk in _chunks(view):
+        crc = google_crc32c.extend(crc, chunk)
+    return int(crc)
+
+
+def _chunks(array: Any) -> Iterator[Any]:
+    flat = array.reshape(-1).view("uint8")
+    for start in range(0, flat.size, CHUNK):
+        chunk = flat[start : start + CHUNK]
+        chunk.flags.writeable = False  # google_crc32c takes read-only buffers only
+        yield chunk
+
+
+def _immutable(node: Any) -> bool:
+    """JAX arrays and TensorFlow tensors (not variables) never change in place."""
+    kind = type(node)
+    module = kind.__module__
+    if module.startswith(("jax", "jaxlib")):
+        return kind.__name__ == "ArrayImpl"
+    return module.startswith("tensorflow") and kind.__name__ == "EagerTensor"
+
+
+def _escape(key: str) -> str:
+    return MARK + key if key.startswith(MARK) else key
+
+
+def _unescape(key: str) -> str:
+    return key[1:] if key.startswith(MARK * 2) else key

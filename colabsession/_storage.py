@@ -5,22 +5,56 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from ._errors import ConfigError
 from ._runtime import home_dir, mount_type
 from .drive import Location, resolve
 
+RUNS = "drive:checkpoints"
+
 
 def run_location(run_or_location: str | os.PathLike[str] | Location) -> Location:
-    """A bare run name (``"digits-cnn"``) means ``drive:checkpoints/<name>``; anything with a
-    slash or a colon is a location."""
-    if isinstance(run_or_location, str) and not any(c in run_or_location for c in "/:\\"):
-        if not run_or_location or run_or_location in (".", ".."):
-            raise ConfigError(f"{run_or_location!r} is not a run name")
-        return resolve(f"drive:checkpoints/{run_or_location}")
-    return resolve(run_or_location)
+    """Where a run lives, by one rule everywhere (``cs.Checkpointer``, ``cs.fit``,
+    ``SessionCheckpoint``, ``cs.history``, ``colabsession ckpt``):
+
+    - ``drive:...``, a URL with a scheme (``gs://...``, ``gdrive://...``), a path that starts
+      with ``/``, ``./``, ``../`` or ``~``, and a ``pathlib.Path`` are locations;
+    - anything else is a run name, stored at ``drive:checkpoints/<name>`` (``"exp/v2"`` too).
+    """
+    if isinstance(run_or_location, Location):
+        return run_or_location
+    if not isinstance(run_or_location, str):
+        return resolve(run_or_location)
+    text = run_or_location
+    if text.startswith(("drive:", "/", "./", "../", "~")) or "://" in text or text in (".", ".."):
+        return resolve(text)
+    parts = PurePosixPath(text).parts
+    if not text.strip() or "\\" in text or any(p in (".", "..") for p in parts):
+        raise ConfigError(
+            f"{text!r} is not a run name: use letters, digits, '-', '_' and '/' (a run name "
+            "is stored at drive:checkpoints/<name>), or give a location such as ./runs/x"
+        )
+    return resolve(f"{RUNS}/{text}")
+
+
+def run_stores(
+    location: str | os.PathLike[str] | Location,
+    local_dir: str | os.PathLike[str] | None,
+    *,
+    timeout: float,
+) -> tuple[Any, Any]:
+    """The run's local store (its folder, or its mirror under the home) and its location's
+    store (None when the location is a plain local folder, written directly), whose every
+    operation is bounded by *timeout* seconds."""
+    from ._store import Store
+
+    loc = run_location(location)
+    if is_direct(loc) and local_dir is None:
+        return Store(loc, timeout=None, durable=True), None
+    mirror = Path(local_dir) if local_dir is not None else default_local_dir(loc)
+    return Store.local_disk(mirror), Store(loc, timeout=timeout, durable=False)
 
 
 def default_local_dir(location: Location) -> Path:
@@ -40,7 +74,11 @@ def reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.errno == errno.ENOTCONN:
         return "the Drive mount dropped: run cs.drive.ensure() in a cell to remount"
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return "no space left: Drive's quota (15 GB free) or the disk is full"
+        return "no space left: Drive's quota (15 GB free) or the disk is full (!df -h)"
+    if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"not allowed to write there ({exc.strerror or exc})"
+    if isinstance(exc, TimeoutError):
+        return f"it did not answer in time ({exc})"
     return f"{type(exc).__name__}: {exc}"
 
 

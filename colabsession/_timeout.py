@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -59,3 +60,48 @@ def run_command(argv: Sequence[str], timeout: float) -> subprocess.CompletedProc
             process.communicate()
             raise
     return subprocess.CompletedProcess(list(argv), process.returncode, out, err)
+
+
+class Backoff:
+    """Exponential backoff shared by everything that retries: each failure doubles the pause
+    (from *initial* up to *maximum*), a success resets it. *monotonic* is the clock (tests pass a
+    fake).
+
+    >>> backoff = Backoff(initial=0.5, maximum=16)
+    >>> backoff.failed(), backoff.failed(), backoff.due()
+    (0.5, 1.0, False)
+    """
+
+    def __init__(
+        self,
+        initial: float = 5.0,
+        maximum: float = 600.0,
+        *,
+        factor: float = 2.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.initial, self.maximum, self.factor = initial, maximum, factor
+        self.monotonic = monotonic
+        self.pause = initial
+        self.failures = 0
+        self.next_at = 0.0
+
+    def failed(self) -> float:
+        """Count a failure; return the pause before the next try."""
+        delay = self.pause
+        self.failures += 1
+        self.next_at = self.monotonic() + delay
+        self.pause = min(self.pause * self.factor, self.maximum)
+        return delay
+
+    def succeeded(self) -> None:
+        self.pause, self.failures, self.next_at = self.initial, 0, 0.0
+
+    def due(self) -> bool:
+        """Whether the pause after the last failure is over."""
+        return self.monotonic() >= self.next_at
+
+    @property
+    def wait(self) -> float:
+        """Seconds until the next try is due."""
+        return max(0.0, self.next_at - self.monotonic())

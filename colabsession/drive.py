@@ -28,7 +28,7 @@ from ._runtime import (
     detect_kind,
     fuse_drive_mounted,
 )
-from ._timeout import call_with_timeout
+from ._timeout import Backoff, call_with_timeout
 from ._units import Duration, format_duration, parse_duration
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ def mount(
             "this looks like Colab, but google.colab cannot be imported: restart the runtime "
             "(Runtime > Restart session) and run the cell again"
         ) from None
-    pause = 5.0
+    backoff = Backoff(initial=5.0, maximum=3600.0, factor=3.0)
     for attempt in range(retries + 1):
         try:
             colab_drive.mount(
@@ -98,6 +98,7 @@ def mount(
             error = _mount_error(exc, point, seconds)
             if not isinstance(error, MountTimeoutError) or attempt == retries:
                 raise error from exc
+            pause = backoff.failed()
             logger.warning(
                 "Drive did not answer while mounting (attempt %d of %d); trying again in %.0f s",
                 attempt + 1,
@@ -105,7 +106,6 @@ def mount(
                 pause,
             )
             _sleep(pause)
-            pause *= 3
     raise AssertionError("unreachable")
 
 

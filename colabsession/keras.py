@@ -135,7 +135,7 @@ class SessionCheckpoint(_Callback):  # type: ignore[misc]
     # Callback hooks -------------------------------------------------------------------------
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        if self.ckpt._closed:  # a second fit() with the same callback
+        if self.ckpt.closed:  # a second fit() with the same callback
             self.ckpt = Checkpointer(self.location, **self._options)
         self.stopped_for_deadline = False
         self._epochs = int(self.params.get("epochs") or 0)
@@ -192,7 +192,7 @@ class SessionCheckpoint(_Callback):  # type: ignore[misc]
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         self._print_pending()
         self.model._initial_epoch = None
-        if self.ckpt._last_saved_step != self._step() and not self._in_step:
+        if self.ckpt.last_saved_step != self._step() and not self._in_step:
             self.ckpt.save(self._step(), self._state())  # the end of training is always kept
         if self.close_on_train_end:
             self.ckpt.close()  # uploads what is left, releases the lease
@@ -247,7 +247,7 @@ class SessionCheckpoint(_Callback):  # type: ignore[misc]
             self._epoch, self._batches_done = divmod(step, per_epoch)
         elif self._in_step:
             return False
-        if self._step() == 0 or self._step() == self.ckpt._last_saved_step:
+        if self._step() == 0 or self._step() == self.ckpt.last_saved_step:
             return self._step() != 0
         self.ckpt.save(self._step(), self._state())
         self.ckpt.wait()

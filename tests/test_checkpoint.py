@@ -18,7 +18,7 @@ import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
 import colabsession as cs
-from colabsession._checkpoint import MANIFEST
+from colabsession import _layout
 from colabsession._history import read_history
 from colabsession.drive import Location
 
@@ -46,8 +46,19 @@ def assert_state(state: Any, step: int) -> None:
     assert state["inf"] == float("inf")
 
 
-def ckpt_dirs(path: Path) -> list[str]:
-    return sorted(p.name for p in path.iterdir() if p.name.startswith("ckpt-"))
+def steps_in(names: Any) -> list[int]:
+    """The steps of the checkpoint files among *names* (paths or names)."""
+    found = (_layout.parse_name(str(n).rstrip("/").rsplit("/", 1)[-1]) for n in names)
+    return sorted(step for step in found if step is not None)
+
+
+def ckpt_steps(path: Path) -> list[int]:
+    return steps_in(p.name for p in path.iterdir())
+
+
+def ckpt_file(path: Path, step: int) -> Path:
+    (found,) = path.glob(f"ckpt-{step:012d}.*.ckpt")
+    return found
 
 
 class FakeClock(cs.SessionClock):
@@ -86,10 +97,10 @@ def test_round_trip(tmp_path: Path) -> None:
     assert_state(restored.state, 7)
     assert restored.metrics == {"loss": 0.5, "acc": 0.9}
     assert restored.session
-    manifest = json.loads((tmp_path / "run" / "ckpt-000000000007" / MANIFEST).read_text())
-    assert set(manifest["files"]) == {"arrays.npz", "tree.json"}
-    assert all(len(f["sha256"]) == 64 for f in manifest["files"].values())
-    assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".tmp")]
+    (info,) = cs.Checkpointer(tmp_path / "run").checkpoints()
+    assert (info.step, info.metrics) == (7, {"loss": 0.5, "acc": 0.9})
+    assert ckpt_file(tmp_path / "run", 7).read_bytes()[-8:] == _layout.MAGIC
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]
 
 
 def test_async_save_copies_the_state(tmp_path: Path) -> None:
@@ -124,15 +135,15 @@ def test_same_step_saved_twice_is_replaced(tmp_path: Path) -> None:
     restored = cs.Checkpointer(tmp_path).restore()
     assert restored is not None
     assert_state(restored.state, 6)
-    assert ckpt_dirs(tmp_path) == ["ckpt-000000000005"]
+    assert ckpt_steps(tmp_path) == [5]
 
 
 def test_bad_state_is_a_clear_error(tmp_path: Path) -> None:
     with cs.Checkpointer(tmp_path, every=None) as ckpt:
         with pytest.raises(cs.CheckpointError, match=r"state\['model'\] is a object"):
             ckpt.save(1, {"model": object()})
-        with pytest.raises(cs.CheckpointError, match="keys must be strings"):
-            ckpt.save(1, {1: np.zeros(2)})
+        with pytest.raises(cs.CheckpointError, match="keys must be strings or integers"):
+            ckpt.save(1, {(1, 2): np.zeros(2)})
         with pytest.raises(cs.CheckpointError, match="without pickle"):
             ckpt.save(1, {"x": np.array([{}, 1], dtype=object)})
     with pytest.raises(cs.ConfigError):
@@ -150,43 +161,102 @@ def three(tmp_path: Path) -> Path:
     return tmp_path
 
 
+def _truncate(path: Path, keep: int) -> None:
+    path.write_bytes(path.read_bytes()[:keep])
+
+
+def _flip(path: Path, at: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _rewrite_manifest(path: Path, change: Any) -> None:
+    """Replace the manifest of a checkpoint file by ``change(dict)``, keeping the file valid
+    otherwise (a well-formed but wrong manifest, as a hostile writer on Drive could make)."""
+    import struct
+
+    data = path.read_bytes()
+    length, _, magic = _layout.TRAILER.unpack(data[-_layout.TRAILER.size :])
+    start = len(data) - _layout.TRAILER.size - length
+    manifest = json.loads(data[start : start + length])
+    body = json.dumps(change(manifest)).encode()
+    crc = cs_crc(body)
+    path.write_bytes(data[:start] + body + struct.pack("<QI8s", len(body), crc, magic))
+
+
+def cs_crc(data: bytes) -> int:
+    from colabsession._serialize import crc32c
+
+    return crc32c(data)
+
+
 @pytest.mark.parametrize(
     "damage",
     [
-        lambda d: (d / "arrays.npz").write_bytes((d / "arrays.npz").read_bytes()[:100]),
-        lambda d: (d / "arrays.npz").write_bytes(
-            (d / "arrays.npz").read_bytes().replace(b"\x03\x00\x00\x00", b"\x04\x00\x00\x00", 1)
+        lambda f: _truncate(f, 100),
+        lambda f: _truncate(f, f.stat().st_size - 3),
+        lambda f: _flip(f, 10),
+        lambda f: _flip(f, f.stat().st_size - 30),
+        lambda f: f.write_bytes(b""),
+        lambda f: _rewrite_manifest(f, lambda m: {**m, "step": 2}),
+        lambda f: _rewrite_manifest(f, lambda m: {k: v for k, v in m.items() if k != "tree"}),
+        lambda f: _rewrite_manifest(f, lambda m: {**m, "arrays": {"renamed": m["arrays"]}}),
+        lambda f: _rewrite_manifest(f, lambda m: {**m, "tree": {"$a": 99}}),
+        lambda f: _rewrite_manifest(f, lambda m: {**m, "version": 99}),
+        lambda f: _rewrite_manifest(f, lambda m: [m]),
+        lambda f: _rewrite_manifest(f, lambda m: None),
+        lambda f: _rewrite_manifest(
+            f, lambda m: {**m, "arrays": [{**a, "dtype": "O"} for a in m["arrays"]]}
         ),
-        lambda d: (d / MANIFEST).unlink(),
-        lambda d: (d / MANIFEST).write_text("{not json"),
-        lambda d: (d / "tree.json").unlink(),
+        lambda f: _rewrite_manifest(
+            f, lambda m: {**m, "arrays": [{**a, "offset": -64} for a in m["arrays"]]}
+        ),
     ],
-    ids=["truncated", "bit-flipped", "no-manifest", "torn-manifest", "missing-file"],
+    ids=[
+        "truncated",
+        "trailer-cut",
+        "bit-flipped-array",
+        "bit-flipped-manifest",
+        "empty",
+        "step-differs-from-name",
+        "missing-field",
+        "wrong-type",
+        "array-out-of-range",
+        "newer-format",
+        "a-list",
+        "null",
+        "object-dtype",
+        "negative-offset",
+    ],
 )
 def test_damaged_newest_is_skipped_with_a_warning(
     three: Path, damage: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    damage(three / "ckpt-000000000003")
+    damage(ckpt_file(three, 3))
     with caplog.at_level(logging.WARNING, "colabsession"):
         restored = cs.Checkpointer(three).restore()
     assert restored is not None
     assert restored.step == 2
     assert_state(restored.state, 2)
-    manifest_gone = not (three / "ckpt-000000000003" / MANIFEST).exists()
-    assert manifest_gone or "skipping checkpoint step 3" in caplog.text
+    assert "skipping checkpoint" in caplog.text
     with pytest.raises(cs.CheckpointError, match="step 3"):
         cs.Checkpointer(three).restore(step=3)
+    from colabsession._cli import main
+
+    assert main(["ckpt", "verify", str(three)]) == 1  # never a KeyError
+    assert main(["ckpt", "list", str(three)]) == 0
 
 
 def test_verify_reports_damage(three: Path) -> None:
-    (three / "ckpt-000000000002" / "tree.json").write_text("[]")
+    _flip(ckpt_file(three, 2), 5)
     results = cs.Checkpointer(three).verify()
     assert [(step, problem is None) for step, _, problem in results] == [
         (1, True),
         (2, False),
         (3, True),
     ]
-    assert "tree.json has 2 bytes" in (results[1][2] or "")
+    assert "checksum" in (results[1][2] or "")
 
 
 # Retention ------------------------------------------------------------------------------------
@@ -196,7 +266,7 @@ def test_keep_last(tmp_path: Path) -> None:
     with cs.Checkpointer(tmp_path, every=None, keep_last=2) as ckpt:
         for step in range(6):
             ckpt.save(step, state_at(step))
-    assert ckpt_dirs(tmp_path) == ["ckpt-000000000004", "ckpt-000000000005"]
+    assert ckpt_steps(tmp_path) == [4, 5]
 
 
 def test_keep_best(tmp_path: Path) -> None:
@@ -204,7 +274,7 @@ def test_keep_best(tmp_path: Path) -> None:
     with cs.Checkpointer(tmp_path, every=None, keep_last=2, keep_best=1) as ckpt:
         for step, loss in enumerate(losses):
             ckpt.save(step, state_at(step), metrics={"loss": loss})
-    assert ckpt_dirs(tmp_path) == ["ckpt-000000000001", "ckpt-000000000004", "ckpt-000000000005"]
+    assert ckpt_steps(tmp_path) == [1, 4, 5]
 
 
 def test_keep_best_max_mode(tmp_path: Path) -> None:
@@ -213,16 +283,16 @@ def test_keep_best_max_mode(tmp_path: Path) -> None:
     ) as ckpt:
         for step, acc in enumerate([0.5, 0.9, 0.7]):
             ckpt.save(step, state_at(step), metrics={"acc": acc})
-    assert ckpt_dirs(tmp_path) == ["ckpt-000000000001", "ckpt-000000000002"]
+    assert ckpt_steps(tmp_path) == [1, 2]
 
 
 def test_keep_every(tmp_path: Path) -> None:
     with cs.Checkpointer(tmp_path, every=None, keep_last=1, keep_every="1h") as ckpt:
         for step in range(4):
             ckpt.save(step, state_at(step))
-    kept = ckpt_dirs(tmp_path)
-    assert "ckpt-000000000000" in kept  # the first of its hour
-    assert "ckpt-000000000003" in kept  # the newest
+    kept = ckpt_steps(tmp_path)
+    assert 0 in kept  # the first of its hour
+    assert 3 in kept  # the newest
     assert len(kept) <= 3
 
 
@@ -236,7 +306,8 @@ def test_remote_location_and_fresh_machine(tmp_path: Path) -> None:
             ckpt.save(step, state_at(step), metrics={"loss": 1.0 / step})
     fs = MemoryFileSystem()
     names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"/{tmp_path.name}/run", detail=False))
-    assert names == ["ckpt-000000000001", "ckpt-000000000002", "history.jsonl"]
+    assert steps_in(names) == [1, 2]
+    assert [n for n in names if not n.startswith("ckpt-")] == ["history.000001.jsonl"]
     # A new runtime: empty local disk; the checkpoint comes from the location.
     fresh = cs.Checkpointer(location, every=None, local_dir=tmp_path / "vm2")
     restored = fresh.restore()
@@ -254,15 +325,16 @@ def test_dropped_location_keeps_training_and_catches_up(
     location = Location(fs, f"/{tmp_path.name}/run", "flaky-drive:run")
     ckpt = cs.Checkpointer(location, every=None, local_dir=tmp_path / "local", keep_last=5)
     ckpt.save(1, state_at(1))
-    ckpt.wait()
+    assert ckpt.sync(timeout=10) == []  # on the location
     FlakyFS.broken = True
     try:
         with caplog.at_level(logging.WARNING, "colabsession"):
             ckpt.save(2, state_at(2))
             ckpt.wait()  # training goes on: no exception
+            assert ckpt.sync(timeout=10) == [2]  # the replicator failed and said so
         assert "NOT yet on flaky-drive:run" in caplog.text
         assert "cs.drive.ensure()" in caplog.text
-        assert "ckpt-000000000002" in ckpt_dirs(tmp_path / "local")
+        assert 2 in ckpt_steps(tmp_path / "local")
         restored = ckpt.restore()  # the location is down: the local copy serves
         assert restored is not None
         assert restored.step == 2
@@ -270,21 +342,17 @@ def test_dropped_location_keeps_training_and_catches_up(
         FlakyFS.broken = False
     ckpt.save(3, state_at(3))
     ckpt.close()
-    names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(location.path, detail=False))
-    assert [n for n in names if n.startswith("ckpt-")] == [
-        "ckpt-000000000001",
-        "ckpt-000000000002",
-        "ckpt-000000000003",
-    ]
+    assert steps_in(fs.ls(location.path, detail=False)) == [1, 2, 3]
 
 
-def test_remote_manifest_is_the_commit_marker(tmp_path: Path) -> None:
+def test_remote_trailer_is_the_commit_marker(tmp_path: Path) -> None:
     location = f"memory://{tmp_path.name}/run"
     with cs.Checkpointer(location, every=None, local_dir=tmp_path / "vm1") as ckpt:
         ckpt.save(1, state_at(1))
         ckpt.save(2, state_at(2))
     fs = MemoryFileSystem()
-    fs.rm_file(f"/{tmp_path.name}/run/ckpt-000000000002/{MANIFEST}")  # upload cut short
+    path = [p for p in fs.ls(f"/{tmp_path.name}/run", detail=False) if "000002." in p][0]
+    fs.pipe_file(path, fs.cat_file(path)[:-40])  # upload cut short
     restored = cs.Checkpointer(location, local_dir=tmp_path / "vm2").restore()
     assert restored is not None
     assert restored.step == 1
@@ -299,12 +367,12 @@ def test_every_steps(tmp_path: Path) -> None:
     assert saved == [2, 5, 8]
 
 
-def test_every_interval(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_interval(tmp_path: Path) -> None:
     ticks = iter(range(0, 10_000, 100))  # each call: 100 s later
-    monkeypatch.setattr("colabsession._checkpoint.time.monotonic", lambda: float(next(ticks)))
-    ckpt = cs.Checkpointer(tmp_path, every="5min", async_save=False)
+    ckpt = cs.Checkpointer(
+        tmp_path, every="5min", async_save=False, monotonic=lambda: float(next(ticks))
+    )
     saved = [step for step in range(8) if ckpt.maybe_save(step, state_at(step))]
-    monkeypatch.undo()
     ckpt.close()
     assert saved
     assert all(b - a >= 2 for a, b in itertools.pairwise(saved))
@@ -381,7 +449,7 @@ def test_silent_writer_loses_the_lease(tmp_path: Path) -> None:
     first = cs.Checkpointer(tmp_path, every=None, lease_ttl=0.6)
     first.save(1, state_at(1))
     first.wait()
-    first._lease()._stop.set()  # its runtime died: no more heartbeats
+    first._lease.stop_heartbeat()  # its runtime died: no more heartbeats
     start = time.monotonic()
     second = cs.Checkpointer(tmp_path, every=None)
     second.save(2, state_at(2))  # waits for the silent lease to expire
@@ -412,7 +480,7 @@ def test_history_is_continuous_after_a_resume(tmp_path: Path) -> None:
         first.maybe_save(step, state_at(step), metrics={"loss": 10.0 - step})
     first.log(6, loss=4.0, val_loss=4.5)
     first.wait()  # killed here: steps 1, 3, 5 saved, history runs to 6
-    first._lease().release()
+    first._lease.release()
     assert [r["step"] for r in read_history(tmp_path)] == [0, 1, 2, 3, 4, 5, 6]
 
     second = cs.Checkpointer(tmp_path, every=None, every_steps=2)
@@ -500,7 +568,7 @@ def test_cli(three: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path) ->
     assert "ckpt-000000000003" in capsys.readouterr().out
     assert main(["ckpt", "verify", str(three)]) == 0
     assert capsys.readouterr().out.count(" ok ") == 3
-    (three / "ckpt-000000000001" / "arrays.npz").write_bytes(b"junk")
+    _flip(ckpt_file(three, 1), 3)
     assert main(["ckpt", "verify", "--json", str(three)]) == 1
     assert json.loads(capsys.readouterr().out)[0]["problem"]
     assert main(["ckpt", "history", str(three)]) == 0
