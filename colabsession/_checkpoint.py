@@ -322,7 +322,7 @@ class Checkpointer:
         slowest = max(self._save_seconds[-5:], default=0.0)
         return max(self.margin_floor, SAFETY * slowest + 2 * self._step_seconds)
 
-    def log(self, step: int, **metrics: Any) -> None:
+    def log(self, step: int, /, **metrics: Any) -> None:
         """Add metrics for *step* to the run's history without saving a checkpoint."""
         step = _check_step(step)
         self._check_open()
@@ -349,6 +349,8 @@ class Checkpointer:
         self._closed = True
         try:
             self.wait()
+        except LeaseError as exc:  # said at the save or log that met it; nothing to wait for
+            logger.warning("colabsession: %s", exc)
         finally:
             try:
                 self._final_sync()
@@ -541,8 +543,8 @@ class Checkpointer:
         when the location does not answer), bring the history up to date (dropping records
         past a restored step), and set aside checkpoints newer than a restored one."""
         if self._writing:
-            if self._lease.lost:
-                raise LeaseError(self._lease.lost)
+            if self.remote is None and self._lease.held:
+                self._lease.verify()  # a direct folder: one stat on the local disk
             return
         try:
             self.local.makedirs()

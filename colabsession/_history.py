@@ -178,7 +178,6 @@ class HistoryLog:
         self.records: list[Record] = []
         self._revision: int | None = None  # the revision this session writes at the remote
         self._uploaded = 0  # records of self.records already in that revision
-        self._torn = False  # the last append to the remote may have been cut short
         self._dirty: int | None = None  # the first record changed in place during a sync
         self._lock = threading.Lock()  # the training thread appends, the replicator syncs
 
@@ -267,11 +266,9 @@ class HistoryLog:
         if self._revision is None or not self.remote.local:
             self._write_revision(records)
         else:
-            new = records[start:]
-            lead = b"\n" if self._torn else b""
-            self._torn = True
-            self.remote.append(_name(self._revision), lead + encode(new))
-            self._torn = False
+            # A leading newline: a line torn by an append cut short (by us or anyone) never
+            # swallows the first record of this one.
+            self.remote.append(_name(self._revision), b"\n" + encode(records[start:]))
         with self._lock:  # a record merged during the upload goes up at the next sync
             self._uploaded = len(records) if self._dirty is None else min(len(records), self._dirty)
 

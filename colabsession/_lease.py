@@ -162,7 +162,7 @@ class Lease:
             info = self.store.io("look up", lambda: self.store.fs.info(self.store.path(NAME)))
         except FileNotFoundError:
             return None
-        return tuple(info.get(k) for k in ("size", "mtime", "ino", "id", "modified", "md5Checksum"))
+        return tuple(info.get(k) for k in ("size", "mtime", "ino", "checksum", "modified"))
 
     def verify(self) -> None:
         """Raise LeaseError if the run was taken over: a look at the lease file's size and time

@@ -62,6 +62,7 @@ class Store:
         self.local = location.is_local
         self.on_mount = self.local and (mount_type(self.root) or "").startswith("fuse")
         self._manifests: dict[str, Manifest | Damaged] = {}  # names never change content
+        self._whole: tuple[str, bytearray] | None = None  # a file read whole for its manifest
         self._lock = threading.Lock()
 
     @classmethod
@@ -129,7 +130,7 @@ class Store:
         Not fsynced: appends are frequent, and a reader skips a line cut short."""
 
         def job() -> None:
-            with open(self.path(name), "ab") as f:
+            with self.fs.open(self.path(name), "ab") as f:
                 f.write(data)
 
         self.io(f"append to {name}", job, len(data))
@@ -198,6 +199,10 @@ class Store:
 
     def _read_manifest(self, name: str) -> Manifest:
         with self.fs.open(self.path(name), "rb") as f:
+            if not _seekable(f):  # pydrive2 streams downloads: fetch it whole, keep it for load
+                data = bytearray(f.read())
+                self._whole = (name, data)
+                return _layout.read_manifest(lambda n: data[len(data) - n :], len(data), name)
             size = f.seek(0, os.SEEK_END)
 
             def tail(n: int) -> bytes:
@@ -209,6 +214,9 @@ class Store:
     def load(self, entry: Entry) -> Any:
         """The state of *entry*, read whole and verified. Raises Damaged."""
         size = entry.manifest.size
+        whole, self._whole = self._whole, None
+        if whole is not None and whole[0] == entry.name:
+            return _layout.load(whole[1], entry.manifest)
 
         def job() -> bytearray:
             buffer = bytearray(size)
@@ -292,6 +300,13 @@ class Store:
 
     def __str__(self) -> str:
         return self.description
+
+
+def _seekable(f: Any) -> bool:
+    try:
+        return bool(f.seekable())
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def _read_into(f: Any, view: memoryview) -> int:
