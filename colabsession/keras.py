@@ -282,8 +282,8 @@ class SessionCheckpoint(_Callback):  # type: ignore[misc]
     def _state(self) -> dict[str, Any]:
         optimizer = getattr(self.model, "optimizer", None)
         return {
-            "model": [v.numpy() for v in self.model.variables],
-            "optimizer": [v.numpy() for v in optimizer.variables] if optimizer else [],
+            "model": [_snapshot(v) for v in self.model.variables],
+            "optimizer": [_snapshot(v) for v in optimizer.variables] if optimizer else [],
             "epoch": self._epoch,
             "batch": self._batches_done,
             "steps_per_epoch": self._per_epoch(),
@@ -305,6 +305,20 @@ class SessionCheckpoint(_Callback):  # type: ignore[misc]
             if key in before and not key.startswith("val_") and _is_number(value):
                 logs[key] = (before[key] * done + float(value) * after) / per_epoch
         return logs
+
+
+def _snapshot(variable: Any) -> Any:
+    """The variable's value now, without copying it in the training thread where the backend
+    allows: TensorFlow's ``read_value()`` is a tensor that later updates leave alone (they copy
+    on write), and JAX arrays never change; the checkpoint converts both in the background.
+    Other backends' values (torch) are copied now."""
+    backend = keras.backend.backend()
+    value = variable.value
+    if backend == "tensorflow" and hasattr(value, "read_value"):
+        return value.read_value()
+    if backend == "jax":
+        return value
+    return variable.numpy()
 
 
 def _assign(variables: list[Any], values: list[Any], what: str) -> None:

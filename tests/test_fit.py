@@ -138,6 +138,37 @@ def test_callback_with_plain_model_fit(keras: Any, tmp_path: Path) -> None:
     assert [r["epoch"] for r in cs.history(tmp_path / "plain").to_dict("records")] == [0, 1, 2]
 
 
+def test_bfloat16_model_resumes(keras: Any, tmp_path: Path) -> None:
+    """bfloat16 variables (and the float32 ones of mixed_bfloat16) come back as they were."""
+
+    def build() -> Any:
+        model = keras.Sequential(
+            [
+                keras.Input((4,)),
+                keras.layers.Dense(8, dtype="mixed_bfloat16"),
+                keras.layers.Dense(1, dtype="bfloat16"),
+            ]
+        )
+        model.compile("adam", "mse")
+        return model
+
+    x, y = data()
+    model = build()
+    callback = cs.keras.SessionCheckpoint(tmp_path / "bf16", every=None, verbose=False)
+    model.fit(x, y, epochs=1, batch_size=16, callbacks=[callback], verbose=0)
+    fresh = build()
+    fresh.optimizer.build(fresh.trainable_variables)
+    restored = cs.keras.SessionCheckpoint(tmp_path / "bf16", every=None, verbose=False)
+    assert restored.restore(fresh) is not None
+    assert "bfloat16" in {str(v.dtype) for v in fresh.variables}
+    for a, b in zip(model.variables, fresh.variables, strict=True):
+        assert str(a.dtype) == str(b.dtype)
+        np.testing.assert_array_equal(
+            np.asarray(a.numpy(), np.float32), np.asarray(b.numpy(), np.float32)
+        )
+    restored.ckpt.close()
+
+
 def test_changed_model_is_a_clear_error(keras: Any, tmp_path: Path) -> None:
     x, y = data()
     cs.fit(small_model(keras), x, y, run="r", location=tmp_path, epochs=1, verbose=0)
