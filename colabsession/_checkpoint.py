@@ -258,8 +258,10 @@ class Checkpointer:
         self.wait()  # at most one save in flight; surfaces the previous save's failure
         clean = _clean_metrics(metrics)
         self._begin_writing()
-        tree, leaves = flatten(state, reuse=self._staging)
-        self._staging = leaves  # free again once this save is written: wait() comes first
+        # A synchronous save writes the caller's own arrays: the caller waits meanwhile.
+        tree, leaves = flatten(state, reuse=self._staging, copy=self.async_save)
+        if self.async_save:
+            self._staging = leaves  # free again once this save is written: wait() comes first
         if clean:
             self.history.append(make_record(step, self.session, clean))
         started = self._monotonic()

@@ -34,7 +34,9 @@ class ArrayInfo:
     nbytes: int
 
 
-def flatten(state: Any, reuse: list[Any] | None = None) -> tuple[Any, list[Any]]:
+def flatten(
+    state: Any, reuse: list[Any] | None = None, *, copy: bool = True
+) -> tuple[Any, list[Any]]:
     """Split *state* into a JSON tree and its arrays.
 
     Mutable arrays (numpy, CPU torch tensors, anything with ``__array__``) are copied now, so
@@ -42,7 +44,8 @@ def flatten(state: Any, reuse: list[Any] | None = None) -> tuple[Any, list[Any]]
     nothing uses any more: arrays of the same place, shape and dtype are copied into them, which
     spares allocating (and page-faulting) hundreds of megabytes on every save. Arrays that no
     framework changes in place (JAX arrays, TensorFlow tensors) are kept as they are and
-    converted in the background by :func:`host_arrays`.
+    converted in the background by :func:`host_arrays`. Without *copy* (a synchronous save,
+    during which the caller waits) arrays are taken as they are.
     """
     import numpy as np
 
@@ -60,6 +63,9 @@ def flatten(state: Any, reuse: list[Any] | None = None) -> tuple[Any, list[Any]]
                 f"state{where} is an array of {source.dtype}, which cannot be saved without "
                 "pickle: convert it to a plain numeric array"
             )
+        if not copy:
+            leaves.append(source)
+            return index
         spare = spares[index] if index < len(spares) else None
         if isinstance(spare, np.ndarray) and (spare.shape, spare.dtype) == (
             source.shape,
