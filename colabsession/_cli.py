@@ -272,7 +272,7 @@ def _env_restore(args: argparse.Namespace) -> int:
     from . import env
 
     info = env.restore(args.name, location=args.location, strict=args.strict)
-    layer = env._local_layer(info)
+    layer = env.local_path(info)
     # A command cannot change the shell that runs it: say how to use the extracted layer.
     print(
         f"environment {info.name!r}: {len(info.packages)} package(s) extracted to {layer}\n"

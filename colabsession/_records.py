@@ -44,13 +44,17 @@ class Record:
 R = TypeVar("R", bound=Record)
 
 
-def parse_record(cls: type[R], data: bytes | str, *, what: str = "") -> R:
-    """Decode and validate *data* as a *cls* record, or raise :class:`InvalidRecord`."""
+def parse_record(cls: type[R], data: bytes | str | dict[str, Any], *, what: str = "") -> R:
+    """Decode and validate *data* (JSON, or a dict already decoded) as a *cls* record, or raise
+    :class:`InvalidRecord`."""
     label = what or cls.KIND
-    try:
-        raw = json.loads(data, parse_constant=_no_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRecord(f"{label} is not valid JSON ({exc})") from None
+    if isinstance(data, dict):
+        raw: Any = data
+    else:
+        try:
+            raw = json.loads(data, parse_constant=_no_constant)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidRecord(f"{label} is not valid JSON ({exc})") from None
     if not isinstance(raw, dict):
         raise InvalidRecord(f"{label} is a JSON {type(raw).__name__}, not an object")
     if raw.get("kind") != cls.KIND:

@@ -81,10 +81,13 @@ def _parse_string(text: str, name: str) -> float:
     )
 
 
-def format_duration(seconds: float) -> str:
+def format_duration(seconds: float, *, precise: bool = False) -> str:
     """A short human form in hours at most (Colab sessions are counted in hours):
-    ``5400`` -> ``"1h30m"``, ``42.5`` -> ``"42s"``, ``86400`` -> ``"24h"``."""
+    ``5400`` -> ``"1h30m"``, ``42.5`` -> ``"42s"``, ``86400`` -> ``"24h"``; with *precise*, under
+    a minute in tenths: ``0.94`` -> ``"0.9s"``."""
     sign = "-" if seconds < 0 else ""
+    if precise and abs(seconds) < 60:
+        return f"{sign}{abs(seconds):.1f}s"
     hours, rest = divmod(int(abs(seconds)), 3600)
     minutes, secs = divmod(rest, 60)
     if hours:

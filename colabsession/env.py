@@ -13,51 +13,62 @@ disk (code never runs from the Drive folder) and puts it ahead of the base on ``
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import logging
 import os
 import platform
+import re
+import secrets
 import shutil
 import site
 import subprocess
 import sys
 import sysconfig
-import tarfile
-import tempfile
+import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path, PurePosixPath
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
-from ._errors import ConfigError, EnvError
+from . import _archive
+from ._errors import ColabSessionError, ConfigError, EnvError
+from ._records import InvalidRecord, Record, parse_record
 from ._runtime import home_dir
-from ._storage import sha256_file
+from ._storage import reason, sha256_file
+from ._store import Store
+from ._units import format_bytes, format_duration
 from .drive import Location, resolve
 
-__all__ = ["EnvInfo", "install", "list", "remove", "restore"]
+__all__ = ["EnvInfo", "install", "list", "local_path", "remove", "restore"]
 
 logger = logging.getLogger("colabsession.env")
 _list = list  # this module defines list()
 
 DEFAULT_LOCATION = "drive:Colab Notebooks/colabsession/envs"
-MANIFEST = "manifest.json"
+LEGACY_MANIFEST = "manifest.json"  # colabsession 0.1: one manifest, rewritten in place
 FORMAT = "colabsession-env"
 CHUNK = 8 << 20
+TIMEOUT = 120.0  # seconds any one Drive operation may take (more for the archive, by its size)
+UV_CONSTRAINTS = ("UV_CONSTRAINT", "UV_BUILD_CONSTRAINT")
+_MANIFEST = re.compile(r"manifest\.(\d{6,})\.([0-9a-f]{8})\.json")
+_ARCHIVE = re.compile(r"layer-[0-9a-f]{16,64}\.tar\.(gz|zst)")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
-class EnvInfo:
-    """What a manifest says of an environment."""
+class EnvInfo(Record):
+    """What an environment's manifest says of it (validated when read from Drive)."""
 
+    KIND: ClassVar[str] = FORMAT
+    VERSION: ClassVar[int] = 2
     name: str
     python: str
     implementation: str
     platform: str
     requirements: tuple[str, ...]
-    packages: tuple[tuple[str, str], ...]  # (name, version), what the layer holds
+    packages: tuple[tuple[str, ...], ...]  # (name, version), what the layer holds
     archive: str
     size: int
     sha256: str
@@ -65,33 +76,44 @@ class EnvInfo:
     installer: str
     colab_release: str | None = None
     files: int = 0  # archive members, for the extraction's progress bar
-    extra: dict[str, Any] = field(default_factory=dict)
+    unpacked: int = 0  # bytes of file data once unpacked; 0 for layers of colabsession 0.1
+    sequence: int = 0  # the manifest's number: the newest complete one counts
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("extra")
-        data["format"] = FORMAT
-        data["packages"] = [{"name": n, "version": v} for n, v in self.packages]
-        data["requirements"] = _list(self.requirements)
-        return data
+        return dict(json.loads(self.to_json()))
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EnvInfo:
-        return cls(
-            name=str(data["name"]),
-            python=str(data["python"]),
-            implementation=str(data["implementation"]),
-            platform=str(data["platform"]),
-            requirements=tuple(data["requirements"]),
-            packages=tuple((p["name"], p["version"]) for p in data["packages"]),
-            archive=str(data["archive"]),
-            size=int(data["size"]),
-            sha256=str(data["sha256"]),
-            created=str(data["created"]),
-            installer=str(data.get("installer", "pip")),
-            colab_release=data.get("colab_release"),
-            files=int(data.get("files", 0)),
-        )
+
+def _parse(data: bytes, name: str, manifest: str) -> EnvInfo:
+    """Decode a manifest read from Drive (untrusted) and check what it may point at."""
+    try:
+        raw = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRecord(f"{manifest} is not valid JSON ({exc})") from None
+    if isinstance(raw, dict) and raw.get("format") == FORMAT and "kind" not in raw:
+        try:  # colabsession 0.1's layout: packages as objects
+            raw = {
+                **{k: v for k, v in raw.items() if k != "format"},
+                "kind": FORMAT,
+                "version": 1,
+                "packages": [[p["name"], p["version"]] for p in raw["packages"]],
+            }
+        except (KeyError, TypeError) as exc:
+            raise InvalidRecord(f"{manifest} lacks {exc}") from None
+    info = parse_record(EnvInfo, raw, what=manifest)
+    problems = []
+    if info.name != name:
+        problems.append(f"it names the environment {info.name!r}, not {name!r}")
+    if not _ARCHIVE.fullmatch(info.archive):
+        problems.append(f"its archive {info.archive!r} is not a layer archive's name")
+    if not _SHA256.fullmatch(info.sha256) or not info.archive[6:].startswith(info.sha256[:16]):
+        problems.append("its sha256 does not match its archive's name")
+    if info.size <= 0 or info.files < 0 or info.unpacked < 0:
+        problems.append("its sizes are not possible")
+    if any(len(p) != 2 for p in info.packages):
+        problems.append("its package list is malformed")
+    if problems:
+        raise InvalidRecord(f"{manifest}: {'; '.join(problems)}")
+    return info
 
 
 # Public API ------------------------------------------------------------------------------------
@@ -103,15 +125,20 @@ def install(
     location: str | os.PathLike[str] | Location | None = None,
     pip_args: Sequence[str] = (),
     installer: str = "auto",
-) -> EnvInfo:
+) -> EnvInfo | None:
     """Install *requirements* into the environment *name*, persist it, and activate it here.
 
-    Installing into an existing environment extends it. On any failure (a requirement that does
-    not parse, a package that does not exist, a failed build) nothing changes: neither the
-    persisted environment nor this kernel.
+    Installing into an existing environment extends it; installing over a damaged one rebuilds
+    it (the damaged files stay until the new one is saved). On any failure (a requirement that
+    does not parse, a package that does not exist, a failed build, a dependency that would
+    replace one of the base's packages) nothing changes: neither the persisted environment nor
+    this kernel. Returns None, saving nothing, when the base already has everything asked for.
 
     Args:
         requirements: pip requirement strings (``"pkg"``, ``"pkg==1.2"``, ``"pkg[extra]>=2"``).
+            Naming a package the base has (``"numpy==1.26.4"``) is the way to replace its
+            version in this environment; a dependency that needs another version of a base
+            package is refused otherwise.
         name: the environment's name.
         location: where environments are kept; default ``drive:Colab Notebooks/colabsession/envs``.
         pip_args: extra arguments for pip (``--index-url``, ``--find-links``, ``--no-index``).
@@ -122,19 +149,30 @@ def install(
         raise ConfigError("cs.env.install() needs at least one requirement, e.g. 'rich==13.9'")
     for requirement in requirements:
         _check_requirement(requirement)
-    folder = _env_folder(location, name)
-    previous = _read_manifest(folder, missing_ok=True)
+    store = _env_store(location, name)
+    try:
+        previous = _current(store, name, missing_ok=True)
+    except EnvError as exc:
+        logger.warning("colabsession: %s; building it anew from the requirements given", exc)
+        previous = None
     wanted = _merge_requirements(previous.requirements if previous else (), requirements)
     tool = _choose_installer(installer)
-    with tempfile.TemporaryDirectory(prefix=f"cs-env-{name}-") as tmp:
-        layer = Path(tmp) / "layer"
+    with _workspace(name) as tmp:
+        layer = tmp / "layer"
         pins = _build_layer(wanted, layer, pip_args, tool)
-        info = _persist(folder, name, layer, wanted, pins, tool, Path(tmp), old=previous)
+        if not pins:
+            print(
+                f"colabsession: the base environment already has {', '.join(requirements)}: "
+                f"nothing to add, and nothing was saved to {store}",
+                flush=True,
+            )
+            return previous
+        info = _persist(store, name, layer, wanted, pins, tool, tmp)
         local = _install_local(layer, info)
     _activate(local, info)
     print(
         f"colabsession: environment {name!r} holds {len(pins)} package(s) and is saved to "
-        f"{folder}; after a restart, run cs.env.restore({name!r})",
+        f"{store}; after a restart, run cs.env.restore({name!r})",
         flush=True,
     )
     return info
@@ -154,8 +192,9 @@ def restore(
     versions and persisted again; with *strict* that is an error instead.
     """
     _check_name(name)
-    folder = _env_folder(location, name)
-    info = _read_manifest(folder)
+    started = time.monotonic()
+    store = _env_store(location, name)
+    info = _current(store, name)
     assert info is not None
     mismatch = _mismatch(info)
     if mismatch:
@@ -171,32 +210,38 @@ def restore(
         )
         pins = tuple(f"{n}=={v}" for n, v in info.packages)
         tool = _choose_installer("auto")
-        with tempfile.TemporaryDirectory(prefix=f"cs-env-{name}-") as tmp:
-            layer = Path(tmp) / "layer"
+        with _workspace(name) as tmp:
+            layer = tmp / "layer"
             built = _build_layer(pins, layer, pip_args, tool, resolve_deps=False)
-            info = _persist(
-                folder, name, layer, info.requirements, built, tool, Path(tmp), old=info
-            )
+            info = _persist(store, name, layer, info.requirements, built, tool, tmp)
             local = _install_local(layer, info)
     else:
-        local = _local_layer(info)
+        local = local_path(info)
         if not local.is_dir():
-            local = _fetch(folder, info)
+            local = _fetch(store, info)
     _activate(local, info)
+    print(
+        f"colabsession: restored environment {name!r} ({len(info.packages)} package(s), "
+        f"{format_bytes(info.unpacked or info.size)}) in "
+        f"{format_duration(time.monotonic() - started, precise=True)}",
+        flush=True,
+    )
     return info
 
 
 def list(location: str | os.PathLike[str] | Location | None = None) -> _list[EnvInfo]:
-    """Every environment kept at *location*, by name."""
-    root = resolve(location or DEFAULT_LOCATION)
+    """Every environment kept at *location*, by name; a damaged one is skipped with a warning."""
+    root = _env_root(location)
     try:
-        names = sorted(PurePosixPath(str(p)).name for p in root.fs.ls(root.path, detail=False))
-    except FileNotFoundError:
-        return []
+        names = sorted(Store(root, timeout=TIMEOUT, durable=False).names())
+    except (OSError, TimeoutError) as exc:
+        raise EnvError(f"cannot list the environments in {root} ({reason(exc)})") from None
     found = []
     for entry in names:
+        if not _is_name(entry):
+            continue
         try:
-            info = _read_manifest(root.join(entry), missing_ok=True)
+            info = _current(_env_store(root, entry), entry, missing_ok=True)
         except EnvError as exc:
             logger.warning("colabsession: skipping %s: %s", entry, exc)
             continue
@@ -209,18 +254,27 @@ def remove(name: str, location: str | os.PathLike[str] | Location | None = None)
     """Delete the environment *name* from *location* and from local disk. Packages already
     imported in this kernel stay imported until it restarts."""
     _check_name(name)
-    folder = _env_folder(location, name)
-    if not folder.fs.exists(folder.path):
-        raise EnvError(f"there is no environment {name!r} in {folder}")
-    folder.fs.rm(folder.path, recursive=True)
+    store = _env_store(location, name)
+    if not store.names():
+        raise EnvError(f"there is no environment {name!r} in {store}")
+    store.io("delete", lambda: store.fs.rm(store.root, recursive=True))
     shutil.rmtree(_local_root() / name, ignore_errors=True)
+
+
+def local_path(info: EnvInfo) -> Path:
+    """Where the environment *info* lives on this machine's disk once restored."""
+    return _local_root() / info.name / f"layer-{info.sha256[:16]}"
 
 
 # Building -----------------------------------------------------------------------------------
 
 
+def _is_name(name: str) -> bool:
+    return bool(name) and all(c.isalnum() or c in "-_." for c in name) and name[0] != "."
+
+
 def _check_name(name: str) -> None:
-    if not name or not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
+    if not _is_name(name):
         raise ConfigError(f"{name!r} is not an environment name: use letters, digits, - _ and .")
 
 
@@ -235,19 +289,20 @@ def _check_requirement(requirement: str) -> None:
         raise EnvError(f"cannot read the requirement {requirement!r}: {exc}") from None
 
 
-def _merge_requirements(old: Iterable[str], new: Iterable[str]) -> tuple[str, ...]:
-    """The old requirements with the new ones added; a new one for a package replaces the old."""
+def _key(requirement: str) -> str:
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
-    def key(text: str) -> str:
-        try:
-            return canonicalize_name(Requirement(text).name)
-        except Exception:
-            return text
+    try:
+        return str(canonicalize_name(Requirement(requirement).name))
+    except Exception:
+        return requirement
 
-    merged = {key(r): r for r in old}
-    merged.update({key(r): r for r in new})
+
+def _merge_requirements(old: Iterable[str], new: Iterable[str]) -> tuple[str, ...]:
+    """The old requirements with the new ones added; a new one for a package replaces the old."""
+    merged = {_key(r): r for r in old}
+    merged.update({_key(r): r for r in new})
     return tuple(merged.values())
 
 
@@ -307,6 +362,7 @@ def _build_layer(
         except (ValueError, KeyError) as exc:
             raise EnvError(f"pip's resolution report cannot be read: {exc}") from None
         pins = tuple((i["metadata"]["name"], i["metadata"]["version"]) for i in items)
+        _refuse_shadowing(pins, requirements, env)
         targets = [
             i["download_info"]["url"]
             if i.get("is_direct")
@@ -332,6 +388,7 @@ def _build_layer(
             *pip_args,
             *targets,
         ]
+        env = _without_uv_constraints(env)
     else:
         command = [
             sys.executable,
@@ -348,6 +405,58 @@ def _build_layer(
         ]
     _run(command, env, "install the packages")
     return pins
+
+
+def _refuse_shadowing(
+    pins: Sequence[tuple[str, str]], requirements: Sequence[str], env: dict[str, str]
+) -> None:
+    """A dependency that needs another version of a package the base has would shadow it (on
+    Colab: numpy<2 under TensorFlow). Refuse unless that package is named."""
+    from packaging.utils import canonicalize_name
+
+    named = {_key(r) for r in requirements}
+    base = _base_versions(env)
+    clashes = [
+        (n, v, base[str(canonicalize_name(n))])
+        for n, v in pins
+        if str(canonicalize_name(n)) in base
+        and base[str(canonicalize_name(n))] != v
+        and str(canonicalize_name(n)) not in named
+    ]
+    if clashes:
+        name, version, there = clashes[0]
+        raise EnvError(
+            f"{', '.join(requirements)} needs {name} {version}, but the base environment has "
+            f"{name} {there}, which the environment would then shadow (and packages of the "
+            f"base built for {there} may break). Nothing was changed. To use {name} {version} "
+            f"in this environment anyway, name it: cs.env.install(..., '{name}=={version}'); "
+            f"or choose versions that work with {name} {there}"
+        )
+
+
+def _base_versions(env: dict[str, str]) -> dict[str, str]:
+    """Every distribution of the base environment: canonical name -> version."""
+    script = (
+        "import importlib.metadata as m, json, re\n"
+        "print(json.dumps({re.sub(r'[-_.]+', '-', (d.metadata['Name'] or '')).lower(): "
+        "d.version for d in m.distributions()}))"
+    )
+    return dict(json.loads(_run([sys.executable, "-c", script], env, "list the base packages")))
+
+
+def _without_uv_constraints(env: dict[str, str]) -> dict[str, str]:
+    """Colab points uv at its own constraint files. The layer's versions are resolved already
+    and installed exactly (``--no-deps``), and base packages are guarded by
+    _refuse_shadowing, so the constraints are deliberately not applied to that install."""
+    set_here = [var for var in UV_CONSTRAINTS if env.get(var)]
+    if set_here:
+        print(
+            f"colabsession: not applying {' and '.join('$' + v for v in set_here)} (Colab's "
+            "constraints for uv) to the layer: its versions are resolved against the base "
+            "already, and none of the base's packages is replaced unless you name it",
+            flush=True,
+        )
+    return {k: v for k, v in env.items() if k not in UV_CONSTRAINTS}
 
 
 def _base_env() -> dict[str, str]:
@@ -375,54 +484,97 @@ def _run(command: Sequence[str], env: dict[str, str], what: str) -> str:
     return result.stdout
 
 
+def _compile(layer: Path) -> None:
+    """Ship compiled files for this interpreter, checked by nothing but their presence: a layer
+    is never edited, and its files' times change when it is unpacked. In a process of its own:
+    compileall's workers fork, and forking a process that runs threads can deadlock."""
+    command = [sys.executable, "-m", "compileall", "-q", "-q", "-f", "-j", "0"]
+    command += ["--invalidation-mode", "unchecked-hash", str(layer)]
+    subprocess.run(command, capture_output=True, env=_base_env(), timeout=1800, check=False)
+
+
 # Persisting and fetching ------------------------------------------------------------------------
 
 
-def _env_folder(location: str | os.PathLike[str] | Location | None, name: str) -> Location:
-    return resolve(location or DEFAULT_LOCATION).join(name)
+def _env_root(location: str | os.PathLike[str] | Location | None) -> Location:
+    root = resolve(location or DEFAULT_LOCATION)
+    try:
+        is_file = root.fs.isfile(root.path)
+    except OSError:
+        is_file = False
+    if is_file:
+        raise EnvError(
+            f"{root} is a file: give the folder that holds the environments (default "
+            f"{DEFAULT_LOCATION})"
+        )
+    return root
 
 
-def _read_manifest(folder: Location, *, missing_ok: bool = False) -> EnvInfo | None:
-    path = f"{folder.path}/{MANIFEST}"
+def _env_store(location: str | os.PathLike[str] | Location | None, name: str) -> Store:
+    folder = _env_root(location).join(name)
+    return Store(folder, timeout=TIMEOUT, durable=False)
+
+
+def _current(store: Store, name: str, *, missing_ok: bool = False) -> EnvInfo | None:
+    """The newest complete manifest of the environment in *store* (whose archive is there); an
+    older one serves when a newer one is damaged."""
     try:
-        raw = folder.fs.cat_file(path)
-    except FileNotFoundError:
-        if missing_ok:
-            return None
+        names = set(store.names())
+    except (OSError, TimeoutError) as exc:
+        raise EnvError(f"cannot read the environment {name!r} in {store} ({reason(exc)})") from None
+    numbered = sorted(
+        ((int(m.group(1)), n) for n in names if (m := _MANIFEST.fullmatch(n))), reverse=True
+    )
+    manifests = [n for _, n in numbered] + ([LEGACY_MANIFEST] if LEGACY_MANIFEST in names else [])
+    problems = []
+    for manifest in manifests:
+        try:
+            info = _parse(store.read(manifest), name, manifest)
+        except (InvalidRecord, FileNotFoundError) as exc:
+            problems.append(str(exc))
+            continue
+        if info.archive not in names:
+            problems.append(f"{manifest} names {info.archive}, which is missing")
+            continue
+        if problems:
+            logger.warning(
+                "colabsession: environment %r: skipping what is damaged (%s); using %s",
+                name,
+                "; ".join(problems),
+                manifest,
+            )
+        return info
+    if problems:
         raise EnvError(
-            f"there is no environment at {folder}: create it with "
-            f"cs.env.install(..., name={PurePosixPath(folder.path).name!r})"
-        ) from None
-    try:
-        data = json.loads(raw)
-        if data.get("format") != FORMAT:
-            raise ValueError("not a colabsession environment manifest")
-        return EnvInfo.from_dict(data)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise EnvError(
-            f"the manifest {folder}/{MANIFEST} is damaged ({exc}); reinstall with cs.env.install()"
-        ) from None
+            f"environment {name!r} in {store} is damaged ({'; '.join(problems)}). Rebuild it "
+            f"with cs.env.install(..., name={name!r}) (the damaged files stay until the new one "
+            f"is saved), or delete it with cs.env.remove({name!r})"
+        )
+    if missing_ok:
+        return None
+    raise EnvError(
+        f"there is no environment {name!r} in {store}: create it with "
+        f"cs.env.install(..., name={name!r})"
+    )
 
 
 def _persist(
-    folder: Location,
+    store: Store,
     name: str,
     layer: Path,
     requirements: Sequence[str],
     pins: Sequence[tuple[str, str]],
     tool: str,
     tmp: Path,
-    *,
-    old: EnvInfo | None,
 ) -> EnvInfo:
-    """Archive *layer* and save it next to *old* (the manifest already read, or None); the old
-    archive is removed once the new manifest points to the new one."""
-    archive = tmp / "layer.tar.gz"
-    with tarfile.open(archive, "w:gz", compresslevel=1) as tar:
-        for child in sorted(layer.iterdir()):
-            tar.add(child, arcname=child.name)
-        members = len(tar.getmembers())
+    """Archive *layer* and save it: the archive under a name of its content, then a new
+    manifest (the commit); only then the older manifests and archives are removed."""
+    _compile(layer)
+    archive = tmp / "layer.tar.zst"
+    stats = _archive.pack(layer, archive)
     digest = sha256_file(archive)
+    names = set(store.names())
+    sequence = 1 + max((int(m.group(1)) for n in names if (m := _MANIFEST.fullmatch(n))), default=0)
     info = EnvInfo(
         name=name,
         python=platform.python_version(),
@@ -430,154 +582,169 @@ def _persist(
         platform=sysconfig.get_platform(),
         requirements=tuple(requirements),
         packages=tuple(pins),
-        archive=f"layer-{digest[:16]}.tar.gz",
+        archive=f"layer-{digest[:16]}{_archive.suffix('zstd')}",
         size=archive.stat().st_size,
         sha256=digest,
         created=datetime.now(timezone.utc).isoformat(),
         installer=tool,
         colab_release=os.environ.get("COLAB_RELEASE_TAG") or None,
-        files=members,
+        files=stats.files,
+        unpacked=stats.unpacked,
+        sequence=sequence,
+        version=EnvInfo.VERSION,
     )
-    folder.fs.makedirs(folder.path, exist_ok=True)
-    remote = f"{folder.path}/{info.archive}"
-    _copy_up(archive, folder.fs, remote, f"saving {name}")
-    if folder.fs.info(remote)["size"] != info.size:
+    manifest = f"manifest.{sequence:06d}.{secrets.token_hex(4)}.json"
+    try:
+        store.makedirs()
+        if info.archive not in names:
+            _copy_up(archive, store, info.archive, f"saving {name}")
+            there = store.io("look up", lambda: store.fs.info(store.path(info.archive)))
+            if there.get("size") != info.size:
+                raise EnvError(
+                    f"the archive written to {store} is incomplete; the previous version of "
+                    f"{name!r} is unchanged"
+                )
+        store.write(manifest, info.to_json(indent=1))  # the commit
+    except (OSError, TimeoutError) as exc:
         raise EnvError(
-            f"the archive written to {folder} is incomplete; the previous version of "
-            f"{name!r} is unchanged"
-        )
-    folder.fs.pipe_file(f"{folder.path}/{MANIFEST}", json.dumps(info.to_dict(), indent=1).encode())
-    if old is not None and old.archive != info.archive:  # only now: the new one is committed
-        try:
-            folder.fs.rm_file(f"{folder.path}/{old.archive}")
-        except OSError as exc:
-            logger.warning(
-                "colabsession: could not remove the old archive %s: %s", old.archive, exc
-            )
+            f"saving environment {name!r} to {store} failed ({reason(exc)}); its previous "
+            "version is unchanged"
+        ) from None
+    for old in names:  # the new manifest is whole: what it replaces can go
+        stale = _MANIFEST.fullmatch(old) or old == LEGACY_MANIFEST
+        if stale or (_ARCHIVE.fullmatch(old) and old != info.archive):
+            try:
+                store.remove(old)
+            except (OSError, TimeoutError) as exc:
+                logger.warning("colabsession: could not remove the old %s: %s", old, exc)
     return info
 
 
-def _copy_up(source: Path, fs: Any, target: str, desc: str) -> None:
+def _copy_up(source: Path, store: Store, name: str, desc: str) -> None:
     from tqdm.auto import tqdm
 
-    with (
-        open(source, "rb") as src,
-        fs.open(target, "wb") as dst,
-        tqdm(total=source.stat().st_size, unit="B", unit_scale=True, desc=desc, leave=False) as bar,
-    ):
-        while chunk := src.read(CHUNK):
-            dst.write(chunk)
-            bar.update(len(chunk))
+    def job() -> None:
+        with (
+            open(source, "rb") as src,
+            store.fs.open(store.path(name), "wb") as dst,
+            tqdm(
+                total=source.stat().st_size, unit="B", unit_scale=True, desc=desc, leave=False
+            ) as bar,
+        ):
+            while chunk := src.read(CHUNK):
+                dst.write(chunk)
+                bar.update(len(chunk))
+
+    store.io(f"write {name}", job, source.stat().st_size)
 
 
-def _fetch(folder: Location, info: EnvInfo) -> Path:
-    """Download, verify and extract the archive; returns the local layer."""
+def _fetch(store: Store, info: EnvInfo) -> Path:
+    """Read the archive from *store*, hashing and unpacking it in one pass, into a new folder
+    that is moved into place only once the archive is verified; returns the local layer."""
     from tqdm.auto import tqdm
 
-    remote = f"{folder.path}/{info.archive}"
-    _local_root().mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=_local_root(), prefix=".fetch-") as tmp:
-        archive = Path(tmp) / info.archive
-        digest = hashlib.sha256()
-        try:
-            with (
-                folder.fs.open(remote, "rb") as src,
-                open(archive, "wb") as dst,
-                tqdm(
-                    total=info.size,
-                    unit="B",
-                    unit_scale=True,
-                    desc=f"restoring {info.name}",
-                    leave=False,
-                ) as bar,
-            ):
-                while chunk := src.read(CHUNK):
-                    digest.update(chunk)
-                    dst.write(chunk)
-                    bar.update(len(chunk))
-        except FileNotFoundError:
-            raise EnvError(
-                f"{folder}/{info.archive}, named by the manifest, is missing; "
-                "reinstall with cs.env.install()"
-            ) from None
-        if digest.hexdigest() != info.sha256 or archive.stat().st_size != info.size:
-            raise EnvError(
-                f"{folder}/{info.archive} is damaged (its sha256 does not match the "
-                "manifest); nothing was activated. Reinstall with cs.env.install()"
-            )
-        return _install_local_archive(archive, info, Path(tmp))
+    root = _local_root() / info.name
+    root.mkdir(parents=True, exist_ok=True)
+    _check_space(root, info)
+    temp = root / f".fetch-{secrets.token_hex(4)}"
+    compression = _archive.compression_of(info.archive)
+    limit = info.unpacked or None
+
+    def job() -> _archive.HashingReader:
+        with (
+            store.fs.open(store.path(info.archive), "rb") as raw,
+            _archive.Prefetch(raw) as ahead,
+        ):
+            reader = _archive.HashingReader(ahead)
+            with tqdm(
+                total=info.files or None, unit="files", desc=f"restoring {info.name}", leave=False
+            ) as bar:
+                _archive.unpack(
+                    _archive.decompress(reader, compression),  # type: ignore[arg-type]
+                    temp,
+                    limit=limit,
+                    progress=bar.update,
+                )
+            reader.drain()
+            return reader
+
+    try:
+        reader = store.io(f"read {info.archive}", job, info.size)
+        if reader.size != info.size or reader.sha256.hexdigest() != info.sha256:
+            raise _archive.UnsafeArchive("its sha256 does not match the manifest")
+    except FileNotFoundError:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise EnvError(
+            f"{store}/{info.archive}, named by the manifest, is missing; rebuild the environment "
+            f"with cs.env.install(..., name={info.name!r})"
+        ) from None
+    except (_archive.UnsafeArchive, EnvError) as exc:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise EnvError(
+            f"{store}/{info.archive} is damaged or unsafe ({exc}); nothing was activated. "
+            f"Rebuild it with cs.env.install(..., name={info.name!r})"
+        ) from None
+    except (OSError, TimeoutError, ColabSessionError) as exc:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise EnvError(
+            f"restoring {info.name!r} from {store} failed ({reason(exc)}); nothing was activated"
+        ) from None
+    return _move_into_place(temp, info)
+
+
+def _check_space(root: Path, info: EnvInfo) -> None:
+    need = (info.unpacked or info.size * 4) + (64 << 20)
+    free = shutil.disk_usage(root).free
+    if free < need:
+        raise EnvError(
+            f"restoring {info.name!r} needs about {format_bytes(need)} on the local disk and "
+            f"{format_bytes(free)} is free: free space (!df -h; delete old checkpoints or "
+            "datasets under /content) and try again"
+        )
+
+
+def _workspace(name: str) -> Any:
+    """A temporary folder on the same file system as the local layers: moving a layer from it
+    into place is a rename, never a copy that a kill could cut short."""
+    root = _local_root() / name
+    root.mkdir(parents=True, exist_ok=True)
+    return _TempDir(root)
+
+
+class _TempDir:
+    def __init__(self, parent: Path) -> None:
+        self.path = parent / f".build-{secrets.token_hex(4)}"
+
+    def __enter__(self) -> Path:
+        self.path.mkdir()
+        return self.path
+
+    def __exit__(self, *exc: object) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
 
 
 def _install_local(layer: Path, info: EnvInfo) -> Path:
-    """Move a freshly built layer to its local home."""
-    target = _local_layer(info)
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(layer), str(target))
-    return target
+    """Move a freshly built layer to its local home (a rename: complete or absent)."""
+    return _move_into_place(layer, info)
 
 
-def _install_local_archive(archive: Path, info: EnvInfo, tmp: Path) -> Path:
-    extracted = tmp / "layer"
-    extracted.mkdir()
-    safe_extract(archive, extracted, files=info.files, desc=f"extracting {info.name}")
-    return _install_local(extracted, info)
-
-
-def safe_extract(
-    archive: Path, target: Path, *, files: int | None = None, desc: str | None = None
-) -> None:
-    """Extract *archive* into *target*, refusing absolute paths, ``..`` components, links that
-    point outside *target*, and device files. With *desc*, a progress bar over its *files*."""
-    from tqdm.auto import tqdm
-
-    root = target.resolve()
-    # One streaming pass: listing the members first would decompress the archive twice. A bad
-    # member stops the extraction; the caller then discards the half-filled folder. Our own
-    # checks replace tarfile's "data" filter, whose realpath() per member doubles the time.
-    trusted = {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
+def _move_into_place(folder: Path, info: EnvInfo) -> Path:
+    target = local_path(info)
+    if target.is_dir():
+        shutil.rmtree(folder, ignore_errors=True)
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with (
-            tarfile.open(archive, "r|*") as tar,
-            tqdm(
-                total=files or None, unit="files", desc=desc, disable=desc is None, leave=False
-            ) as bar,
-        ):
-            for member in tar:
-                _check_member(member, root)
-                member.mode &= 0o755  # no setuid/setgid/sticky bits, no group or other writes
-                tar.extract(member, root, **trusted)  # type: ignore[arg-type]
-                bar.update()
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        raise EnvError(
-            f"{archive.name} cannot be extracted ({exc}); nothing was activated"
-        ) from None
-
-
-def _check_member(member: tarfile.TarInfo, root: Path) -> None:
-    name = member.name
-    path = PurePosixPath(name)
-    if path.is_absolute() or name.startswith(("/", "\\")) or ".." in path.parts:
-        raise EnvError(f"refusing the archive: {name!r} would land outside the environment")
-    if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
-        raise EnvError(f"refusing the archive: {name!r} is a device or special file")
-    if member.issym() or member.islnk():
-        link = PurePosixPath(member.linkname)
-        base = PurePosixPath(name).parent if member.issym() else PurePosixPath()
-        resolved = (root / base / link).resolve() if not link.is_absolute() else Path(link)
-        if link.is_absolute() or not str(resolved).startswith(str(root)):
-            raise EnvError(
-                f"refusing the archive: the link {name!r} -> {member.linkname!r} "
-                "points outside the environment"
-            )
+        os.rename(folder, target)
+    except OSError:
+        if not target.is_dir():  # not a concurrent restore that got there first
+            raise
+        shutil.rmtree(folder, ignore_errors=True)
+    return target
 
 
 def _local_root() -> Path:
     return home_dir() / "envs"
-
-
-def _local_layer(info: EnvInfo) -> Path:
-    return _local_root() / info.name / f"layer-{info.sha256[:16]}"
 
 
 def _mismatch(info: EnvInfo) -> str | None:

@@ -19,8 +19,8 @@ import pytest
 from fsspec.implementations.local import LocalFileSystem
 
 import colabsession as cs
+from colabsession import _archive
 from colabsession.drive import Location
-from colabsession.env import safe_extract
 
 from .wheels import make_wheel
 
@@ -55,9 +55,17 @@ def clean_interpreter() -> Iterator[None]:
         del sys.modules[module]
 
 
+def env_folder(isolated: Path, name: str = "my_env") -> Path:
+    return isolated / "drive" / "Colab Notebooks" / "colabsession" / "envs" / name
+
+
 def drive_files(isolated: Path, name: str = "my_env") -> list[str]:
-    folder = isolated / "drive" / "Colab Notebooks" / "colabsession" / "envs" / name
-    return sorted(p.name for p in folder.iterdir())
+    return sorted(p.name for p in env_folder(isolated, name).iterdir())
+
+
+def manifest_of(isolated: Path, name: str = "my_env") -> Path:
+    (found,) = env_folder(isolated, name).glob("manifest.*.json")
+    return found
 
 
 @pytest.mark.parametrize("installer", ["pip", "uv"])
@@ -72,7 +80,8 @@ def test_install_persists_and_activates(
     assert info.requirements == ("cs-demo-a",)
     assert info.python == ".".join(map(str, sys.version_info[:3]))
     files = drive_files(isolated)
-    assert files == sorted(["manifest.json", info.archive])  # one archive, one manifest
+    assert files == sorted([manifest_of(isolated).name, info.archive])  # one of each
+    assert info.archive.endswith(".tar.zst")
     import cs_demo_a  # type: ignore[import-not-found]
 
     assert cs_demo_a.VERSION == "1.0"
@@ -149,7 +158,7 @@ def test_python_upgrade_rebuilds(
     isolated: Path, pip_args: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     cs.env.install("cs-demo-a", pip_args=pip_args)
-    manifest = isolated / "drive/Colab Notebooks/colabsession/envs/my_env/manifest.json"
+    manifest = manifest_of(isolated)
     data = json.loads(manifest.read_text())
     data["python"] = "3.9.18"
     manifest.write_text(json.dumps(data))
@@ -158,7 +167,7 @@ def test_python_upgrade_rebuilds(
     info = cs.env.restore(pip_args=pip_args)
     assert "rebuilding it from its exact versions" in capsys.readouterr().out
     assert info.python == ".".join(map(str, sys.version_info[:3]))
-    assert json.loads(manifest.read_text())["python"] == info.python  # persisted again
+    assert json.loads(manifest_of(isolated).read_text())["python"] == info.python  # saved again
     assert dict(info.packages) == {"cs-demo-a": "1.0", "cs-demo-b": "2.0"}
     assert len(drive_files(isolated)) == 2  # the old archive went once the new one was saved
 
@@ -176,9 +185,8 @@ def test_damaged_archive_is_refused(isolated: Path, pip_args: list[str]) -> None
 
 def test_damaged_manifest(isolated: Path, pip_args: list[str]) -> None:
     cs.env.install("cs-demo-a", pip_args=pip_args)
-    manifest = isolated / "drive/Colab Notebooks/colabsession/envs/my_env/manifest.json"
-    manifest.write_text("{torn")
-    with pytest.raises(cs.EnvError, match=r"manifest\.json is damaged"):
+    manifest_of(isolated).write_text("{torn")
+    with pytest.raises(cs.EnvError, match=r"is damaged .*not valid JSON.*cs\.env\.install"):
         cs.env.restore()
 
 
@@ -202,51 +210,98 @@ def test_unparsable_requirement(bad: str) -> None:
         cs.env.install(bad)
 
 
-def _tar(tmp_path: Path, member: tarfile.TarInfo, data: bytes = b"") -> Path:
+def _tar(tmp_path: Path, *members: tuple[tarfile.TarInfo, bytes]) -> Path:
     path = tmp_path / "evil.tar.gz"
     with tarfile.open(path, "w:gz") as tar:
-        tar.addfile(member, io.BytesIO(data) if data else None)
+        for member, data in members:
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data) if data else None)
     return path
 
 
+def _member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
+    member = tarfile.TarInfo(name)
+    member.type, member.linkname = kind, link
+    return member
+
+
+def _unpack(archive: Path, target: Path, limit: int | None = None) -> None:
+    with open(archive, "rb") as f:
+        _archive.unpack(_archive.decompress(f, "gzip"), target, limit=limit)
+
+
+SYM, HARD = tarfile.SYMTYPE, tarfile.LNKTYPE
+
+
 @pytest.mark.parametrize(
-    ("name", "kind", "link", "message"),
+    ("members", "message"),
     [
-        ("/etc/evil", tarfile.REGTYPE, "", "outside"),
-        ("../evil", tarfile.REGTYPE, "", "outside"),
-        ("pkg/../../evil", tarfile.REGTYPE, "", "outside"),
-        ("pkg/link", tarfile.SYMTYPE, "../../etc/passwd", "points outside"),
-        ("pkg/abs", tarfile.SYMTYPE, "/etc/passwd", "points outside"),
-        ("pkg/dev", tarfile.CHRTYPE, "", "device"),
+        ([("/etc/evil", tarfile.REGTYPE, "")], "absolute"),
+        ([("../evil", tarfile.REGTYPE, "")], "outside"),
+        ([("pkg/../../evil", tarfile.REGTYPE, "")], "outside"),
+        ([("pkg/link", SYM, "../../etc/passwd")], "outside"),
+        ([("pkg/abs", SYM, "/etc/passwd")], "absolute"),
+        ([("pkg/dev", tarfile.CHRTYPE, "")], "device"),
+        ([("pkg/fifo", tarfile.FIFOTYPE, "")], "device"),
+        # Issue 13's sequence: a link deep inside, a second link through it, the first one
+        # re-pointed, then a file written through the second.
+        (
+            [
+                ("a", SYM, "pkg/deep"),
+                ("a/b", SYM, "../../.."),
+                ("a", SYM, "/"),
+                ("a/b/evil", tarfile.REGTYPE, ""),
+            ],
+            "passes through the link",
+        ),
+        ([("a", SYM, "pkg"), ("a", SYM, "..")], "appears twice"),
+        ([("pkg/x", tarfile.REGTYPE, ""), ("pkg/x", SYM, "../..")], "appears twice"),
+        # A sibling whose name merely starts with the folder's name.
+        ([("evil", SYM, "../outxy/secret")], "outside"),
+        ([("pkg", tarfile.DIRTYPE, ""), ("pkg", SYM, "..")], "appears twice"),
+        ([("pkg/f", tarfile.REGTYPE, ""), ("pkg", SYM, "/tmp")], "appears twice"),
+        ([("h", HARD, "/etc/passwd")], "absolute"),
+        ([("h", HARD, "missing")], "does not name a file"),
+        ([("loop1", SYM, "loop2"), ("loop2", SYM, "loop1"), ("x", SYM, "loop1/..")], "loops"),
     ],
 )
 def test_malicious_archives_are_refused(
-    tmp_path: Path, name: str, kind: bytes, link: str, message: str
+    tmp_path: Path, members: list[tuple[str, bytes, str]], message: str
 ) -> None:
-    member = tarfile.TarInfo(name)
-    member.type = kind
-    member.linkname = link
-    data = b"x" if kind == tarfile.REGTYPE else b""
-    member.size = len(data)
+    tmp_path = tmp_path / "work"
+    tmp_path.mkdir()
+    archive = _tar(
+        tmp_path,
+        *((_member(n, k, link), b"x" if k == tarfile.REGTYPE else b"") for n, k, link in members),
+    )
     target = tmp_path / "out"
-    target.mkdir()
-    with pytest.raises(cs.EnvError, match=message):
-        safe_extract(_tar(tmp_path, member, data), target)
-    assert not any(target.iterdir())
+    with pytest.raises(_archive.UnsafeArchive, match=message):
+        _unpack(archive, target)
+    assert not (tmp_path / "outxy").exists()
+    assert not list(Path("/").glob("evil"))
+    # Nothing was written outside: only members before the refused one, inside *target*.
+    outside = [p for p in tmp_path.rglob("*") if not p.is_relative_to(target) and p != archive]
+    assert outside == []
 
 
 def test_links_inside_are_kept(tmp_path: Path) -> None:
-    path = tmp_path / "ok.tar.gz"
-    with tarfile.open(path, "w:gz") as tar:
-        data = tarfile.TarInfo("pkg/real.py")
-        data.size = 1
-        tar.addfile(data, io.BytesIO(b"x"))
-        link = tarfile.TarInfo("pkg/alias.py")
-        link.type, link.linkname = tarfile.SYMTYPE, "real.py"
-        tar.addfile(link)
-    (tmp_path / "out").mkdir()
-    safe_extract(path, tmp_path / "out")
+    archive = _tar(
+        tmp_path,
+        (_member("pkg/real.py"), b"x"),
+        (_member("pkg/alias.py", SYM, "real.py"), b""),
+        (_member("pkg/hard.py", HARD, "pkg/real.py"), b""),
+        (_member("top", SYM, "pkg/../pkg"), b""),
+    )
+    _unpack(archive, tmp_path / "out")
     assert (tmp_path / "out/pkg/alias.py").is_symlink()
+    assert (tmp_path / "out/pkg/hard.py").read_bytes() == b"x"
+    assert (tmp_path / "out/top/real.py").read_bytes() == b"x"
+
+
+def test_unpacking_stops_at_the_declared_size(tmp_path: Path) -> None:
+    archive = _tar(tmp_path, (_member("a"), b"x" * 1000), (_member("b"), b"y" * 1000))
+    with pytest.raises(_archive.UnsafeArchive, match="more than the 1,500 bytes"):
+        _unpack(archive, tmp_path / "out", limit=1500)
 
 
 def test_warns_when_the_base_version_is_already_imported(

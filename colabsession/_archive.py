@@ -1,0 +1,338 @@
+"""Tar archives from untrusted places: packing with zstd, and unpacking that cannot escape.
+
+Drive is written by other people and other notebooks, so an archive read from it is untrusted.
+:func:`unpack` validates every member against a model of the tree built so far, whatever the
+member order: no absolute names and no ``..``; no member may pass through a symbolic link (so no
+file is ever written through one); no name may appear twice (a link cannot be re-pointed); hard
+links must name a regular file already unpacked; no devices, FIFOs or sockets; every symbolic link,
+followed through the final tree the way the system follows it, must stay inside. It writes no more
+than *limit* bytes. Unpack into a fresh folder and move it into place only once it is complete and
+the archive verified: a refused or damaged archive leaves nothing behind.
+
+>>> stats = pack(folder, Path("layer.tar.zst"))
+>>> with open("layer.tar.zst", "rb") as f:
+...     unpack(decompress(f, "zstd"), Path("fresh"), limit=stats.unpacked)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import sys
+import tarfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+
+from ._errors import ColabSessionError
+
+CHUNK = 4 << 20
+MAX_HOPS = 40  # as the system's own limit on links followed in one path
+
+
+class UnsafeArchive(ColabSessionError):
+    """An archive member would land outside its folder, or the archive is not what it says."""
+
+
+@dataclass(frozen=True)
+class PackStats:
+    files: int  # members
+    unpacked: int  # bytes of file data
+
+
+def suffix(compression: str) -> str:
+    return {"zstd": ".tar.zst", "gzip": ".tar.gz", "none": ".tar"}[compression]
+
+
+def compression_of(name: str) -> str:
+    """The compression an archive's name says: zstd, gzip or none."""
+    if name.endswith((".tar.zst", ".tzst")):
+        return "zstd"
+    if name.endswith((".tar.gz", ".tgz")):
+        return "gzip"
+    if name.endswith(".tar"):
+        return "none"
+    raise UnsafeArchive(f"{name!r} is not a .tar, .tar.gz or .tar.zst archive")
+
+
+def pack(folder: Path, target: Path, *, level: int = 3) -> PackStats:
+    """Write *folder*'s contents (sorted, names relative to it) to the zstd tar *target*."""
+    files = unpacked = 0
+    with open(target, "wb") as raw:
+        compressor = _zstd_writer(raw, level)
+        with tarfile.open(fileobj=compressor, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            for path in sorted(folder.rglob("*")):
+                info = tar.gettarinfo(str(path), arcname=path.relative_to(folder).as_posix())
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                if info.isreg():
+                    with open(path, "rb") as f:
+                        tar.addfile(info, f)
+                    unpacked += info.size
+                else:
+                    tar.addfile(info)
+                files += 1
+        compressor.close()
+    return PackStats(files, unpacked)
+
+
+def decompress(raw: IO[bytes], compression: str) -> IO[bytes]:
+    """A stream of the archive's tar bytes, from *raw* compressed as *compression*."""
+    if compression == "zstd":
+        return _zstd_reader(raw)  # type: ignore[no-any-return]
+    if compression == "gzip":
+        import gzip
+
+        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+    return raw
+
+
+def unpack(
+    stream: IO[bytes],
+    target: Path,
+    *,
+    limit: int | None = None,
+    progress: Callable[[int], object] | None = None,
+) -> PackStats:
+    """Unpack the tar *stream* into the new folder *target*, checking each member (see the
+    module's text) and writing at most *limit* bytes of file data. Raises UnsafeArchive."""
+    target.mkdir(parents=True, exist_ok=False)
+    tree = _Tree()
+    files = written = 0
+    try:
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            for member in tar:
+                path = tree.add(member)
+                destination = target.joinpath(*path.parts)
+                # Parents the archive does not list: the model checked none of them is a link.
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                if member.isdir():
+                    destination.mkdir(mode=0o755, exist_ok=True)
+                elif member.issym():
+                    os.symlink(member.linkname, destination)
+                elif member.islnk():
+                    os.link(target.joinpath(*_clean(member.linkname).parts), destination)
+                else:
+                    written += member.size
+                    if limit is not None and written > limit:
+                        raise UnsafeArchive(
+                            f"it unpacks to more than the {limit:,} bytes it declares"
+                        )
+                    source = tar.extractfile(member)
+                    assert source is not None
+                    _write_new(destination, source, member.mode & 0o755 | 0o600)
+                files += 1
+                if progress is not None:
+                    progress(1)
+    except tarfile.TarError as exc:
+        raise UnsafeArchive(f"it is not a valid tar archive ({exc})") from None
+    except EOFError:
+        raise UnsafeArchive("it ends too early (cut short)") from None
+    tree.check_links()
+    return PackStats(files, written)
+
+
+def _write_new(path: Path, source: IO[bytes], mode: int) -> None:
+    # O_EXCL and O_NOFOLLOW: never through a link, never over an existing file.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, flags, mode)
+    try:
+        while chunk := source.read(CHUNK):
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
+def _clean(name: str) -> PurePosixPath:
+    """*name* as a relative path with no ``.``, ``..`` or empty parts; raises UnsafeArchive."""
+    path = PurePosixPath(name)
+    if path.is_absolute() or name.startswith(("/", "\\")) or "\\" in name:
+        raise UnsafeArchive(f"{name!r} is an absolute name")
+    parts = [p for p in path.parts if p != "."]
+    if not parts or ".." in parts:
+        raise UnsafeArchive(f"{name!r} would land outside the folder")
+    return PurePosixPath(*parts)
+
+
+class _Tree:
+    """What the archive has unpacked so far: directories, files and links."""
+
+    def __init__(self) -> None:
+        self.dirs: set[PurePosixPath] = set()
+        self.files: set[PurePosixPath] = set()
+        self.links: dict[PurePosixPath, str] = {}
+
+    def add(self, member: tarfile.TarInfo) -> PurePosixPath:
+        path = _clean(member.name)
+        for parent in list(path.parents)[:-1]:
+            if parent in self.links:
+                raise UnsafeArchive(f"{member.name!r} passes through the link {str(parent)!r}")
+            if parent in self.files:
+                raise UnsafeArchive(f"{member.name!r} is under the file {str(parent)!r}")
+        taken = path in self.files or path in self.links
+        if taken or (path in self.dirs and not member.isdir()):
+            raise UnsafeArchive(f"{member.name!r} appears twice")
+        if member.isdir():
+            self.dirs.add(path)
+        elif member.issym():
+            if PurePosixPath(member.linkname).is_absolute() or not member.linkname:
+                raise UnsafeArchive(f"the link {member.name!r} -> {member.linkname!r} is absolute")
+            self.links[path] = member.linkname
+            self.resolve(path)  # escapes now: refuse before it is created
+        elif member.islnk():
+            if _clean(member.linkname) not in self.files:
+                raise UnsafeArchive(
+                    f"the hard link {member.name!r} -> {member.linkname!r} does not name a file "
+                    "unpacked before it"
+                )
+            self.files.add(path)
+        elif member.isreg():
+            self.files.add(path)
+        else:
+            raise UnsafeArchive(f"{member.name!r} is a device or special file")
+        self.dirs.update(list(path.parents)[:-1])
+        return path
+
+    def resolve(self, path: PurePosixPath) -> PurePosixPath:
+        """Where *path* leads, following the links as the system does; raises UnsafeArchive
+        when that is outside the folder (or a loop)."""
+        done: list[str] = []
+        todo = list(path.parts)
+        hops = 0
+        while todo:
+            part = todo.pop(0)
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if not done:
+                    raise UnsafeArchive(f"the link {str(path)!r} leads outside the folder")
+                done.pop()
+                continue
+            done.append(part)
+            here = PurePosixPath(*done)
+            if here in self.links:
+                hops += 1
+                if hops > MAX_HOPS:
+                    raise UnsafeArchive(f"the link {str(path)!r} loops")
+                done.pop()
+                todo = list(PurePosixPath(self.links[here]).parts) + todo
+        return PurePosixPath(*done)
+
+    def check_links(self) -> None:
+        """Every link, followed through the whole tree, stays inside (a link created later may
+        have changed where an earlier one leads)."""
+        for link in self.links:
+            self.resolve(link)
+
+
+class HashingReader:
+    """Reads *raw* while computing its sha256 and counting its bytes (one pass)."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.sha256.update(data)
+        self.size += len(data)
+        return bytes(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def drain(self) -> None:
+        """Read to the end (the tar's end marker may leave padding unread)."""
+        while self.read(CHUNK):
+            pass
+
+
+class Prefetch:
+    """Reads *raw* ahead in a thread (the Drive mount or the API) while the caller unpacks."""
+
+    def __init__(self, raw: Any, depth: int = 8) -> None:
+        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=depth)
+        self._chunk = b""
+        self._at = 0
+        self._done = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fill, args=(raw,), daemon=True)
+        self._thread.start()
+
+    def _fill(self, raw: Any) -> None:
+        try:
+            while not self._stop.is_set():
+                chunk = bytes(raw.read(CHUNK))
+                self._put(chunk)
+                if not chunk:
+                    return
+        except BaseException as exc:  # handed to the reader
+            self._put(exc)
+
+    def _put(self, item: bytes | BaseException) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def close(self) -> None:
+        """Stop reading ahead (the reader gave up early); the thread ends soon after."""
+        self._stop.set()
+
+    def __enter__(self) -> Prefetch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def read(self, n: int = -1) -> bytes:
+        parts = []
+        while n != 0:
+            if self._at >= len(self._chunk):
+                if self._done:
+                    break
+                item = self._queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if not item:
+                    self._done = True
+                    break
+                self._chunk, self._at = item, 0
+            left = len(self._chunk) - self._at
+            take = left if n < 0 else min(n, left)
+            parts.append(self._chunk[self._at : self._at + take])
+            self._at += take
+            if n > 0:
+                n -= take
+        return b"".join(parts)
+
+    def readable(self) -> bool:
+        return True
+
+
+def _zstd_writer(raw: IO[bytes], level: int) -> Any:
+    if sys.version_info >= (3, 14):
+        from compression import zstd  # type: ignore[import-not-found]
+
+        return zstd.ZstdFile(raw, "wb", level=level)
+    import zstandard
+
+    return zstandard.ZstdCompressor(level=level, threads=-1).stream_writer(raw, closefd=False)
+
+
+def _zstd_reader(raw: IO[bytes]) -> Any:
+    if sys.version_info >= (3, 14):
+        from compression import zstd
+
+        return zstd.ZstdFile(raw, "rb")
+    import zstandard
+
+    return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
