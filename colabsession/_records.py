@@ -48,8 +48,8 @@ def parse_record(cls: type[R], data: bytes | str | dict[str, Any], *, what: str 
     """Decode and validate *data* (JSON, or a dict already decoded) as a *cls* record, or raise
     :class:`InvalidRecord`."""
     label = what or cls.KIND
-    if isinstance(data, dict):
-        raw: Any = data
+    if not isinstance(data, (bytes, str)):
+        raw: Any = data  # decoded already (and maybe not even a dict)
     else:
         try:
             raw = json.loads(data, parse_constant=_no_constant)

@@ -68,7 +68,7 @@ class EnvInfo(Record):
     implementation: str
     platform: str
     requirements: tuple[str, ...]
-    packages: tuple[tuple[str, ...], ...]  # (name, version), what the layer holds
+    packages: tuple[tuple[str, str], ...]  # (name, version), what the layer holds
     archive: str
     size: int
     sha256: str

@@ -13,6 +13,7 @@ from pytest_mock import MockerFixture
 from colabsession import _gdrive, _runtime, drive
 
 from .fake_drive_api import FakeDrive
+from .wheels import make_wheel
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -124,3 +125,36 @@ def key_file(tmp_path: Path, fake_drive: FakeDrive, service_account_info: dict[s
     )
     path.chmod(0o600)
     return path
+
+
+# Persistent environments --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("wheels")
+    make_wheel(folder, "cs-demo-a", "1.0", requires=("cs-demo-b>=1.0",), script="cs-demo-a")
+    make_wheel(folder, "cs-demo-b", "1.0")
+    make_wheel(folder, "cs-demo-b", "2.0")
+    make_wheel(folder, "cs-demo-c", "1.0")
+    return folder
+
+
+@pytest.fixture
+def pip_args(wheels: Path) -> list[str]:
+    return ["--no-index", "--find-links", str(wheels)]
+
+
+@pytest.fixture
+def clean_interpreter() -> Iterator[None]:
+    """Environments change sys.path, PATH and PYTHONPATH: put them back after each test."""
+    path, environ = list(sys.path), dict(os.environ)
+    yield
+    sys.path[:] = path
+    for var in ("PATH", "PYTHONPATH"):
+        if var in environ:
+            os.environ[var] = environ[var]
+        else:
+            os.environ.pop(var, None)
+    for module in [m for m in sys.modules if m.startswith("cs_demo_")]:
+        del sys.modules[module]

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import tarfile
 import types
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -22,37 +21,7 @@ import colabsession as cs
 from colabsession import _archive
 from colabsession.drive import Location
 
-from .wheels import make_wheel
-
-
-@pytest.fixture(scope="session")
-def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("wheels")
-    make_wheel(folder, "cs-demo-a", "1.0", requires=("cs-demo-b>=1.0",), script="cs-demo-a")
-    make_wheel(folder, "cs-demo-b", "1.0")
-    make_wheel(folder, "cs-demo-b", "2.0")
-    make_wheel(folder, "cs-demo-c", "1.0")
-    return folder
-
-
-@pytest.fixture
-def pip_args(wheels: Path) -> list[str]:
-    return ["--no-index", "--find-links", str(wheels)]
-
-
-@pytest.fixture(autouse=True)
-def clean_interpreter() -> Iterator[None]:
-    """Environments change sys.path, PATH and PYTHONPATH: put them back after each test."""
-    path, environ = list(sys.path), dict(os.environ)
-    yield
-    sys.path[:] = path
-    for var in ("PATH", "PYTHONPATH"):
-        if var in environ:
-            os.environ[var] = environ[var]
-        else:
-            os.environ.pop(var, None)
-    for module in [m for m in sys.modules if m.startswith("cs_demo_")]:
-        del sys.modules[module]
+pytestmark = pytest.mark.usefixtures("clean_interpreter")
 
 
 def env_folder(isolated: Path, name: str = "my_env") -> Path:
@@ -75,6 +44,7 @@ def test_install_persists_and_activates(
     if installer == "uv":
         pytest.importorskip("uv")
     info = cs.env.install("cs-demo-a", pip_args=pip_args, installer=installer)
+    assert info is not None
     assert info.installer == installer
     assert dict(info.packages) == {"cs-demo-a": "1.0", "cs-demo-b": "2.0"}
     assert info.requirements == ("cs-demo-a",)
@@ -101,12 +71,14 @@ def test_install_persists_and_activates(
 
 def test_only_what_the_base_lacks(pip_args: list[str]) -> None:
     info = cs.env.install("packaging", "cs-demo-c", pip_args=pip_args)
+    assert info is not None
     assert dict(info.packages) == {"cs-demo-c": "1.0"}  # the base's packaging stays the base's
 
 
 def test_install_extends_the_environment(pip_args: list[str]) -> None:
     cs.env.install("cs-demo-a", pip_args=pip_args)
     info = cs.env.install("cs-demo-c", "cs-demo-b==1.0", pip_args=pip_args)
+    assert info is not None
     assert dict(info.packages) == {"cs-demo-a": "1.0", "cs-demo-b": "1.0", "cs-demo-c": "1.0"}
     assert set(info.requirements) == {"cs-demo-a", "cs-demo-c", "cs-demo-b==1.0"}
     assert len(cs.env.list()) == 1
@@ -174,6 +146,7 @@ def test_python_upgrade_rebuilds(
 
 def test_damaged_archive_is_refused(isolated: Path, pip_args: list[str]) -> None:
     info = cs.env.install("cs-demo-a", pip_args=pip_args)
+    assert info is not None
     shutil.rmtree(isolated / "envs")
     archive = isolated / "drive/Colab Notebooks/colabsession/envs/my_env" / info.archive
     archive.write_bytes(archive.read_bytes()[: info.size // 2])
