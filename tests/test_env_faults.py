@@ -248,3 +248,34 @@ def test_uv_install_with_colabs_constraints_set(
     out = capsys.readouterr().out
     assert "not applying $UV_CONSTRAINT and $UV_BUILD_CONSTRAINT" in out
     assert os.environ["UV_CONSTRAINT"] == str(colab_uv_constraints)  # left as Colab set it
+
+
+# Through the Drive API (the fake server) ---------------------------------------------------------
+
+
+def test_install_and_restore_through_the_drive_api(
+    isolated: Path, pip_args: list[str], fake_drive: object
+) -> None:
+    pytest.importorskip("pydrive2")
+    from colabsession.drive import Location
+
+    from .test_gdrive import Credentials
+
+    fs = cs.drive.connect(
+        credentials=Credentials(token="test-token"),
+        api_endpoint=fake_drive.endpoint,  # type: ignore[attr-defined]
+        use_for_drive=False,
+    )
+    location = Location(fs, f"{fs.root}/envs", "drive:envs (Drive API)")
+    first = installed("cs-demo-a", location=location, pip_args=pip_args)
+    second = installed("cs-demo-c", location=location, pip_args=pip_args)
+    names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{fs.root}/envs/my_env"))
+    assert len(names) == 2  # one manifest, one archive: the first ones went after the commit
+    assert second.archive in names
+    assert first.archive not in names
+    shutil.rmtree(isolated / "envs")
+    restored = cs.env.restore(location=location)
+    assert restored.sequence == second.sequence
+    import cs_demo_c  # type: ignore[import-not-found]
+
+    assert cs_demo_c.VERSION == "1.0"
