@@ -100,21 +100,27 @@ def unpack(
     """Unpack the tar *stream* into the new folder *target*, checking each member (see the
     module's text) and writing at most *limit* bytes of file data. Raises UnsafeArchive."""
     target.mkdir(parents=True, exist_ok=False)
+    root = str(target)
     tree = _Tree()
+    made = {""}  # folders created so far, relative to *target*
     files = written = 0
     try:
         with tarfile.open(fileobj=stream, mode="r|") as tar:
             for member in tar:
                 path = tree.add(member)
-                destination = target.joinpath(*path.parts)
-                # Parents the archive does not list: the model checked none of them is a link.
-                destination.parent.mkdir(parents=True, exist_ok=True)
+                destination = f"{root}/{path}"
+                parent = path.rpartition("/")[0]
+                if parent not in made:  # parents the archive may not list; none is a link
+                    os.makedirs(f"{root}/{parent}", mode=0o755, exist_ok=True)
+                    made.add(parent)
                 if member.isdir():
-                    destination.mkdir(mode=0o755, exist_ok=True)
+                    if path not in made:
+                        os.makedirs(destination, mode=0o755, exist_ok=True)
+                        made.add(path)
                 elif member.issym():
                     os.symlink(member.linkname, destination)
                 elif member.islnk():
-                    os.link(target.joinpath(*_clean(member.linkname).parts), destination)
+                    os.link(f"{root}/{_clean(member.linkname)}", destination)
                 else:
                     written += member.size
                     if limit is not None and written > limit:
@@ -135,7 +141,7 @@ def unpack(
     return PackStats(files, written)
 
 
-def _write_new(path: Path, source: IO[bytes], mode: int) -> None:
+def _write_new(path: str, source: IO[bytes], mode: int) -> None:
     # O_EXCL and O_NOFOLLOW: never through a link, never over an existing file.
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     fd = os.open(path, flags, mode)
@@ -148,39 +154,45 @@ def _write_new(path: Path, source: IO[bytes], mode: int) -> None:
         os.close(fd)
 
 
-def _clean(name: str) -> PurePosixPath:
+def _clean(name: str) -> str:
     """*name* as a relative path with no ``.``, ``..`` or empty parts; raises UnsafeArchive."""
-    path = PurePosixPath(name)
-    if path.is_absolute() or name.startswith(("/", "\\")) or "\\" in name:
+    if name.startswith(("/", "\\")) or "\\" in name or PurePosixPath(name).is_absolute():
         raise UnsafeArchive(f"{name!r} is an absolute name")
-    parts = [p for p in path.parts if p != "."]
+    parts = [p for p in name.split("/") if p and p != "."]
     if not parts or ".." in parts:
         raise UnsafeArchive(f"{name!r} would land outside the folder")
-    return PurePosixPath(*parts)
+    return "/".join(parts)
+
+
+def _parents(path: str) -> list[str]:
+    """``a/b/c`` -> ``["a", "a/b"]``."""
+    parts = path.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
 
 
 class _Tree:
-    """What the archive has unpacked so far: directories, files and links."""
+    """What the archive has unpacked so far: directories, files and links (relative paths)."""
 
     def __init__(self) -> None:
-        self.dirs: set[PurePosixPath] = set()
-        self.files: set[PurePosixPath] = set()
-        self.links: dict[PurePosixPath, str] = {}
+        self.dirs: set[str] = set()
+        self.files: set[str] = set()
+        self.links: dict[str, str] = {}
 
-    def add(self, member: tarfile.TarInfo) -> PurePosixPath:
+    def add(self, member: tarfile.TarInfo) -> str:
         path = _clean(member.name)
-        for parent in list(path.parents)[:-1]:
+        parents = _parents(path)
+        for parent in parents:
             if parent in self.links:
-                raise UnsafeArchive(f"{member.name!r} passes through the link {str(parent)!r}")
+                raise UnsafeArchive(f"{member.name!r} passes through the link {parent!r}")
             if parent in self.files:
-                raise UnsafeArchive(f"{member.name!r} is under the file {str(parent)!r}")
+                raise UnsafeArchive(f"{member.name!r} is under the file {parent!r}")
         taken = path in self.files or path in self.links
         if taken or (path in self.dirs and not member.isdir()):
             raise UnsafeArchive(f"{member.name!r} appears twice")
         if member.isdir():
             self.dirs.add(path)
         elif member.issym():
-            if PurePosixPath(member.linkname).is_absolute() or not member.linkname:
+            if not member.linkname or PurePosixPath(member.linkname).is_absolute():
                 raise UnsafeArchive(f"the link {member.name!r} -> {member.linkname!r} is absolute")
             self.links[path] = member.linkname
             self.resolve(path)  # escapes now: refuse before it is created
@@ -195,14 +207,14 @@ class _Tree:
             self.files.add(path)
         else:
             raise UnsafeArchive(f"{member.name!r} is a device or special file")
-        self.dirs.update(list(path.parents)[:-1])
+        self.dirs.update(parents)
         return path
 
-    def resolve(self, path: PurePosixPath) -> PurePosixPath:
+    def resolve(self, path: str) -> str:
         """Where *path* leads, following the links as the system does; raises UnsafeArchive
         when that is outside the folder (or a loop)."""
         done: list[str] = []
-        todo = list(path.parts)
+        todo = path.split("/")
         hops = 0
         while todo:
             part = todo.pop(0)
@@ -210,18 +222,18 @@ class _Tree:
                 continue
             if part == "..":
                 if not done:
-                    raise UnsafeArchive(f"the link {str(path)!r} leads outside the folder")
+                    raise UnsafeArchive(f"the link {path!r} leads outside the folder")
                 done.pop()
                 continue
             done.append(part)
-            here = PurePosixPath(*done)
+            here = "/".join(done)
             if here in self.links:
                 hops += 1
                 if hops > MAX_HOPS:
-                    raise UnsafeArchive(f"the link {str(path)!r} loops")
+                    raise UnsafeArchive(f"the link {path!r} loops")
                 done.pop()
-                todo = list(PurePosixPath(self.links[here]).parts) + todo
-        return PurePosixPath(*done)
+                todo = self.links[here].split("/") + todo
+        return "/".join(done)
 
     def check_links(self) -> None:
         """Every link, followed through the whole tree, stays inside (a link created later may
@@ -316,6 +328,11 @@ class Prefetch:
 
     def readable(self) -> bool:
         return True
+
+    def drain(self) -> None:
+        """Read what is left (the tar's end leaves padding unread)."""
+        while self.read(CHUNK):
+            pass
 
 
 def _zstd_writer(raw: IO[bytes], level: int) -> Any:

@@ -651,21 +651,23 @@ def _fetch(store: Store, info: EnvInfo) -> Path:
     limit = info.unpacked or None
 
     def job() -> _archive.HashingReader:
-        with (
-            store.fs.open(store.path(info.archive), "rb") as raw,
-            _archive.Prefetch(raw) as ahead,
-        ):
-            reader = _archive.HashingReader(ahead)
-            with tqdm(
-                total=info.files or None, unit="files", desc=f"restoring {info.name}", leave=False
-            ) as bar:
-                _archive.unpack(
-                    _archive.decompress(reader, compression),  # type: ignore[arg-type]
-                    temp,
-                    limit=limit,
-                    progress=bar.update,
-                )
-            reader.drain()
+        # One pass: a thread reads the archive from Drive, hashes and decompresses it, while this
+        # one unpacks (both libraries release the GIL, so the work shares two cores).
+        with store.fs.open(store.path(info.archive), "rb") as raw:
+            reader = _archive.HashingReader(raw)
+            tar_bytes = _archive.decompress(reader, compression)  # type: ignore[arg-type]
+            with (
+                _archive.Prefetch(tar_bytes) as ahead,
+                tqdm(
+                    total=info.files or None,
+                    unit="files",
+                    desc=f"restoring {info.name}",
+                    leave=False,
+                ) as bar,
+            ):
+                _archive.unpack(ahead, temp, limit=limit, progress=bar.update)  # type: ignore[arg-type]
+                ahead.drain()
+            reader.drain()  # bytes after the compressed stream's end count in the hash too
             return reader
 
     try:
