@@ -11,14 +11,12 @@ or a silent API server raises TimeoutError instead of hanging its caller.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 from . import _layout
@@ -352,11 +350,3 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
-
-
-def local_path(store: Store) -> Path:
-    return Path(store.root)
