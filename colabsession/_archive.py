@@ -68,6 +68,7 @@ def pack(folder: Path, target: Path, *, level: int = 3) -> PackStats:
                 info = tar.gettarinfo(str(path), arcname=path.relative_to(folder).as_posix())
                 info.uid = info.gid = 0
                 info.uname = info.gname = ""
+                info.mtime = int(info.mtime)  # a fraction would cost a PAX header per member
                 if info.isreg():
                     with open(path, "rb") as f:
                         tar.addfile(info, f)
