@@ -28,6 +28,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from ._errors import ColabSessionError
+from ._storage import write_fd
 
 CHUNK = 4 << 20
 MAX_HOPS = 40  # as the system's own limit on links followed in one path
@@ -145,14 +146,7 @@ def unpack(
 def _write_new(path: str, source: IO[bytes], mode: int) -> None:
     # O_EXCL and O_NOFOLLOW: never through a link, never over an existing file.
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-    fd = os.open(path, flags, mode)
-    try:
-        while chunk := source.read(CHUNK):
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
+    write_fd(path, iter(lambda: source.read(CHUNK), b""), flags, mode)
 
 
 def _clean(name: str) -> str:

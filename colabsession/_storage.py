@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
@@ -89,6 +90,20 @@ def sha256_file(path: Path) -> str:
         while chunk := f.read(8 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def write_fd(path: str, chunks: Iterable[bytes], flags: int, mode: int = 0o644) -> None:
+    """Write *chunks* to *path*, opened with *flags*, with bare system calls: no fstat and no
+    lseek, which Python's file objects add (on a FUSE mount such as Drive's, each is a round
+    trip)."""
+    fd = os.open(path, flags, mode)
+    try:
+        for chunk in chunks:
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
 
 
 def fsync_file(f: IO[Any]) -> None:

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from . import _layout
 from ._layout import Damaged, Manifest
 from ._runtime import mount_type
+from ._storage import write_fd
 from ._timeout import call_with_timeout
 from .drive import Location
 
@@ -309,17 +310,7 @@ class Store:
 
 
 def _write_fd(path: str, chunks: Any, *, append: bool = False) -> None:
-    """Write *chunks* to *path* with bare system calls: on a FUSE mount (Drive) each call is a
-    round trip, and Python's file objects add an fstat (and an lseek to append)."""
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
-    fd = os.open(path, flags, 0o644)
-    try:
-        for chunk in chunks:
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
+    write_fd(path, chunks, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC))
 
 
 def _seekable(f: Any) -> bool:
