@@ -103,14 +103,19 @@ def _parser() -> argparse.ArgumentParser:
         ("list", "committed checkpoints, newest last", _ckpt_list),
         (
             "verify",
-            "check every checkpoint against its manifest (exit 1 if one is damaged)",
+            "check every checkpoint file and its checksums (exit 1 if one is damaged)",
             _ckpt_verify,
         ),
         ("history", "the loss history across sessions", _ckpt_history),
         ("plot", "plot the history to a PNG file", _ckpt_plot),
     ):
         cmd = actions.add_parser(name, help=help_text)
-        cmd.add_argument("location", help="a path, drive:RELATIVE/PATH or an fsspec URL")
+        cmd.add_argument(
+            "location",
+            metavar="RUN_OR_LOCATION",
+            help="a run name (drive:checkpoints/NAME), or a location: drive:PATH, an fsspec URL, "
+            "or a path that starts with /, ./, ../ or ~",
+        )
         if name != "plot":
             _add_json(cmd)
         else:
