@@ -256,8 +256,7 @@ class HashingReader:
 
     def drain(self) -> None:
         """Read to the end (the tar's end marker may leave padding unread)."""
-        while self.read(CHUNK):
-            pass
+        drain(self)
 
 
 class Prefetch:
@@ -326,8 +325,13 @@ class Prefetch:
 
     def drain(self) -> None:
         """Read what is left (the tar's end leaves padding unread)."""
-        while self.read(CHUNK):
-            pass
+        drain(self)
+
+
+def drain(reader: Any) -> None:
+    """Read *reader* to its end."""
+    while reader.read(CHUNK):
+        pass
 
 
 def _zstd_writer(raw: IO[bytes], level: int) -> Any:

@@ -38,11 +38,11 @@ from typing import Any, Literal
 from . import _layout
 from ._clock import SessionClock
 from ._errors import CheckpointError, ColabSessionError, ConfigError, LeaseError
-from ._history import HistoryLog, make_record
+from ._history import HistoryLog, check_metric_names, make_record
 from ._layout import Damaged
 from ._lease import Lease
 from ._replicate import Replicator
-from ._retention import AnyOf, BestN, EveryInterval, LatestN, Policy, newest_per_step
+from ._retention import AnyOf, BestN, EveryInterval, LatestN, Policy, split
 from ._serialize import flatten, host_arrays
 from ._storage import reason, run_location, run_stores
 from ._store import Entry, Store
@@ -446,12 +446,12 @@ class Checkpointer:
         if step is not None:
             step = _check_step(step)
         self.wait()
-        entries = self._entries()
+        entries = listed = self._entries()
         newest_step = max((e.step for e in entries), default=None)
         if step is not None:
             entries = [e for e in entries if e.step == step]
             if not entries:
-                available = sorted({e.step for e in self._entries()})
+                available = sorted({e.step for e in listed})
                 raise CheckpointError(
                     f"no checkpoint of step {step} in {self.location}; available: "
                     f"{available or 'none'}"
@@ -602,8 +602,6 @@ class Checkpointer:
     def _commit(self, step: int, tree: Any, leaves: list[Any], metrics: dict[str, Any]) -> None:
         """The background part of a save: write the file locally, apply retention there, and
         hand it to the replicator."""
-        if self.remote is None and self._lease.held:
-            self._lease.verify()  # a direct folder: the lease is on the local disk, cheap to look
         arrays = host_arrays(leaves)
         fields = {
             "step": step,
@@ -618,9 +616,7 @@ class Checkpointer:
             self._replicator.notify()
 
     def _retain_local(self) -> None:
-        newest, older = newest_per_step(self.local.entries(warn=False))
-        kept = self.policy.select(newest)
-        for entry in [*older, *(e for e in newest if e.name not in kept)]:
+        for entry in split(self.local.entries(warn=False), self.policy)[1]:
             self.local.delete(entry)
         for name in self.local.leftovers():  # temporary files of saves cut short
             path = Path(self.local.path(name))
@@ -691,7 +687,7 @@ def _clean_metrics(metrics: dict[str, Any] | None) -> dict[str, Any]:
         if not isinstance(value, (int, float, str, bool)) and value is not None:
             raise CheckpointError(f"metric {key!r} is a {type(value).__name__}: log numbers")
         clean[str(key)] = value
-    make_record(0, "", clean)  # refuses the names the history keeps for itself
+    check_metric_names(clean)
     return clean
 
 

@@ -111,13 +111,18 @@ def read_history(
 
 def make_record(step: int, session: str, metrics: dict[str, Any]) -> Record:
     """A history record; a metric may not take a record field's name."""
-    clash = [name for name in metrics if name in RESERVED]
+    check_metric_names(metrics)
+    return {"step": step, "time": time.time(), "session": session, **metrics}
+
+
+def check_metric_names(names: Iterable[str]) -> None:
+    """Refuse metric names the history keeps for its own fields."""
+    clash = [name for name in names if name in RESERVED]
     if clash:
         raise ConfigError(
             f"a metric may not be called {clash[0]!r}: the history uses {', '.join(RESERVED)} "
             f"for its own fields. Rename it (e.g. {clash[0]}_metric)"
         )
-    return {"step": step, "time": time.time(), "session": session, **metrics}
 
 
 def parse_records(data: bytes) -> tuple[list[Record], dict[str, Any] | None]:

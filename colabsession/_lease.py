@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from ._errors import LeaseError
 from ._records import InvalidRecord, Record, parse_record
@@ -89,11 +89,20 @@ class Lease:
 
     def _mtime(self) -> float:
         try:
-            info = self.store.io("look up", lambda: self.store.fs.info(self.store.path(NAME)))
+            info = self._info() or {}
             mtime = info.get("mtime") or info.get("modified")
+            if mtime is None:
+                return self.now()
             return float(mtime.timestamp() if hasattr(mtime, "timestamp") else mtime)
         except (OSError, TimeoutError, TypeError, ValueError):
             return self.now()
+
+    def _info(self) -> dict[str, Any] | None:
+        """The lease file's size, times and identity as the store reports them; None if absent."""
+        try:
+            return dict(self.store.io("look up", lambda: self.store.fs.info(self.store.path(NAME))))
+        except FileNotFoundError:
+            return None
 
     def acquire(self) -> None:
         """Take the lease. A holder on this machine whose process is gone, or one silent for
@@ -158,9 +167,8 @@ class Lease:
         self._mark = self._stat()
 
     def _stat(self) -> tuple[object, ...] | None:
-        try:
-            info = self.store.io("look up", lambda: self.store.fs.info(self.store.path(NAME)))
-        except FileNotFoundError:
+        info = self._info()
+        if info is None:
             return None
         return tuple(info.get(k) for k in ("size", "mtime", "ino", "checksum", "modified"))
 

@@ -42,6 +42,7 @@ class Record:
 
 
 R = TypeVar("R", bound=Record)
+T = TypeVar("T")
 
 
 def parse_record(cls: type[R], data: bytes | str | dict[str, Any], *, what: str = "") -> R:
@@ -67,14 +68,19 @@ def parse_record(cls: type[R], data: bytes | str | dict[str, Any], *, what: str 
             f"{label} was written by a newer colabsession (format {version}, this one reads up "
             f"to {cls.VERSION}): upgrade colabsession"
         )
+    return _build(cls, raw, label)
+
+
+def _build(cls: type[T], raw: dict[str, Any], where: str) -> T:
+    """*cls* from the fields of *raw* it declares, each checked; a field without a default
+    that *raw* lacks is an error."""
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
-    for field in dataclasses.fields(cls):
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
         if field.name in raw:
-            where = f"{label}: {field.name}"
-            values[field.name] = _check(raw[field.name], hints[field.name], where)
+            values[field.name] = _check(raw[field.name], hints[field.name], f"{where}.{field.name}")
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
-            raise InvalidRecord(f"{label} lacks the field {field.name!r}")
+            raise InvalidRecord(f"{where} lacks the field {field.name!r}")
     return cls(**values)
 
 
@@ -119,20 +125,7 @@ def _check(value: Any, hint: Any, where: str) -> Any:
             return {str(k): _check(v, item, f"{where}[{k!r}]") for k, v in value.items()}
     elif dataclasses.is_dataclass(hint) and isinstance(hint, type):
         if isinstance(value, dict):
-            nested = typing.get_type_hints(hint)
-            names = {f.name for f in dataclasses.fields(hint)}
-            missing = [
-                f.name
-                for f in dataclasses.fields(hint)
-                if f.name not in value
-                and f.default is dataclasses.MISSING
-                and f.default_factory is dataclasses.MISSING
-            ]
-            if missing:
-                raise InvalidRecord(f"{where} lacks {missing[0]!r}")
-            return hint(
-                **{k: _check(v, nested[k], f"{where}.{k}") for k, v in value.items() if k in names}
-            )
+            return _build(hint, value, where)
     else:  # pragma: no cover - a record declared with a type this reader does not know
         raise TypeError(f"records cannot hold {hint!r}")
     raise InvalidRecord(f"{where} has the wrong type ({type(value).__name__})")

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from ._errors import DriveError, LeaseError
 from ._history import HistoryLog
 from ._lease import Lease
-from ._retention import Policy, newest_per_step
+from ._retention import Policy, split
 from ._storage import reason
 from ._store import Entry, Store
 from ._timeout import Backoff
@@ -149,17 +149,13 @@ class Replicator:
         self._retain()
 
     def _wanted(self) -> list[Entry]:
-        newest, _ = newest_per_step(self.local.entries(warn=False))
-        kept = self.policy.select(newest)
-        return [e for e in newest if e.name in kept]
+        return split(self.local.entries(warn=False), self.policy)[0]
 
     def _remote_entries(self) -> list[Entry]:
         return self.remote.entries(sorted(self._remote_names))
 
     def _retain(self) -> None:
-        newest, older = newest_per_step(self._remote_entries())
-        kept = self.policy.select(newest)
-        for entry in [*older, *(e for e in newest if e.name not in kept)]:
+        for entry in split(self._remote_entries(), self.policy)[1]:
             self.remote.delete(entry)
             self._remote_names.discard(entry.name)
 

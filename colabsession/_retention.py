@@ -78,6 +78,15 @@ class AnyOf:
         return kept
 
 
+def split(entries: Sequence[Entry], policy: Policy) -> tuple[list[Entry], list[Entry]]:
+    """(kept, deletable) of *entries* (oldest first): the newest save of each step that *policy*
+    keeps, and everything else (what it does not keep, and older saves of a step saved again)."""
+    newest, older = newest_per_step(entries)
+    names = policy.select(newest)
+    kept = [e for e in newest if e.name in names]
+    return kept, [*older, *(e for e in newest if e.name not in names)]
+
+
 def newest_per_step(entries: Sequence[Entry]) -> tuple[list[Entry], list[Entry]]:
     """Split *entries* (oldest first) into the newest save of each step and the older saves of a
     step saved again, which nothing needs."""

@@ -7,7 +7,7 @@ import hashlib
 import os
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import Any
 
 from ._errors import ConfigError
 from ._runtime import home_dir, mount_type
@@ -104,9 +104,3 @@ def write_fd(path: str, chunks: Iterable[bytes], flags: int, mode: int = 0o644) 
                 view = view[os.write(fd, view) :]
     finally:
         os.close(fd)
-
-
-def fsync_file(f: IO[Any]) -> None:
-    """Flush *f* and make the system write it to disk before the next commit step."""
-    f.flush()
-    os.fsync(f.fileno())

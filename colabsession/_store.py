@@ -95,9 +95,6 @@ class Store:
 
         return self.io("list", listing)
 
-    def exists(self) -> bool:
-        return bool(self.io("look up", lambda: self.fs.exists(self.root)))
-
     def read(self, name: str) -> bytes:
         return bytes(self.io(f"read {name}", lambda: self.fs.cat_file(self.path(name))))
 

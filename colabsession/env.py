@@ -13,6 +13,7 @@ disk (code never runs from the Drive folder) and puts it ahead of the base on ``
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
@@ -25,8 +26,9 @@ import site
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -168,7 +170,7 @@ def install(
             )
             return previous
         info = _persist(store, name, layer, wanted, pins, tool, tmp)
-        local = _install_local(layer, info)
+        local = _move_into_place(layer, info)
     _activate(local, info)
     print(
         f"colabsession: environment {name!r} holds {len(pins)} package(s) and is saved to "
@@ -214,7 +216,7 @@ def restore(
             layer = tmp / "layer"
             built = _build_layer(pins, layer, pip_args, tool, resolve_deps=False)
             info = _persist(store, name, layer, info.requirements, built, tool, tmp)
-            local = _install_local(layer, info)
+            local = _move_into_place(layer, info)
     else:
         local = local_path(info)
         if not local.is_dir():
@@ -241,7 +243,7 @@ def list(location: str | os.PathLike[str] | Location | None = None) -> _list[Env
         if not _is_name(entry):
             continue
         try:
-            info = _current(_env_store(root, entry), entry, missing_ok=True)
+            info = _current(_store_in(root, entry), entry, missing_ok=True)
         except EnvError as exc:
             logger.warning("colabsession: skipping %s: %s", entry, exc)
             continue
@@ -511,8 +513,11 @@ def _env_root(location: str | os.PathLike[str] | Location | None) -> Location:
 
 
 def _env_store(location: str | os.PathLike[str] | Location | None, name: str) -> Store:
-    folder = _env_root(location).join(name)
-    return Store(folder, timeout=TIMEOUT, durable=False)
+    return _store_in(_env_root(location), name)
+
+
+def _store_in(root: Location, name: str) -> Store:
+    return Store(root.join(name), timeout=TIMEOUT, durable=False)
 
 
 def _current(store: Store, name: str, *, missing_ok: bool = False) -> EnvInfo | None:
@@ -705,32 +710,19 @@ def _check_space(root: Path, info: EnvInfo) -> None:
         )
 
 
-def _workspace(name: str) -> Any:
+@contextlib.contextmanager
+def _workspace(name: str) -> Iterator[Path]:
     """A temporary folder on the same file system as the local layers: moving a layer from it
     into place is a rename, never a copy that a kill could cut short."""
     root = _local_root() / name
     root.mkdir(parents=True, exist_ok=True)
-    return _TempDir(root)
-
-
-class _TempDir:
-    def __init__(self, parent: Path) -> None:
-        self.path = parent / f".build-{secrets.token_hex(4)}"
-
-    def __enter__(self) -> Path:
-        self.path.mkdir()
-        return self.path
-
-    def __exit__(self, *exc: object) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
-
-
-def _install_local(layer: Path, info: EnvInfo) -> Path:
-    """Move a freshly built layer to its local home (a rename: complete or absent)."""
-    return _move_into_place(layer, info)
+    with tempfile.TemporaryDirectory(dir=root, prefix=".build-") as tmp:
+        yield Path(tmp)
 
 
 def _move_into_place(folder: Path, info: EnvInfo) -> Path:
+    """Move a freshly built or unpacked layer to its local home: a rename, so a layer folder is
+    complete or absent."""
     target = local_path(info)
     if target.is_dir():
         shutil.rmtree(folder, ignore_errors=True)
