@@ -73,20 +73,26 @@ def load_credentials(
 def _service_account_credentials(source: str | os.PathLike[str] | Mapping[str, Any]) -> Any:
     from google.oauth2 import service_account
 
+    where = "the service-account key given"
     try:
         if isinstance(source, Mapping):
-            info, where = dict(source), "the service-account key given"
-        elif isinstance(source, str) and source.lstrip().startswith("{"):
-            info, where = json.loads(source), "the service-account key's JSON"
+            info: Any = dict(source)
         else:
-            path = Path(source).expanduser()
-            where = f"service-account key file {path}"
-            _warn_if_readable_by_others(path)
-            info = json.loads(path.read_text(encoding="utf-8"))
+            text = _unwrap(os.fspath(source))
+            if text.startswith("{"):
+                where = "the service-account key's JSON"
+                info = json.loads(text)
+            else:
+                where = _describe_path(text)
+                path = Path(text).expanduser()
+                _warn_if_readable_by_others(path)
+                info = json.loads(path.read_text(encoding="utf-8-sig"))
+        if not isinstance(info, dict):
+            raise ValueError("not a JSON object")
         return service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
             info, scopes=list(SCOPES)
         )
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         # Never echo the key: only its location and the kind of fault.
         raise DriveAuthError(
             f"cannot use {where}: {type(exc).__name__}"
@@ -94,6 +100,22 @@ def _service_account_credentials(source: str | os.PathLike[str] | Mapping[str, A
             + ". Download a fresh JSON key from the Google Cloud console (IAM > Service accounts "
             "> Keys)"
         ) from None
+
+
+def _unwrap(text: str) -> str:
+    """The key source without what secrets stores and shells add around it: a byte-order mark,
+    whitespace and a pair of surrounding quotes."""
+    text = text.lstrip("\ufeff").strip()
+    while len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        text = text[1:-1].lstrip("\ufeff").strip()
+    return text
+
+
+def _describe_path(text: str) -> str:
+    """A key file's path for a message, or only its length where the text could be a key."""
+    if len(text) > 255 or any(c in text for c in '{}\n"') or "PRIVATE KEY" in text:
+        return f"the service-account key source ({len(text)} characters; neither a file nor JSON)"
+    return f"service-account key file {Path(text).expanduser()}"
 
 
 def _warn_if_readable_by_others(path: Path) -> None:

@@ -160,6 +160,39 @@ def test_no_credentials_outside_colab() -> None:
         cs.drive.connect()
 
 
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda text: text,
+        lambda text: f"'{text}'",
+        lambda text: f'"{text}"',
+        lambda text: f"\ufeff{text}\n",
+        lambda text: f"  '\ufeff{text}'  ",
+    ],
+    ids=["plain", "single-quoted", "double-quoted", "bom", "quoted-bom"],
+)
+def test_key_json_in_the_variable_survives_quotes_and_bom(
+    wrap: Any, service_account_info: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLABSESSION_SERVICE_ACCOUNT", wrap(json.dumps(service_account_info)))
+    credentials = cs.drive.load_credentials()
+    assert credentials.service_account_email == service_account_info["client_email"]
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["{not json", "[1, 2]", "null", "'-----BEGIN PRIVATE KEY-----\nSECRETSTUFF\n'", "x" * 300],
+)
+def test_malformed_key_variable_is_a_clear_error(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLABSESSION_SERVICE_ACCOUNT", value)
+    with pytest.raises(cs.DriveAuthError, match="cannot use") as info:
+        cs.drive.load_credentials()
+    assert "SECRETSTUFF" not in str(info.value)
+    assert "x" * 100 not in str(info.value)
+
+
 def test_bad_key_never_echoes_the_secret(
     tmp_path: Path, service_account_info: dict[str, str]
 ) -> None:
