@@ -456,18 +456,25 @@ def test_silent_writer_loses_the_lease(tmp_path: Path) -> None:
     second.close()
 
 
-def test_crashed_kernel_on_this_machine_releases_at_once(tmp_path: Path) -> None:
-    lease = {
-        "owner": "gone",
-        "host": __import__("socket").gethostname(),
-        "pid": 2**22 + 12345,
-        "heartbeat": time.time(),
-        "ttl": 3600,
-    }
+def test_crashed_kernel_on_this_machine_releases_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from colabsession._lease import LeaseRecord
+
+    lease = LeaseRecord(
+        owner="gone",
+        host=__import__("socket").gethostname(),
+        pid=2**22 + 12345,
+        session="s",
+        heartbeat=time.time(),
+        ttl=5,  # short, so that a regression costs seconds, not the suite
+    )
     tmp_path.mkdir(exist_ok=True)
-    (tmp_path / "lease.json").write_text(json.dumps(lease))
+    (tmp_path / "lease.json").write_bytes(lease.to_json())
     with cs.Checkpointer(tmp_path, every=None) as ckpt:
         ckpt.save(1, state_at(1))
+    # No wait: the lease names a process of this machine that no longer exists.
+    assert "waiting up to" not in capsys.readouterr().out
 
 
 # History -------------------------------------------------------------------------------------
@@ -517,8 +524,9 @@ def test_cs_history_and_plot(tmp_path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    ax = cs.plot_history(tmp_path)
-    assert [line.get_label() for line in ax.get_lines()] == ["loss"]
+    axes = cs.plot_history(tmp_path)
+    assert [a.get_ylabel() for a in axes] == ["loss"]
+    assert [line.get_label() for line in axes[0].get_lines()] == ["training"]
 
 
 # Killed at random instants -------------------------------------------------------------------
@@ -602,4 +610,28 @@ def test_plot_leaves_out_the_epoch_counter(tmp_path: Path) -> None:
     with cs.Checkpointer(tmp_path, every=None) as ckpt:
         ckpt.log(10, epoch=0, loss=0.5)
         ckpt.log(20, epoch=1, loss=0.25)
-    assert [line.get_label() for line in cs.plot_history(tmp_path).get_lines()] == ["loss"]
+    axes = cs.plot_history(tmp_path)
+    assert [a.get_ylabel() for a in axes] == ["loss"]
+    assert axes[0].get_xlabel() == "epoch"
+    assert list(axes[0].get_lines()[0].get_xdata()) == [1, 2]  # as Keras prints "Epoch 1/20"
+
+
+def test_plot_panels_and_every_resume_marked(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    with cs.Checkpointer(tmp_path, every=None) as ckpt:
+        ckpt.log(10, epoch=0, loss=0.5, val_loss=0.6, accuracy=0.7, val_accuracy=0.6)
+    with cs.Checkpointer(tmp_path, every=None) as ckpt:  # resumed on the same runtime
+        ckpt.log(20, epoch=1, loss=0.25, val_loss=0.3, accuracy=0.8, val_accuracy=0.7)
+    axes = cs.plot_history(tmp_path)
+    assert [a.get_ylabel() for a in axes] == ["loss", "accuracy"]  # loss first
+    labels = [line.get_label() for line in axes[0].get_lines()]
+    assert labels[:2] == ["training", "validation"]
+    marks = [line for line in axes[1].get_lines() if line.get_linestyle() == ":"]
+    assert len(marks) == 1  # the resume, in every panel
+    assert "resumed" in [t.get_text() for t in axes[0].get_legend().get_texts()]
+    frame_or_records = cs.history(tmp_path)
+    epochs = list(frame_or_records["epoch"]) if hasattr(frame_or_records, "columns") else []
+    assert epochs in ([], [1, 2])
