@@ -36,6 +36,7 @@ if TYPE_CHECKING:
         MissingDependencyError,
         MountError,
         MountTimeoutError,
+        RunNotFoundError,
     )
     from ._fit import fit
     from ._history import history, plot_history
@@ -63,6 +64,7 @@ _LAZY: dict[str, str] = {
     "MountError": "._errors",
     "MountTimeoutError": "._errors",
     "Runtime": "._runtime",
+    "RunNotFoundError": "._errors",
     "SessionClock": "._clock",
     "benchmark": "._benchmark",
     "clock": "._clock",
@@ -98,6 +100,7 @@ __all__ = [
     "MissingDependencyError",
     "MountError",
     "MountTimeoutError",
+    "RunNotFoundError",
     "Runtime",
     "SessionClock",
     "__version__",

@@ -43,6 +43,7 @@ from ._layout import Damaged
 from ._lease import Lease
 from ._replicate import Replicator
 from ._retention import AnyOf, BestN, EveryInterval, LatestN, Policy, split
+from ._runtime import run_again
 from ._serialize import flatten, host_arrays
 from ._storage import reason, run_location, run_stores
 from ._store import Entry, Store
@@ -182,6 +183,7 @@ class Checkpointer:
         self.local, self.remote = run_stores(self.location, local_dir, timeout=self.timeout)
         self.local_dir = Path(self.local.root)
         self.session = session_id(self.clock)
+        self.attempt = uuid.uuid4().hex[:8]  # tells a resume on the same runtime in the history
         self.policy = self._policy()
         self.history = HistoryLog(self.local, self.remote, session=self.session)
         lease_where = self.remote or self.local
@@ -263,7 +265,7 @@ class Checkpointer:
         if self.async_save:
             self._staging = leaves  # free again once this save is written: wait() comes first
         if clean:
-            self.history.append(make_record(step, self.session, clean))
+            self.history.append(make_record(step, self.session, clean, self.attempt))
         started = self._monotonic()
         self._last_saved_step = step
         self._last_save_at = started
@@ -294,7 +296,7 @@ class Checkpointer:
         self._last_call = (step, state, metrics)
         if self.should_stop:
             return False
-        if self._interrupted or self.clock.remaining <= self.margin:
+        if self._final_save_due():
             why = (
                 "SIGTERM received"
                 if self._interrupted
@@ -305,17 +307,50 @@ class Checkpointer:
             self.wait()
             self.should_stop = True
             return True
-        due = (self.every is not None and now - self._last_save_at >= self.every) or (
-            self.every_steps is not None
-            and step - (self._last_saved_step if self._last_saved_step is not None else -1)
-            >= self.every_steps
-        )
-        if due:
+        if self._interval_due(step, now):
             self.save(step, _gather(state), metrics=metrics)
             return True
         if metrics:
             self.log(step, **metrics)
         return False
+
+    def prepare(self) -> None:
+        """Take the run's lease and check that it can be written, now rather than at the first
+        save: call it after :meth:`restore` and before training, so that a location you cannot
+        write to fails in seconds, not after the first epoch."""
+        self._check_open()
+        self._begin_writing()
+
+    def due(self, step: int) -> bool:
+        """Whether ``maybe_save(step, ...)`` would save now: the interval has passed, the
+        session deadline is near, or SIGTERM came. Lets a caller gather what only a save needs
+        (metrics for the checkpoint list, say) only then."""
+        if self.should_stop or self._closed:
+            return False
+        return self._final_save_due() or self._interval_due(step, self._monotonic())
+
+    def _final_save_due(self) -> bool:
+        return self._interrupted or self.clock.remaining <= self.margin
+
+    def _interval_due(self, step: int, now: float) -> bool:
+        last = self._last_saved_step if self._last_saved_step is not None else -1
+        return (self.every is not None and now - self._last_save_at >= self.every) or (
+            self.every_steps is not None and step - last >= self.every_steps
+        )
+
+    def restart(self) -> None:
+        """Start the run over instead of resuming it. At the first save every checkpoint of
+        the run is set aside (renamed ``parked-...``) and its history so far moved to a
+        ``parked-history...`` file: nothing is deleted.
+
+        >>> ckpt = cs.Checkpointer("my-run"); ckpt.restart()  # doctest: +SKIP
+        """
+        self.wait()
+        self._restore_called = True
+        self._writing = False
+        self._restored_step = None
+        self._newer_than_restored = True
+        self._last_saved_step = None
 
     @property
     def margin(self) -> float:
@@ -331,7 +366,7 @@ class Checkpointer:
         clean = _clean_metrics(metrics)
         self._begin_writing()
         if clean:
-            self.history.append(make_record(step, self.session, clean))
+            self.history.append(make_record(step, self.session, clean, self.attempt))
 
     def wait(self) -> None:
         """Block until the save in flight is committed to the local disk (not the location:
@@ -382,12 +417,13 @@ class Checkpointer:
         if left:
             logger.warning(
                 "colabsession: checkpoint steps %s are saved locally in %s but NOT on %s (%s): "
-                "they are lost if this runtime ends. Run the cell again later (or "
-                "cs.drive.ensure() first) to copy them",
+                "they are lost if this runtime ends. To copy them, %s later (or "
+                "cs.drive.ensure() first)",
                 left,
                 self.local_dir,
                 self.location,
                 self._replicator.last_error or "it did not answer in time",
+                run_again(),
             )
 
     def __enter__(self) -> Checkpointer:
@@ -432,6 +468,25 @@ class Checkpointer:
             self.wait()
         except ColabSessionError:
             logger.exception("colabsession: the save when %s failed", why)
+
+    def revoke_lease(self) -> str | None:
+        """Take the run from a writer that is gone (a notebook whose runtime ended without
+        releasing it), so that the next writer starts at once; a writer still alive stops at
+        its next save. Returns who held it, or None if nobody did.
+
+        >>> cs.Checkpointer("my-run").revoke_lease()  # doctest: +SKIP
+        'host 2f1c9e0a, pid 412, heard of 45s ago'
+        """
+        try:
+            lease = self._lease.revoke()
+        except (OSError, TimeoutError) as exc:
+            raise CheckpointError(
+                f"cannot take {self.location} over ({reason(exc)}): try again when it answers"
+            ) from None
+        if lease is None:
+            return None
+        age = format_duration(max(0.0, time.time() - lease.heartbeat))
+        return f"host {lease.host}, pid {lease.pid}, heard of {age} ago"
 
     # Restoring ---------------------------------------------------------------------------
 
@@ -592,9 +647,9 @@ class Checkpointer:
         if self._replicator is not None:
             self._replicator.park_newer_than(limit)
         logger.warning(
-            "colabsession: training continues from step %s, so the newer checkpoints%s are set "
-            "aside (renamed parked-...) in %s",
-            step,
+            "colabsession: %s, so the %scheckpoints%s are set aside (renamed parked-...) in %s",
+            "the run starts over" if step is None else f"training continues from step {step}",
+            "" if step is None else "newer ",
             f" {parked}" if parked else "",
             self.location,
         )

@@ -52,6 +52,11 @@ class CheckpointError(ColabSessionError):
     """A checkpoint cannot be saved or restored."""
 
 
+class RunNotFoundError(CheckpointError):
+    """No run (no checkpoint and no history) at the location named; the message lists the runs
+    that exist."""
+
+
 class LeaseError(CheckpointError):
     """Another notebook holds the run's lease: two writers would overwrite each other."""
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from ._errors import ConfigError
 from ._optional import installed, require
-from ._storage import reason, run_stores
+from ._storage import reason, require_run, run_stores
 from ._store import Store
 from .drive import Location
 
@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 LOCAL = "history.jsonl"
 KIND = "colabsession-history"
-RESERVED = ("step", "time", "session")
+RESERVED = ("step", "time", "session", "attempt")
 _REVISION = re.compile(r"history\.(\d{6,})\.jsonl")
 
 Record = dict[str, Any]
@@ -40,11 +40,13 @@ Record = dict[str, Any]
 
 def history(location: str | os.PathLike[str] | Location) -> Any:
     """Every logged record of the run, oldest first: a pandas DataFrame (columns ``step``,
-    ``time``, ``session`` and one per metric) when pandas is installed, else a list of dicts.
+    ``time``, ``session``, ``attempt``, ``epoch`` for Keras runs, counted from 1 as Keras prints
+    it, and one per metric) when pandas is installed, else a list of dicts. A run that does not
+    exist is a RunNotFoundError that lists the runs that do.
 
     >>> cs.history("my-run").plot(x="step", y="loss")  # doctest: +SKIP
     """
-    records = read_history(location)
+    records = for_display(read_history(require_run(location)))
     if not installed("pandas"):
         return records
     import pandas as pd
@@ -55,46 +57,117 @@ def history(location: str | os.PathLike[str] | Location) -> Any:
     return frame
 
 
+def for_display(records: list[Record]) -> list[Record]:
+    """Records as people read them: the epoch counted from 1, as Keras prints "Epoch 1/20"
+    (stored from 0, as Keras' callbacks count)."""
+    shown = []
+    for record in records:
+        epoch = record.get("epoch")
+        if isinstance(epoch, (int, float)) and not isinstance(epoch, bool):
+            record = {**record, "epoch": int(epoch) + 1}
+        shown.append(record)
+    return shown
+
+
+def metric_names(records: list[Record]) -> list[str]:
+    """The metrics in *records*, in first-seen order (the record fields and epoch left out)."""
+    names: dict[str, None] = {}
+    for record in records:
+        for key, value in record.items():
+            if key not in (*RESERVED, "epoch") and isinstance(value, (int, float)):
+                names.setdefault(key)
+    return list(names)
+
+
 def plot_history(
     location: str | os.PathLike[str] | Location,
     metrics: list[str] | None = None,
     *,
     ax: Any = None,
-) -> Any:
-    """Draw each metric against the step with matplotlib, with a dashed line where a new
-    session (a restarted runtime) took over. Returns the Axes.
+) -> list[Any]:
+    """Draw the run's history with matplotlib: one labelled panel per metric, with its
+    validation twin (``val_loss`` with ``loss``), loss first; epochs on the x axis when the run
+    counts epochs, else steps; a dashed line where a new runtime took over and a dotted one
+    where the run resumed on the same runtime (a re-run cell, a restarted kernel). Returns the
+    panels' Axes (one Axes given as *ax* gets every metric).
 
-    >>> cs.plot_history("my-run", ["loss", "val_loss"])  # doctest: +SKIP
+    >>> cs.plot_history("my-run")  # doctest: +SKIP
     """
     plt = require(
         "matplotlib.pyplot", extra="plot", purpose="cs.plot_history()", package="matplotlib"
     )
-    records = read_history(location)
-    if ax is None:
-        _, ax = plt.subplots(figsize=(8, 4.5))
-    names = metrics or sorted(
-        {
-            k
-            for r in records
-            for k, v in r.items()
-            if k not in (*RESERVED, "epoch") and isinstance(v, (int, float))
-        }
-    )
+    records = for_display(read_history(require_run(location)))
+    by_epoch = any("epoch" in r for r in records)
+    if by_epoch:  # records saved mid-epoch have running means: the epochs' own values are shown
+        records = [r for r in records if "epoch" in r]
+    x_name = "epoch" if by_epoch else "step"
+    names = metrics or metric_names(records)
+    groups: dict[str, list[str]] = {}
     for name in names:
-        points = [(r["step"], r[name]) for r in records if isinstance(r.get(name), (int, float))]
-        if points:
-            steps, values = zip(*points, strict=True)
-            ax.plot(steps, values, label=name)
+        groups.setdefault(name.removeprefix("val_"), []).append(name)
+    order = sorted(groups, key=lambda g: (g != "loss", g))
+    if ax is not None:
+        axes = [ax] * max(1, len(order))
+    else:
+        _, grid = plt.subplots(
+            max(1, len(order)),
+            1,
+            figsize=(8, 2.6 * max(1, len(order)) + 0.6),
+            sharex=True,
+            squeeze=False,
+        )
+        axes = list(grid[:, 0])
+    for panel, group in zip(axes, order, strict=False):
+        for name in sorted(groups[group], key=lambda n: n.startswith("val_")):
+            points = [
+                (r[x_name], r[name]) for r in records if isinstance(r.get(name), (int, float))
+            ]
+            if points:
+                xs, ys = zip(*points, strict=True)
+                style = "--" if name.startswith("val_") else "-"
+                label = "validation" if name.startswith("val_") else "training"
+                panel.plot(
+                    xs,
+                    ys,
+                    style,
+                    marker="o" if len(xs) < 30 else None,
+                    markersize=3,
+                    label=f"{label} {group}" if ax is not None else label,
+                )
+        if ax is None:
+            panel.set_ylabel(group)
+    _mark_resumes(axes if ax is None else [ax], records, x_name)
+    for panel in axes if ax is None else [ax]:
+        panel.grid(alpha=0.3)
+        if panel.get_legend_handles_labels()[0]:
+            panel.legend(loc="best", fontsize="small")
+    if by_epoch:
+        from matplotlib.ticker import MaxNLocator
+
+        axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[-1].set_xlabel(x_name)
+    axes[0].set_title(f"{location}")
+    if ax is None:
+        axes[0].figure.tight_layout()
+    return axes if ax is None else [ax]
+
+
+def _mark_resumes(axes: list[Any], records: list[Record], x_name: str) -> None:
+    """A dashed line where another runtime took over, a dotted one where the run resumed on
+    the same runtime; each kind in the first panel's legend once."""
+    labelled: set[str] = set()
     for before, after in itertools.pairwise(records):
         if after.get("session") != before.get("session"):
-            ax.axvline(after["step"], color="grey", linestyle="--", linewidth=0.8)
-    if len({r.get("session") for r in records}) > 1:
-        ax.plot([], [], color="grey", linestyle="--", linewidth=0.8, label="session restart")
-    ax.set_xlabel("step")
-    ax.set_title(str(location))
-    if names:
-        ax.legend()
-    return ax
+            kind, style = "new runtime", "--"
+        elif after.get("attempt") != before.get("attempt"):
+            kind, style = "resumed", ":"
+        else:
+            continue
+        where = (before[x_name] + after[x_name]) / 2
+        for index, panel in enumerate(axes):
+            label = kind if index == 0 and kind not in labelled else None
+            panel.axvline(where, color="grey", linestyle=style, linewidth=1, label=label)
+        labelled.add(kind)
 
 
 def read_history(
@@ -109,10 +182,16 @@ def read_history(
     return HistoryLog(local, remote, session="").newest()
 
 
-def make_record(step: int, session: str, metrics: dict[str, Any]) -> Record:
-    """A history record; a metric may not take a record field's name."""
+def make_record(
+    step: int, session: str, metrics: dict[str, Any], attempt: str | None = None
+) -> Record:
+    """A history record; a metric may not take a record field's name. *attempt* tells one
+    resume of the run on the same runtime from the next."""
     check_metric_names(metrics)
-    return {"step": step, "time": time.time(), "session": session, **metrics}
+    record: Record = {"step": step, "time": time.time(), "session": session}
+    if attempt is not None:
+        record["attempt"] = attempt
+    return {**record, **metrics}
 
 
 def check_metric_names(names: Iterable[str]) -> None:
@@ -238,13 +317,19 @@ class HistoryLog:
 
     def start(self, keep_through: int | None, truncate: bool) -> None:
         """Begin writing: take the newest history and, if *truncate*, drop the records past
-        *keep_through* (the restored step; None: all). The local file is written anew."""
+        *keep_through* (the restored step; None: all) into a ``parked-history...`` file beside
+        it. The local file is written anew."""
         records = self.newest()
+        dropped: list[Record] = []
         if truncate:
             limit = -1 if keep_through is None else keep_through
+            dropped = [r for r in records if r["step"] > limit]
             records = [r for r in records if r["step"] <= limit]
         self.records = records
         self.local.makedirs()
+        if dropped:  # set aside like the checkpoints they belong to, never deleted
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+            self.local.write(f"parked-history.{stamp}.{os.getpid()}.jsonl", encode(dropped))
         self.local.replace(LOCAL, encode(records))
 
     def append(self, record: Record) -> None:

@@ -150,8 +150,27 @@ class Lease:
         raise LeaseError(
             f"{self.what} is being written by another notebook ({_who(lease)}, heard of "
             f"{format_duration(self.now() - lease.heartbeat)} ago). Two writers would overwrite "
-            "each other's checkpoints: stop the other one, or pass takeover=True"
+            "each other's checkpoints: stop the other one, or take the run over (takeover=True, "
+            "or `colabsession ckpt takeover RUN` from a shell)"
         )
+
+    def revoke(self) -> LeaseRecord | None:
+        """Take the lease from its holder without becoming one (for a notebook that is gone):
+        a holder that is still alive finds it lost at its next save and stops writing, and the
+        next writer takes it at once. Returns the lease as it stood; None if nobody held it."""
+        lease = self.read()
+        if lease is None or self._stale(lease):
+            return None
+        revoked = LeaseRecord(
+            owner=f"revoked-by-{self.owner}",
+            host=socket.gethostname(),
+            pid=-1,
+            session=self.session,
+            heartbeat=0.0,  # long expired: the next writer need not wait
+            ttl=self.ttl,
+        )
+        self.store.replace(NAME, revoked.to_json())
+        return lease
 
     def write(self) -> None:
         record = LeaseRecord(

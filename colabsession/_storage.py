@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ._errors import ConfigError
+from ._errors import ConfigError, RunNotFoundError
 from ._runtime import home_dir, mount_type
 from .drive import Location, resolve
 
@@ -56,6 +56,52 @@ def run_stores(
         return Store(loc, timeout=None, durable=True), None
     mirror = Path(local_dir) if local_dir is not None else default_local_dir(loc)
     return Store.local_disk(mirror), Store(loc, timeout=timeout, durable=False)
+
+
+def require_run(
+    location: str | os.PathLike[str] | Location,
+    local_dir: str | os.PathLike[str] | None = None,
+    *,
+    timeout: float = 30.0,
+) -> Location:
+    """The run's location if anything of the run is there or in its local mirror; else
+    RunNotFoundError naming the runs that exist. Creates nothing. A location that does not
+    answer counts as existing: its readers fall back to the local copy and say so."""
+    loc = run_location(location)
+    local, remote = run_stores(loc, local_dir, timeout=timeout)
+    for store in (local, remote):
+        try:
+            if store is not None and store.names():
+                return loc
+        except (OSError, TimeoutError):
+            return loc
+    known = known_runs(timeout=timeout)
+    hint = f"runs in {RUNS}: {', '.join(known)}" if known else f"no runs in {RUNS} yet"
+    raise RunNotFoundError(f"no run at {loc}: nothing was saved there (a typo?); {hint}")
+
+
+def known_runs(*, timeout: float = 30.0) -> list[str]:
+    """The run names kept in ``drive:checkpoints`` (top level), sorted; empty when that folder
+    does not exist or does not answer."""
+    from ._store import Store
+
+    store = Store(resolve(RUNS), timeout=timeout, durable=False)
+
+    def folders() -> list[str]:
+        try:
+            found = store.fs.ls(store.root, detail=True)
+        except FileNotFoundError:
+            return []
+        return sorted(
+            str(f["name"]).rstrip("/").rsplit("/", 1)[-1]
+            for f in found
+            if f.get("type") == "directory"
+        )
+
+    try:
+        return store.io("list", folders)
+    except (OSError, TimeoutError):
+        return []
 
 
 def default_local_dir(location: Location) -> Path:

@@ -355,8 +355,14 @@ def test_branch_after_restoring_an_older_step(tmp_path: Path, mirrored: bool) ->
     assert again is not None
     assert again.step == 12  # never 15, from the abandoned branch
     assert ckpt_steps(drive) == [10, 11, 12]  # 15 set aside, not kept in place of 10
-    assert [p.name.split(".")[0] for p in drive.glob("parked-*")] == ["parked-ckpt-000000000015"]
+    assert [p.name.split(".")[0] for p in drive.glob("parked-ckpt-*")] == [
+        "parked-ckpt-000000000015"
+    ]
     assert [r["step"] for r in read_history(location, **local)] == [5, 10, 11, 12]
+    local_dir = Path(local.get("local_dir", drive))
+    parked = [p.read_text() for p in local_dir.glob("parked-history.*.jsonl")]
+    assert len(parked) == 1  # the abandoned branch's history is set aside too, never lost
+    assert '"step": 15' in parked[0]
 
 
 # 9. A lost lease stops every write at once ------------------------------------------------------
