@@ -12,6 +12,7 @@ from ._clock import SessionClock
 from ._errors import ConfigError
 from ._notify import notify as post
 from ._optional import require
+from ._runtime import run_again
 from ._units import Duration
 from .drive import Location
 
@@ -36,6 +37,8 @@ def fit(
     notify: str | None = None,
     keep_last: int = 3,
     verbose: Any = "auto",
+    restart: bool = False,
+    takeover: bool = False,
     **fit_kwargs: Any,
 ) -> Any:
     """Train *model* like ``model.fit``, checkpointing to ``drive:checkpoints/<run>`` (or
@@ -49,11 +52,16 @@ def fit(
 
     *batch_size* is per replica: under a strategy with several replicas the global batch is
     that many times larger. Before the session deadline cs.fit saves, stops, and says how to
-    continue. Returns a keras History with every epoch of every session of the run.
+    continue. Returns a keras History with every epoch of every session of the run; a run that
+    already has all its *epochs* returns it at once. *restart* starts the run over (its earlier
+    checkpoints and history are set aside, never deleted); *takeover* takes the run from another
+    notebook whose lease has not expired.
 
     >>> history = cs.fit(model, x, y, run="digits-cnn", epochs=50, batch_size=64, seed=0)
     """
     keras = require("keras", extra="tensorflow", purpose="cs.fit()")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ConfigError(f"epochs must be a positive whole number, not {epochs!r}")
     from .keras import SessionCheckpoint
 
     if fit_kwargs.keys() & {"initial_epoch", "shuffle", "steps_per_epoch", "sample_weight"}:
@@ -72,7 +80,10 @@ def fit(
         keep_last=keep_last,
         clock=clock,
         verbose=verbose != 0,
+        restart=restart,
+        takeover=takeover,
     )
+    callback.total_epochs = epochs
     callback.close_on_train_end = False  # cs.fit may call model.fit twice; it closes at the end
     replicas = (
         int(getattr(model.distribute_strategy, "num_replicas_in_sync", 1))
@@ -103,8 +114,8 @@ def fit(
             except KeyboardInterrupt:
                 if callback.save_now():
                     print(
-                        f"colabsession: interrupted; saved the run in {callback.location}. "
-                        "Run the cell again to continue.",
+                        f"colabsession: interrupted; saved the run in {callback.location}. To "
+                        f"continue, {run_again()}.",
                         flush=True,
                     )
                 raise
@@ -142,10 +153,25 @@ def _train(
     """Restore the run into *model*, then train its remaining batches in model.fit calls."""
     restored = callback.restore(model)
     epoch, skip = callback.resume_point(restored)
+    if restored is not None and epoch >= epochs:
+        if verbose != 0:
+            print(
+                f"colabsession: {run} is finished: "
+                + (
+                    f"all {epochs} epochs are done"
+                    if epoch == epochs
+                    else f"it has {epoch} epochs, more than the {epochs} asked for"
+                )
+                + ". To train longer, raise epochs; to start it over, pass restart=True",
+                flush=True,
+            )
+        return
+    callback.ckpt.prepare()  # an unwritable location fails now, not after an epoch
+    progress = [_progress_bar(keras, epochs)] if verbose != 0 else []
     fit_args = dict(
         validation_data=validation_data,
         verbose=verbose,
-        callbacks=[callback, *callbacks],
+        callbacks=[callback, *progress, *callbacks],
         **fit_kwargs,
     )
     if _is_arrays(x) and (y is None or _is_arrays(y)):
@@ -215,6 +241,17 @@ def _train(
                 initial_epoch=epoch,
                 **fit_args,
             )
+
+
+def _progress_bar(keras: Any, epochs: int) -> Any:
+    """Keras' progress bar, counting the run's epochs: the rest of an epoch cut short reads
+    "Epoch 6/20", not "Epoch 6/6" (that model.fit call trains one epoch)."""
+
+    class RunProgress(keras.callbacks.ProgbarLogger):  # type: ignore[misc]
+        def set_params(self, params: dict[str, Any]) -> None:
+            super().set_params({**params, "epochs": epochs})
+
+    return RunProgress()
 
 
 def _check_scope(model: Any) -> None:

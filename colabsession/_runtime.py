@@ -123,6 +123,13 @@ def _unescape_mount_path(field: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
+def run_again() -> str:
+    """How to continue, in the words of where this runs: a notebook cell or a shell command."""
+    if "ipykernel" in sys.modules:
+        return "run this cell again"
+    return "run the same command again"
+
+
 def runtime() -> Runtime:
     """Detect the runtime now.
 

@@ -84,8 +84,11 @@ def _parse_string(text: str, name: str) -> float:
 def format_duration(seconds: float, *, precise: bool = False) -> str:
     """A short human form in hours at most (Colab sessions are counted in hours):
     ``5400`` -> ``"1h30m"``, ``42.5`` -> ``"42s"``, ``86400`` -> ``"24h"``; with *precise*, under
-    a minute in tenths: ``0.94`` -> ``"0.9s"``."""
+    a minute in tenths and under a second in milliseconds: ``4.24`` -> ``"4.2s"``, ``0.34`` ->
+    ``"340ms"``."""
     sign = "-" if seconds < 0 else ""
+    if precise and abs(seconds) < 1:
+        return f"{sign}{abs(seconds) * 1000:.0f}ms"
     if precise and abs(seconds) < 60:
         return f"{sign}{abs(seconds):.1f}s"
     hours, rest = divmod(int(abs(seconds)), 3600)

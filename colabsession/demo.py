@@ -3,16 +3,43 @@
     colabsession demo            # or: python -m colabsession demo
 
 Interrupt it (Ctrl-C, or the notebook's stop button) and run it again: it resumes where it
-stopped. Needs TensorFlow and scikit-learn: ``pip install "colabsession[demo]"``.
+stopped. Needs TensorFlow and scikit-learn: the ``demo`` extra (docs/install.md).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 from ._optional import require
 
 __all__ = ["digits_data", "digits_model", "run"]
+
+
+@contextlib.contextmanager
+def _native_start_up_lines_hidden() -> Iterator[None]:
+    """Hide the C++ INFO and WARNING lines (``I0000 ...``) a native library writes straight to
+    file descriptor 2 while it loads; every other line is passed on."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode("utf-8", "replace").splitlines(keepends=True):
+                noise = re.match(r"[IW]\d{4} |WARNING: All log messages before absl", line)
+                if not noise:
+                    sys.stderr.write(line)
+            sys.stderr.flush()
 
 
 def digits_data(validation: float = 0.15) -> tuple[Any, Any, Any, Any]:
@@ -59,10 +86,22 @@ def run(
     location: str | None = None,
     every: str = "5s",
     verbose: Any = 2,
+    restart: bool = False,
 ) -> Any:
-    """Probe the hardware, then train (or resume) the digits CNN; returns the History."""
+    """Probe the hardware, then train (or resume) the digits CNN; returns the History.
+    *restart* starts the run over (its earlier checkpoints are set aside, not deleted)."""
     import colabsession as cs
 
+    from ._runtime import run_again
+
+    # TensorFlow's C++ start-up lines (no CUDA, CPU instructions, oneDNN) come twice, from two
+    # of its libraries, and some before its log level is read; the probe table says it all.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with _native_start_up_lines_hidden():
+        require("tensorflow", extra="demo", purpose="the demo")
+
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise cs.ConfigError(f"epochs must be a positive whole number, not {epochs!r}")
     report = cs.probe()
     print(report.table(), end="\n\n")
     x, y, x_val, y_val = digits_data()
@@ -82,15 +121,23 @@ def run(
         seed=0,
         every=every,
         verbose=verbose,
+        restart=restart,
     )
-    where = location or f"drive:checkpoints/{name}"
+    where = location or name
+    done = len(history.epoch)
     if history.epoch:
         last = {k: round(v[-1], 4) for k, v in history.history.items()}
-        print(f"\n{len(history.epoch)} of {epochs} epochs done; last epoch: {last}")
-    loc = cs.drive.resolve(where)
+        print(f"\n{min(done, epochs)} of {epochs} epochs done; last epoch: {last}")
+    loc = cs.drive.resolve(location or f"drive:checkpoints/{name}")
     print(f"checkpoints and history: {loc}" + (f" ({loc.path})" if str(loc) != loc.path else ""))
-    print(
-        "Interrupt and run `colabsession demo` again: it resumes. `colabsession ckpt history "
-        f"{where}` shows every session's losses."
-    )
+    if done >= epochs:
+        print(
+            f"The run is finished. `colabsession ckpt plot {where}` draws its losses; "
+            "`colabsession demo --restart` trains it again from the start."
+        )
+    else:
+        print(
+            f"Interrupt it (Ctrl-C) whenever you like and {run_again()}: it resumes. "
+            f"`colabsession ckpt history {where}` shows every session's losses."
+        )
     return history

@@ -19,8 +19,9 @@ from typing import Any
 from ._checkpoint import Checkpoint, Checkpointer
 from ._clock import SessionClock
 from ._errors import CheckpointError
-from ._history import read_history
+from ._history import metric_names, read_history
 from ._optional import require
+from ._runtime import run_again
 from ._storage import run_location
 from ._units import Duration, format_duration
 from .drive import Location
@@ -50,6 +51,8 @@ class SessionCheckpoint(_Callback):  # type: ignore[misc]
         keep_last: how many checkpoints to keep.
         clock: the session clock; default ``cs.clock()``.
         verbose: print the resume and the per-epoch time estimate.
+        restart: start the run over instead of resuming it: its checkpoints and history so far
+            are set aside (renamed ``parked-...``), never deleted.
         **checkpointer_options: passed to :class:`colabsession.Checkpointer`.
     """
 
@@ -62,9 +65,11 @@ class SessionCheckpoint(_Callback):  # type: ignore[misc]
         keep_last: int = 3,
         clock: SessionClock | None = None,
         verbose: bool = True,
+        restart: bool = False,
         **checkpointer_options: Any,
     ) -> None:
         super().__init__()
+        self.restart = restart
         self.location = run_location(run_or_location)
         self.clock = clock or SessionClock()
         self.verbose = verbose
@@ -79,6 +84,7 @@ class SessionCheckpoint(_Callback):  # type: ignore[misc]
         self.ckpt = Checkpointer(self.location, **self._options)
         self.close_on_train_end = True
         self.steps_per_epoch: int | None = None  # cs.fit sets these
+        self.total_epochs: int | None = None  # the run's epochs, when a fit() call does fewer
         self.batch_offset = 0
         self.data: dict[str, Any] = {}
         self.restored: Checkpoint | None = None
@@ -92,6 +98,7 @@ class SessionCheckpoint(_Callback):  # type: ignore[misc]
         self._epoch_seconds: list[float] = []
         self._epochs = 0
         self._pending_line: str | None = None
+        self._epoch_metrics: dict[str, Any] | None = None
         self._iteration_offset: int | None = None
 
     # Restoring -----------------------------------------------------------------------------
@@ -99,6 +106,10 @@ class SessionCheckpoint(_Callback):  # type: ignore[misc]
     def restore(self, model: Any) -> Checkpoint | None:
         """Load the newest valid checkpoint into *model* (and its optimizer); None if none."""
         self._restore_done = True
+        if self.restart:
+            self.restart = False  # once: the next fit() of this callback resumes
+            self.ckpt.restart()  # it says what it sets aside
+            return None
         checkpoint = self.ckpt.restore()
         self.restored = checkpoint
         if checkpoint is None:
@@ -112,10 +123,20 @@ class SessionCheckpoint(_Callback):  # type: ignore[misc]
             _assign(optimizer.variables, state["optimizer"], "optimizer")
         self.data = dict(state.get("data") or {})
         self._resumed_logs = state.get("logs") or None
-        if self.verbose:
+        finished = self.total_epochs is not None and self.resume_point(checkpoint)[0] >= (
+            self.total_epochs
+        )
+        if self.verbose and not finished:
+            epoch, batch = self.resume_point(checkpoint)
+            per_epoch = state.get("steps_per_epoch")
+            where = (
+                f"in epoch {epoch + 1}, after batch {batch}"
+                + (f" of {per_epoch}" if per_epoch else "")
+                if batch
+                else f"after epoch {epoch}"
+            )
             print(
-                f"colabsession: resumed {self.location} at epoch {state['epoch'] + 1}, "
-                f"batch {state['batch']} (step {checkpoint.step}, saved "
+                f"colabsession: resumed {self.location} {where} (step {checkpoint.step}, saved "
                 f"{checkpoint.created:%Y-%m-%d %H:%M} UTC)",
                 flush=True,
             )
@@ -138,7 +159,7 @@ class SessionCheckpoint(_Callback):  # type: ignore[misc]
         if self.ckpt.closed:  # a second fit() with the same callback
             self.ckpt = Checkpointer(self.location, **self._options)
         self.stopped_for_deadline = False
-        self._epochs = int(self.params.get("epochs") or 0)
+        self._epochs = self.total_epochs or int(self.params.get("epochs") or 0)
         if not self._restore_done:
             checkpoint = self.restore(self.model)
             epoch, batch = self.resume_point(checkpoint)
@@ -169,7 +190,10 @@ class SessionCheckpoint(_Callback):  # type: ignore[misc]
         self._in_step = False
         self._batches_done = self.batch_offset + batch + 1
         self._last_logs = dict(logs or {})
-        self.ckpt.maybe_save(self._step(), self._state)
+        step = self._step()
+        # Mid-epoch saves carry the epoch's running metrics, for the checkpoint list.
+        metrics = self._running_metrics() if self.ckpt.due(step) else None
+        self.ckpt.maybe_save(step, self._state, metrics=metrics)
         if self.ckpt.should_stop:
             self.stopped_for_deadline = True
             self.model.stop_training = True
@@ -180,6 +204,7 @@ class SessionCheckpoint(_Callback):  # type: ignore[misc]
         logs = self._merge_resumed(dict(logs or {}))
         metrics = {k: float(v) for k, v in logs.items() if _is_number(v)}
         metrics["epoch"] = epoch
+        self._epoch_metrics = metrics
         self._batches_done = self._per_epoch() or self._batches_done
         self.ckpt.maybe_save(self._step(), self._state, metrics=metrics)
         if self.ckpt.should_stop:
@@ -193,7 +218,8 @@ class SessionCheckpoint(_Callback):  # type: ignore[misc]
         self._print_pending()
         self.model._initial_epoch = None
         if self.ckpt.last_saved_step != self._step() and not self._in_step:
-            self.ckpt.save(self._step(), self._state())  # the end of training is always kept
+            # The end of training is always kept.
+            self.ckpt.save(self._step(), self._state(), metrics=self._metrics_now())
         if self.close_on_train_end:
             self.ckpt.close()  # uploads what is left, releases the lease
         else:
@@ -202,11 +228,22 @@ class SessionCheckpoint(_Callback):  # type: ignore[misc]
             print(
                 f"colabsession: stopped at epoch {self._epoch + 1}, batch {self._batches_done}, "
                 f"before the session deadline; the run is saved in {self.location}. Reconnect "
-                "(or start a new runtime) and run this cell again to continue.",
+                f"(or start a new runtime) and {run_again()} to continue.",
                 flush=True,
             )
 
     # Helpers ---------------------------------------------------------------------------------
+
+    def _metrics_now(self) -> dict[str, Any]:
+        """The metrics of the state saved now: the epoch's, at its end, else the running ones."""
+        epoch_end = self._batches_done == self._per_epoch()
+        if epoch_end and self._epoch_metrics and self._epoch_metrics.get("epoch") == self._epoch:
+            return dict(self._epoch_metrics)
+        return self._running_metrics()
+
+    def _running_metrics(self) -> dict[str, float]:
+        logs = getattr(self, "_last_logs", {})
+        return {k: float(v) for k, v in logs.items() if _is_number(v) and not k.startswith("val_")}
 
     def _print_pending(self) -> None:
         line, self._pending_line = self._pending_line, None
@@ -222,15 +259,15 @@ class SessionCheckpoint(_Callback):  # type: ignore[misc]
         if not left:
             return (
                 f"colabsession: epoch {epoch + 1}/{self._epochs} took "
-                f"{format_duration(per_epoch)}; training is complete"
+                f"{format_duration(per_epoch, precise=True)}; training is complete"
             )
         fit = int(remaining // per_epoch) if per_epoch else left
         per_session = self.clock.max_session / per_epoch if per_epoch else float("inf")
         sessions = 0 if left <= fit else 1 + math.ceil((left - fit) / max(per_session, 1e-9))
         return (
             f"colabsession: epoch {epoch + 1}/{self._epochs or '?'} took "
-            f"{format_duration(per_epoch)}; {min(fit, left)} of the {left} epochs left fit in the "
-            f"{format_duration(remaining)} left in this session"
+            f"{format_duration(per_epoch, precise=True)}; {min(fit, left)} of the {left} epochs "
+            f"left fit in the {format_duration(remaining)} left in this session"
             + (f"; about {sessions} more session(s) needed" if sessions else "")
         )
 
@@ -249,7 +286,7 @@ class SessionCheckpoint(_Callback):  # type: ignore[misc]
             return False
         if self._step() == 0 or self._step() == self.ckpt.last_saved_step:
             return self._step() != 0
-        self.ckpt.save(self._step(), self._state())
+        self.ckpt.save(self._step(), self._state(), metrics=self._metrics_now())
         self.ckpt.wait()
         return True
 
@@ -267,9 +304,7 @@ class SessionCheckpoint(_Callback):  # type: ignore[misc]
         records = [r for r in read_history(self.location, self.ckpt.local_dir) if "epoch" in r]
         by_epoch = {int(r["epoch"]): r for r in records}
         history.epoch = sorted(by_epoch)
-        names = sorted(
-            {k for r in by_epoch.values() for k in r} - {"step", "time", "session", "epoch"}
-        )
+        names = sorted(metric_names(list(by_epoch.values())))
         history.history = {n: [by_epoch[e].get(n) for e in history.epoch] for n in names}
         return history
 

@@ -43,3 +43,24 @@ def test_demo_interrupted_and_resumed(tmp_path: Path) -> None:
     assert again.returncode == 0, again.stdout + again.stderr
     assert "colabsession: resumed" in again.stdout
     assert "5 of 5 epochs done" in again.stdout
+    for output in (out, again.stdout + again.stderr):
+        # TensorFlow's C++ start-up lines are hidden; the probe table says what hardware there is.
+        assert "absl::InitializeLog" not in output
+        assert "I0000 " not in output
+    assert "run the same command again" in out  # a shell, not a notebook cell
+
+
+def test_demo_checks_the_location_before_training(tmp_path: Path) -> None:
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("sklearn")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    command = [sys.executable, "-m", "colabsession", "demo", "--location", str(blocker / "run")]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 1
+    assert "Epoch" not in result.stdout  # refused before an epoch was spent
+    errors = [line for line in result.stderr.splitlines() if line.startswith("colabsession:")]
+    assert len(errors) == 1
+    assert errors[0].startswith("colabsession: error: cannot write to")
+    assert "Traceback" not in result.stderr

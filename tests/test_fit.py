@@ -121,6 +121,60 @@ def test_fit_returns_history_and_resumes_finished_run(keras: Any, tmp_path: Path
     assert again.epoch == [0, 1, 2]  # one more epoch, the first two from the earlier session
 
 
+def _interrupt_at(keras: Any, batch: int) -> Any:
+    class Interrupt(keras.callbacks.Callback):  # type: ignore[misc]
+        seen = 0
+
+        def on_train_batch_end(self, index: int, logs: Any = None) -> None:
+            Interrupt.seen += 1
+            if Interrupt.seen == batch:
+                raise KeyboardInterrupt
+
+    return Interrupt()
+
+
+def test_resume_output_reads_as_the_run_not_the_call(
+    keras: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    x, y = data()  # 64 rows, batch 16: 4 batches an epoch
+    args: dict[str, Any] = {
+        "run": "r",
+        "location": tmp_path / "r",
+        "epochs": 3,
+        "batch_size": 16,
+        "seed": 0,
+        "verbose": 2,
+    }
+    with pytest.raises(KeyboardInterrupt):
+        cs.fit(small_model(keras), x, y, callbacks=[_interrupt_at(keras, 6)], **args)
+    assert "To continue, run the same command again" in capsys.readouterr().out
+    cs.fit(small_model(keras), x, y, **args)
+    out = capsys.readouterr().out
+    assert "in epoch 2, after batch 2 of 4" in out
+    assert "Epoch 2/3" in out  # the rest of epoch 2 of 3, not "Epoch 2/2"
+    assert "Epoch 2/2" not in out
+    assert "epoch 2/3 took" in out
+    assert " took 0s" not in out  # milliseconds, not a rounded-down zero
+    assert cs.Checkpointer(tmp_path / "r").checkpoints()[-1].metrics["loss"] > 0  # for ckpt list
+
+    model = small_model(keras)
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    history = cs.fit(model, x, y, **args)
+    out = capsys.readouterr().out
+    assert "is finished: all 3 epochs are done" in out
+    assert "Epoch" not in out  # no training
+    assert history.epoch == [0, 1, 2]
+    assert all(
+        (a == b.numpy()).all() for a, b in zip(before, model.trainable_variables, strict=True)
+    )
+
+    again = cs.fit(small_model(keras), x, y, restart=True, **{**args, "epochs": 1})
+    assert again.epoch == [0]
+    names = os.listdir(tmp_path / "r")
+    assert any(n.startswith("parked-ckpt-") for n in names)  # set aside, not deleted
+    assert any(n.startswith("parked-history.") for n in names)
+
+
 def test_callback_with_plain_model_fit(keras: Any, tmp_path: Path) -> None:
     x, y = data()
     model = small_model(keras)
