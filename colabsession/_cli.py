@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._errors import ColabSessionError
+from ._errors import ColabSessionError, ConfigError
 from ._version import __version__
 
 Handler = Callable[[argparse.Namespace], int]
@@ -16,8 +17,11 @@ Handler = Callable[[argparse.Namespace], int]
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 a colabsession error, 2 bad usage)."""
+    from . import drive
+
+    drive.local_notice(False)  # commands name the folders they use; no general notice
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv))
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()
@@ -25,34 +29,131 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except ColabSessionError as exc:
-        print(f"colabsession: error: {exc}", file=sys.stderr)
+        _error(str(exc))
+        return 1
+    except OSError as exc:  # a path or disk fault the command met: one line, not a traceback
+        from ._storage import reason
+
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        _error(f"{where}{reason(exc)}")
         return 1
     except KeyboardInterrupt:
         print("colabsession: interrupted", file=sys.stderr)
         return 130
 
 
+def _error(message: str) -> None:
+    print(f"colabsession: error: {' '.join(message.split())}", file=sys.stderr)
+
+
+def _join_negative_values(argv: Sequence[str]) -> list[str]:
+    """``--epochs -3`` as ``--epochs=-3``: argparse reads ``-3`` and ``-5h`` as options and says
+    "expected one argument"; joined, the value reaches its check, which says what is wrong."""
+    out: list[str] = []
+    items = list(argv)
+    index = 0
+    while index < len(items):
+        item = items[index]
+        following = items[index + 1] if index + 1 < len(items) else ""
+        if item.startswith("--") and "=" not in item and re.match(r"-\.?\d", following):
+            out.append(f"{item}={following}")
+            index += 2
+        else:
+            out.append(item)
+            index += 1
+    return out
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _duration(text: str) -> str:
+    from ._units import parse_duration
+
+    if text.strip().startswith("-"):
+        raise argparse.ArgumentTypeError(f"must be positive, not {text!r}")
+    try:
+        seconds = parse_duration(text, name="it")
+    except ColabSessionError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration: use seconds or a string like 45s, 90min, 12h or 1h30m"
+        ) from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {text!r}")
+    return text
+
+
+def _command(
+    group: Any, name: str, summary: str, description: str | None = None
+) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = group.add_parser(
+        name, help=summary, description=description or f"{summary[0].upper()}{summary[1:]}."
+    )
+    return parser
+
+
+_LOCATION_HELP = (
+    "a run name (kept at drive:checkpoints/NAME), or a location: drive:PATH, an fsspec URL, or "
+    "a path that starts with /, ./, ../ or ~"
+)
+_ENV_LOCATION_HELP = (
+    "where environments are kept (default: drive:Colab Notebooks/colabsession/envs)"
+)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="colabsession",
-        description="Keep long training jobs on Google Colab alive across restarts.",
+        description="Keep long training jobs on Google Colab alive across restarts. Outside "
+        "Colab a local folder stands in for Google Drive.",
+        epilog="`colabsession COMMAND --help` describes each command.",
     )
     parser.add_argument("-V", "--version", action="version", version=f"colabsession {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
-    cmd = commands.add_parser("version", help="print the installed version")
+    cmd = _command(commands, "version", "print the installed version")
     cmd.set_defaults(handler=_version)
 
-    cmd = commands.add_parser("runtime", help="where this runs: Colab, Kaggle or local")
+    cmd = _command(
+        commands,
+        "runtime",
+        "where this runs: Colab, Kaggle or local",
+        "Where this runs (Colab, Kaggle or a local machine), colabsession's home folder and "
+        "the folder that holds Google Drive (or stands in for it).",
+    )
     _add_json(cmd)
     cmd.set_defaults(handler=_runtime)
 
-    cmd = commands.add_parser("clock", help="session time used and left")
+    cmd = _command(
+        commands,
+        "clock",
+        "session time used and left",
+        "How long this runtime has run and how long Colab leaves it: 12 h by default "
+        "(24 h with Colab Pro+; set --max-session or COLABSESSION_MAX_SESSION).",
+    )
     _add_json(cmd)
-    cmd.add_argument("--max-session", metavar="DURATION", help="session limit, e.g. 24h")
+    cmd.add_argument(
+        "--max-session",
+        metavar="DURATION",
+        type=_duration,
+        help="the session limit, e.g. 24h or 90min (default: COLABSESSION_MAX_SESSION, else 12h)",
+    )
     cmd.set_defaults(handler=_clock)
 
-    cmd = commands.add_parser("probe", help="CPU, RAM, disk, GPU, TPU and OS facts")
+    cmd = _command(
+        commands,
+        "probe",
+        "CPU, RAM, disk, GPU, TPU and OS facts",
+        "What this runtime has: CPU, RAM, disk, GPUs (NVML or nvidia-smi), TPU, in "
+        "milliseconds and without importing a framework.",
+    )
     _add_json(cmd)
     cmd.add_argument(
         "--frameworks", action="store_true", help="also list what TensorFlow, JAX, PyTorch see"
@@ -62,12 +163,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     cmd.set_defaults(handler=_probe)
 
-    env = commands.add_parser("env", help="pip installs that survive a runtime restart")
+    env = _command(
+        commands,
+        "env",
+        "pip installs that survive a runtime restart",
+        "Persistent environments: packages installed once into a layer kept on Drive and "
+        "restored after each restart in seconds.",
+    )
     actions = env.add_subparsers(title="actions", metavar="ACTION")
-    cmd = actions.add_parser("install", help="install into an environment, persist it")
-    cmd.add_argument("requirements", nargs="+", help="pip requirements")
-    cmd.add_argument("--name", default="my_env")
-    cmd.add_argument("--location", help="where environments are kept")
+    cmd = _command(actions, "install", "install packages into an environment and keep it")
+    cmd.add_argument("requirements", nargs="+", help="pip requirements, e.g. 'transformers==4.46'")
+    _add_env_name(cmd)
+    cmd.add_argument("--location", help=_ENV_LOCATION_HELP)
     cmd.add_argument(
         "--pip-arg",
         action="append",
@@ -76,50 +183,78 @@ def _parser() -> argparse.ArgumentParser:
         help="an extra pip argument, e.g. --pip-arg=--index-url=URL (repeatable)",
     )
     cmd.set_defaults(handler=_env_install)
-    cmd = actions.add_parser("restore", help="bring an environment back after a restart")
-    cmd.add_argument("--name", default="my_env")
-    cmd.add_argument("--location")
-    cmd.add_argument("--strict", action="store_true", help="fail instead of rebuilding")
+    cmd = _command(actions, "restore", "bring an environment back after a restart")
+    _add_env_name(cmd, default=None)
+    cmd.add_argument("--location", help=_ENV_LOCATION_HELP)
+    cmd.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail instead of rebuilding when it was built for another Python",
+    )
     cmd.set_defaults(handler=_env_restore)
-    cmd = actions.add_parser("list", help="the environments kept")
-    cmd.add_argument("--location")
+    cmd = _command(actions, "list", "the environments kept")
+    cmd.add_argument("--location", help=_ENV_LOCATION_HELP)
     _add_json(cmd)
     cmd.set_defaults(handler=_env_list)
-    cmd = actions.add_parser("remove", help="delete an environment")
-    cmd.add_argument("name")
-    cmd.add_argument("--location")
+    cmd = _command(actions, "remove", "delete an environment")
+    cmd.add_argument("name", help="the environment's name")
+    cmd.add_argument("--location", help=_ENV_LOCATION_HELP)
     cmd.set_defaults(handler=_env_remove)
     env.set_defaults(handler=lambda args: _usage(env))
 
-    cmd = commands.add_parser("demo", help="train a small CNN on the digits data with cs.fit")
-    cmd.add_argument("--run", default="digits-cnn", help="the run's name (default digits-cnn)")
-    cmd.add_argument("--epochs", type=int, default=20)
-    cmd.add_argument("--location", help="where to keep the run (default drive:checkpoints/RUN)")
+    cmd = _command(
+        commands,
+        "demo",
+        "train a small CNN on the digits data with cs.fit",
+        "Train a small CNN on scikit-learn's digits with cs.fit, checkpointing as it goes. "
+        "Interrupt it (Ctrl-C) and run it again: it resumes where it stopped.",
+    )
+    cmd.add_argument("--run", default="digits-cnn", help="the run's name (default: digits-cnn)")
+    cmd.add_argument(
+        "--epochs", type=_positive_int, default=20, help="how many epochs in all (default: 20)"
+    )
+    cmd.add_argument("--location", help="where to keep the run (default: drive:checkpoints/RUN)")
+    cmd.add_argument(
+        "--restart",
+        action="store_true",
+        help="start the run over (its checkpoints are set aside, not deleted)",
+    )
     cmd.set_defaults(handler=_demo)
 
-    ckpt = commands.add_parser("ckpt", help="inspect a run's checkpoints and history")
+    ckpt = _command(
+        commands,
+        "ckpt",
+        "inspect a run's checkpoints and history",
+        "Inspect a run: its checkpoints, their checksums, its loss history; or take it over "
+        "from a notebook that is gone.",
+    )
     actions = ckpt.add_subparsers(title="actions", metavar="ACTION")
     for name, help_text, handler in (
-        ("list", "committed checkpoints, newest last", _ckpt_list),
+        ("list", "committed checkpoints, oldest first", _ckpt_list),
         (
             "verify",
             "check every checkpoint file and its checksums (exit 1 if one is damaged)",
             _ckpt_verify,
         ),
         ("history", "the loss history across sessions", _ckpt_history),
-        ("plot", "plot the history to a PNG file", _ckpt_plot),
+        ("plot", "draw the history to an image file", _ckpt_plot),
+        (
+            "takeover",
+            "take a run from a notebook that is gone, so the next one can write it",
+            _ckpt_takeover,
+        ),
     ):
-        cmd = actions.add_parser(name, help=help_text)
-        cmd.add_argument(
-            "location",
-            metavar="RUN_OR_LOCATION",
-            help="a run name (drive:checkpoints/NAME), or a location: drive:PATH, an fsspec URL, "
-            "or a path that starts with /, ./, ../ or ~",
-        )
-        if name != "plot":
+        cmd = _command(actions, name, help_text)
+        cmd.add_argument("location", metavar="RUN_OR_LOCATION", help=_LOCATION_HELP)
+        if name in ("list", "verify", "history"):
             _add_json(cmd)
-        else:
-            cmd.add_argument("-o", "--output", default="history.png", help="the PNG to write")
+        if name == "plot":
+            cmd.add_argument(
+                "-o",
+                "--output",
+                default="history.png",
+                help="the image to write: .png, .svg, .pdf, ... (default: history.png)",
+            )
         cmd.set_defaults(handler=handler)
     ckpt.set_defaults(handler=lambda args: _usage(ckpt))
     return parser
@@ -128,6 +263,10 @@ def _parser() -> argparse.ArgumentParser:
 def _usage(parser: argparse.ArgumentParser) -> int:
     parser.print_help()
     return 2
+
+
+def _add_env_name(cmd: argparse.ArgumentParser, default: str | None = "my_env") -> None:
+    cmd.add_argument("--name", default=default, help="the environment's name (default: my_env)")
 
 
 def _add_json(cmd: argparse.ArgumentParser) -> None:
@@ -193,52 +332,69 @@ def _probe(args: argparse.Namespace) -> int:
 
 def _ckpt_list(args: argparse.Namespace) -> int:
     from ._checkpoint import Checkpointer
+    from ._history import for_display
+    from ._storage import require_run
 
-    ckpt = Checkpointer(args.location, every=None)
+    ckpt = Checkpointer(require_run(args.location), every=None)
     rows: list[dict[str, Any]] = [
         {
             "step": info.step,
             "where": info.where,
-            "created": info.created.isoformat(),
-            "metrics": info.metrics,
+            "created": info.created.isoformat(timespec="seconds"),
+            "metrics": for_display([info.metrics])[0],
         }
         for info in ckpt.checkpoints()
     ]
     if args.json:
         print(json.dumps(rows, indent=2))
-    elif not rows:
-        print(f"no checkpoints in {ckpt.location}")
-    for row in [] if args.json else rows:
-        metrics = " ".join(
-            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-            for k, v in row["metrics"].items()
+        return 0
+    if not rows:
+        print(f"no checkpoints in {ckpt.location} yet (only its history)")
+        return 0
+    width = max(len(row["where"]) for row in rows)
+    print(f"{'step':>10}  {'created (UTC)':<25}  {'where':<{width}}  metrics")
+    for row in rows:
+        metrics = dict(row["metrics"])
+        epoch = metrics.pop("epoch", None)
+        shown = ([f"epoch={epoch}"] if epoch is not None else []) + [
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
+        ]
+        print(
+            f"{row['step']:>10}  {row['created']:<25}  {row['where']:<{width}}  "
+            f"{' '.join(shown) or '-'}"
         )
-        print(f"{row['step']:>10}  {row['created'] or '-':<32}  {metrics:<30}  {row['where']}")
     return 0
 
 
 def _ckpt_verify(args: argparse.Namespace) -> int:
     from ._checkpoint import Checkpointer
+    from ._storage import require_run
 
-    results = Checkpointer(args.location, every=None).verify()
+    ckpt = Checkpointer(require_run(args.location), every=None)
+    results = ckpt.verify()
     if args.json:
         print(json.dumps([{"step": s, "where": w, "problem": p} for s, w, p in results], indent=2))
     else:
         for step, where, problem in results:
             print(f"{step:>10}  {'ok' if problem is None else 'DAMAGED: ' + problem}  {where}")
         if not results:
-            print(f"no checkpoints in {args.location}")
+            print(f"no checkpoints in {ckpt.location} yet (only its history)")
     return 1 if any(problem for _, _, problem in results) else 0
 
 
 def _ckpt_history(args: argparse.Namespace) -> int:
-    from ._history import read_history
+    from ._history import for_display, metric_names, read_history
+    from ._storage import require_run
 
-    records = read_history(args.location)
+    records = for_display(read_history(require_run(args.location)))
     if args.json:
         print(json.dumps(records, indent=2))
         return 0
-    names = sorted({k for r in records for k in r} - {"step", "time", "session"})
+    if not records:
+        print(f"no history in {args.location} yet")
+        return 0
+    epochs = any("epoch" in r for r in records)
+    names = (["epoch"] if epochs else []) + metric_names(records)
     print("  ".join(["step".rjust(10), *(n.rjust(12) for n in names), "session"]))
     for r in records:
         cells = [f"{r[n]:.6g}" if isinstance(r.get(n), float) else str(r.get(n, "")) for n in names]
@@ -247,22 +403,57 @@ def _ckpt_history(args: argparse.Namespace) -> int:
 
 
 def _ckpt_plot(args: argparse.Namespace) -> int:
+    import os
+
     from ._optional import require
 
     matplotlib = require("matplotlib", extra="plot", purpose="colabsession ckpt plot")
     matplotlib.use("Agg")  # a file, no window
-    from ._history import plot_history
+    from matplotlib.figure import Figure
 
-    ax = plot_history(args.location)
-    ax.figure.savefig(args.output, dpi=120, bbox_inches="tight")
+    from ._history import plot_history
+    from ._storage import require_run
+
+    # Checked before the history is read: a typo in -o should not cost a Drive round trip.
+    folder = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(folder):
+        raise ConfigError(
+            f"cannot write {args.output}: the folder {folder} does not exist; create it or "
+            "choose another -o"
+        )
+    suffix = os.path.splitext(args.output)[1].lstrip(".").lower()
+    formats = Figure().canvas.get_supported_filetypes()
+    if suffix not in formats:
+        raise ConfigError(
+            f"cannot write {args.output}: "
+            + (f"{suffix!r} is not an image format" if suffix else "the name has no extension")
+            + f" matplotlib writes; use one of .{', .'.join(sorted(formats))}"
+        )
+    axes = plot_history(require_run(args.location))
+    axes[0].figure.savefig(args.output, dpi=120, bbox_inches="tight")
     print(f"wrote {args.output}")
+    return 0
+
+
+def _ckpt_takeover(args: argparse.Namespace) -> int:
+    from ._checkpoint import Checkpointer
+    from ._storage import require_run
+
+    held_by = Checkpointer(require_run(args.location), every=None).revoke_lease()
+    if held_by is None:
+        print(f"nobody holds {args.location}: the next notebook that trains it writes it")
+    else:
+        print(
+            f"took {args.location} from {held_by}: the next notebook that trains it writes it "
+            "(that one, if still running, stops at its next save)"
+        )
     return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run
 
-    run(name=args.run, epochs=args.epochs, location=args.location)
+    run(name=args.run, epochs=args.epochs, location=args.location, restart=args.restart)
     return 0
 
 
@@ -277,6 +468,8 @@ def _env_restore(args: argparse.Namespace) -> int:
     from . import env
 
     info = env.restore(args.name, location=args.location, strict=args.strict)
+    if info is None:
+        return 0
     layer = env.local_path(info)
     # A command cannot change the shell that runs it: say how to use the extracted layer.
     print(
@@ -289,6 +482,7 @@ def _env_restore(args: argparse.Namespace) -> int:
 
 def _env_list(args: argparse.Namespace) -> int:
     from . import env
+    from ._units import format_bytes
 
     found = env.list(args.location)
     if args.json:
@@ -296,9 +490,10 @@ def _env_list(args: argparse.Namespace) -> int:
         return 0
     for e in found:
         packages = ", ".join(f"{n}=={v}" for n, v in e.packages) or "-"
-        print(f"{e.name:<16} Python {e.python:<8} {e.size / 2**20:8.1f} MiB  {packages}")
+        size = format_bytes(e.size)  # on Drive
+        print(f"{e.name:<16} Python {e.python:<8} {size:>10}  {packages}")
     if not found:
-        print("no environments")
+        print("no environments yet: cs.env.install('package', ...) or `colabsession env install`")
     return 0
 
 

@@ -80,12 +80,14 @@ class SessionClock:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "started": datetime.fromtimestamp(self.started, timezone.utc).astimezone().isoformat(),
+            "started": datetime.fromtimestamp(self.started, timezone.utc)
+            .astimezone()
+            .isoformat(timespec="seconds"),
             "max_session": self.max_session,
             "idle_limit": self.idle_limit,
             "elapsed": self.elapsed,
             "remaining": self.remaining,
-            "deadline": self.deadline.isoformat(),
+            "deadline": self.deadline.isoformat(timespec="seconds"),
         }
 
     def __repr__(self) -> str:

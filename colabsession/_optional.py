@@ -7,6 +7,7 @@ import importlib.util
 from types import ModuleType
 
 from ._errors import MissingDependencyError
+from ._version import INSTALL_URL
 
 
 def require(module: str, *, extra: str, purpose: str, package: str | None = None) -> ModuleType:
@@ -19,7 +20,7 @@ def require(module: str, *, extra: str, purpose: str, package: str | None = None
     except ImportError as exc:
         raise MissingDependencyError(
             f"{purpose} needs {package or module.split('.')[0]}, which is not installed here: "
-            f"run `pip install 'colabsession[{extra}]'`"
+            f'run `pip install "colabsession[{extra}] @ {INSTALL_URL}"`'
             + (
                 " (on Colab it is preinstalled: restart the runtime if you removed it)"
                 if extra == "tensorflow"

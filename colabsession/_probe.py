@@ -269,15 +269,15 @@ def probe(*, frameworks: bool = False, timeout: Duration = "3s") -> HardwareRepo
     return HardwareReport(os_info, cpu, ram, disk, drive_disk, gpus, tpu, rt, reasons, found)
 
 
-def require_accelerator(
-    kind: Literal["gpu", "tpu"], report: HardwareReport | None = None
-) -> HardwareReport:
+def require_accelerator(kind: str, report: HardwareReport | None = None) -> HardwareReport:
     """Return the probe report, or raise AcceleratorNotFoundError if no *kind* is attached.
 
     >>> cs.require_accelerator("gpu")  # doctest: +SKIP
     """
-    if kind not in ("gpu", "tpu"):
+    wanted = kind.lower() if isinstance(kind, str) else kind
+    if wanted not in ("gpu", "tpu"):
         raise ConfigError(f"require_accelerator takes 'gpu' or 'tpu', not {kind!r}")
+    kind = wanted
     report = report or probe()
     if (kind == "gpu" and report.gpus) or (kind == "tpu" and report.tpu):
         return report

@@ -9,6 +9,7 @@ credentials are configured, else a local folder that stands in for Drive.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -27,6 +28,7 @@ from ._runtime import (
     default_drive_root,
     detect_kind,
     fuse_drive_mounted,
+    home_dir,
 )
 from ._timeout import Backoff, call_with_timeout
 from ._units import Duration, format_duration, parse_duration
@@ -42,12 +44,14 @@ __all__ = [
     "flush_and_unmount",
     "healthy",
     "load_credentials",
+    "local_notice",
     "mount",
     "resolve",
 ]
 
 logger = logging.getLogger("colabsession.drive")
 _said_local = False
+_notice = True
 _sleep = time.sleep  # tests replace these two
 _stat = os.stat
 
@@ -70,7 +74,14 @@ def mount(
     kind = detect_kind()
     if kind != "colab":
         root = default_drive_root(kind)
-        root.mkdir(parents=True, exist_ok=True)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot create {root}, the local folder that stands in for Drive "
+                f"({exc.strerror or exc}): set COLABSESSION_DRIVE (or COLABSESSION_HOME) to a "
+                "folder you can write to"
+            ) from None
         _say_local(root)
         return root
     point = Path(mountpoint)
@@ -138,11 +149,25 @@ def _mount_error(exc: Exception, point: Path, seconds: float) -> MountError:
     return MountError(f"mounting Drive failed: {message}")
 
 
+def local_notice(enabled: bool) -> None:
+    """Whether to say (once per home) that a local folder stands in for Drive outside Colab;
+    the command line turns it off, as its commands name the folders they use."""
+    global _notice
+    _notice = enabled
+
+
 def _say_local(root: Path) -> None:
+    """Say once per home (not at every command) that a local folder stands in for Drive."""
     global _said_local
-    if not _said_local:
-        _said_local = True
-        logger.warning("colabsession: not in Colab; the local folder %s stands in for Drive", root)
+    if _said_local or not _notice:
+        return
+    _said_local = True
+    marker = home_dir() / ".said-local-drive"
+    if marker.exists():
+        return
+    logger.warning("colabsession: not in Colab; the local folder %s stands in for Drive", root)
+    with contextlib.suppress(OSError):  # if it cannot be recorded, it is said again: harmless
+        marker.touch()
 
 
 def healthy(path: str | os.PathLike[str] | None = None, timeout: Duration = "5s") -> bool:
@@ -282,7 +307,11 @@ def _drive_location(text: str, relative: str) -> Location:
     if kind != "colab" and (_gdrive.current is not None or api_configured()):
         fs = _gdrive.current if _gdrive.current is not None else connect()
         return Location(fs, f"{fs.root}/{clean}".rstrip("/"), f"{text} (Drive API)")
-    root = ensure() if kind == "colab" else mount()
+    # Outside Colab the stand-in folder is not created here: reading a run that does not exist
+    # must leave no folder behind; writers create what they write into.
+    root = ensure() if kind == "colab" else default_drive_root(kind)
+    if kind != "colab":
+        _say_local(root)
     from fsspec.implementations.local import LocalFileSystem
 
     return Location(LocalFileSystem(), str(root / clean) if clean else str(root), text)

@@ -32,7 +32,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, overload
 
 from . import _archive
 from ._errors import ColabSessionError, ConfigError, EnvError
@@ -49,6 +49,7 @@ logger = logging.getLogger("colabsession.env")
 _list = list  # this module defines list()
 
 DEFAULT_LOCATION = "drive:Colab Notebooks/colabsession/envs"
+DEFAULT_NAME = "my_env"
 LEGACY_MANIFEST = "manifest.json"  # colabsession 0.1: one manifest, rewritten in place
 FORMAT = "colabsession-env"
 CHUNK = 8 << 20
@@ -123,7 +124,7 @@ def _parse(data: bytes, name: str, manifest: str) -> EnvInfo:
 
 def install(
     *requirements: str,
-    name: str = "my_env",
+    name: str = DEFAULT_NAME,
     location: str | os.PathLike[str] | Location | None = None,
     pip_args: Sequence[str] = (),
     installer: str = "auto",
@@ -180,24 +181,54 @@ def install(
     return info
 
 
+@overload
 def restore(
-    name: str = "my_env",
+    name: str,
     *,
     location: str | os.PathLike[str] | Location | None = None,
     strict: bool = False,
     pip_args: Sequence[str] = (),
-) -> EnvInfo:
-    """Bring the environment *name* back after a restart and activate it.
+) -> EnvInfo: ...
 
-    When the runtime's Python version or platform differs from the one the environment was built
-    for (Colab upgrades Python now and then), the layer is rebuilt from the manifest's exact
+
+@overload
+def restore(
+    name: None = None,
+    *,
+    location: str | os.PathLike[str] | Location | None = None,
+    strict: bool = False,
+    pip_args: Sequence[str] = (),
+) -> EnvInfo | None: ...
+
+
+def restore(
+    name: str | None = None,
+    *,
+    location: str | os.PathLike[str] | Location | None = None,
+    strict: bool = False,
+    pip_args: Sequence[str] = (),
+) -> EnvInfo | None:
+    """Bring the environment *name* (default ``"my_env"``) back after a restart and activate it.
+
+    Safe as the first cell of every session: with no name given and nothing saved yet it says
+    so in one line and returns None (a name given that does not exist is an error). When the
+    runtime's Python version or platform differs from the one the environment was built for
+    (Colab upgrades Python now and then), the layer is rebuilt from the manifest's exact
     versions and persisted again; with *strict* that is an error instead.
     """
+    default = name is None
+    name = DEFAULT_NAME if name is None else name
     _check_name(name)
     started = time.monotonic()
     store = _env_store(location, name)
-    info = _current(store, name)
-    assert info is not None
+    info = _current(store, name, missing_ok=default)
+    if info is None:
+        print(
+            f"colabsession: no environment {name!r} saved yet: nothing to restore. Save your "
+            "installs once with cs.env.install('package', ...)",
+            flush=True,
+        )
+        return None
     mismatch = _mismatch(info)
     if mismatch:
         if strict:

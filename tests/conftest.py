@@ -46,6 +46,7 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "mounts").write_text("proc /proc proc rw 0 0\n")
     monkeypatch.setattr(_gdrive, "current", None)
     monkeypatch.setattr(drive, "_said_local", False)
+    monkeypatch.setattr(drive, "_notice", True)
     return home
 
 

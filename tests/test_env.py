@@ -136,7 +136,7 @@ def test_python_upgrade_rebuilds(
     manifest.write_text(json.dumps(data))
     with pytest.raises(cs.EnvError, match="strict=True"):
         cs.env.restore(strict=True)
-    info = cs.env.restore(pip_args=pip_args)
+    info = cs.env.restore("my_env", pip_args=pip_args)
     assert "rebuilding it from its exact versions" in capsys.readouterr().out
     assert info.python == ".".join(map(str, sys.version_info[:3]))
     assert json.loads(manifest_of(isolated).read_text())["python"] == info.python  # saved again
@@ -163,9 +163,14 @@ def test_damaged_manifest(isolated: Path, pip_args: list[str]) -> None:
         cs.env.restore()
 
 
-def test_missing_environment() -> None:
+def test_missing_environment(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(cs.EnvError, match=r"cs\.env\.install"):
         cs.env.restore("nothing-here")
+    # The first cell after every restart is safe before anything was saved: one line, None.
+    assert cs.env.restore() is None
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1
+    assert "no environment 'my_env' saved yet" in out
 
 
 def test_failed_install_changes_nothing(isolated: Path, pip_args: list[str]) -> None:

@@ -89,7 +89,7 @@ def test_extending_writes_a_new_manifest_and_a_torn_one_falls_back(
     torn = env_folder(isolated) / f"manifest.{second.sequence + 1:06d}.abcdef01.json"
     torn.write_bytes(new.read_bytes()[:40])
     shutil.rmtree(isolated / "envs")
-    info = cs.env.restore()
+    info = cs.env.restore("my_env")
     assert info.sequence == second.sequence
     assert dict(info.packages)["cs-demo-c"] == "1.0"
 
@@ -105,7 +105,7 @@ def test_legacy_manifest_is_read(isolated: Path, pip_args: list[str]) -> None:
     manifest.unlink()
     (env_folder(isolated) / "manifest.json").write_text(json.dumps(legacy))
     shutil.rmtree(isolated / "envs")
-    assert cs.env.restore().packages == info.packages
+    assert cs.env.restore("my_env").packages == info.packages
 
 
 # 4. A kill while the layer moves into place never leaves a half layer that restore activates ----
@@ -118,7 +118,7 @@ def test_half_extracted_layer_is_never_activated(isolated: Path, pip_args: list[
     half = isolated / "envs" / "my_env" / ".fetch-deadbeef"
     (half / "cs_demo_a").mkdir(parents=True)
     (half / "cs_demo_a" / "__init__.py").write_text("raise SystemExit('half a layer')\n")
-    restored = cs.env.restore()
+    restored = cs.env.restore("my_env")
     layer = local_path(restored)
     assert layer.is_dir() and str(layer) in sys.path  # noqa: PT018
     assert (layer / "cs_demo_a" / "__init__.py").read_text().startswith('VERSION = "1.0"')
@@ -274,7 +274,7 @@ def test_install_and_restore_through_the_drive_api(
     assert second.archive in names
     assert first.archive not in names
     shutil.rmtree(isolated / "envs")
-    restored = cs.env.restore(location=location)
+    restored = cs.env.restore("my_env", location=location)
     assert restored.sequence == second.sequence
     import cs_demo_c  # type: ignore[import-not-found]
 

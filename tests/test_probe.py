@@ -340,12 +340,13 @@ def test_require_accelerator_local_message(no_nvml: None, monkeypatch: pytest.Mo
         cs.require_accelerator("tpu")
     assert isinstance(info.value, cs.ColabSessionError)
     with pytest.raises(cs.ConfigError):
-        cs.require_accelerator("npu")  # type: ignore[arg-type]
+        cs.require_accelerator("npu")
 
 
 def test_require_accelerator_passes(fake_smi: Any) -> None:
     fake_smi(T4)
     assert cs.require_accelerator("gpu").gpus[0].name == "Tesla T4"
+    assert cs.require_accelerator("GPU").gpus[0].name == "Tesla T4"  # any case
 
 
 def test_cli_probe(capsys: pytest.CaptureFixture[str], fake_smi: Any) -> None:
