@@ -37,3 +37,29 @@ def test_py_typed_marker() -> None:
     from importlib.resources import files
 
     assert files("colabsession").joinpath("py.typed").is_file()
+
+
+def test_install_instructions_agree() -> None:
+    """colabsession is not on the package index: the notebook's install cell, the README, the
+    install page and the error messages all install from the repository named in pyproject."""
+    import json
+    import re
+    from pathlib import Path
+
+    from colabsession._version import INSTALL_URL
+
+    root = Path(__file__).parents[1]
+    source = re.search(r'^Source = "(.+)"$', (root / "pyproject.toml").read_text(), re.M)
+    assert source is not None
+    assert f"git+{source.group(1)}" == INSTALL_URL
+    notebook = json.loads((root / "examples/colab_quickstart.ipynb").read_text())
+    first = "".join(next(c for c in notebook["cells"] if c["cell_type"] == "code")["source"])
+    install = next(line for line in first.splitlines() if line.startswith("%pip install"))
+    assert install == f'%pip install -q "colabsession @ {INSTALL_URL}"'
+    for doc in ("README.md", "docs/install.md"):
+        text = (root / doc).read_text()
+        assert install in text, doc
+        assert "pip install colabsession" not in text, doc  # no such package on the index
+        for line in text.splitlines():
+            if "pip install" in line and "colabsession[" in line:
+                assert re.search(r"colabsession\[[a-z,]+\] @ git\+", line), (doc, line)
