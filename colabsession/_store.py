@@ -89,7 +89,7 @@ class Store:
         def listing() -> list[str]:
             try:
                 found = self.fs.ls(self.root, detail=False)
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):  # nothing saved there (yet)
                 return []
             return [str(p).rstrip("/").rsplit("/", 1)[-1] for p in found]
 

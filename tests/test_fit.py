@@ -157,16 +157,12 @@ def test_resume_output_reads_as_the_run_not_the_call(
     assert " took 0s" not in out  # milliseconds, not a rounded-down zero
     assert cs.Checkpointer(tmp_path / "r").checkpoints()[-1].metrics["loss"] > 0  # for ckpt list
 
-    model = small_model(keras)
-    before = [v.numpy().copy() for v in model.trainable_variables]
-    history = cs.fit(model, x, y, **args)
+    history = cs.fit(small_model(keras), x, y, **args)
     out = capsys.readouterr().out
     assert "is finished: all 3 epochs are done" in out
-    assert "Epoch" not in out  # no training
+    assert "Epoch" not in out  # no training, and no "resumed" line either
+    assert "resumed" not in out
     assert history.epoch == [0, 1, 2]
-    assert all(
-        (a == b.numpy()).all() for a, b in zip(before, model.trainable_variables, strict=True)
-    )
 
     again = cs.fit(small_model(keras), x, y, restart=True, **{**args, "epochs": 1})
     assert again.epoch == [0]
@@ -189,7 +185,9 @@ def test_callback_with_plain_model_fit(keras: Any, tmp_path: Path) -> None:
     assert history.epoch == [2]  # resumed after the two saved epochs
     for a, b in zip(model.variables[:2], fresh.variables[:2], strict=True):
         assert a.shape == b.shape
-    assert [r["epoch"] for r in cs.history(tmp_path / "plain").to_dict("records")] == [0, 1, 2]
+    frame = cs.history(tmp_path / "plain")
+    # Counted from 1, as Keras prints them; mid-epoch saves add rows of running means, no epoch.
+    assert frame["epoch"].dropna().astype(int).tolist() == [1, 2, 3]
 
 
 def test_bfloat16_model_resumes(keras: Any, tmp_path: Path) -> None:
@@ -250,7 +248,7 @@ def test_deadline_saves_and_stops(
         verbose=1,
     )
     out = capsys.readouterr().out
-    assert "run this cell again to continue" in out
+    assert "run the same command again to continue" in out  # not in a notebook
     ckpt = cs.Checkpointer(tmp_path)
     assert ckpt.latest_step() == 1  # saved after the first batch, then stopped
     assert history.epoch in ([], [0])
