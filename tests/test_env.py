@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import logging
@@ -282,6 +283,64 @@ def test_unpacking_stops_at_the_declared_size(tmp_path: Path) -> None:
         _unpack(archive, tmp_path / "out", limit=1500)
 
 
+def test_pack_and_unpack_round_trip(tmp_path: Path) -> None:
+    """Long names (pax and GNU headers), odd characters, empty files, modes, links: the same
+    tree comes back."""
+    source = tmp_path / "src"
+    deep = source / ("d" * 90) / ("e" * 90)
+    deep.mkdir(parents=True)
+    (deep / ("f" * 120 + ".py")).write_bytes(b"long name")
+    (source / "caf\u00e9 \n.txt").write_bytes(b"odd")
+    (source / "empty").write_bytes(b"")
+    (source / "big.bin").write_bytes(os.urandom(3 << 20))
+    (source / "run.sh").write_bytes(b"#!/bin/sh\n")
+    (source / "run.sh").chmod(0o755)
+    (source / "alias").symlink_to("d" * 90)
+    archive = tmp_path / "layer.tar.zst"
+    stats = _archive.pack(source, archive)
+    with open(archive, "rb") as f:
+        out = _archive.unpack(
+            _archive.decompress(f, "zstd"), tmp_path / "out", limit=stats.unpacked
+        )
+    assert out == stats
+
+    def tree(root: Path) -> list[tuple[str, bytes | str, int]]:
+        return sorted(
+            (
+                p.relative_to(root).as_posix(),
+                os.readlink(p) if p.is_symlink() else p.read_bytes() if p.is_file() else "",
+                p.lstat().st_mode & (0o777 if not p.is_symlink() else 0),
+            )
+            for p in root.rglob("*")
+        )
+
+    assert tree(tmp_path / "out") == tree(source)
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [(tarfile.XGLTYPE, "tar extension"), (tarfile.GNUTYPE_SPARSE, "tar extension")],
+)
+def test_extensions_are_refused_not_guessed(tmp_path: Path, kind: bytes, message: str) -> None:
+    header = tarfile.TarInfo("x")
+    header.type = kind
+    archive = tmp_path / "ext.tar"
+    archive.write_bytes(header.tobuf(tarfile.USTAR_FORMAT) + bytes(1024))
+    with open(archive, "rb") as f, pytest.raises(_archive.UnsafeArchive, match=message):
+        _archive.unpack(f, tmp_path / "out")
+
+
+@pytest.mark.parametrize("cut", [100, 512, 700, 1500])
+def test_cut_short_archive_is_refused(tmp_path: Path, cut: int) -> None:
+    archive = _tar(tmp_path, (_member("a"), b"x" * 1000), (_member("b"), b"y" * 1000))
+    with gzip.open(archive, "rb") as f:
+        data = f.read()
+    short = tmp_path / "short.tar"
+    short.write_bytes(data[:cut])
+    with open(short, "rb") as f, pytest.raises(_archive.UnsafeArchive, match=r"cut short|valid"):
+        _archive.unpack(f, tmp_path / "out")
+
+
 def test_warns_when_the_base_version_is_already_imported(
     pip_args: list[str], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -328,3 +387,51 @@ def test_cli(pip_args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["env", "restore", "--name", "cli"]) == 0
     assert main(["env", "remove", "cli"]) == 0
     assert main(["env", "restore", "--name", "cli"]) == 1
+
+
+def _headers() -> list[bytes]:
+    """Header blocks of every kind tarfile writes, and some it only reads."""
+    blocks = []
+    for fmt in (tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
+        for name, kind, size, mode in [
+            ("a.py", tarfile.REGTYPE, 12345, 0o644),
+            ("dir", tarfile.DIRTYPE, 0, 0o755),
+            ("x" * 60 + "/" + "y" * 60 + ".py", tarfile.REGTYPE, 7, 0o600),  # ustar prefix
+            ("link", tarfile.SYMTYPE, 0, 0o777),
+            ("caf\u00e9.txt", tarfile.REGTYPE, 0, 0o644),
+            ("big", tarfile.REGTYPE, 8**11 + 5, 0o644),  # base-256 size in GNU format
+        ]:
+            info = tarfile.TarInfo(name)
+            info.type, info.size, info.mode, info.mtime = kind, size, mode, 1_700_000_000
+            info.linkname = "target" if kind == tarfile.SYMTYPE else ""
+            try:
+                data = info.tobuf(fmt, "utf-8", "surrogateescape")
+            except ValueError:
+                continue  # too large for ustar
+            at = 0
+            while at < len(data):  # the header blocks, not the extended headers' data
+                block = data[at : at + 512]
+                blocks.append(block)
+                extra = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape").size
+                at += 512 + (-(-extra // 512) * 512 if at + 512 < len(data) else 0)
+    v7 = bytearray(tarfile.TarInfo("old/").tobuf(tarfile.USTAR_FORMAT)[:512])
+    v7[156:157] = tarfile.AREGTYPE  # a directory the V7 way: a regular file ending in /
+    v7[148:156] = b"        "
+    v7[148:155] = b"%06o\0" % sum(v7)
+    return [*blocks, bytes(v7)]
+
+
+@pytest.mark.parametrize("block", _headers())
+def test_header_reads_as_tarfile_does(block: bytes) -> None:
+    expected = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+    got = _archive.header(block)
+    fields = ("name", "type", "mode", "size", "mtime", "linkname")
+    assert [getattr(got, f) for f in fields] == [getattr(expected, f) for f in fields]
+
+
+@pytest.mark.parametrize("flip", [0, 100, 124, 148, 156, 300, 511])
+def test_damaged_header_is_refused(flip: int) -> None:
+    block = bytearray(tarfile.TarInfo("a.py").tobuf(tarfile.USTAR_FORMAT)[:512])
+    block[flip] ^= 0x5A
+    with pytest.raises(tarfile.HeaderError):
+        _archive.header(bytes(block))
