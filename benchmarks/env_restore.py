@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROUNDS = 5
+ROUNDS = 7
 
 
 def settle() -> None:
@@ -147,6 +147,7 @@ def main() -> None:
         "import time, colabsession as cs; cs.env.restore('bench'); t=time.perf_counter(); "
         f"import {module}; print(time.perf_counter()-t)"
     )
+    settle()  # the rounds above leave gigabytes to write back; an import then waits on them
     after_restore = (
         subprocess.run(
             [sys.executable, "-c", first],
