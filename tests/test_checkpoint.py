@@ -557,7 +557,11 @@ def test_sigkill_at_random_instants_never_loses_the_last_checkpoint(
         proc.stdout.close()
         reader = cs.Checkpointer(location, every=None, local_dir=extra[0] if extra else None)
         restored = reader.restore()
-        assert restored is not None
+        if restored is None:
+            # Killed before its first save was committed (an fsync on a busy disk can take longer
+            # than the pause): allowed only while nothing was ever committed.
+            assert newest == -1
+            continue
         assert restored.step >= newest  # never goes back
         newest = restored.step
         np.testing.assert_array_equal(restored.state["w"], np.full(300_000, restored.step))
