@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import os
 import queue
+import re
 import sys
 import tarfile
 import threading
@@ -33,6 +34,9 @@ from ._storage import write_fd
 
 CHUNK = 4 << 20
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+# Already clean: parts that are neither empty, "." nor "..", no backslash, no NUL.
+_PART = r"(?!\.\.?(?:/|$))[^/\\\0]+"
+_PLAIN = re.compile(rf"{_PART}(?:/{_PART})*")
 MAX_HOPS = 40  # as the system's own limit on links followed in one path
 
 
@@ -138,7 +142,9 @@ def unpack(
     return PackStats(files, written)
 
 
-def _members(stream: IO[bytes]) -> Iterator[tuple[tarfile.TarInfo, Iterator[bytes] | None]]:
+def _members(
+    stream: IO[bytes],
+) -> Iterator[tuple[tarfile.TarInfo, Iterator[bytes | memoryview] | None]]:
     """Each member of the tar *stream* with an iterator over its data (read it before asking for
     the next member), parsed block by block: tarfile reads each header, and the name, link and
     size of pax (``x``) and GNU long-name headers are applied; global pax headers, sparse files
@@ -235,10 +241,11 @@ def _text(field: bytes) -> str:
     return field.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
 
 
-def _data(stream: IO[bytes], size: int) -> Iterator[bytes]:
+def _data(stream: IO[bytes], size: int) -> Iterator[bytes | memoryview]:
+    read = getattr(stream, "readview", None) or stream.read  # Prefetch's: no copy
     left = size
     while left:
-        chunk = stream.read(min(left, CHUNK))
+        chunk = read(min(left, CHUNK))
         if not chunk:
             raise UnsafeArchive("it ends too early (cut short)")
         left -= len(chunk)
@@ -290,6 +297,10 @@ def _pax_int(text: str) -> int:
 
 def _clean(name: str) -> str:
     """*name* as a relative path with no ``.``, ``..`` or empty parts; raises UnsafeArchive."""
+    if _PLAIN.fullmatch(name):  # the common case
+        return name
+    if "\0" in name:
+        raise UnsafeArchive(f"{name!r} holds a NUL character")
     if name.startswith("/") or "\\" in name:
         raise UnsafeArchive(f"{name!r} is an absolute name")
     parts = [p for p in name.split("/") if p and p != "."]
@@ -314,7 +325,9 @@ class _Tree:
 
     def add(self, member: tarfile.TarInfo) -> str:
         path = _clean(member.name)
-        parents = _parents(path)
+        # A parent already known as a folder has only folders above it (a link or file can never
+        # take a folder's name): the walk up is needed only for a new parent.
+        parents = [] if path.rpartition("/")[0] in self.dirs else _parents(path)
         for parent in parents:
             if parent in self.links:
                 raise UnsafeArchive(f"{member.name!r} passes through the link {parent!r}")
@@ -462,6 +475,23 @@ class Prefetch:
             if n > 0:
                 n -= take
         return b"".join(parts)
+
+    def readview(self, n: int) -> memoryview | bytes:
+        """At most *n* bytes (n > 0) from the chunk at hand, without copying them; empty at
+        the end. Files' data goes from here to the disk untouched."""
+        if self._at >= len(self._chunk):
+            if self._done:
+                return b""
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            if not item:
+                self._done = True
+                return b""
+            self._chunk, self._at = item, 0
+        at = self._at
+        self._at = end = min(at + n, len(self._chunk))
+        return memoryview(self._chunk)[at:end]
 
     def readable(self) -> bool:
         return True

@@ -138,7 +138,9 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_fd(path: str, chunks: Iterable[bytes], flags: int, mode: int = 0o644) -> None:
+def write_fd(
+    path: str, chunks: Iterable[bytes | memoryview], flags: int, mode: int = 0o644
+) -> None:
     """Write *chunks* to *path*, opened with *flags*, with bare system calls: no fstat and no
     lseek, which Python's file objects add (on a FUSE mount such as Drive's, each is a round
     trip)."""

@@ -435,3 +435,31 @@ def test_damaged_header_is_refused(flip: int) -> None:
     block[flip] ^= 0x5A
     with pytest.raises(tarfile.HeaderError):
         _archive.header(bytes(block))
+
+
+@pytest.mark.parametrize(
+    ("name", "clean"),
+    [
+        ("a/b.py", "a/b.py"),
+        ("a..b/c", "a..b/c"),
+        (".hidden/x", ".hidden/x"),
+        ("a/..x", "a/..x"),
+        ("./a", "a"),
+        ("a/./b", "a/b"),
+        ("a//b/", "a/b"),
+        ("..", None),
+        ("a/../b", None),
+        ("/a", None),
+        ("a\\b", None),
+        ("x\0y", None),
+        (".", None),
+    ],
+)
+def test_member_names_are_cleaned_one_way(name: str, clean: str | None) -> None:
+    """The quick path for names already clean and the full one agree: one name, one path, so
+    that no link can be re-pointed under a second spelling."""
+    if clean is None:
+        with pytest.raises(_archive.UnsafeArchive):
+            _archive._clean(name)
+    else:
+        assert _archive._clean(name) == clean
