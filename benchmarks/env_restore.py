@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROUNDS = 7
+ROUNDS = 7  # each round: GNU tar, then a restore
 
 
 def settle() -> None:
