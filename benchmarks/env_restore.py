@@ -40,6 +40,14 @@ def settle() -> None:
     time.sleep(15)
 
 
+def seconds_printed(code: str, env: dict[str, str]) -> float:
+    """Run *code* in a new interpreter with *env*; the seconds it printed last."""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    )
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def timed(command: list[str]) -> float:
     settle()
     start = time.perf_counter()
@@ -122,14 +130,7 @@ def main() -> None:
             "cs.env.restore('bench'); print(time.perf_counter()-t)"
         )
         settle()
-        out = subprocess.run(
-            [sys.executable, "-c", code],
-            capture_output=True,
-            text=True,
-            check=True,
-            env=new_vm,
-        )
-        restores.append(float(out.stdout.strip().splitlines()[-1]))
+        restores.append(seconds_printed(code, new_vm))
     restore, gnu_tar = min(restores), min(tars)
     print(
         f"GNU tar -xf of the uncompressed tar (best of {ROUNDS})        {gnu_tar:7.2f} s  "
@@ -148,32 +149,14 @@ def main() -> None:
         f"import {module}; print(time.perf_counter()-t)"
     )
     settle()  # the rounds above leave gigabytes to write back; an import then waits on them
-    after_restore = (
-        subprocess.run(
-            [sys.executable, "-c", first],
-            capture_output=True,
-            text=True,
-            check=True,
-            env={**os.environ, "COLABSESSION_HOME": str(home.parent / f"{home.name}-new0")},
-        )
-        .stdout.strip()
-        .splitlines()[-1]
+    after_restore = seconds_printed(
+        first, {**os.environ, "COLABSESSION_HOME": str(home.parent / f"{home.name}-new0")}
     )
     plain = f"import time; t=time.perf_counter(); import {module}; print(time.perf_counter()-t)"
-    after_pip = (
-        subprocess.run(
-            [sys.executable, "-c", plain],
-            capture_output=True,
-            text=True,
-            check=True,
-            env={**os.environ, "PYTHONPATH": str(tmp / "t1")},
-        )
-        .stdout.strip()
-        .splitlines()[-1]
-    )
+    after_pip = seconds_printed(plain, {**os.environ, "PYTHONPATH": str(tmp / "t1")})
     print(
-        f"first import {module}: after cs.env.restore {float(after_restore):.2f} s, after a pip "
-        f"install {float(after_pip):.2f} s"
+        f"first import {module}: after cs.env.restore {after_restore:.2f} s, after a pip "
+        f"install {after_pip:.2f} s"
     )
     print(
         f"files read from the Drive folder per restore: 2 (manifest + archive); the folk "
