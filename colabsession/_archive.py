@@ -37,6 +37,7 @@ _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
 # Already clean: parts that are neither empty, "." nor "..", no backslash, no NUL.
 _PART = r"(?!\.\.?(?:/|$))[^/\\\0]+"
 _PLAIN = re.compile(rf"{_PART}(?:/{_PART})*")
+CUT_SHORT = "it ends too early (cut short)"
 MAX_HOPS = 40  # as the system's own limit on links followed in one path
 
 
@@ -155,8 +156,6 @@ def _members(
     size: int | None = None
     while True:
         block = _read_exact(stream, tarfile.BLOCKSIZE)
-        if len(block) < tarfile.BLOCKSIZE:
-            raise UnsafeArchive("it ends too early (cut short)")
         if block.count(0) == tarfile.BLOCKSIZE:
             return  # the end marker
         try:
@@ -166,10 +165,8 @@ def _members(
         if member.type in (tarfile.XHDTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK):
             if member.size > 1 << 20:
                 raise UnsafeArchive("it has an extended header larger than 1 MiB")
-            extra = _read_exact(stream, member.size + (-member.size % tarfile.BLOCKSIZE))
-            if len(extra) < member.size:
-                raise UnsafeArchive("it ends too early (cut short)")
-            body = extra[: member.size]
+            body = _read_exact(stream, member.size + (-member.size % tarfile.BLOCKSIZE))
+            body = body[: member.size]
             if member.type == tarfile.XHDTYPE:
                 records = _pax_records(body)
                 name = records.get("path", name)
@@ -247,24 +244,23 @@ def _data(stream: IO[bytes], size: int) -> Iterator[bytes | memoryview]:
     while left:
         chunk = read(min(left, CHUNK))
         if not chunk:
-            raise UnsafeArchive("it ends too early (cut short)")
+            raise UnsafeArchive(CUT_SHORT)
         left -= len(chunk)
         yield chunk
-    padding = -size % tarfile.BLOCKSIZE
-    if padding and len(_read_exact(stream, padding)) < padding:
-        raise UnsafeArchive("it ends too early (cut short)")
+    _read_exact(stream, -size % tarfile.BLOCKSIZE)  # the padding
 
 
 def _read_exact(stream: IO[bytes], n: int) -> bytes:
-    data = stream.read(n)
-    if len(data) == n or not data:
+    """*n* bytes of *stream*; UnsafeArchive if it ends before."""
+    data = stream.read(n) if n else b""
+    if len(data) == n:
         return data
     parts = [data]
     got = len(data)
     while got < n:
         more = stream.read(n - got)
         if not more:
-            break
+            raise UnsafeArchive(CUT_SHORT)
         parts.append(more)
         got += len(more)
     return b"".join(parts)
