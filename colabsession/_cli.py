@@ -335,7 +335,10 @@ def _ckpt_list(args: argparse.Namespace) -> int:
     from ._history import for_display
     from ._storage import require_run
 
-    ckpt = Checkpointer(require_run(args.location), every=None)
+    ckpt = Checkpointer(args.location, every=None)
+    found = ckpt.checkpoints()
+    if not found:
+        require_run(ckpt.location)  # nothing there at all is a typo: it names the runs there are
     rows: list[dict[str, Any]] = [
         {
             "step": info.step,
@@ -343,7 +346,7 @@ def _ckpt_list(args: argparse.Namespace) -> int:
             "created": info.created.isoformat(timespec="seconds"),
             "metrics": for_display([info.metrics])[0],
         }
-        for info in ckpt.checkpoints()
+        for info in found
     ]
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -370,8 +373,10 @@ def _ckpt_verify(args: argparse.Namespace) -> int:
     from ._checkpoint import Checkpointer
     from ._storage import require_run
 
-    ckpt = Checkpointer(require_run(args.location), every=None)
+    ckpt = Checkpointer(args.location, every=None)
     results = ckpt.verify()
+    if not results:
+        require_run(ckpt.location)
     if args.json:
         print(json.dumps([{"step": s, "where": w, "problem": p} for s, w, p in results], indent=2))
     else:
@@ -383,10 +388,9 @@ def _ckpt_verify(args: argparse.Namespace) -> int:
 
 
 def _ckpt_history(args: argparse.Namespace) -> int:
-    from ._history import for_display, metric_names, read_history
-    from ._storage import require_run
+    from ._history import existing_history, for_display, metric_names
 
-    records = for_display(read_history(require_run(args.location)))
+    records = for_display(existing_history(args.location))
     if args.json:
         print(json.dumps(records, indent=2))
         return 0
@@ -412,7 +416,6 @@ def _ckpt_plot(args: argparse.Namespace) -> int:
     from matplotlib.figure import Figure
 
     from ._history import plot_history
-    from ._storage import require_run
 
     # Checked before the history is read: a typo in -o should not cost a Drive round trip.
     folder = os.path.dirname(os.path.abspath(args.output))
@@ -429,7 +432,7 @@ def _ckpt_plot(args: argparse.Namespace) -> int:
             + (f"{suffix!r} is not an image format" if suffix else "the name has no extension")
             + f" matplotlib writes; use one of .{', .'.join(sorted(formats))}"
         )
-    axes = plot_history(require_run(args.location))
+    axes = plot_history(args.location)
     axes[0].figure.savefig(args.output, dpi=120, bbox_inches="tight")
     print(f"wrote {args.output}")
     return 0
@@ -439,8 +442,10 @@ def _ckpt_takeover(args: argparse.Namespace) -> int:
     from ._checkpoint import Checkpointer
     from ._storage import require_run
 
-    held_by = Checkpointer(require_run(args.location), every=None).revoke_lease()
+    ckpt = Checkpointer(args.location, every=None)
+    held_by = ckpt.revoke_lease()
     if held_by is None:
+        require_run(ckpt.location)
         print(f"nobody holds {args.location}: the next notebook that trains it writes it")
     else:
         print(

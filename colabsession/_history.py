@@ -46,7 +46,7 @@ def history(location: str | os.PathLike[str] | Location) -> Any:
 
     >>> cs.history("my-run").plot(x="step", y="loss")  # doctest: +SKIP
     """
-    records = for_display(read_history(require_run(location)))
+    records = for_display(existing_history(location))
     if not installed("pandas"):
         return records
     import pandas as pd
@@ -96,7 +96,7 @@ def plot_history(
     plt = require(
         "matplotlib.pyplot", extra="plot", purpose="cs.plot_history()", package="matplotlib"
     )
-    records = for_display(read_history(require_run(location)))
+    records = for_display(existing_history(location))
     by_epoch = any("epoch" in r for r in records)
     if by_epoch:  # records saved mid-epoch have running means: the epochs' own values are shown
         records = [r for r in records if "epoch" in r]
@@ -168,6 +168,15 @@ def _mark_resumes(axes: list[Any], records: list[Record], x_name: str) -> None:
             label = kind if index == 0 and kind not in labelled else None
             panel.axvline(where, color="grey", linestyle=style, linewidth=1, label=label)
         labelled.add(kind)
+
+
+def existing_history(location: str | os.PathLike[str] | Location) -> list[Record]:
+    """The run's history; RunNotFoundError (naming the runs there are) if nothing of the run
+    exists. The look for the run comes only when the history is empty."""
+    records = read_history(location)
+    if not records:
+        require_run(location)
+    return records
 
 
 def read_history(
