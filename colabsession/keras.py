@@ -123,11 +123,9 @@ class SessionCheckpoint(_Callback):  # type: ignore[misc]
             _assign(optimizer.variables, state["optimizer"], "optimizer")
         self.data = dict(state.get("data") or {})
         self._resumed_logs = state.get("logs") or None
-        finished = self.total_epochs is not None and self.resume_point(checkpoint)[0] >= (
-            self.total_epochs
-        )
-        if self.verbose and not finished:
-            epoch, batch = self.resume_point(checkpoint)
+        epoch, batch = self.resume_point(checkpoint)
+        finished = self.total_epochs is not None and epoch >= self.total_epochs
+        if self.verbose and not finished:  # cs.fit says a finished run is finished
             per_epoch = state.get("steps_per_epoch")
             where = (
                 f"in epoch {epoch + 1}, after batch {batch}"
