@@ -321,9 +321,7 @@ class SessionCheckpoint(_Callback):  # type: ignore[misc]
             "batch": self._batches_done,
             "steps_per_epoch": self._per_epoch(),
             "data": self.data,
-            "logs": {
-                k: float(v) for k, v in getattr(self, "_last_logs", {}).items() if _is_number(v)
-            },
+            "logs": self._running_metrics(),  # what _merge_resumed reads back
         }
 
     def _merge_resumed(self, logs: dict[str, Any]) -> dict[str, Any]:
