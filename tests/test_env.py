@@ -463,3 +463,21 @@ def test_member_names_are_cleaned_one_way(name: str, clean: str | None) -> None:
             _archive._clean(name)
     else:
         assert _archive._clean(name) == clean
+
+
+@pytest.mark.parametrize(
+    "body", [b"zz path=a\n", b"99 path=a\n", b"9 path=a", b"0 =\n", b"12 size=x1\n"]
+)
+def test_malformed_pax_header_is_refused(tmp_path: Path, body: bytes) -> None:
+    extended = tarfile.TarInfo("././@PaxHeader")
+    extended.type, extended.size = tarfile.XHDTYPE, len(body)
+    member = tarfile.TarInfo("a")
+    archive = tmp_path / "pax.tar"
+    archive.write_bytes(
+        extended.tobuf(tarfile.USTAR_FORMAT)
+        + body.ljust(512, b"\0")
+        + member.tobuf(tarfile.USTAR_FORMAT)
+        + bytes(1024)
+    )
+    with open(archive, "rb") as f, pytest.raises(_archive.UnsafeArchive, match="pax"):
+        _archive.unpack(f, tmp_path / "out")
