@@ -19,7 +19,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from . import drive, env, keras
+    from . import data, drive, env, keras
     from ._benchmark import BenchmarkReport, benchmark
     from ._checkpoint import Checkpoint, Checkpointer
     from ._clock import SessionClock, clock
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
         CheckpointError,
         ColabSessionError,
         ConfigError,
+        DataError,
         DriveAPIError,
         DriveAuthError,
         DriveError,
@@ -54,6 +55,7 @@ _LAZY: dict[str, str] = {
     "Checkpointer": "._checkpoint",
     "ColabSessionError": "._errors",
     "ConfigError": "._errors",
+    "DataError": "._errors",
     "DriveAPIError": "._errors",
     "DriveAuthError": "._errors",
     "DriveError": "._errors",
@@ -68,6 +70,7 @@ _LAZY: dict[str, str] = {
     "SessionClock": "._clock",
     "benchmark": "._benchmark",
     "clock": "._clock",
+    "data": ".data",
     "distribution": "._strategy",
     "drive": ".drive",
     "env": ".env",
@@ -91,6 +94,7 @@ __all__ = [
     "Checkpointer",
     "ColabSessionError",
     "ConfigError",
+    "DataError",
     "DriveAPIError",
     "DriveAuthError",
     "DriveError",
@@ -106,6 +110,7 @@ __all__ = [
     "__version__",
     "benchmark",
     "clock",
+    "data",
     "distribution",
     "drive",
     "env",

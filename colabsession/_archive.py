@@ -24,7 +24,7 @@ import re
 import sys
 import tarfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
@@ -70,7 +70,7 @@ def pack(folder: Path, target: Path, *, level: int = 3) -> PackStats:
     """Write *folder*'s contents (sorted, names relative to it) to the zstd tar *target*."""
     files = unpacked = 0
     with open(target, "wb") as raw:
-        compressor = _zstd_writer(raw, level)
+        compressor = zstd_writer(raw, level)
         with tarfile.open(fileobj=compressor, mode="w|", format=tarfile.PAX_FORMAT) as tar:
             for path in sorted(folder.rglob("*")):
                 info = tar.gettarinfo(str(path), arcname=path.relative_to(folder).as_posix())
@@ -104,46 +104,98 @@ def unpack(
     target: Path,
     *,
     limit: int | None = None,
-    progress: Callable[[int], object] | None = None,
+    progress: Callable[[tarfile.TarInfo], object] | None = None,
 ) -> PackStats:
     """Unpack the tar *stream* into the new folder *target*, checking each member (see the
     module's text) and writing at most *limit* bytes of file data. Raises UnsafeArchive."""
-    target.mkdir(parents=True, exist_ok=False)
-    root = str(target)
-    tree = _Tree()
-    made = {""}  # folders created so far, relative to *target*
-    files = written = 0
-    for member, data in _members(stream):
-        path = tree.add(member)
-        destination = f"{root}/{path}"
-        parent = path.rpartition("/")[0]
-        if parent not in made:  # parents the archive may not list; none is a link
-            os.makedirs(f"{root}/{parent}", mode=0o755, exist_ok=True)
-            made.add(parent)
-        if member.isdir():
-            if path not in made:
-                with contextlib.suppress(FileExistsError):  # made as a parent before
-                    os.mkdir(destination, 0o755)
-                made.add(path)
-        elif member.issym():
-            os.symlink(member.linkname, destination)
-        elif member.islnk():
-            os.link(f"{root}/{_clean(member.linkname)}", destination)
-        else:
-            assert data is not None
-            written += member.size
-            if limit is not None and written > limit:
-                raise UnsafeArchive(f"it unpacks to more than the {limit:,} bytes it declares")
-            # O_EXCL and O_NOFOLLOW: never through a link, never over an existing file.
-            write_fd(destination, data, _NEW_FILE, member.mode & 0o755 | 0o600)
-        files += 1
-        if progress is not None:
-            progress(1)
-    tree.check_links()
-    return PackStats(files, written)
+    unpacker = Unpacker(target, progress=progress)
+    stats = unpacker.add(members(stream), limit=limit)
+    unpacker.finish()
+    return stats
 
 
-def _members(
+class Unpacker:
+    """Unpacks several archives (a dataset's shards, in order) into one new folder, as one
+    tree: a name may appear once in all of them, and a link is checked against all of them.
+
+    >>> unpacker = Unpacker(Path("fresh"))
+    >>> for shard in shards:
+    ...     unpacker.add(members(decompress(open(shard, "rb"), "zstd")))
+    >>> unpacker.finish()
+    """
+
+    def __init__(
+        self, target: Path, *, progress: Callable[[tarfile.TarInfo], object] | None = None
+    ) -> None:
+        target.mkdir(parents=True, exist_ok=False)
+        self.root = str(target)
+        self.progress = progress
+        self.tree = _Tree()
+        self.made = {""}  # folders created so far, relative to the target
+        self.files = 0
+        self.written = 0
+
+    def add(
+        self,
+        entries: Iterable[tuple[tarfile.TarInfo, Iterable[bytes | memoryview] | None]],
+        *,
+        limit: int | None = None,
+    ) -> PackStats:
+        """Unpack *entries* (from :func:`members` or :func:`zip_members`), writing at most
+        *limit* bytes of file data; returns what this call unpacked."""
+        root, made, tree = self.root, self.made, self.tree
+        files = written = 0
+        for member, data in entries:
+            path = tree.add(member)
+            destination = f"{root}/{path}"
+            parent = path.rpartition("/")[0]
+            if parent not in made:  # parents the archive may not list; none is a link
+                os.makedirs(f"{root}/{parent}", mode=0o755, exist_ok=True)
+                made.add(parent)
+            if member.isdir():
+                if path not in made:
+                    with contextlib.suppress(FileExistsError):  # made as a parent before
+                        os.mkdir(destination, 0o755)
+                    made.add(path)
+            elif member.issym():
+                os.symlink(member.linkname, destination)
+            elif member.islnk():
+                os.link(f"{root}/{clean(member.linkname)}", destination)
+            else:
+                assert data is not None
+                written += member.size
+                if limit is not None and written > limit:
+                    raise UnsafeArchive(f"it unpacks to more than the {limit:,} bytes it declares")
+                # O_EXCL and O_NOFOLLOW: never through a link, never over an existing file.
+                write_fd(
+                    destination, _exactly(data, member.size), _NEW_FILE, member.mode & 0o755 | 0o600
+                )
+            files += 1
+            if self.progress is not None:
+                self.progress(member)
+        self.files += files
+        self.written += written
+        return PackStats(files, written)
+
+    def finish(self) -> PackStats:
+        """Check every link through the whole tree; what was unpacked in all."""
+        self.tree.check_links()
+        return PackStats(self.files, self.written)
+
+
+def _exactly(data: Iterable[bytes | memoryview], size: int) -> Iterator[bytes | memoryview]:
+    """*data*, refused if it is not *size* bytes (a zip member can lie about its size)."""
+    got = 0
+    for chunk in data:
+        got += len(chunk)
+        if got > size:
+            raise UnsafeArchive("a member holds more bytes than it declares")
+        yield chunk
+    if got != size:
+        raise UnsafeArchive(CUT_SHORT)
+
+
+def members(
     stream: IO[bytes],
 ) -> Iterator[tuple[tarfile.TarInfo, Iterator[bytes | memoryview] | None]]:
     """Each member of the tar *stream* with an iterator over its data (read it before asking for
@@ -202,6 +254,41 @@ def _members(
                 pass
         else:  # as tarfile reads it: only regular files have data
             yield member, None
+
+
+def zip_members(
+    archive: Any,
+) -> Iterator[tuple[tarfile.TarInfo, Iterator[bytes] | None]]:
+    """Each member of the open ``zipfile.ZipFile`` *archive* as a tar member (folders and
+    regular files; a link, which zip stores as a file with a link's mode, is refused), with an
+    iterator over its data that checks the member's CRC-32 as zipfile does."""
+    import stat
+
+    for item in archive.infolist():
+        member = tarfile.TarInfo(item.filename)
+        mode = item.external_attr >> 16
+        if stat.S_ISLNK(mode) or (mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))):
+            raise UnsafeArchive(f"{item.filename!r} is a link or special file")
+        if item.is_dir():
+            member.type = tarfile.DIRTYPE
+            member.name = item.filename.rstrip("/")
+            yield member, None
+            continue
+        member.type = tarfile.REGTYPE
+        member.size = item.file_size
+        member.mode = (mode & 0o777) or 0o644
+        yield member, _zip_data(archive, item)
+
+
+def _zip_data(archive: Any, item: Any) -> Iterator[bytes]:
+    import zipfile
+
+    try:
+        with archive.open(item) as data:
+            while chunk := data.read(CHUNK):
+                yield chunk
+    except (zipfile.BadZipFile, EOFError, NotImplementedError) as exc:
+        raise UnsafeArchive(f"{item.filename!r} is damaged or not readable ({exc})") from None
 
 
 def header(block: bytes) -> tarfile.TarInfo:
@@ -291,7 +378,7 @@ def _pax_int(text: str) -> int:
     return int(text)
 
 
-def _clean(name: str) -> str:
+def clean(name: str) -> str:
     """*name* as a relative path with no ``.``, ``..`` or empty parts; raises UnsafeArchive."""
     if _PLAIN.fullmatch(name):  # the common case
         return name
@@ -320,7 +407,7 @@ class _Tree:
         self.links: dict[str, str] = {}
 
     def add(self, member: tarfile.TarInfo) -> str:
-        path = _clean(member.name)
+        path = clean(member.name)
         # A parent already known as a folder has only folders above it (a link or file can never
         # take a folder's name): the walk up is needed only for a new parent.
         parents = [] if path.rpartition("/")[0] in self.dirs else _parents(path)
@@ -340,7 +427,7 @@ class _Tree:
             self.links[path] = member.linkname
             self.resolve(path)  # escapes now: refuse before it is created
         elif member.islnk():
-            if _clean(member.linkname) not in self.files:
+            if clean(member.linkname) not in self.files:
                 raise UnsafeArchive(
                     f"the hard link {member.name!r} -> {member.linkname!r} does not name a file "
                     "unpacked before it"
@@ -503,7 +590,7 @@ def drain(reader: Any) -> None:
         pass
 
 
-def _zstd_writer(raw: IO[bytes], level: int) -> Any:
+def zstd_writer(raw: Any, level: int) -> Any:
     if sys.version_info >= (3, 14):
         from compression import zstd  # type: ignore[import-not-found]
 

@@ -103,6 +103,7 @@ _LOCATION_HELP = (
     "a run name (kept at drive:checkpoints/NAME), or a location: drive:PATH, an fsspec URL, or "
     "a path that starts with /, ./, ../ or ~"
 )
+_DATA_SOURCE_HELP = "a folder: drive:PATH, an fsspec URL or a local path"
 _ENV_LOCATION_HELP = (
     "where environments are kept (default: drive:Colab Notebooks/colabsession/envs)"
 )
@@ -201,6 +202,66 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument("--location", help=_ENV_LOCATION_HELP)
     cmd.set_defaults(handler=_env_remove)
     env.set_defaults(handler=lambda args: _usage(env))
+
+    data = _command(
+        commands,
+        "data",
+        "datasets from Drive at local-disk speed",
+        "Datasets: pack a folder on Drive once into a few large shards, then stage it to the "
+        "local disk in seconds in every session.",
+    )
+    actions = data.add_subparsers(title="actions", metavar="ACTION")
+    cmd = _command(
+        actions,
+        "pack",
+        "pack a folder into shards (default: SOURCE.packed beside it)",
+        "Pack a folder into tar shards with a manifest, committed last (default: "
+        "SOURCE.packed beside it). Packing again is incremental.",
+    )
+    cmd.add_argument("source", help=_DATA_SOURCE_HELP)
+    cmd.add_argument("--dest", help="where to write the shards (default: SOURCE.packed)")
+    cmd.add_argument("--shard-size", default="256MiB", help="file data per shard (default: 256MiB)")
+    cmd.add_argument(
+        "--compression",
+        choices=("zstd", "none"),
+        default="zstd",
+        help="zstd (default) or none (plain tar, as WebDataset reads it)",
+    )
+    cmd.add_argument(
+        "--workers", type=_positive_int, default=32, help="files read at once (default: 32)"
+    )
+    cmd.add_argument(
+        "--verify",
+        action="store_true",
+        help="read back the shards kept from before and check their sha256",
+    )
+    cmd.set_defaults(handler=_data_pack)
+    cmd = _command(
+        actions,
+        "stage",
+        "copy a dataset to the local disk and print its path",
+        "Copy a dataset (packed, an archive, or a plain folder) to the local disk, verified, "
+        "and print the local folder. An unchanged source is not copied again.",
+    )
+    cmd.add_argument("source", help=_DATA_SOURCE_HELP + ", or a .zip/.tar/.tar.gz/.tar.zst file")
+    cmd.add_argument("--dest", help="the local folder (default: one under colabsession's home)")
+    cmd.add_argument(
+        "--workers",
+        type=_positive_int,
+        help="copies at once (default: 8 shards, or 32 files of an unpacked folder)",
+    )
+    cmd.set_defaults(handler=_data_stage)
+    cmd = _command(
+        actions,
+        "ls",
+        "datasets in a folder, or staged on this machine",
+        "The datasets in a folder (packed, archives, plain folders), or with no folder given, "
+        "those staged on this machine.",
+    )
+    cmd.add_argument("location", nargs="?", help="a folder, e.g. drive:datasets")
+    _add_json(cmd)
+    cmd.set_defaults(handler=_data_ls)
+    data.set_defaults(handler=lambda args: _usage(data))
 
     cmd = _command(
         commands,
@@ -507,4 +568,55 @@ def _env_remove(args: argparse.Namespace) -> int:
 
     env.remove(args.name, args.location)
     print(f"removed environment {args.name!r}")
+    return 0
+
+
+def _data_pack(args: argparse.Namespace) -> int:
+    from . import data
+
+    data.pack(
+        args.source,
+        args.dest,
+        shard_size=args.shard_size,
+        compression=args.compression,
+        workers=args.workers,
+        verify=args.verify,
+    )
+    return 0
+
+
+def _data_stage(args: argparse.Namespace) -> int:
+    from . import data
+
+    path = data.stage(args.source, args.dest, workers=args.workers)
+    print(path)
+    return 0
+
+
+def _data_ls(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from . import data
+    from ._units import format_bytes
+
+    if args.location is None:
+        staged = data.staged()
+        if args.json:
+            print(json.dumps([asdict(s) for s in staged], indent=2))
+        elif not staged:
+            print("nothing staged on this machine yet: colabsession data stage SOURCE")
+        for s in staged:
+            print(f"{s.path}  {s.files:,} files  {format_bytes(s.size)}  from {s.source}")
+        return 0
+    found = data.list(args.location)
+    if args.json:
+        print(json.dumps([asdict(e) for e in found], indent=2))
+        return 0
+    if not found:
+        print(f"no datasets in {args.location}")
+    for e in found:
+        files = "-" if e.files is None else f"{e.files:,} files"
+        shards = "" if e.shards is None else f"  {e.shards} shard(s)"
+        hint = "  (not packed: colabsession data pack)" if e.kind == "folder" else ""
+        print(f"{e.name:<24} {e.kind:<8} {files:>14} {format_bytes(e.size):>10}{shards}{hint}")
     return 0

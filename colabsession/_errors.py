@@ -63,3 +63,7 @@ class LeaseError(CheckpointError):
 
 class EnvError(ColabSessionError):
     """A persistent environment cannot be built, saved or restored."""
+
+
+class DataError(ColabSessionError):
+    """A dataset cannot be packed or staged."""

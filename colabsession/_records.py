@@ -16,6 +16,7 @@ Point(version=1, x=3)
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import types
@@ -74,14 +75,27 @@ def parse_record(cls: type[R], data: bytes | str | dict[str, Any], *, what: str 
 def _build(cls: type[T], raw: dict[str, Any], where: str) -> T:
     """*cls* from the fields of *raw* it declares, each checked; a field without a default
     that *raw* lacks is an error."""
-    hints = typing.get_type_hints(cls)
+    record: type = cls
+    hints = _hints(record)
     values: dict[str, Any] = {}
-    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+    for field in _fields(record):
         if field.name in raw:
             values[field.name] = _check(raw[field.name], hints[field.name], f"{where}.{field.name}")
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise InvalidRecord(f"{where} lacks the field {field.name!r}")
     return cls(**values)
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """A record's field types, worked out once (a dataset's manifest holds thousands of
+    records)."""
+    return typing.get_type_hints(cls)
+
+
+@functools.cache
+def _fields(cls: type) -> tuple[dataclasses.Field[Any], ...]:
+    return dataclasses.fields(cls)
 
 
 def _check(value: Any, hint: Any, where: str) -> Any:

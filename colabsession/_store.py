@@ -11,11 +11,12 @@ or a silent API server raises TimeoutError instead of hanging its caller.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -285,6 +286,74 @@ class Store:
             self._manifests[entry.name] = entry.manifest
         return Entry(entry.step, entry.name, entry.manifest, self)
 
+    def put_file(
+        self,
+        source: str | os.PathLike[str],
+        name: str,
+        *,
+        progress: Callable[[int], object] | None = None,
+    ) -> None:
+        """Copy the local file *source* into the store as *name* (a new, unique name: a reader
+        never sees it half written under a name it looks for). Bounded by the timeout, scaled
+        by the file's size."""
+        size = os.path.getsize(source)
+
+        def job() -> None:
+            with open(source, "rb") as src:
+                chunks = _counted(iter(lambda: src.read(COPY_CHUNK), b""), progress)
+                if self.on_mount:
+                    _write_fd(self.path(name), chunks)
+                    return
+                with self.fs.open(self.path(name), "wb") as dst:
+                    for chunk in chunks:
+                        dst.write(chunk)
+
+        self.io(f"write {name}", job, size)
+
+    def fetch_file(
+        self,
+        name: str,
+        target: str | os.PathLike[str],
+        *,
+        size: int,
+        progress: Callable[[int], object] | None = None,
+    ) -> str:
+        """Append the bytes of *name* that the local file *target* lacks (a copy cut short
+        resumes where it stopped, when the file system can seek) and return the sha256 of the
+        whole; *progress* hears of the bytes copied now. Bounded by the timeout, scaled by
+        what is left to copy; a copy abandoned on timeout writes nothing more."""
+        abandoned = threading.Event()
+
+        def job() -> str:
+            digest = hashlib.sha256()
+            have = 0
+            with contextlib.suppress(FileNotFoundError), open(target, "rb") as done:
+                while chunk := done.read(COPY_CHUNK):
+                    digest.update(chunk)
+                    have += len(chunk)
+            with self.fs.open(self.path(name), "rb") as src:
+                if have:
+                    try:
+                        src.seek(have)
+                    except (OSError, ValueError, NotImplementedError):
+                        have, digest = 0, hashlib.sha256()
+                with open(target, "ab" if have else "wb") as dst:
+                    while chunk := src.read(COPY_CHUNK):
+                        if abandoned.is_set():
+                            raise TimeoutError(f"the copy of {name} was abandoned")
+                        dst.write(chunk)
+                        digest.update(chunk)
+                        if progress is not None:
+                            progress(len(chunk))
+            return digest.hexdigest()
+
+        left = max(0, size - _size_or_zero(target))
+        try:
+            return self.io(f"read {name}", job, left)
+        except TimeoutError:
+            abandoned.set()
+            raise
+
     def delete(self, entry: Entry) -> None:
         self.remove(entry.name)
 
@@ -308,6 +377,20 @@ class Store:
 
 def _write_fd(path: str, chunks: Any, *, append: bool = False) -> None:
     write_fd(path, chunks, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC))
+
+
+def _counted(chunks: Iterator[bytes], progress: Callable[[int], object] | None) -> Iterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+        if progress is not None:
+            progress(len(chunk))
+
+
+def _size_or_zero(path: str | os.PathLike[str]) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 def _seekable(f: Any) -> bool:

@@ -7,10 +7,14 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import TypeVar
+from collections.abc import Callable, Generator, Iterable, Sequence
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 T = TypeVar("T")
+U = TypeVar("U")
 
 
 def call_with_timeout(func: Callable[[], T], timeout: float, *, what: str = "call") -> T:
@@ -36,6 +40,51 @@ def call_with_timeout(func: Callable[[], T], timeout: float, *, what: str = "cal
     if failure:
         raise failure[0]
     return outcome[0]
+
+
+def map_bounded(
+    func: Callable[[T], U],
+    items: Iterable[T],
+    *,
+    workers: int,
+    timeout: float,
+    window: int | None = None,
+    what: str = "work",
+) -> Generator[U, None, None]:
+    """``func(item)`` for each item on *workers* threads, yielded in the items' order, with at
+    most *window* (default four per worker) started ahead of the one yielded, so that a slow
+    consumer bounds the memory held. TimeoutError when the next result takes longer than
+    *timeout* seconds. Leaving early (an error, or closing the iterator) cancels what has not
+    started and waits for nothing: a thread stuck on a dead mount is abandoned.
+
+    >>> list(map_bounded(len, ["a", "bb"], workers=2, timeout=5))
+    [1, 2]
+    """
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix=f"colabsession-{what}")
+    ahead = window or 4 * max(1, workers)
+    pending: deque[Future[U]] = deque()
+    source = iter(items)
+    try:
+        for item in source:
+            pending.append(pool.submit(func, item))
+            if len(pending) >= ahead:
+                yield _result(pending.popleft(), timeout, what)
+        while pending:
+            yield _result(pending.popleft(), timeout, what)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _result(future: Future[U], timeout: float, what: str) -> U:
+    from concurrent.futures import TimeoutError as FutureTimeout
+
+    try:
+        return future.result(timeout)
+    except FutureTimeout:
+        raise TimeoutError(f"{what} did not finish within {timeout:g} s") from None
 
 
 def run_command(argv: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:

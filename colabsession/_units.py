@@ -112,3 +112,30 @@ def format_bytes(size: float | None) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")
+
+
+_SIZES = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9}
+_SIZES.update({"gb": 10**9, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40})
+
+
+def parse_bytes(value: int | str, *, name: str = "size") -> int:
+    """A size in bytes: an int, or a string such as ``"256MiB"``, ``"1.5GB"`` or ``"4096"``.
+
+    >>> parse_bytes("256MiB")
+    268435456
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif isinstance(value, str) and (
+        match := re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*", value.lower())
+    ):
+        if match[2] not in _SIZES:
+            raise ConfigError(f"cannot read {name}={value!r}: use a unit such as MiB or GB")
+        size = int(float(match[1]) * _SIZES[match[2]])
+    else:
+        raise ConfigError(
+            f"{name} must be a number of bytes or a string like '256MiB', not {value!r}"
+        )
+    if size <= 0:
+        raise ConfigError(f"{name} must be more than 0 bytes, got {value!r}")
+    return size

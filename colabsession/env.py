@@ -701,7 +701,7 @@ def _fetch(store: Store, info: EnvInfo) -> Path:
                     leave=False,
                 ) as bar,
             ):
-                _archive.unpack(ahead, temp, limit=limit, progress=bar.update)  # type: ignore[arg-type]
+                _archive.unpack(ahead, temp, limit=limit, progress=lambda _: bar.update())  # type: ignore[arg-type]
                 ahead.drain()
             reader.drain()  # bytes after the compressed stream's end count in the hash too
             return reader
