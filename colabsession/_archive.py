@@ -267,7 +267,8 @@ def zip_members(
     for item in archive.infolist():
         member = tarfile.TarInfo(item.filename)
         mode = item.external_attr >> 16
-        if stat.S_ISLNK(mode) or (mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))):
+        kind = stat.S_IFMT(mode)  # 0 when the zip was made where files have no Unix mode
+        if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
             raise UnsafeArchive(f"{item.filename!r} is a link or special file")
         if item.is_dir():
             member.type = tarfile.DIRTYPE

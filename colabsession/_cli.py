@@ -603,7 +603,8 @@ def _data_ls(args: argparse.Namespace) -> int:
         staged = data.staged()
         if args.json:
             print(json.dumps([asdict(s) for s in staged], indent=2))
-        elif not staged:
+            return 0
+        if not staged:
             print("nothing staged on this machine yet: colabsession data stage SOURCE")
         for s in staged:
             print(f"{s.path}  {s.files:,} files  {format_bytes(s.size)}  from {s.source}")

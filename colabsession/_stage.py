@@ -40,6 +40,7 @@ from .drive import Location
 logger = logging.getLogger(__name__)
 MARGIN = 64 << 20  # bytes of free space kept beyond what staging needs
 ATTEMPTS = 4  # tries per shard or archive copy before giving up (a dropped mount, a 5xx)
+PAUSES = 60.0  # seconds of pauses between the tries of one copy, at most
 DAMAGED_TRIES = 2  # copies of a shard whose sha256 does not match before it is called damaged
 _sleep = time.sleep  # tests replace these two
 disk_usage = shutil.disk_usage
@@ -219,7 +220,8 @@ def stage_packed(
             fetch,
             zip(info.shards, local, strict=True),
             workers=workers,
-            timeout=(timeout + largest / SLOWEST) * ATTEMPTS,
+            # each copy bounds its own tries; this bounds the wait for one in order
+            timeout=(timeout + largest / SLOWEST) * ATTEMPTS + PAUSES,
             window=workers,
             what="copy shards",
         )
@@ -231,6 +233,11 @@ def stage_packed(
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise full_disk(exc, str(store), dest) from None
             raise
+        except TimeoutError as exc:
+            raise DataError(
+                f"copying from {store} failed ({reason(exc)}). What was copied is kept: run "
+                "the same call again to continue"
+            ) from None
         finally:
             arrived.close()
         result = record(str(store), key, "packed", dest, info.files, info.unpacked, started)
