@@ -24,8 +24,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -33,38 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-HERE = Path(__file__).parent
-
-
-class Mount:
-    def __init__(self, base: Path, latency: float) -> None:
-        self.source, self.point = base / "source", base / "mnt"
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                str(HERE / "fuse_latency.py"),
-                str(self.source),
-                str(self.point),
-                "--latency",
-                str(latency),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for _ in range(100):
-            if os.path.ismount(self.point):
-                break
-            time.sleep(0.1)
-        else:
-            raise SystemExit("the FUSE passthrough did not mount (root? fuse3? mfusepy?)")
-
-    def counts(self) -> dict[str, dict[str, int]]:
-        return json.loads((self.point / ".stats").read_bytes())  # type: ignore[no-any-return]
-
-    def close(self) -> None:
-        subprocess.run(["fusermount3", "-u", str(self.point)], check=False)
-        self.process.wait(10)
+from fuse_latency import Mount  # type: ignore[import-not-found]
 
 
 def metadata(before: dict[str, Any], after: dict[str, Any]) -> dict[str, int]:

@@ -14,9 +14,12 @@ import argparse
 import errno
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import mfusepy as fuse  # type: ignore[import-not-found]
@@ -132,6 +135,38 @@ _OPS = {
     for name in vars(Passthrough)
     if not name.startswith("_") and callable(getattr(Passthrough, name)) and name != "use_ns"
 }
+
+
+class Mount:
+    """The passthrough of *base*/source at *base*/mnt, in a process of its own."""
+
+    def __init__(self, base: Path, latency: float) -> None:
+        self.source, self.point = base / "source", base / "mnt"
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                str(self.source),
+                str(self.point),
+                "--latency",
+                str(latency),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(100):
+            if os.path.ismount(self.point):
+                break
+            time.sleep(0.1)
+        else:
+            raise SystemExit("the FUSE passthrough did not mount (root? fuse3? mfusepy?)")
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        return json.loads((self.point / ".stats").read_bytes())  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        subprocess.run(["fusermount3", "-u", str(self.point)], check=False)
+        self.process.wait(10)
 
 
 def main() -> None:

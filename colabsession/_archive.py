@@ -89,14 +89,43 @@ def pack(folder: Path, target: Path, *, level: int = 3) -> PackStats:
 
 
 def decompress(raw: IO[bytes], compression: str) -> IO[bytes]:
-    """A stream of the archive's tar bytes, from *raw* compressed as *compression*."""
+    """A stream of the archive's tar bytes, from *raw* compressed as *compression*; data that
+    does not decompress raises UnsafeArchive."""
     if compression == "zstd":
-        return _zstd_reader(raw)  # type: ignore[no-any-return]
+        return _Checked(_zstd_reader(raw), "zstd")  # type: ignore[return-value]
     if compression == "gzip":
         import gzip
 
-        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+        return _Checked(gzip.GzipFile(fileobj=raw, mode="rb"), "gzip")  # type: ignore[return-value]
     return raw
+
+
+class _Checked:
+    """A decompressing reader whose errors (each library has its own) are UnsafeArchive."""
+
+    def __init__(self, reader: Any, what: str) -> None:
+        self.reader, self.what = reader, what
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return bytes(self.reader.read(n))
+        except (OSError, TimeoutError):
+            if not _decoder_error(sys.exc_info()[1]):
+                raise  # the source failed (a dropped mount): not the data
+            raise UnsafeArchive(f"it is not valid {self.what} data") from None
+        except (EOFError, ValueError, MemoryError) as exc:
+            raise UnsafeArchive(f"it is not valid {self.what} data ({exc})") from None
+        except Exception as exc:  # zstandard.ZstdError, compression.zstd.ZstdError, zlib.error
+            raise UnsafeArchive(f"it is not valid {self.what} data ({exc})") from None
+
+    def readable(self) -> bool:
+        return True
+
+
+def _decoder_error(exc: BaseException | None) -> bool:
+    import gzip
+
+    return isinstance(exc, gzip.BadGzipFile)
 
 
 def unpack(
@@ -496,9 +525,11 @@ class HashingReader:
 
 
 class Prefetch:
-    """Reads *raw* ahead in a thread (the Drive mount or the API) while the caller unpacks."""
+    """Reads *raw* ahead in a thread (the Drive mount or the API) while the caller unpacks; with a
+    *timeout*, a read that brings nothing for that long raises TimeoutError in the caller."""
 
-    def __init__(self, raw: Any, depth: int = 8) -> None:
+    def __init__(self, raw: Any, depth: int = 8, *, timeout: float | None = None) -> None:
+        self._timeout = timeout  # seconds the reader waits for the next chunk (None: no limit)
         self._queue: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=depth)
         self._chunk = b""
         self._at = 0
@@ -545,7 +576,7 @@ class Prefetch:
             if self._at >= len(self._chunk):
                 if self._done:
                     break
-                item = self._queue.get()
+                item = self._next()
                 if isinstance(item, BaseException):
                     raise item
                 if not item:
@@ -560,13 +591,20 @@ class Prefetch:
                 n -= take
         return b"".join(parts)
 
+    def _next(self) -> bytes | BaseException:
+        try:
+            return self._queue.get(timeout=self._timeout)
+        except queue.Empty:
+            self.close()
+            raise TimeoutError(f"reading did not bring anything for {self._timeout:g} s") from None
+
     def readview(self, n: int) -> memoryview | bytes:
         """At most *n* bytes (n > 0) from the chunk at hand, without copying them; empty at
         the end. Files' data goes from here to the disk untouched."""
         if self._at >= len(self._chunk):
             if self._done:
                 return b""
-            item = self._queue.get()
+            item = self._next()
             if isinstance(item, BaseException):
                 raise item
             if not item:

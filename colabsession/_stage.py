@@ -18,6 +18,7 @@ import logging
 import os
 import secrets
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -193,8 +194,11 @@ def stage_packed(
     timeout: float,
     started: float,
 ) -> StagedInfo:
-    """Copy the shards (several at once, each verified) and unpack them in order as they
-    arrive, into a fresh folder that becomes *dest*."""
+    """Unpack the shards in order into a fresh folder that becomes *dest*: the first one as it
+    arrives (verified at its end; the folder is discarded if it does not match), while the
+    others are copied to the local disk several at once, each verified before it is unpacked.
+    If reading the first one as it arrives fails, it all starts again with every shard copied
+    first (what was copied is kept)."""
     cache = downloads()
     cache.mkdir(parents=True, exist_ok=True)
     suffix = ".tar.zst" if info.compression == "zstd" else ".tar"
@@ -205,47 +209,190 @@ def stage_packed(
     ]
     check_space(dest.parent, info.unpacked + info.size - sum(have), str(store))
     prepare(dest)
-    largest = max((s.size for s in info.shards), default=0)
     with (
         bar(info.size, "copying shards", sum(have)) as copied,
         bar(info.unpacked, f"staging {dest.name}") as unpacked,
-        unpacking(dest) as partial,
     ):
-        unpacker = _archive.Unpacker(partial, progress=lambda m: unpacked.update(m.size))
-
-        def fetch(item: tuple[Shard, Path]) -> Path:
-            return _fetch_shard(store, item[0], item[1], copied.update)
-
-        arrived = map_bounded(
-            fetch,
-            zip(info.shards, local, strict=True),
-            workers=workers,
-            # each copy bounds its own tries; this bounds the wait for one in order
-            timeout=(timeout + largest / SLOWEST) * ATTEMPTS + PAUSES,
-            window=workers,
-            what="copy shards",
-        )
+        job = _Unpacking(store, info, local, dest, workers, timeout, copied, unpacked)
         try:
-            for shard, path in zip(info.shards, arrived, strict=True):
-                _unpack_shard(unpacker, shard, path, info.compression, store)
-            unpacker.finish()
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise full_disk(exc, str(store), dest) from None
-            raise
-        except TimeoutError as exc:
-            raise DataError(
-                f"copying from {store} failed ({reason(exc)}). What was copied is kept: run "
-                "the same call again to continue"
-            ) from None
-        finally:
-            arrived.close()
+            job.run(stream=True)
+        except _StreamFailed as exc:
+            logger.warning(
+                "colabsession: reading %s as it arrived failed (%s); copying it first",
+                info.shards[0].name,
+                exc,
+            )
+            unpacked.reset()
+            job.run(stream=False)
         result = record(str(store), key, "packed", dest, info.files, info.unpacked, started)
-        commit(partial, dest, result)
+        commit(job.partial, dest, result)
     for path in local:
         with contextlib.suppress(OSError):
             path.unlink()
     return result
+
+
+class _StreamFailed(Exception):
+    """Reading the first shard as it arrived failed: copy it first instead."""
+
+
+class _Unpacking:
+    """One pass over a packed dataset's shards into a fresh folder beside the destination."""
+
+    def __init__(
+        self,
+        store: Store,
+        info: DatasetInfo,
+        local: list[Path],
+        dest: Path,
+        workers: int,
+        timeout: float,
+        copied: Any,
+        unpacked: Any,
+    ) -> None:
+        self.store, self.info, self.local, self.dest = store, info, local, dest
+        self.workers, self.timeout = workers, timeout
+        self.copied, self.unpacked = copied, unpacked
+        self.partial = dest
+
+    def run(self, *, stream: bool) -> None:
+        info, store = self.info, self.store
+        shards = list(zip(info.shards, self.local, strict=True))
+        streamed = stream and bool(shards) and _size(shards[0][1]) != shards[0][0].size
+        rest = shards[1:] if streamed else shards
+        largest = max((s.size for s in info.shards), default=0)
+
+        def fetch(item: tuple[Shard, Path]) -> Path:
+            return _fetch_shard(store, item[0], item[1], self.copied.update)
+
+        with unpacking(self.dest) as partial:
+            self.partial = partial
+            unpacker = _archive.Unpacker(partial, progress=lambda m: self.unpacked.update(m.size))
+            arrived = map_bounded(  # the copies start now, while the first shard streams
+                fetch,
+                rest,
+                workers=self.workers,
+                # each copy bounds its own tries; this bounds the wait for one in order
+                timeout=(self.timeout + largest / SLOWEST) * ATTEMPTS + PAUSES,
+                window=self.workers,
+                what="copy shards",
+            )
+            try:
+                if streamed:
+                    _stream_shard(store, *shards[0], unpacker, info.compression, self)
+                for (shard, _), path in zip(rest, arrived, strict=True):
+                    _unpack_shard(unpacker, shard, path, info.compression, store)
+                unpacker.finish()
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise full_disk(exc, str(store), self.dest) from None
+                raise
+            except TimeoutError as exc:
+                raise DataError(
+                    f"copying from {store} failed ({reason(exc)}). What was copied is kept: "
+                    "run the same call again to continue"
+                ) from None
+            finally:
+                arrived.close()
+
+
+class _Tee:
+    """Reads a shard from the store into its part file on the local disk, and hands on what it
+    reads (what the part already held first: a copy cut short goes on from there), hashing it
+    all. Once *abandoned* is set (the reader gave up on it), it writes nothing more."""
+
+    def __init__(
+        self, part: Path, remote: Any, progress: Callable[[int], object], abandoned: Any
+    ) -> None:
+        self.remote, self.progress, self.abandoned = remote, progress, abandoned
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+        have = _size(part)
+        if have:
+            try:
+                remote.seek(have)
+            except (OSError, ValueError, NotImplementedError):
+                have = 0
+        self.prefix = open(part, "rb") if have else None  # noqa: SIM115 - closed in close()
+        self.out = open(part, "ab" if have else "wb")  # noqa: SIM115 - closed in close()
+
+    def read(self, n: int = -1) -> bytes:
+        n = n if n > 0 else _archive.CHUNK
+        if self.prefix is not None:
+            data = self.prefix.read(n)
+            if data:
+                self.sha256.update(data)
+                self.size += len(data)
+                return data
+            self.prefix.close()
+            self.prefix = None
+        data = bytes(self.remote.read(n))
+        if self.abandoned.is_set():
+            raise TimeoutError("the read was abandoned")
+        if data:
+            self.out.write(data)
+            self.sha256.update(data)
+            self.size += len(data)
+            self.progress(len(data))
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        if self.prefix is not None:
+            self.prefix.close()
+        self.out.close()
+
+
+def _stream_shard(
+    store: Store,
+    shard: Shard,
+    path: Path,
+    unpacker: _archive.Unpacker,
+    compression: str,
+    job: _Unpacking,
+) -> None:
+    """Unpack *shard* as it arrives, keeping a copy in its part file; verified at its end."""
+    part = _part(path)
+    abandoned = threading.Event()
+    try:
+        remote = store.io(f"open {shard.name}", lambda: store.fs.open(store.path(shard.name), "rb"))
+    except FileNotFoundError:
+        raise DataError(
+            f"{store}/{shard.name}, named by the manifest, is missing: pack the source again "
+            "with cs.data.pack(source)"
+        ) from None
+    except (OSError, TimeoutError) as exc:
+        raise _StreamFailed(reason(exc)) from None
+    tee = _Tee(part, remote, job.copied.update, abandoned)
+    limit = job.timeout + _archive.CHUNK / SLOWEST
+    try:
+        with _archive.Prefetch(_archive.decompress(tee, compression), timeout=limit) as ahead:  # type: ignore[arg-type]
+            stats = unpacker.add(_archive.members(ahead), limit=shard.unpacked)  # type: ignore[arg-type]
+            ahead.drain()
+        store.io(f"read {shard.name}", lambda: _archive.drain(tee), shard.size - tee.size)
+    except _archive.UnsafeArchive as exc:
+        raise _StreamFailed(f"it arrived damaged or unsafe: {exc}") from None
+    except (OSError, TimeoutError) as exc:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise _StreamFailed(reason(exc)) from None
+    finally:
+        abandoned.set()
+        tee.close()
+        with contextlib.suppress(Exception):
+            remote.close()
+    if tee.size != shard.size or tee.sha256.hexdigest() != shard.sha256:
+        part.unlink()
+        raise _StreamFailed("its sha256 does not match the manifest's")
+    if stats.files != len(shard.members):
+        part.unlink()
+        raise DataError(
+            f"{store}/{shard.name} holds {stats.files} members, not the {len(shard.members)} "
+            "its manifest lists; nothing was staged. Pack the source again"
+        )
+    os.replace(part, path)
 
 
 def _part(path: Path) -> Path:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Generator, Iterable, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -50,32 +52,60 @@ def map_bounded(
     timeout: float,
     window: int | None = None,
     what: str = "work",
-) -> Generator[U, None, None]:
+) -> Bounded[U]:
     """``func(item)`` for each item on *workers* threads, yielded in the items' order, with at
     most *window* (default four per worker) started ahead of the one yielded, so that a slow
-    consumer bounds the memory held. TimeoutError when the next result takes longer than
-    *timeout* seconds. Leaving early (an error, or closing the iterator) cancels what has not
-    started and waits for nothing: a thread stuck on a dead mount is abandoned.
+    consumer bounds the memory held. The first *window* start at once, before the first result
+    is asked for. TimeoutError when the next result takes longer than *timeout* seconds.
+    ``close()`` (or an error) cancels what has not started and waits for nothing: a thread stuck
+    on a dead mount is abandoned.
 
     >>> list(map_bounded(len, ["a", "bb"], workers=2, timeout=5))
     [1, 2]
     """
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
+    return Bounded(func, items, workers, timeout, window or 4 * max(1, workers), what)
 
-    pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix=f"colabsession-{what}")
-    ahead = window or 4 * max(1, workers)
-    pending: deque[Future[U]] = deque()
-    source = iter(items)
-    try:
-        for item in source:
-            pending.append(pool.submit(func, item))
-            if len(pending) >= ahead:
-                yield _result(pending.popleft(), timeout, what)
-        while pending:
-            yield _result(pending.popleft(), timeout, what)
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+
+class Bounded(Generic[U]):
+    """The results of :func:`map_bounded`, in order."""
+
+    def __init__(
+        self,
+        func: Callable[[T], U],
+        items: Iterable[T],
+        workers: int,
+        timeout: float,
+        window: int,
+        what: str,
+    ) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix=f"colabsession-{what}")
+        self._func: Callable[[Any], U] = func
+        self._source = iter(items)
+        self._timeout, self._what = timeout, what
+        self._pending: deque[Future[U]] = deque()
+        for item in itertools.islice(self._source, window):
+            self._pending.append(self._pool.submit(func, item))
+
+    def __iter__(self) -> Bounded[U]:
+        return self
+
+    def __next__(self) -> U:
+        if not self._pending:
+            self.close()
+            raise StopIteration
+        future = self._pending.popleft()
+        for item in itertools.islice(self._source, 1):
+            self._pending.append(self._pool.submit(self._func, item))
+        try:
+            return _result(future, self._timeout, self._what)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _result(future: Future[U], timeout: float, what: str) -> U:

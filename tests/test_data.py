@@ -470,6 +470,7 @@ class FaultyFS:
     fail_after: ClassVar[dict[str, int]] = {}
     corrupt_once: ClassVar[set[str]] = set()
     hang: ClassVar[threading.Event | None] = None
+    stay: ClassVar[bool] = False  # a failure that keeps failing (the mount stays down)
     exc: ClassVar[Any] = OSError
 
     @classmethod
@@ -479,6 +480,7 @@ class FaultyFS:
         cls.corrupt_once = set(switches.get("corrupt_once", ()))
         cls.hang = switches.get("hang")
         cls.exc = switches.get("exc", OSError)
+        cls.stay = switches.get("stay", False)
         return cls
 
     def __new__(cls) -> Any:
@@ -517,7 +519,8 @@ class _FaultyFile:
         limit = s.fail_after.get(self.name)
         done = s.read.get(self.name, 0)
         if limit is not None and done >= limit:
-            del s.fail_after[self.name]
+            if not s.stay:
+                del s.fail_after[self.name]
             if s.exc is OSError:
                 raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
             raise s.exc()
@@ -553,8 +556,8 @@ def test_a_mount_that_stays_down_is_a_clear_error_and_the_next_call_continues(
     big = max(info.shards, key=lambda s: s.size)
     monkeypatch.setattr(_stage, "_sleep", lambda s: None)
     location = Location(FaultyFS(), str(packed_dir(drive_root)), DRIVE + ".packed")
-    opened = FaultyFS.reset(fail_after={big.name: 1 << 20})
-    monkeypatch.setattr(_stage, "ATTEMPTS", 1)
+    opened = FaultyFS.reset(fail_after={big.name: 1 << 20}, stay=True)
+    monkeypatch.setattr(_stage, "ATTEMPTS", 2)
     with pytest.raises(cs.DataError, match=r"cs.drive.ensure\(\).*run the same call again"):
         cs.data.stage(location, workers=1)
     FaultyFS.reset()
