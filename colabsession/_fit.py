@@ -13,6 +13,7 @@ from ._errors import ConfigError
 from ._notify import notify as post
 from ._optional import require
 from ._runtime import run_again
+from ._say import say
 from ._units import Duration
 from .drive import Location
 
@@ -113,10 +114,9 @@ def fit(
                 )
             except KeyboardInterrupt:
                 if callback.save_now():
-                    print(
-                        f"colabsession: interrupted; saved the run in {callback.location}. To "
-                        f"continue, {run_again()}.",
-                        flush=True,
+                    say(
+                        f"interrupted; saved the run in {callback.location}. To "
+                        f"continue, {run_again()}."
                     )
                 raise
     except Exception as exc:
@@ -155,15 +155,14 @@ def _train(
     epoch, skip = callback.resume_point(restored)
     if restored is not None and epoch >= epochs:
         if verbose != 0:
-            print(
-                f"colabsession: {run} is finished: "
+            say(
+                f"{run} is finished: "
                 + (
                     f"all {epochs} epochs are done"
                     if epoch == epochs
                     else f"it has {epoch} epochs, more than the {epochs} asked for"
                 )
-                + ". To train longer, raise epochs; to start it over, pass restart=True",
-                flush=True,
+                + ". To train longer, raise epochs; to start it over, pass restart=True"
             )
         return
     callback.ckpt.prepare()  # an unwritable location fails now, not after an epoch

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 from ._errors import LeaseError
 from ._records import InvalidRecord, Record, parse_record
+from ._say import say
 from ._store import Store
 from ._units import format_duration
 
@@ -130,10 +131,9 @@ class Lease:
 
     def _wait_for_silence(self, lease: LeaseRecord) -> None:
         age = self.now() - lease.heartbeat
-        print(
-            f"colabsession: {self.what} was written by {_who(lease)} {format_duration(age)} ago; "
-            f"waiting up to {format_duration(lease.ttl - age)} in case that runtime is gone",
-            flush=True,
+        say(
+            f"{self.what} was written by {_who(lease)} {format_duration(age)} ago; "
+            f"waiting up to {format_duration(lease.ttl - age)} in case that runtime is gone"
         )
         first_beat = lease.heartbeat
         deadline = lease.heartbeat + lease.ttl + 1

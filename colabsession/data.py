@@ -185,8 +185,8 @@ def stage(
         say(
             f"{src} is not packed, so each of its {result.files:,} files was copied on its "
             f"own. Pack it once, cs.data.pack({str(src)!r}), and later sessions stage it from "
-            "a few large shards instead (through the Drive mount, tens of times faster for "
-            "small files: see the docs' benchmark)"
+            "a few large shards instead (through a mount at 50 ms per operation, 20,000 small "
+            "files took 10 min file by file and 6 s packed)"
         )
     return Path(result.path)
 

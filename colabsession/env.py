@@ -38,6 +38,7 @@ from . import _archive
 from ._errors import ColabSessionError, ConfigError, EnvError
 from ._records import InvalidRecord, Record, parse_record
 from ._runtime import home_dir
+from ._say import say
 from ._storage import reason, sha256_file
 from ._store import Store
 from ._units import format_bytes, format_duration
@@ -52,7 +53,6 @@ DEFAULT_LOCATION = "drive:Colab Notebooks/colabsession/envs"
 DEFAULT_NAME = "my_env"
 LEGACY_MANIFEST = "manifest.json"  # colabsession 0.1: one manifest, rewritten in place
 FORMAT = "colabsession-env"
-CHUNK = 8 << 20
 TIMEOUT = 120.0  # seconds any one Drive operation may take (more for the archive, by its size)
 UV_CONSTRAINTS = ("UV_CONSTRAINT", "UV_BUILD_CONSTRAINT")
 _MANIFEST = re.compile(r"manifest\.(\d{6,})\.([0-9a-f]{8})\.json")
@@ -164,19 +164,17 @@ def install(
         layer = tmp / "layer"
         pins = _build_layer(wanted, layer, pip_args, tool)
         if not pins:
-            print(
-                f"colabsession: the base environment already has {', '.join(requirements)}: "
-                f"nothing to add, and nothing was saved to {store}",
-                flush=True,
+            say(
+                f"the base environment already has {', '.join(requirements)}: "
+                f"nothing to add, and nothing was saved to {store}"
             )
             return previous
         info = _persist(store, name, layer, wanted, pins, tool, tmp)
         local = _move_into_place(layer, info)
     _activate(local, info)
-    print(
-        f"colabsession: environment {name!r} holds {len(pins)} package(s) and is saved to "
-        f"{store}; after a restart, run cs.env.restore({name!r})",
-        flush=True,
+    say(
+        f"environment {name!r} holds {len(pins)} package(s) and is saved to "
+        f"{store}; after a restart, run cs.env.restore({name!r})"
     )
     return info
 
@@ -223,10 +221,9 @@ def restore(
     store = _env_store(location, name)
     info = _current(store, name, missing_ok=default)
     if info is None:
-        print(
-            f"colabsession: no environment {name!r} saved yet: nothing to restore. Save your "
-            "installs once with cs.env.install('package', ...)",
-            flush=True,
+        say(
+            f"no environment {name!r} saved yet: nothing to restore. Save your "
+            "installs once with cs.env.install('package', ...)"
         )
         return None
     mismatch = _mismatch(info)
@@ -236,11 +233,7 @@ def restore(
                 f"environment {name!r} was built for {mismatch}; strict=True refuses "
                 "to rebuild it: call cs.env.restore(strict=False) or cs.env.install()"
             )
-        print(
-            f"colabsession: environment {name!r} was built for {mismatch}: rebuilding it "
-            "from its exact versions",
-            flush=True,
-        )
+        say(f"environment {name!r} was built for {mismatch}: rebuilding it from its exact versions")
         pins = tuple(f"{n}=={v}" for n, v in info.packages)
         tool = _choose_installer("auto")
         with _workspace(name) as tmp:
@@ -253,11 +246,10 @@ def restore(
         if not local.is_dir():
             local = _fetch(store, info)
     _activate(local, info)
-    print(
-        f"colabsession: restored environment {name!r} ({len(info.packages)} package(s), "
+    say(
+        f"restored environment {name!r} ({len(info.packages)} package(s), "
         f"{format_bytes(info.unpacked or info.size)}) in "
-        f"{format_duration(time.monotonic() - started, precise=True)}",
-        flush=True,
+        f"{format_duration(time.monotonic() - started, precise=True)}"
     )
     return info
 
@@ -483,11 +475,10 @@ def _without_uv_constraints(env: dict[str, str]) -> dict[str, str]:
     _refuse_shadowing, so the constraints are deliberately not applied to that install."""
     set_here = [var for var in UV_CONSTRAINTS if env.get(var)]
     if set_here:
-        print(
-            f"colabsession: not applying {' and '.join('$' + v for v in set_here)} (Colab's "
+        say(
+            f"not applying {' and '.join('$' + v for v in set_here)} (Colab's "
             "constraints for uv) to the layer: its versions are resolved against the base "
-            "already, and none of the base's packages is replaced unless you name it",
-            flush=True,
+            "already, and none of the base's packages is replaced unless you name it"
         )
     return {k: v for k, v in env.items() if k not in UV_CONSTRAINTS}
 
@@ -659,19 +650,10 @@ def _persist(
 def _copy_up(source: Path, store: Store, name: str, desc: str) -> None:
     from tqdm.auto import tqdm
 
-    def job() -> None:
-        with (
-            open(source, "rb") as src,
-            store.fs.open(store.path(name), "wb") as dst,
-            tqdm(
-                total=source.stat().st_size, unit="B", unit_scale=True, desc=desc, leave=False
-            ) as bar,
-        ):
-            while chunk := src.read(CHUNK):
-                dst.write(chunk)
-                bar.update(len(chunk))
-
-    store.io(f"write {name}", job, source.stat().st_size)
+    with tqdm(
+        total=source.stat().st_size, unit="B", unit_scale=True, desc=desc, leave=False
+    ) as bar:
+        store.put_file(source, name, progress=bar.update)
 
 
 def _fetch(store: Store, info: EnvInfo) -> Path:

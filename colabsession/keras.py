@@ -22,6 +22,7 @@ from ._errors import CheckpointError
 from ._history import metric_names, read_history
 from ._optional import require
 from ._runtime import run_again
+from ._say import say
 from ._storage import run_location
 from ._units import Duration, format_duration
 from .drive import Location
@@ -133,10 +134,9 @@ class SessionCheckpoint(_Callback):  # type: ignore[misc]
                 if batch
                 else f"after epoch {epoch}"
             )
-            print(
-                f"colabsession: resumed {self.location} {where} (step {checkpoint.step}, saved "
-                f"{checkpoint.created:%Y-%m-%d %H:%M} UTC)",
-                flush=True,
+            say(
+                f"resumed {self.location} {where} (step {checkpoint.step}, saved "
+                f"{checkpoint.created:%Y-%m-%d %H:%M} UTC)"
             )
         return checkpoint
 
@@ -223,11 +223,10 @@ class SessionCheckpoint(_Callback):  # type: ignore[misc]
         else:
             self.ckpt.wait()
         if self.stopped_for_deadline and self.verbose:
-            print(
-                f"colabsession: stopped at epoch {self._epoch + 1}, batch {self._batches_done}, "
+            say(
+                f"stopped at epoch {self._epoch + 1}, batch {self._batches_done}, "
                 f"before the session deadline; the run is saved in {self.location}. Reconnect "
-                f"(or start a new runtime) and {run_again()} to continue.",
-                flush=True,
+                f"(or start a new runtime) and {run_again()} to continue."
             )
 
     # Helpers ---------------------------------------------------------------------------------
