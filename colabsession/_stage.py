@@ -670,6 +670,10 @@ def list_source(
         files, left_out = walk(location, workers=workers, timeout=timeout, skip=skip or _none)
     except FileNotFoundError:
         raise DataError(f"there is nothing at {location}") from None
+    except NotADirectoryError:
+        raise DataError(
+            f"{location} is a file, not a folder or an archive ({', '.join(ARCHIVES)})"
+        ) from None
     except (OSError, TimeoutError) as exc:
         raise DataError(f"cannot list {location} ({reason(exc)})") from None
     if left_out:

@@ -175,6 +175,25 @@ def test_staging_replaces_nothing_it_did_not_stage(flowers: Path, tmp_path: Path
     assert tree(cs.data.stage(DRIVE, tmp_path / "elsewhere")) == tree(flowers)
 
 
+def test_sources_that_are_not_datasets(drive_root: Path, flowers: Path) -> None:
+    (drive_root / "notes.txt").write_text("x")
+    with pytest.raises(cs.DataError, match=r"is a file, not a folder or an archive \(.zip"):
+        cs.data.stage("drive:notes.txt")
+    with pytest.raises(cs.DataError, match="there is nothing at drive:missing"):
+        cs.data.stage("drive:missing")
+    (drive_root / "hollow").mkdir()
+    with pytest.raises(cs.DataError, match="holds no files"):
+        cs.data.pack("drive:hollow")
+    with pytest.raises(cs.ConfigError, match="shard_size"):
+        cs.data.pack(DRIVE, shard_size="lots")
+    cs.data.pack(DRIVE)
+    with pytest.raises(cs.DataError, match="packed dataset already"):
+        cs.data.pack(f"{DRIVE}.packed")
+    # Packed into a folder inside the source: that folder is not packed into itself.
+    info = cs.data.pack(DRIVE, f"{DRIVE}/.packed-here")
+    assert not any(m.path.startswith(".packed-here") for s in info.shards for m in s.members)
+
+
 # Kills and resumes ----------------------------------------------------------------------------
 
 
