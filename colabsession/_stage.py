@@ -31,6 +31,7 @@ from ._dataset import DatasetInfo, Shard
 from ._errors import DataError
 from ._records import InvalidRecord, Record, parse_record
 from ._runtime import home_dir
+from ._say import say
 from ._storage import reason
 from ._store import SLOWEST, Store
 from ._timeout import Backoff, map_bounded
@@ -121,6 +122,25 @@ def prepare(dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     for left in dest.parent.glob(f".{dest.name}.unpacking-*"):
         shutil.rmtree(left, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def exclusive(dest: Path) -> Iterator[None]:
+    """Hold the staging of *dest* on this machine: another process (a second notebook) staging
+    the same waits, then finds it staged."""
+    from filelock import FileLock, Timeout
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(dest.parent / f".{dest.name}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        say(f"another process on this machine is staging {dest}; waiting for it to finish")
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 @contextlib.contextmanager
@@ -485,9 +505,12 @@ def is_archive(name: str) -> bool:
     return name.lower().endswith(ARCHIVES)
 
 
-def stage_archive(location: Location, dest: Path, *, timeout: float, started: float) -> StagedInfo:
+def stage_archive(
+    location: Location, dest: Path, *, timeout: float, started: float
+) -> tuple[StagedInfo, bool]:
     """Copy the archive to the local disk (resuming a copy cut short) and unpack it there with
-    the same rules as environments: nothing may land outside *dest*."""
+    the same rules as environments: nothing may land outside *dest*. The record, and whether
+    it was staged already (the archive unchanged)."""
     folder, _, name = location.path.rstrip("/").rpartition("/")
     store = Store(Location(location.fs, folder, str(location)), timeout=timeout, durable=False)
     try:
@@ -501,7 +524,7 @@ def stage_archive(location: Location, dest: Path, *, timeout: float, started: fl
     key = f"archive:{size}:{change}"
     found = cached(dest, key)
     if found is not None:
-        return found
+        return found, True
     cache = downloads()
     cache.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256(f"{location.fs.protocol}:{location.path}:{key}".encode()).hexdigest()
@@ -537,7 +560,7 @@ def stage_archive(location: Location, dest: Path, *, timeout: float, started: fl
         commit(partial, dest, result)
     with contextlib.suppress(OSError):
         local.unlink()
-    return result
+    return result, False
 
 
 def _fetch_archive(store: Store, name: str, local: Path, size: int) -> None:

@@ -153,34 +153,11 @@ def stage(
     seconds = parse_duration(timeout, name="timeout")
     started = time.monotonic()
     src = resolve(source)
-    name = _name(src)
-    if _stage.is_archive(name):
-        target = _destination(src, dest)
-        result = _stage.stage_archive(src, target, timeout=seconds, started=started)
-        return _report(result, started)
-    packed = _find_packed(src, seconds)
-    if packed is not None:
-        store, info, manifest = packed
-        target = _destination(src, dest)
-        key = f"packed:{manifest}"
-        found = _stage.cached(target, key)
-        if found is not None:
-            return _report(found, started, again=True)
-        result = _stage.stage_packed(
-            store, info, key, target, workers=workers or 8, timeout=seconds, started=started
-        )
-        return _report(result, started)
-    files = _list(src, workers or 32, seconds, None)
     target = _destination(src, dest)
-    key = _stage.listing_key(files)
-    found = _stage.cached(target, key)
-    if found is not None:
-        return _report(found, started, again=True)
-    result = _stage.stage_folder(
-        src, files, key, target, workers=workers or 32, timeout=seconds, started=started
-    )
-    _report(result, started)
-    if str(src) not in _advised:
+    with _stage.exclusive(target):  # another notebook on this machine staging the same
+        result, again = _stage_now(src, target, workers, seconds, started)
+    _report(result, started, again=again)
+    if result.origin == "folder" and not again and str(src) not in _advised:
         _advised.add(str(src))
         say(
             f"{src} is not packed, so each of its {result.files:,} files was copied on its "
@@ -189,6 +166,33 @@ def stage(
             "files took 10 min file by file and 6 s packed)"
         )
     return Path(result.path)
+
+
+def _stage_now(
+    src: Location, target: Path, workers: int | None, seconds: float, started: float
+) -> tuple[StagedInfo, bool]:
+    """What is staged at *target* from *src*, and whether it was there already."""
+    if _stage.is_archive(_name(src)):
+        return _stage.stage_archive(src, target, timeout=seconds, started=started)
+    packed = _find_packed(src, seconds)
+    if packed is not None:
+        store, info, manifest = packed
+        key = f"packed:{manifest}"
+        found = _stage.cached(target, key)
+        if found is not None:
+            return found, True
+        shards = workers or 8
+        return _stage.stage_packed(
+            store, info, key, target, workers=shards, timeout=seconds, started=started
+        ), False
+    files = _list(src, workers or 32, seconds, None)
+    key = _stage.listing_key(files)
+    found = _stage.cached(target, key)
+    if found is not None:
+        return found, True
+    return _stage.stage_folder(
+        src, files, key, target, workers=workers or 32, timeout=seconds, started=started
+    ), False
 
 
 def staged() -> builtins.list[StagedInfo]:
