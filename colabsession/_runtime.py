@@ -57,8 +57,11 @@ class Runtime:
 
 
 def detect_kind() -> RuntimeKind:
-    """``"colab"``, ``"kaggle"`` or ``"local"``; ignores ``COLAB_GPU``, which is unreliable."""
-    if os.environ.get("COLAB_RELEASE_TAG") or COLAB_HOSTNAME_FILE.exists():
+    """``"colab"``, ``"kaggle"`` or ``"local"``. Colab is what colabtools itself checks for before
+    it mounts Drive: ``/var/colab/hostname``. ``COLAB_RELEASE_TAG`` alone (a copied environment,
+    a container built from Colab's image) is not Colab: Drive cannot be mounted there, so it
+    falls back like any other runtime; ``COLAB_GPU`` is unreliable and ignored."""
+    if COLAB_HOSTNAME_FILE.exists():
         return "colab"
     if os.environ.get("KAGGLE_KERNEL_RUN_TYPE") or os.environ.get("KAGGLE_URL_BASE"):
         return "kaggle"

@@ -30,6 +30,7 @@ from ._runtime import (
     fuse_drive_mounted,
     home_dir,
 )
+from ._say import say
 from ._timeout import Backoff, call_with_timeout
 from ._units import Duration, format_duration, parse_duration
 
@@ -52,7 +53,8 @@ __all__ = [
 logger = logging.getLogger("colabsession.drive")
 _said_local = False
 _notice = True
-_sleep = time.sleep  # tests replace these two
+_sleep = time.sleep  # tests replace these
+_monotonic = time.monotonic
 _stat = os.stat
 
 
@@ -63,13 +65,16 @@ def mount(
     timeout: Duration = "120s",
     readonly: bool = False,
     retries: int = 2,
+    max_wait: Duration = "5min",
 ) -> Path:
     """Mount Google Drive and return the path of "My Drive".
 
-    In Colab, a live Drive mount at *mountpoint* is reused at once (unless *force*); otherwise
-    ``google.colab.drive.mount`` is called, a timed-out mount is retried *retries* times with
-    growing pauses, and each failure becomes a :class:`MountError` that says what to do.
-    Elsewhere the local folder that stands in for Drive is returned (created if needed).
+    In Colab, a live Drive mount at *mountpoint* is reused at once (unless *force*; a mount
+    that dropped is mounted again); otherwise ``google.colab.drive.mount`` is called, a
+    timed-out mount is retried *retries* times with growing pauses, all within *max_wait*
+    (each try waits at most *timeout*), and each failure becomes a :class:`MountError` that
+    says what to do. Elsewhere the local folder that stands in for Drive is returned (created
+    if needed).
     """
     kind = detect_kind()
     if kind != "colab":
@@ -86,8 +91,16 @@ def mount(
         return root
     point = Path(mountpoint)
     if not force and fuse_drive_mounted(point):
-        return point / MY_DRIVE
+        problem = _problem(point / MY_DRIVE, 5.0)
+        if problem is None:
+            return point / MY_DRIVE
+        # Listed in the mount table but not answering ("Transport endpoint is not
+        # connected"): reusing it would fail at the first file; colabtools' own remount
+        # unmounts it first.
+        logger.warning("colabsession: %s; remounting Drive at %s", problem, point)
+        force = True
     seconds = parse_duration(timeout, name="timeout")
+    budget = parse_duration(max_wait, name="max_wait")
     try:
         from google.colab import drive as colab_drive
     except ImportError:
@@ -96,22 +109,35 @@ def mount(
             "(Runtime > Restart session) and run the cell again"
         ) from None
     backoff = Backoff(initial=5.0, maximum=3600.0, factor=3.0)
+    started = _monotonic()
+    say(
+        f"mounting Google Drive at {point} (allow access if Colab asks; this waits at most "
+        f"{format_duration(budget)})"
+    )
     for attempt in range(retries + 1):
+        left = budget - (_monotonic() - started)
+        wait = seconds if left >= seconds - 1.0 else max(1.0, left)  # a second is noise
         try:
             colab_drive.mount(
                 str(point),
                 force_remount=force or attempt > 0,
-                timeout_ms=int(seconds * 1000),
+                timeout_ms=int(wait * 1000),
                 readonly=readonly,
             )
             return point / MY_DRIVE
         except Exception as exc:
-            error = _mount_error(exc, point, seconds)
+            error = _mount_error(exc, point, wait)
             if not isinstance(error, MountTimeoutError) or attempt == retries:
                 raise error from exc
             pause = backoff.failed()
+            if _monotonic() - started + pause + 1.0 > budget:
+                raise MountTimeoutError(
+                    f"{error} (gave up after {format_duration(_monotonic() - started)}, the "
+                    f"max_wait of {format_duration(budget)})"
+                ) from exc
             logger.warning(
-                "Drive did not answer while mounting (attempt %d of %d); trying again in %.0f s",
+                "colabsession: Drive did not answer while mounting (attempt %d of %d); trying "
+                "again in %.0f s",
                 attempt + 1,
                 retries + 1,
                 pause,
@@ -121,8 +147,46 @@ def mount(
 
 
 def _mount_error(exc: Exception, point: Path, seconds: float) -> MountError:
+    """colabtools' own failures (google/colab/drive.py), each with what to do."""
     message = str(exc) or type(exc).__name__
     lowered = message.lower()
+    if "unsupported in this environment" in lowered or "colab enterprise" in lowered:
+        return MountError(
+            f"this runtime cannot mount Drive ({message}). Reach Drive through its API "
+            "instead: cs.drive.connect(service_account='key.json', folder='FOLDER_ID'), see "
+            "docs/drive.md"
+        )
+    if "must not contain a space" in lowered:
+        return MountError(
+            f"cannot mount Drive at {str(point)!r}: Colab refuses a mountpoint with a space. "
+            "Use cs.mount('/content/drive')"
+        )
+    if "credential propagation" in lowered:
+        return MountError(
+            f"Colab could not get permission to your Google Drive ({message}): the permission "
+            "window was closed or denied, or your Workspace administrator does not allow it. "
+            "Run the cell again and allow access (with several Google accounts, choose the one "
+            "whose Drive you want)"
+        )
+    if "domain policy has disabled drive file stream" in lowered:
+        return MountError(
+            f"your Google Workspace administrator has turned off Drive for desktop, which the "
+            f"Colab mount uses ({message}). Ask them to allow it, use a personal Google "
+            "account, or reach Drive through its API: cs.drive.connect(...)"
+        )
+    if "must be in a directory that exists" in lowered:
+        return MountError(
+            f"cannot mount Drive at {point}: its folder {point.parent} does not exist. Create "
+            f"it (`!mkdir -p {point.parent}`) or mount at /content/drive"
+        )
+    if "must either be a directory or not exist" in lowered:
+        return MountError(
+            f"cannot mount Drive at {point}: it is a file. Move it away (`!mv {point} "
+            f"{point}-old`) or mount elsewhere: cs.mount('/content/gdrive')"
+        )
+    if type(exc).__name__ == "TIMEOUT":  # pexpect's, when the Drive process never answers
+        message = f"the Drive process did not answer ({message.splitlines()[0][:200]})"
+        lowered = "timeout"
     if "must not already contain files" in lowered:
         return MountError(
             f"cannot mount Drive at {point}: the folder already holds files ({message}). Move "
@@ -200,8 +264,10 @@ def ensure(
     *,
     timeout: Duration = "120s",
     check_timeout: Duration = "5s",
+    readonly: bool = False,
 ) -> Path:
-    """Return My Drive's path, remounting a dropped or missing Colab mount first.
+    """Return My Drive's path, remounting a dropped or missing Colab mount first (read-only
+    again with *readonly*, as it was mounted).
 
     Call it before a long write to Drive; elsewhere it returns the local stand-in folder.
     """
@@ -216,7 +282,7 @@ def ensure(
         return root
     if mounted:
         logger.warning("colabsession: %s; remounting Drive at %s", problem, point)
-    mount(point, force=mounted, timeout=timeout)
+    mount(point, force=mounted, timeout=timeout, readonly=readonly)
     problem = _problem(root, limit)
     if problem is not None:
         raise MountError(
@@ -243,7 +309,23 @@ def flush_and_unmount(timeout: Duration = "24h") -> None:
         return
     from google.colab import drive as colab_drive
 
-    colab_drive.flush_and_unmount(timeout_ms=int(parse_duration(timeout, name="timeout") * 1000))
+    seconds = parse_duration(timeout, name="timeout")
+    try:
+        colab_drive.flush_and_unmount(timeout_ms=int(seconds * 1000))
+    except NotImplementedError as exc:
+        raise MountError(
+            f"this Colab runtime cannot flush and unmount Drive ({exc}): files written to "
+            "Drive are uploaded in the background; wait a few minutes before you end the "
+            "session, and check them on drive.google.com"
+        ) from None
+    except Exception as exc:  # colabtools raises a bare ValueError('flush_and_unmount failed')
+        raise MountError(
+            f"pushing pending writes to Drive failed or did not finish within "
+            f"{format_duration(seconds)} ({exc or type(exc).__name__}): files written to "
+            "Drive in the last minutes may not be uploaded yet. Keep this runtime, check them "
+            "on drive.google.com, and call cs.drive.flush_and_unmount() again (remount with "
+            "cs.drive.ensure() to keep working)"
+        ) from None
 
 
 # Locations ------------------------------------------------------------------------------------
@@ -292,7 +374,24 @@ def resolve(location: str | os.PathLike[str] | Location) -> Location:
     from fsspec.implementations.local import LocalFileSystem
 
     path = os.path.abspath(os.path.expanduser(text))
+    _refuse_unmounted(path)
     return Location(LocalFileSystem(), path, path)
+
+
+def _refuse_unmounted(path: str) -> None:
+    """In Colab, a path under /content/drive while Drive is not mounted is on the VM's disk:
+    what is written there is lost with the runtime, and its files make the next mount fail
+    ("Mountpoint must not already contain files")."""
+    point = str(COLAB_MOUNTPOINT)
+    if not (path == point or path.startswith(point + "/")) or detect_kind() != "colab":
+        return
+    if fuse_drive_mounted(COLAB_MOUNTPOINT):
+        return
+    raise MountError(
+        f"{path} is under {point}, but Drive is not mounted there: the data would go to this "
+        "runtime's disk, be lost when it ends, and make the next mount fail. Mount Drive "
+        "first, cs.mount(), or use 'drive:...' locations, which mount it when needed"
+    )
 
 
 def _drive_location(text: str, relative: str) -> Location:

@@ -68,8 +68,7 @@ def test_malformed_environment_names_the_variable(monkeypatch: pytest.MonkeyPatc
         cs.clock()
 
 
-def test_started_from_pid1_on_colab(monkeypatch: pytest.MonkeyPatch, mocker: MockerFixture) -> None:
-    monkeypatch.setenv("COLAB_RELEASE_TAG", "release-colab_x")
+def test_started_from_pid1_on_colab(fake_colab: object, mocker: MockerFixture) -> None:
     process = mocker.patch.object(psutil, "Process")
     process.return_value.create_time.return_value = 123.0
     assert cs.clock().started == 123.0

@@ -32,11 +32,47 @@ def _mounted(mount_table: Path, mountpoint: str = "/content/drive") -> None:
 
 
 def test_already_mounted_returns_at_once(
-    fake_colab: types.SimpleNamespace, mount_table: Path
+    fake_colab: types.SimpleNamespace, mount_table: Path, mocker: MockerFixture
 ) -> None:
     _mounted(mount_table)
+    mocker.patch.object(drive, "_stat")  # My Drive answers
     assert cs.mount() == COLAB_ROOT
     fake_colab.drive.mount.assert_not_called()
+
+
+def test_a_dropped_mount_is_never_reused(
+    fake_colab: types.SimpleNamespace, mount_table: Path, mocker: MockerFixture, caplog: Any
+) -> None:
+    """Listed in the mount table but answering "Transport endpoint is not connected": the
+    first file read would fail, so it is mounted again, forced."""
+    _mounted(mount_table)
+    mocker.patch.object(drive, "_stat", side_effect=OSError(errno.ENOTCONN, "not connected"))
+    assert cs.mount() == COLAB_ROOT
+    assert fake_colab.drive.mount.call_args.kwargs["force_remount"] is True
+    assert "dropped" in caplog.text
+
+
+def test_mounting_is_bounded_in_all_and_says_so(
+    fake_colab: types.SimpleNamespace, mocker: MockerFixture, capsys: Any
+) -> None:
+    """Each try waits at most what is left of max_wait, and no pause outlasts it."""
+    clock = [0.0]
+    mocker.patch.object(drive, "_monotonic", side_effect=lambda: clock[0])
+
+    def slow_timeout(*args: Any, **kwargs: Any) -> None:
+        clock[0] += kwargs["timeout_ms"] / 1000
+        raise ValueError("mount failed: timeout during initial read of root folder")
+
+    def sleep(seconds: float) -> None:
+        clock[0] += seconds
+
+    fake_colab.drive.mount.side_effect = slow_timeout
+    mocker.patch.object(drive, "_sleep", side_effect=sleep)
+    with pytest.raises(cs.MountTimeoutError, match="gave up after 5m, the max_wait of 5m"):
+        cs.mount(timeout="120s", retries=5, max_wait="5min")
+    waits = [c.kwargs["timeout_ms"] for c in fake_colab.drive.mount.call_args_list]
+    assert waits == [120_000, 120_000, 40_000]  # 120 + 5 + 120 + 15 + 40 = 300 s
+    assert "waits at most 5m" in capsys.readouterr().out
 
 
 def test_folder_named_drive_is_not_a_mount(
@@ -71,7 +107,21 @@ def test_force_and_options(fake_colab: types.SimpleNamespace, mount_table: Path)
         ("Mountpoint must not already contain files", "Move them away"),
         ("Mountpoint must not be a symlink", "Remove the link"),
         ("mount failed", "Disconnect and delete runtime"),
-        ("credential propagation was unsuccessful", "credential propagation"),
+        ("Error: credential propagation was unsuccessful", "allow access"),
+        # The rest of colabtools' own failures (google/colab/drive.py), word for word.
+        (
+            "Mounting drive is unsupported in this environment. Use PyDrive2 instead.",
+            r"cs.drive.connect\(service_account=",
+        ),
+        ("google.colab.drive.mount is not supported in Colab Enterprise.", "Drive through its API"),
+        ("Mountpoint must not contain a space.", "cs.mount\\('/content/drive'\\)"),
+        ("Mountpoint must be in a directory that exists", "mkdir -p"),
+        ("Mountpoint must either be a directory or not exist", "it is a file"),
+        (
+            "The domain policy has disabled Drive File Stream: "
+            "https://support.google.com/a/answer/7496409",
+            "Workspace administrator",
+        ),
     ],
 )
 def test_documented_failures_say_what_to_do(
@@ -132,6 +182,44 @@ def test_local_stand_in_from_environment(tmp_path: Path, monkeypatch: pytest.Mon
 def test_flush_and_unmount(fake_colab: types.SimpleNamespace) -> None:
     cs.drive.flush_and_unmount()
     fake_colab.drive.flush_and_unmount.assert_called_once()
+
+
+@pytest.mark.parametrize(
+    ("raised", "advice"),
+    [
+        (ValueError("flush_and_unmount failed"), r"may not be uploaded yet.*drive.google.com"),
+        (NotImplementedError("google.colab.drive is unsupported"), "uploaded in the background"),
+    ],
+)
+def test_flush_and_unmount_failures_say_what_to_do(
+    fake_colab: types.SimpleNamespace, raised: Exception, advice: str
+) -> None:
+    fake_colab.drive.flush_and_unmount.side_effect = raised
+    with pytest.raises(cs.MountError, match=advice):
+        cs.drive.flush_and_unmount(timeout="10min")
+
+
+def test_a_path_under_the_mountpoint_while_drive_is_not_mounted(
+    fake_colab: types.SimpleNamespace, mount_table: Path, mocker: MockerFixture
+) -> None:
+    """Written there, the data would land on the VM's disk and make the next mount fail."""
+    with pytest.raises(cs.MountError, match=r"not mounted there.*cs.mount\(\)"):
+        cs.drive.resolve("/content/drive/MyDrive/checkpoints/run-1")
+    with pytest.raises(cs.MountError, match="not mounted"):
+        cs.Checkpointer("/content/drive/MyDrive/checkpoints/run-1")
+    _mounted(mount_table)
+    assert cs.drive.resolve("/content/drive/MyDrive/x").path == "/content/drive/MyDrive/x"
+    assert cs.drive.resolve("/content/drives-elsewhere").path == "/content/drives-elsewhere"
+
+
+def test_ensure_mounts_again_read_only(
+    fake_colab: types.SimpleNamespace, mount_table: Path, mocker: MockerFixture
+) -> None:
+    _mounted(mount_table)
+    dropped = OSError(errno.ENOTCONN, "Transport endpoint is not connected")
+    mocker.patch.object(drive, "_stat", side_effect=[dropped, None])
+    cs.drive.ensure(readonly=True)
+    assert fake_colab.drive.mount.call_args.kwargs["readonly"] is True
 
 
 def test_flush_and_unmount_outside_colab(caplog: pytest.LogCaptureFixture) -> None:

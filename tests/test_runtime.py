@@ -27,8 +27,17 @@ def test_colab_gpu_alone_is_not_colab(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cs.runtime().kind == "local"
 
 
-def test_colab_from_release_tag(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_release_tag_alone_is_not_colab(monkeypatch: pytest.MonkeyPatch, isolated: Path) -> None:
+    """colabtools mounts Drive only where /var/colab/hostname exists; a container built from
+    Colab's image carries the tag without it, and falls back like any runtime."""
     monkeypatch.setenv("COLAB_RELEASE_TAG", "release-colab_20261101-060000_RC00")
+    rt = cs.runtime()
+    assert rt.kind == "local"
+    assert rt.release_tag == "release-colab_20261101-060000_RC00"
+    assert cs.mount() == isolated / "drive"
+
+
+def test_colab_from_hostname_file_and_release_tag(fake_colab: types.SimpleNamespace) -> None:
     rt = cs.runtime()
     assert rt.kind == "colab"
     assert rt.release_tag == "release-colab_20261101-060000_RC00"
