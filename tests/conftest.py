@@ -11,7 +11,9 @@ import pytest
 from pytest_mock import MockerFixture
 
 from colabsession import _gdrive, _runtime, drive
+from colabsession import drive as drive_module
 
+from .fake_colab_drive import FakeColabDrive, MessageError, install
 from .fake_drive_api import FakeDrive
 from .wheels import make_wheel
 
@@ -60,30 +62,39 @@ def mount_table(tmp_path: Path) -> Path:
 def fake_colab(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mocker: MockerFixture
 ) -> types.SimpleNamespace:
-    """Hosted Colab as colabsession sees it, with ``google.colab`` faked in ``sys.modules``."""
+    """Hosted Colab as colabsession sees it, with ``google.colab`` faked in ``sys.modules``: its
+    ``drive`` follows colabtools' own control flow (see fake_colab_drive.py), spied with mocks,
+    and the mount answers through ``colabsession.drive``'s stat."""
     hostname = tmp_path / "colab-hostname"
     hostname.write_text("colab-vm\n")
     monkeypatch.setattr(_runtime, "COLAB_HOSTNAME_FILE", hostname)
     monkeypatch.setenv("COLAB_RELEASE_TAG", "release-colab_20261101-060000_RC00")
-    drive = types.ModuleType("google.colab.drive")
-    drive.mount = mocker.Mock(name="drive.mount")  # type: ignore[attr-defined]
-    drive.flush_and_unmount = mocker.Mock(name="drive.flush_and_unmount")  # type: ignore[attr-defined]
+    vm = tmp_path / "vm"
+    (vm / "content").mkdir(parents=True)
+    fake = FakeColabDrive(vm, hostname, tmp_path / "mounts", tmp_path / "my-drive")
+    monkeypatch.setattr(drive_module, "_stat", fake.stat)
+    drive = install(fake, mocker)
+    message = types.ModuleType("google.colab._message")
+    message.MessageError = MessageError  # type: ignore[attr-defined]
     auth = types.ModuleType("google.colab.auth")
     auth.authenticate_user = mocker.Mock(name="auth.authenticate_user")  # type: ignore[attr-defined]
     colab = types.ModuleType("google.colab")
     colab.drive = drive  # type: ignore[attr-defined]
     colab.auth = auth  # type: ignore[attr-defined]
     google = sys.modules.get("google") or types.ModuleType("google")
-    mocker.patch.dict(
-        sys.modules,
-        {
-            "google": google,
-            "google.colab": colab,
-            "google.colab.drive": drive,
-            "google.colab.auth": auth,
-        },
+    # Only these keys, restored one by one: patch.dict would restore the whole table and drop
+    # the colabsession modules first imported during the test, which cs.* still refers to.
+    for name, module in {
+        "google": google,
+        "google.colab": colab,
+        "google.colab.drive": drive,
+        "google.colab.auth": auth,
+        "google.colab._message": message,
+    }.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    return types.SimpleNamespace(
+        module=colab, drive=drive, auth=auth, hostname=hostname, fake=fake, vm=vm
     )
-    return types.SimpleNamespace(module=colab, drive=drive, auth=auth, hostname=hostname)
 
 
 @pytest.fixture

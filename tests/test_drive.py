@@ -266,43 +266,130 @@ def test_not_mounted_in_colab_is_unhealthy(fake_colab: types.SimpleNamespace) ->
 
 
 @pytest.fixture
-def colab_mount(
-    fake_colab: types.SimpleNamespace, mount_table: Path, tmp_path: Path
-) -> types.SimpleNamespace:
+def colab_mount(fake_colab: types.SimpleNamespace, tmp_path: Path) -> types.SimpleNamespace:
+    """Colab with Drive mounted at a folder of the test's, by the faithful fake."""
     point = tmp_path / "content-drive"
-    (point / "MyDrive").mkdir(parents=True)
+    fake_colab.fake.mount(str(point))
+    fake_colab.drive.mount.reset_mock()
     fake_colab.point = point
-    fake_colab.mount_table = mount_table
     return fake_colab
 
 
 def test_ensure_healthy_mount(colab_mount: types.SimpleNamespace) -> None:
-    _mounted(colab_mount.mount_table, str(colab_mount.point))
     assert cs.drive.ensure(colab_mount.point) == colab_mount.point / "MyDrive"
     colab_mount.drive.mount.assert_not_called()
 
 
-def test_ensure_remounts_a_dropped_mount(
-    colab_mount: types.SimpleNamespace, mocker: MockerFixture
-) -> None:
-    _mounted(colab_mount.mount_table, str(colab_mount.point))
-    dropped = OSError(errno.ENOTCONN, "Transport endpoint is not connected")
-    mocker.patch.object(drive, "_stat", side_effect=[dropped, None])
+def test_ensure_remounts_a_dropped_mount(colab_mount: types.SimpleNamespace) -> None:
+    colab_mount.fake.drop(str(colab_mount.point))
     assert cs.drive.ensure(colab_mount.point) == colab_mount.point / "MyDrive"
     colab_mount.drive.mount.assert_called_once()
     assert colab_mount.drive.mount.call_args.kwargs["force_remount"] is True
+    assert cs.drive.healthy(colab_mount.point / "MyDrive")
 
 
-def test_ensure_mounts_when_not_mounted(colab_mount: types.SimpleNamespace) -> None:
-    cs.drive.ensure(colab_mount.point)
-    assert colab_mount.drive.mount.call_args.kwargs["force_remount"] is False
+def test_ensure_mounts_when_not_mounted(fake_colab: types.SimpleNamespace, tmp_path: Path) -> None:
+    point = tmp_path / "content-drive"
+    assert cs.drive.ensure(point) == point / "MyDrive"
+    assert fake_colab.drive.mount.call_args.kwargs["force_remount"] is False
 
 
 def test_ensure_gives_up_clearly(colab_mount: types.SimpleNamespace, mocker: MockerFixture) -> None:
-    _mounted(colab_mount.mount_table, str(colab_mount.point))
     mocker.patch.object(drive, "_stat", side_effect=OSError(errno.ENOTCONN, "not connected"))
     with pytest.raises(cs.MountError, match="still does not answer"):
         cs.drive.ensure(colab_mount.point)
+
+
+# The faithful fake's behaviours, each met by colabsession -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("switch", "value", "error", "advice"),
+    [
+        ("auth", "deny", cs.MountError, "allow access"),
+        ("auth", "no_browser", cs.MountError, "allowed this notebook to access"),
+        ("outcome", "fail", cs.MountError, "Disconnect and delete runtime"),
+        ("outcome", "domain_policy", cs.MountError, "Workspace administrator"),
+        ("outcome", "root_timeout", cs.MountTimeoutError, "top folder holds very many files"),
+        ("outcome", "hang", cs.MountTimeoutError, "the Drive process did not answer"),
+    ],
+)
+def test_every_way_colab_fails_to_mount_says_what_to_do(
+    fake_colab: types.SimpleNamespace,
+    no_sleep: Any,
+    switch: str,
+    value: str,
+    error: type[Exception],
+    advice: str,
+) -> None:
+    setattr(fake_colab.fake, switch, value)
+    with pytest.raises(error, match=advice):
+        cs.mount()
+    retried = 3 if error is cs.MountTimeoutError else 1
+    assert fake_colab.drive.mount.call_count == retried
+
+
+def test_the_mountpoint_checks(fake_colab: types.SimpleNamespace, tmp_path: Path) -> None:
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "leftover.txt").write_text("x")
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "link").symlink_to(tmp_path / "full")
+    for point, advice in (
+        (tmp_path / "full", "already holds files"),
+        (tmp_path / "a-file", "it is a file"),
+        (tmp_path / "link", "symbolic link"),
+        (tmp_path / "no" / "parent", "does not exist"),
+        (tmp_path / "with space", "space"),
+    ):
+        with pytest.raises(cs.MountError, match=advice):
+            cs.mount(point)
+
+
+def test_outside_a_colab_vm_the_real_mount_refuses(fake_colab: types.SimpleNamespace) -> None:
+    """google.colab importable but no /var/colab/hostname is not Colab: colabsession falls back
+    to the local folder and never calls a mount that would refuse ("Use PyDrive2 instead")."""
+    fake_colab.hostname.unlink()
+    assert cs.runtime().kind == "local"
+    cs.mount()
+    fake_colab.drive.mount.assert_not_called()
+    with pytest.raises(NotImplementedError, match="Use PyDrive2"):
+        fake_colab.fake.mount("/content/drive")
+
+
+def test_writing_under_the_mountpoint_before_mounting_would_break_the_mount(
+    fake_colab: types.SimpleNamespace,
+) -> None:
+    """What the guard prevents: a file written to /content/drive/MyDrive while unmounted lands
+    on the VM's disk, and Colab's next mount refuses the folder."""
+    with pytest.raises(cs.MountError, match="not mounted"):
+        cs.drive.resolve("/content/drive/MyDrive/run")
+    stray = fake_colab.fake.local("/content/drive/MyDrive")
+    stray.mkdir(parents=True)
+    (stray / "weights.h5").write_text("x")
+    with pytest.raises(cs.MountError, match="already holds files"):
+        cs.mount()
+
+
+def test_force_remount_replaces_the_table_entry(
+    fake_colab: types.SimpleNamespace, mount_table: Path
+) -> None:
+    cs.mount()
+    cs.mount(force=True)
+    lines = [line for line in mount_table.read_text().splitlines() if "fuse.drive" in line]
+    assert len(lines) == 1
+    assert fake_colab.fake.popups == 2  # Colab asks for authorisation before everything else
+
+
+def test_flush_and_unmount_through_the_fake(
+    fake_colab: types.SimpleNamespace, mount_table: Path
+) -> None:
+    cs.mount()
+    cs.drive.flush_and_unmount()
+    assert "fuse.drive" not in mount_table.read_text()
+    fake_colab.fake.flush = "fail"
+    cs.mount()
+    with pytest.raises(cs.MountError, match="may not be uploaded yet"):
+        cs.drive.flush_and_unmount()
 
 
 # Locations --------------------------------------------------------------------------------
