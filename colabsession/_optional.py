@@ -18,11 +18,22 @@ def require(module: str, *, extra: str, purpose: str, package: str | None = None
     try:
         return importlib.import_module(module)
     except ImportError as exc:
+        top = module.split(".")[0]
+        missing = (exc.name or "").split(".")[0]
+        if missing and missing != top and installed(top):
+            # Installed, but without what it needs: Colab ships PyDrive2 without its fsspec
+            # extra (funcy, appdirs), so `import pydrive2.fs` fails on funcy.
+            raise MissingDependencyError(
+                f"{purpose} needs {missing} for {module}: {package or top} is installed, but "
+                f'without {missing}. Run `pip install "colabsession[{extra}] @ {INSTALL_URL}"`, '
+                "which adds what is missing and changes nothing installed"
+            ) from exc
         raise MissingDependencyError(
-            f"{purpose} needs {package or module.split('.')[0]}, which is not installed here: "
+            f"{purpose} needs {package or top}, which is not installed here: "
             f'run `pip install "colabsession[{extra}] @ {INSTALL_URL}"`'
             + (
-                " (on Colab it is preinstalled: restart the runtime if you removed it)"
+                " (Colab's CPU and GPU images have it preinstalled; its TPU images have no "
+                "TensorFlow, and PyPI's cannot drive a TPU: train with Keras on JAX there)"
                 if extra == "tensorflow"
                 else ""
             )

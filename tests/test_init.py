@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -63,3 +64,24 @@ def test_install_instructions_agree() -> None:
         for line in text.splitlines():
             if "pip install" in line and "colabsession[" in line:
                 assert re.search(r"colabsession\[[a-z,]+\] @ git\+", line), (doc, line)
+
+
+def test_a_package_installed_without_its_extra_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Colab ships PyDrive2 without its fsspec extra: `import pydrive2.fs` fails on funcy, and
+    the message must name funcy, not claim PyDrive2 is missing."""
+    from colabsession._optional import require
+
+    package = tmp_path / "cs_fake_pydrive"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "fs.py").write_text("import cs_missing_funcy\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(
+        cs.MissingDependencyError, match=r"needs cs_missing_funcy .* installed, but without"
+    ) as info:
+        require("cs_fake_pydrive.fs", extra="drive", purpose="the Drive API", package="pydrive2")
+    assert "colabsession[drive]" in str(info.value)
+    with pytest.raises(cs.MissingDependencyError, match="needs cs_absent, which is not installed"):
+        require("cs_absent.fs", extra="drive", purpose="the Drive API")
