@@ -26,14 +26,19 @@ Accelerator = Literal["tpu", "gpu", "cpu"]
 T = TypeVar("T")
 
 GOOGLE_PCI_VENDOR = "0x1ae0"
-# PCI device id -> TPU generation, as JAX's hardware_utils and Google's tpu-info map them.
+# PCI device id -> TPU generation, as JAX's hardware_utils (jax/_src/hardware_utils.py) and
+# Google's tpu-info map them. 0x0056 has no public name (JAX calls it "plc"); 0x007c and 0x0083
+# are the eighth generation's two chips in JAX's newest table (TPU8t, TPU8i).
 TPU_PCI_DEVICES = {
     "0x0027": "v2/v3",
+    "0x0056": "plc",
     "0x005e": "v4",
     "0x0062": "v5p",
     "0x0063": "v5e",
     "0x006f": "v6e",
     "0x0076": "v7x",
+    "0x007c": "tpu8t",
+    "0x0083": "tpu8i",
 }
 PCI_DEVICES = "/sys/bus/pci/devices"
 DEV = "/dev"

@@ -247,20 +247,26 @@ def fake_sys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Pat
     return pci, dev
 
 
-def test_tpu_vm_from_pci(fake_sys: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("device", "generation"),
+    [("0x0063", "v5e"), ("0x0056", "plc"), ("0x007c", "tpu8t"), ("0x0083", "tpu8i")],
+)
+def test_tpu_vm_from_pci(
+    fake_sys: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, device: str, generation: str
+) -> None:
     pci, dev = fake_sys
     for i in range(4):
         chip = pci / f"0000:00:0{i + 4}.0"
         chip.mkdir()
         (chip / "vendor").write_text("0x1ae0\n")
-        (chip / "device").write_text("0x0063\n")
+        (chip / "device").write_text(f"{device}\n")
         (dev / "vfio").mkdir(exist_ok=True)
         (dev / "vfio" / str(i)).write_text("")
     monkeypatch.setenv("TPU_ACCELERATOR_TYPE", "v5litepod-4")
     report = cs.probe()
     assert report.tpu is not None
     assert report.tpu.mode == "vm"
-    assert report.tpu.generation == "v5e"
+    assert report.tpu.generation == generation
     assert report.tpu.chips == 4
     assert len(report.tpu.device_nodes) == 4
     assert report.accelerator == "tpu"
