@@ -706,6 +706,30 @@ def test_pack_and_stage_through_the_drive_api(
     }
 
 
+def test_a_stage_cut_short_resumes_through_the_drive_api(
+    flowers: Path, fake_drive: Any, caplog: Any
+) -> None:
+    """Part files left by a kill, continued through the API (a Range read, or from the start
+    where the file cannot seek): never taken for damage."""
+    pytest.importorskip("pydrive2.fs")
+    from .test_gdrive import Credentials
+
+    fs = cs.drive.connect(
+        credentials=Credentials(token="test-token"),
+        api_endpoint=fake_drive.endpoint,
+        use_for_drive=False,
+    )
+    remote = Location(fs, f"{fs.root}/datasets/flowers.packed", "drive:datasets/flowers.packed")
+    info = cs.data.pack(DRIVE, remote, shard_size="64KiB")
+    cache = _stage.downloads()
+    cache.mkdir(parents=True, exist_ok=True)
+    for shard in info.shards:
+        data = fs.cat_file(f"{remote.path}/{shard.name}")
+        (cache / f"{shard.sha256}.tar.zst.part").write_bytes(data[: len(data) // 2])
+    assert tree(cs.data.stage(remote)) == tree(flowers)
+    assert "damaged" not in caplog.text
+
+
 # Command line -------------------------------------------------------------------------------
 
 
