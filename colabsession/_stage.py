@@ -111,16 +111,26 @@ def full_disk(exc: OSError, what: str, dest: Path) -> DataError:
     )
 
 
+def claim(dest: Path) -> Path:
+    """The file that says colabsession is staging to *dest*: written before anything is moved
+    there and removed after its record, so that a kill between the two (the folder in place,
+    its record not yet written) still leaves *dest* known as colabsession's."""
+    return dest.parent / f".{dest.name}.staging"
+
+
 def prepare(dest: Path) -> None:
     """Refuse a destination that holds something colabsession did not stage (it would be
-    replaced), and clear what a staging that was cut short left."""
-    if dest.exists() and staged_record(dest) is None:
+    replaced), claim it, and clear what a staging that was cut short left."""
+    if dest.exists() and staged_record(dest) is None and not claim(dest).exists():
         raise DataError(
             f"{dest} already exists and was not staged by colabsession: staging would replace "
             "it. Give another destination (dest=...) or move it away"
         )
     dest.parent.mkdir(parents=True, exist_ok=True)
+    claim(dest).touch()
     for left in dest.parent.glob(f".{dest.name}.unpacking-*"):
+        shutil.rmtree(left, ignore_errors=True)
+    for left in dest.parent.glob(f".{dest.name}.old-*"):
         shutil.rmtree(left, ignore_errors=True)
 
 
@@ -169,6 +179,7 @@ def commit(partial: Path, dest: Path, record: StagedInfo) -> None:
     temp = marker(dest).with_name(f"{marker(dest).name}.{secrets.token_hex(4)}.tmp")
     temp.write_bytes(record.to_json(indent=1))
     os.replace(temp, marker(dest))
+    claim(dest).unlink(missing_ok=True)
 
 
 def record(
