@@ -19,7 +19,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from . import data, drive, env, keras
+    from . import data, drive, env, hf, keras, torch
     from ._benchmark import BenchmarkReport, benchmark
     from ._checkpoint import Checkpoint, Checkpointer
     from ._clock import SessionClock, clock
@@ -76,6 +76,7 @@ _LAZY: dict[str, str] = {
     "env": ".env",
     "fit": "._fit",
     "history": "._history",
+    "hf": ".hf",
     "keras": ".keras",
     "mount": ".drive",
     "plot_history": "._history",
@@ -84,6 +85,7 @@ _LAZY: dict[str, str] = {
     "require_accelerator": "._probe",
     "runtime": "._runtime",
     "strategy": "._strategy",
+    "torch": ".torch",
 }
 
 __all__ = [
@@ -115,6 +117,7 @@ __all__ = [
     "drive",
     "env",
     "fit",
+    "hf",
     "history",
     "keras",
     "mount",
@@ -124,6 +127,7 @@ __all__ = [
     "require_accelerator",
     "runtime",
     "strategy",
+    "torch",
 ]
 
 

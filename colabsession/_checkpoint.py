@@ -38,6 +38,7 @@ from typing import Any, Literal
 from . import _layout
 from ._clock import SessionClock
 from ._errors import CheckpointError, ColabSessionError, ConfigError, LeaseError
+from ._frameworks import check_device, into, to_frameworks
 from ._history import HistoryLog, check_metric_names, make_record
 from ._layout import Damaged
 from ._lease import Lease
@@ -225,6 +226,7 @@ class Checkpointer:
         self._last_call_at: float | None = None
         self._step_seconds = 0.0
         self._interrupted = False
+        self._stop_reason = "SIGTERM received"
         self._previous_sigterm: Any = None
         self._closed = False
         self._staging: list[Any] = []
@@ -298,7 +300,7 @@ class Checkpointer:
             return False
         if self._final_save_due():
             why = (
-                "SIGTERM received"
+                self._stop_reason
                 if self._interrupted
                 else f"{format_duration(self.clock.remaining)} left in this session"
             )
@@ -320,6 +322,12 @@ class Checkpointer:
         write to fails in seconds, not after the first epoch."""
         self._check_open()
         self._begin_writing()
+
+    @property
+    def stop_due(self) -> bool:
+        """Whether the next :meth:`maybe_save` saves and stops: the session deadline is near,
+        SIGTERM came, or :meth:`request_stop` was called."""
+        return not self.should_stop and not self._closed and self._final_save_due()
 
     def due(self, step: int) -> bool:
         """Whether ``maybe_save(step, ...)`` would save now: the interval has passed, the
@@ -453,6 +461,13 @@ class Checkpointer:
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
         # Cooperative, like submitit: the next maybe_save() saves and asks the loop to stop.
+        self.request_stop("SIGTERM received")
+
+    def request_stop(self, why: str = "a stop was asked for") -> None:
+        """Save at the next :meth:`maybe_save` and then stop (:attr:`should_stop`), as for
+        SIGTERM: safe to call from a signal handler (a Ctrl-C that should end the loop at a
+        step boundary, say)."""
+        self._stop_reason = why
         self._interrupted = True
 
     def _save_last(self, why: str) -> None:
@@ -490,16 +505,27 @@ class Checkpointer:
 
     # Restoring ---------------------------------------------------------------------------
 
-    def restore(self, step: int | None = None) -> Checkpoint | None:
+    def restore(
+        self, step: int | None = None, *, device: Any = None, like: Any = None
+    ) -> Checkpoint | None:
         """The newest valid checkpoint (or the one for *step*) from the local mirror or the
         location, whichever has it; None when there is none. A damaged checkpoint is skipped
         with a warning, never loaded. A location that does not answer leaves the local copy.
+
+        PyTorch tensors and JAX arrays come back as such, with their dtype. *device*: None puts
+        tensors on the CPU (JAX arrays on JAX's default device); ``"saved"`` each on the device
+        it was saved from, where this runtime has it; or any device (``"cuda"``, a JAX device).
+        *like* rebuilds the state in the structure of a template (optax's named tuples, flax
+        structs), checks each array's shape and dtype and puts it where the template's lies::
+
+            restored = ckpt.restore(like={"params": params, "opt": opt_state})
 
         Saving after restoring an older step than the newest abandons the newer ones: at the
         first save they are set aside (renamed ``parked-...``), as the history drops its
         records past the restored step."""
         if step is not None:
             step = _check_step(step)
+        check_device(device)
         self.wait()
         entries = listed = self._entries()
         newest_step = max((e.step for e in entries), default=None)
@@ -528,9 +554,10 @@ class Checkpointer:
             self._newer_than_restored = newest_step is not None and newest_step > entry.step
             self._last_saved_step = entry.step
             manifest = entry.manifest
+            state = to_frameworks(state, device)
             return Checkpoint(
                 step=entry.step,
-                state=state,
+                state=state if like is None else into(like, state),
                 metrics=dict(manifest.metrics),
                 created=manifest.created,
                 session=manifest.session,

@@ -24,7 +24,15 @@ from datetime import datetime, timezone
 from typing import IO, Any, ClassVar
 
 from ._records import InvalidRecord, Record, parse_record
-from ._serialize import ArrayInfo, check_tree, crc32c, read_arrays, unflatten, write_arrays
+from ._serialize import (
+    ArrayInfo,
+    check_tree,
+    crc32c,
+    read_arrays,
+    unflatten,
+    uses_frameworks,
+    write_arrays,
+)
 
 SUFFIX = ".ckpt"
 PARKED = "parked-"
@@ -44,6 +52,7 @@ class Manifest(Record):
     """What a checkpoint file holds, as its trailer's manifest records it."""
 
     KIND: ClassVar[str] = "colabsession-checkpoint"
+    VERSION: ClassVar[int] = 2  # 2: framework arrays (PyTorch, JAX) in the tree
     step: int
     time: float
     session: str
@@ -72,7 +81,9 @@ def parse_name(name: str) -> int | None:
 def write(f: IO[bytes], arrays: list[Any], **fields: Any) -> Manifest:
     """Write a whole checkpoint file to *f*; *fields* are the manifest's (step, time, ...)."""
     infos, size, crc = write_arrays(f, arrays)
-    manifest = Manifest(arrays=infos, size=size, crc32c=crc, **fields)
+    # Format 1 where it suffices, so that older releases still read plain checkpoints.
+    version = 2 if uses_frameworks(fields.get("tree")) else 1
+    manifest = Manifest(arrays=infos, size=size, crc32c=crc, version=version, **fields)
     body = manifest.to_json()
     f.write(body)
     f.write(TRAILER.pack(len(body), crc32c(body), MAGIC))

@@ -2,6 +2,9 @@
 
 The tree keeps the state's structure exactly: dicts (string or integer keys), lists, tuples,
 numbers, strings, booleans, None, and arrays, which it names by their index in the arrays file.
+PyTorch tensors and JAX arrays are arrays that remember their framework, dtype and device
+(``{"$x": {...}}``), so that a restore can give them back as they were (:mod:`._frameworks`);
+neither framework is imported unless the state holds its objects.
 Keys that begin with the tree's own marker (``$``) are escaped, so no user dict is ever read back
 as something else. Arrays are stored raw, each at a 64-byte boundary, with their dtype by name:
 every dtype numpy knows and those of ml_dtypes (bfloat16, float8_*, int4, ...) round-trip exactly.
@@ -20,6 +23,7 @@ from typing import IO, Any
 from ._errors import CheckpointError
 
 MARK = "$"
+FRAMEWORKS = ("torch", "jax")
 ALIGN = 64
 CHUNK = 16 << 20  # hash each chunk right after writing it, while it is in the CPU cache
 
@@ -49,8 +53,21 @@ def flatten(
     """
     import numpy as np
 
+    from . import _frameworks
+
     leaves: list[Any] = []
     spares = reuse or []
+    torch = _frameworks.loaded_torch()
+    devices: set[int] = set()  # the GPUs whose streams copy into host buffers
+
+    def tensor(node: Any, where: str) -> dict[str, Any]:
+        index = len(leaves)
+        spare = spares[index] if index < len(spares) else None
+        leaf, device = _frameworks.stage_tensor(node, where, _frameworks.unwrap(spare), copy)
+        if device is not None:
+            devices.add(device)
+        leaves.append(leaf)
+        return {f"{MARK}x": _frameworks.describe(node, index)}
 
     def array(node: Any, where: str) -> int:
         index = len(leaves)
@@ -101,25 +118,60 @@ def flatten(
             return int(node) if isinstance(node, int) else float(node)
         if isinstance(node, np.generic):
             return {f"{MARK}s": array(node, where)}
+        if torch is not None and isinstance(node, torch.Tensor):
+            return tensor(node, where)
+        if _frameworks.is_jax_array(node):
+            return {f"{MARK}x": _frameworks.describe(node, array(node, where))}
         if hasattr(node, "__array__"):
             return {f"{MARK}a": array(node, where)}
+        children = _frameworks.pytree_children(node)  # a flax struct, say: restore(like=...)
+        if children is not None:
+            return {f"{MARK}t": [visit(v, f"{where}[{i}]") for i, v in enumerate(children)]}
         raise CheckpointError(
             f"state{where} is a {type(node).__name__}: a checkpoint holds arrays, numbers, "
             "strings, booleans, None, and lists, tuples and dicts of them"
         )
 
-    return visit(state, ""), leaves
+    tree = visit(state, "")
+    if devices:  # copies from GPU memory run on its streams: the writer waits for them
+        leaves = _frameworks.after_device_copies(leaves, devices)
+    return tree, leaves
 
 
 def host_arrays(leaves: list[Any]) -> list[Any]:
-    """The leaves of :func:`flatten` as C-contiguous numpy arrays (device arrays fetched now)."""
+    """The leaves of :func:`flatten` as C-contiguous numpy arrays (device arrays fetched now,
+    copies from GPU memory waited for)."""
     import numpy as np
 
-    return [np.asarray(leaf, order="C") for leaf in leaves]  # (ascontiguousarray makes 0-d 1-d)
+    from . import _frameworks
+
+    # (np.ascontiguousarray would make 0-d arrays 1-d)
+    return [np.asarray(_frameworks.host_view(leaf), order="C") for leaf in leaves]
+
+
+def uses_frameworks(tree: Any) -> bool:
+    """Whether *tree* holds framework arrays (a newer manifest format than plain arrays)."""
+    if isinstance(tree, list):
+        return any(uses_frameworks(v) for v in tree)
+    if isinstance(tree, dict):
+        return f"{MARK}x" in tree or any(uses_frameworks(v) for v in tree.values())
+    return False
+
+
+@dataclass(frozen=True)
+class FrameworkArray:
+    """A framework's array as read back, still a numpy array: :mod:`._frameworks` turns it into
+    a tensor of its framework when the checkpoint is restored (not when it is only verified)."""
+
+    framework: str
+    array: Any
+    dtype: str
+    device: str | None
 
 
 def unflatten(tree: Any, arrays: list[Any]) -> Any:
-    """The state that :func:`flatten` split, from its tree and arrays."""
+    """The state that :func:`flatten` split, from its tree and arrays (framework arrays as
+    :class:`FrameworkArray`)."""
     if isinstance(tree, list):
         return [unflatten(v, arrays) for v in tree]
     if not isinstance(tree, dict):
@@ -132,6 +184,10 @@ def unflatten(tree: Any, arrays: list[Any]) -> Any:
             return arrays[value][()]
         if key == f"{MARK}f":
             return float(value)
+        if key == f"{MARK}x":
+            return FrameworkArray(
+                value["framework"], arrays[value["array"]], value["dtype"], value.get("device")
+            )
         if key == f"{MARK}t":
             return tuple(unflatten(v, arrays) for v in value)
         if key == f"{MARK}d":
@@ -159,6 +215,9 @@ def check_tree(tree: Any, count: int) -> None:
             if value not in ("nan", "inf", "-inf"):
                 raise ValueError(f"{value!r} is not a non-finite float")
             return
+        if key == f"{MARK}x":
+            _check_framework_node(value, count)
+            return
         if key == f"{MARK}t":
             if not isinstance(value, list):
                 raise ValueError("a tuple that is not a list")
@@ -180,6 +239,21 @@ def check_tree(tree: Any, count: int) -> None:
         if key.startswith(MARK) and not key.startswith(MARK * 2):
             raise ValueError(f"the unknown marker {key!r}")
         check_tree(value, count)
+
+
+def _check_framework_node(value: Any, count: int) -> None:
+    if not isinstance(value, dict) or not {"framework", "array", "dtype"} <= set(value):
+        raise ValueError("a framework array without its framework, array and dtype")
+    index, device = value["array"], value.get("device")
+    if value["framework"] not in FRAMEWORKS:
+        raise ValueError(f"the unknown framework {value['framework']!r}")
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < count:
+        raise ValueError(f"the array reference {index!r} is out of range")
+    # Names only: they are looked up as attributes of the framework, never evaluated.
+    if not isinstance(value["dtype"], str) or not value["dtype"].isidentifier():
+        raise ValueError(f"the framework dtype {value['dtype']!r} is not a name")
+    if device is not None and (not isinstance(device, str) or len(device) > 64):
+        raise ValueError(f"the device {device!r} is not a device's name")
 
 
 def dtype_name(dtype: Any) -> str:
@@ -276,11 +350,12 @@ def _chunks(array: Any) -> Iterator[Any]:
 
 def _immutable(node: Any) -> bool:
     """JAX arrays and TensorFlow tensors (not variables) never change in place."""
+    from . import _frameworks
+
     kind = type(node)
-    module = kind.__module__
-    if module.startswith(("jax", "jaxlib")):
-        return kind.__name__ == "ArrayImpl"
-    return module.startswith("tensorflow") and kind.__name__ == "EagerTensor"
+    if _frameworks.is_jax_array(node):
+        return True
+    return kind.__module__.startswith("tensorflow") and kind.__name__ == "EagerTensor"
 
 
 def _escape(key: str) -> str:

@@ -1,0 +1,51 @@
+"""Ctrl-C (the notebook's stop button) as a request to save and stop at the next step boundary.
+
+A KeyboardInterrupt can land anywhere in a step, between one parameter's update and the next;
+a state saved then would not be any step's. So inside a loop that knows its boundaries, the
+first interrupt asks the Checkpointer to save at the next boundary and stop there (as SIGTERM
+does); a second one stops at once, as usual.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from ._say import say
+
+if TYPE_CHECKING:
+    from ._checkpoint import Checkpointer
+
+
+@contextlib.contextmanager
+def stop_at_boundary(ckpt: Checkpointer, on_hard_stop: Callable[[], None]) -> Iterator[None]:
+    """Within the block, the first SIGINT calls ``ckpt.request_stop()``; a second one calls
+    *on_hard_stop* (which marks any state gathered afterwards as torn) and raises
+    KeyboardInterrupt. Outside the main thread, or where signals cannot be set, it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    asked = False
+
+    def on_interrupt(signum: int, frame: FrameType | None) -> None:
+        nonlocal asked
+        if asked:
+            on_hard_stop()
+            raise KeyboardInterrupt
+        asked = True
+        ckpt.request_stop("interrupted (Ctrl-C)")
+        say("stopping after this step, once it is saved (interrupt again to stop at once)")
+
+    try:
+        previous = signal.signal(signal.SIGINT, on_interrupt)
+    except (ValueError, OSError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -1,0 +1,220 @@
+"""Hugging Face's ``transformers.Trainer`` that survives Colab: its checkpoints kept through
+colabsession, and the same cell resuming from the newest valid one.
+
+``import colabsession`` never loads this module (nor transformers); ``cs.hf`` does::
+
+    import colabsession as cs
+
+    trainer = Trainer(model=model, args=TrainingArguments("/content/out", ...), ...)
+    cs.hf.train(trainer, run="my-finetune", every="10min")   # re-run the cell to resume
+
+The Trainer's own checkpoint folder (weights, optimizer, scheduler, scaler, RNG states and the
+data position, which it uses to resume exactly) is saved as one colabsession checkpoint: written
+locally first, checksummed, copied to Drive in the background, old ones removed by ``keep_last``.
+A resumed run writes the newest valid one back into ``output_dir`` and lets the Trainer resume
+from it. Near the session deadline (or on SIGTERM, or a first Ctrl-C) the Trainer saves and
+stops at the next step; the logged loss goes to the run's history (``cs.history(run)``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._checkpoint import Checkpointer
+from ._errors import CheckpointError, ConfigError
+from ._interrupt import stop_at_boundary
+from ._optional import require
+from ._say import say
+from ._units import Duration
+
+transformers: Any = require("transformers", extra="hf", purpose="colabsession.hf")
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SessionCallback", "train"]
+
+FORMAT = "transformers-checkpoint-folder"
+PREFIX = "checkpoint-"
+
+
+class SessionCallback(transformers.TrainerCallback):  # type: ignore[misc]
+    """Keeps each checkpoint the Trainer writes in a colabsession run, logs its metrics to the
+    run's history, and asks the Trainer to save (``every``) and to stop (deadline, SIGTERM).
+
+    :func:`train` adds it and resumes; add it yourself only to keep the Trainer's checkpoints
+    without resuming from them.
+    """
+
+    def __init__(self, ckpt: Checkpointer) -> None:
+        self.ckpt = ckpt
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        step = state.global_step
+        if self.ckpt.stop_due:
+            control.should_save = True
+            control.should_training_stop = True
+        elif self.ckpt.due(step):
+            control.should_save = True
+        return control
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> Any:
+        if logs and "train_runtime" in logs:  # the summary at the end, not a step's metrics
+            return control
+        numbers = {
+            k: float(v)
+            for k, v in (logs or {}).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+        if numbers and state.is_world_process_zero:
+            self.ckpt.log(state.global_step, **numbers)
+        return control
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if not state.is_world_process_zero:
+            return control
+        folder = Path(args.output_dir) / f"{PREFIX}{state.global_step}"
+        if not folder.is_dir():
+            logger.warning("colabsession: the Trainer saved no folder %s: nothing kept", folder)
+            return control
+        self.ckpt.save(state.global_step, read_folder(folder))
+        if self.ckpt.stop_due:
+            self.ckpt.wait()
+            control.should_training_stop = True
+            say(
+                f"saved step {state.global_step} and stopping: re-run this cell (after "
+                "reconnecting) to continue"
+            )
+        return control
+
+
+def read_folder(folder: Path) -> dict[str, Any]:
+    """A Trainer checkpoint folder as a checkpoint state: each file's bytes by its path."""
+    files = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            files[path.relative_to(folder).as_posix()] = np.fromfile(path, dtype=np.uint8)
+    return {"format": FORMAT, "files": files}
+
+
+def write_folder(state: Any, folder: Path) -> Path:
+    """Write what :func:`read_folder` read into *folder* (replacing it), through a temporary
+    folder renamed into place. The names are checked first: a name that could leave the folder
+    is refused, never written."""
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(
+            "this run's checkpoints were not saved by cs.hf (no Trainer folder in them): use "
+            "another run name for the Trainer"
+        )
+    files = state.get("files")
+    if not isinstance(files, dict):
+        raise CheckpointError("this checkpoint's list of files is damaged")
+    for name, data in files.items():
+        parts = name.split("/") if isinstance(name, str) else [""]
+        if (
+            any(p in ("", ".", "..") or "\\" in p or "\0" in p for p in parts)
+            or not isinstance(data, np.ndarray)
+            or data.dtype != np.uint8
+        ):
+            raise CheckpointError(f"this checkpoint holds the unsafe file name {name!r}: refused")
+    temporary = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.partial")
+    temporary.mkdir(parents=True)
+    try:
+        for name, data in files.items():
+            target = temporary.joinpath(*name.split("/"))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            data.tofile(target)
+        if folder.exists():  # the Trainer's own copy, maybe cut short: the verified one wins
+            aside = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.old")
+            folder.rename(aside)
+            temporary.rename(folder)
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            temporary.rename(folder)
+    finally:
+        if temporary.exists():
+            shutil.rmtree(temporary, ignore_errors=True)
+    return folder
+
+
+def train(
+    trainer: Any,
+    run: str | os.PathLike[str] | None = None,
+    *,
+    every: Duration | None = "10min",
+    keep_last: int = 2,
+    restart: bool = False,
+    takeover: bool = False,
+    ckpt: Checkpointer | None = None,
+    **train_kwargs: Any,
+) -> Any:
+    """Run ``trainer.train()`` so that it survives the session: resume from the run's newest
+    valid checkpoint, keep each checkpoint the Trainer writes (and one every *every*), and stop
+    cleanly before the deadline. Returns what ``trainer.train`` returns (a finished run
+    trains no further steps).
+
+    Args:
+        trainer: a ``transformers.Trainer`` (or subclass) whose ``output_dir`` is on the local
+            disk (``/content/...``): colabsession copies its checkpoints to Drive itself.
+        run: the run's name (``drive:checkpoints/<run>``) or location.
+        every: also save at most this often, whatever ``save_steps`` says.
+        keep_last: how many of the Trainer's checkpoints to keep in the run.
+        restart: start the run over (its checkpoints are set aside, never deleted).
+        takeover: take the run from another notebook whose lease has not expired.
+        ckpt: a Checkpointer of your own instead of *run*, *every*, *keep_last*.
+        **train_kwargs: for ``trainer.train`` (not ``resume_from_checkpoint``).
+    """
+    if "resume_from_checkpoint" in train_kwargs:
+        raise ConfigError("cs.hf.train resumes by itself: leave out resume_from_checkpoint")
+    if ckpt is None:
+        if run is None:
+            raise ConfigError("cs.hf.train needs run= (a name, or a location) or ckpt=")
+        ckpt = Checkpointer(run, every=every, keep_last=keep_last, takeover=takeover)
+    output_dir = Path(trainer.args.output_dir)
+    if str(output_dir).startswith("/content/drive"):
+        raise ConfigError(
+            f"output_dir={output_dir} is on the Drive mount, where every file costs round trips "
+            "and a stalled mount stalls training: use a local folder (/content/out); "
+            "colabsession copies each checkpoint to Drive in the background"
+        )
+    callback = SessionCallback(ckpt)
+    trainer.add_callback(callback)
+    try:
+        with ckpt, _stop_on_interrupt(ckpt):
+            resume = None
+            if restart:
+                ckpt.restart()
+            else:
+                resume = _restore(ckpt, output_dir)
+            ckpt.prepare()
+            return trainer.train(resume_from_checkpoint=resume, **train_kwargs)
+    finally:
+        trainer.remove_callback(callback)
+
+
+def _restore(ckpt: Checkpointer, output_dir: Path) -> str | None:
+    restored = ckpt.restore()
+    if restored is None:
+        say(f"no checkpoint in {ckpt.location}: training starts at step 0")
+        return None
+    folder = write_folder(restored.state, output_dir / f"{PREFIX}{restored.step}")
+    say(
+        f"resuming {ckpt.location} at step {restored.step}, saved "
+        f"{restored.created:%Y-%m-%d %H:%M} UTC"
+    )
+    return str(folder)
+
+
+@contextlib.contextmanager
+def _stop_on_interrupt(ckpt: Checkpointer) -> Iterator[None]:
+    # The Trainer's state is saved only at its step boundaries, so a hard stop tears nothing.
+    with stop_at_boundary(ckpt, lambda: None):
+        yield

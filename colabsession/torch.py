@@ -1,0 +1,454 @@
+"""A plain PyTorch loop that survives Colab: resumes at the exact batch, bit-identical.
+
+``import colabsession`` never loads this module (nor torch); ``cs.torch`` or
+``import colabsession.torch`` does::
+
+    import colabsession as cs
+    from colabsession.torch import ResumableLoader, TrainingState
+
+    loader = ResumableLoader(train_set, batch_size=64, seed=0, num_workers=2)
+    state = TrainingState(model, optimizer, scheduler=scheduler, loader=loader)
+    with cs.Checkpointer("my-run", every="10min") as ckpt:
+        for epoch in state.epochs(10, ckpt):    # resumes; stops at the deadline, SIGTERM, Ctrl-C
+            for x, y in loader:
+                loss = train_step(x, y)
+                state.step += 1
+                ckpt.maybe_save(state.step, state.state_dict, metrics={"loss": loss.item()})
+
+What makes it exact: the data order is a pure function of ``(seed, epoch)`` and a resumed epoch
+skips the batches already done (their indices are never loaded); the checkpoint holds the model,
+the optimizer, the scheduler, the gradient scaler and every random state (Python, NumPy, torch's
+CPU and CUDA generators); each epoch's DataLoader workers are seeded from ``(seed, epoch)``, never
+from torch's global generator, so starting a DataLoader does not shift the model's randomness.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+from collections.abc import Callable, Iterator, Sized
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ._errors import CheckpointError, ConfigError
+from ._interrupt import stop_at_boundary
+from ._optional import require
+from ._say import say
+
+if TYPE_CHECKING:
+    from ._checkpoint import Checkpointer
+    from ._probe import HardwareReport
+
+torch: Any = require("torch", extra="torch", purpose="colabsession.torch")
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "Precision",
+    "ResumableLoader",
+    "TrainingState",
+    "precision",
+    "rng_state",
+    "set_rng_state",
+]
+
+
+# The data order -------------------------------------------------------------------------------
+
+
+def epoch_order(size: int, seed: int, epoch: int, *, shuffle: bool = True) -> Any:
+    """The order of the samples of *epoch*: a pure function of ``(seed, epoch)``.
+
+    >>> epoch_order(5, seed=0, epoch=0).tolist() == epoch_order(5, seed=0, epoch=0).tolist()
+    True
+    """
+    if not shuffle:
+        return np.arange(size)
+    return np.random.default_rng([seed, epoch]).permutation(size)
+
+
+class _EpochBatches:
+    """The batch sampler under :class:`ResumableLoader`: one epoch's batches from a sample."""
+
+    def __init__(self, owner: ResumableLoader) -> None:
+        self.owner = owner
+
+    def __iter__(self) -> Iterator[list[int]]:
+        owner = self.owner
+        order = epoch_order(owner.size, owner.seed, owner.epoch, shuffle=owner.shuffle)
+        size = owner.batch_size
+        for start in range(owner.position * size, owner.size, size):
+            batch = order[start : start + size]
+            if len(batch) < size and owner.drop_last:
+                return
+            yield batch.tolist()
+
+    def __len__(self) -> int:
+        return max(0, self.owner.batches_per_epoch - self.owner.position)
+
+
+class ResumableLoader:
+    """A ``torch.utils.data.DataLoader`` that can stop anywhere and start again at the next batch.
+
+    Iterating it gives the rest of the current epoch; then :attr:`epoch` advances. Its state (seed,
+    epoch and batches done) goes into the checkpoint through :class:`TrainingState`.
+
+    Args:
+        dataset: a map-style dataset (``len`` and ``[index]``).
+        batch_size: samples per batch.
+        shuffle: draw each epoch's order from ``(seed, epoch)``; False keeps the dataset's order.
+        seed: the data-order seed.
+        drop_last: drop each epoch's last incomplete batch.
+        **loader_kwargs: for the DataLoader (``num_workers``, ``collate_fn``, ``pin_memory``,
+            ...); not ``sampler``, ``batch_sampler``, ``shuffle`` or ``generator``, which this
+            class sets. With ``persistent_workers=True`` the workers keep their random state
+            across epochs, so a random augmentation in them resumes exactly only at an epoch's
+            start: derive its randomness from the index for an exact mid-epoch resume.
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        batch_size: int = 1,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        **loader_kwargs: Any,
+    ) -> None:
+        taken = {"sampler", "batch_sampler", "shuffle", "generator", "batch_size", "drop_last"}
+        clash = sorted(taken & set(loader_kwargs))
+        if clash:
+            raise ConfigError(f"ResumableLoader sets {' and '.join(clash)} itself: do not pass it")
+        if not isinstance(dataset, Sized):
+            raise ConfigError(
+                "ResumableLoader needs a map-style dataset (with len() and [index]); an "
+                "IterableDataset orders itself and cannot skip what is done"
+            )
+        if batch_size < 1:
+            raise ConfigError("batch_size must be at least 1")
+        self.dataset = dataset
+        self.size = len(dataset)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.drop_last = drop_last
+        self.epoch = 0
+        self.position = 0  # batches of the current epoch already given out
+        self.should_stop: Callable[[], bool] = _never
+        self._generator = torch.Generator()
+        self.loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_sampler=_EpochBatches(self),
+            generator=self._generator,
+            **loader_kwargs,
+        )
+
+    @property
+    def batches_per_epoch(self) -> int:
+        full, rest = divmod(self.size, self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
+
+    def __len__(self) -> int:
+        """Batches left in the current epoch."""
+        return max(0, self.batches_per_epoch - self.position)
+
+    def __iter__(self) -> Iterator[Any]:
+        if self.position < self.batches_per_epoch:
+            # Workers' seeds from (seed, epoch), not from torch's global generator, which the
+            # DataLoader would otherwise draw from (and so shift the model's dropout).
+            self._generator.manual_seed(_mix(self.seed, self.epoch))
+            for batch in self.loader:
+                self.position += 1
+                yield batch
+                if self.should_stop():
+                    return
+        self.end_epoch()
+
+    def end_epoch(self) -> None:
+        """Start the next epoch at its first batch."""
+        self.epoch += 1
+        self.position = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "epoch": self.epoch,
+            "position": self.position,
+            "batch_size": self.batch_size,
+            "size": self.size,
+            "shuffle": self.shuffle,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["size"] != self.size:
+            raise CheckpointError(
+                f"the checkpoint's data had {state['size']} samples, this dataset has "
+                f"{self.size}: resuming would not continue the same epoch. Use the same data, or "
+                "restart the run (Checkpointer.restart())"
+            )
+        self.seed, self.epoch = int(state["seed"]), int(state["epoch"])
+        self.shuffle = bool(state["shuffle"])
+        done = int(state["position"]) * int(state["batch_size"])  # samples done this epoch
+        if done % self.batch_size:
+            logger.warning(
+                "colabsession: the batch size changed from %d to %d: resuming after sample %d",
+                state["batch_size"],
+                self.batch_size,
+                done - done % self.batch_size,
+            )
+        self.position = done // self.batch_size
+
+
+def _never() -> bool:
+    return False
+
+
+def _mix(seed: int, epoch: int) -> int:
+    return int(np.random.default_rng([seed, epoch, 1]).integers(0, 2**63 - 1))
+
+
+# Random states ------------------------------------------------------------------------------
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random state a training step may draw from: Python's, NumPy's global one, torch's
+    CPU generator and, where CUDA is in use, each GPU's (never initialises CUDA)."""
+    version, internal, gauss = random.getstate()
+    state: dict[str, Any] = {
+        "python": (version, np.array(internal, dtype=np.uint32), gauss),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Put back what :func:`rng_state` returned."""
+    version, internal, gauss = state["python"]
+    random.setstate((int(version), tuple(int(x) for x in internal), gauss))
+    np.random.set_state(tuple(state["numpy"]))
+    torch.set_rng_state(_cpu(state["torch"]))
+    saved = state.get("cuda")
+    if saved is not None and torch.cuda.is_available():
+        if len(saved) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([_cpu(s) for s in saved])
+        else:
+            logger.warning(
+                "colabsession: the checkpoint holds the random state of %d GPUs, this runtime has "
+                "%d: their random streams start afresh",
+                len(saved),
+                torch.cuda.device_count(),
+            )
+
+
+def _cpu(tensor: Any) -> Any:
+    return (
+        tensor
+        if isinstance(tensor, torch.Tensor) and tensor.device.type == "cpu"
+        else (torch.as_tensor(tensor).cpu())
+    )
+
+
+# The whole training state ---------------------------------------------------------------------
+
+
+class TrainingState:
+    """Everything a loop needs to resume exactly, as one state for the Checkpointer.
+
+    Args:
+        model: the ``nn.Module``.
+        optimizer: its optimizer.
+        scheduler: a learning-rate scheduler, if any.
+        scaler: a ``torch.amp.GradScaler``, if any.
+        loader: a :class:`ResumableLoader`, whose position is saved and put back.
+        rng: save and restore every random state (Python, NumPy, torch CPU and CUDA).
+        **extra: anything else with ``state_dict()`` and ``load_state_dict()`` (an EMA of the
+            weights, say).
+
+    :attr:`step` counts the optimizer steps done: the loop adds one per step and passes it to
+    ``ckpt.maybe_save``.
+    """
+
+    def __init__(
+        self,
+        model: Any = None,
+        optimizer: Any = None,
+        *,
+        scheduler: Any = None,
+        scaler: Any = None,
+        loader: ResumableLoader | None = None,
+        rng: bool = True,
+        **extra: Any,
+    ) -> None:
+        parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
+        parts.update(extra)
+        for name, part in parts.items():
+            if part is not None and not (
+                callable(getattr(part, "state_dict", None))
+                and callable(getattr(part, "load_state_dict", None))
+            ):
+                raise ConfigError(
+                    f"TrainingState's {name} is a {type(part).__name__}, which has no "
+                    "state_dict() and load_state_dict()"
+                )
+        self.parts = {name: part for name, part in parts.items() if part is not None}
+        self.loader = loader
+        self.rng = rng
+        self.step = 0
+        self.epoch = 0  # without a loader; with one, the loader's epoch counts
+        self.restored = False
+        self._hard_stop = False
+
+    def state_dict(self) -> dict[str, Any]:
+        """The state to save (pass the method itself to ``maybe_save``: it runs only when a save
+        is due)."""
+        if self._hard_stop:
+            raise CheckpointError(
+                "a second Ctrl-C stopped the loop in the middle of a step: that state is not "
+                "saved; the run resumes from its last checkpoint"
+            )
+        state: dict[str, Any] = {"step": self.step, "epoch": self.epoch}
+        state["parts"] = {name: part.state_dict() for name, part in self.parts.items()}
+        if self.loader is not None:
+            state["loader"] = self.loader.state_dict()
+        if self.rng:
+            state["rng"] = rng_state()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        missing = sorted(set(self.parts) - set(state["parts"]))
+        if missing:
+            raise CheckpointError(
+                f"the checkpoint holds no {', '.join(missing)}: it was saved from another "
+                "TrainingState. Pass the same parts, or restart the run"
+            )
+        for name, part in self.parts.items():
+            part.load_state_dict(state["parts"][name])
+        if self.loader is not None and "loader" in state:
+            self.loader.load_state_dict(state["loader"])
+        if self.rng and "rng" in state:
+            set_rng_state(state["rng"])
+        self.step, self.epoch = int(state["step"]), int(state["epoch"])
+
+    def restore(self, ckpt: Checkpointer, step: int | None = None) -> int:
+        """Load the newest valid checkpoint (or *step*'s) into every part; return the step to
+        continue from (0 for a new run) and say where training resumes."""
+        restored = ckpt.restore(step)
+        self.restored = True
+        if restored is None:
+            say(f"no checkpoint in {ckpt.location}: training starts at step 0")
+            return self.step
+        self.load_state_dict(restored.state)
+        where = f"step {self.step}"
+        if self.loader is not None:
+            where += f" (epoch {self.loader.epoch}, after batch {self.loader.position})"
+        say(f"resuming {ckpt.location} at {where}, saved {restored.created:%Y-%m-%d %H:%M} UTC")
+        return self.step
+
+    @property
+    def current_epoch(self) -> int:
+        return self.loader.epoch if self.loader is not None else self.epoch
+
+    def epochs(self, total: int, ckpt: Checkpointer | None = None) -> Iterator[int]:
+        """The epochs still to train, up to *total*: restores from *ckpt* first (unless
+        :meth:`restore` ran), and ends early once *ckpt* says to stop (the session's deadline,
+        SIGTERM, or Ctrl-C: the first one saves at the next ``maybe_save`` and stops there; a
+        second one stops at once)."""
+        if ckpt is not None and not self.restored:
+            self.restore(ckpt)
+
+        def stop() -> bool:
+            return ckpt is not None and ckpt.should_stop
+
+        if self.loader is not None:
+            self.loader.should_stop = stop
+        try:
+            with (
+                stop_at_boundary(ckpt, self._torn) if ckpt is not None else contextlib.nullcontext()
+            ):
+                while self.current_epoch < total and not stop():
+                    epoch = self.current_epoch
+                    yield epoch
+                    if stop():
+                        return
+                    if self.loader is None:
+                        self.epoch += 1
+                    elif self.loader.epoch == epoch:  # the body left the epoch early
+                        self.loader.end_epoch()
+        finally:
+            if self.loader is not None:
+                self.loader.should_stop = _never
+        if ckpt is not None and not ckpt.should_stop:
+            say(f"all {total} epochs are done (step {self.step})")
+
+    def _torn(self) -> None:
+        self._hard_stop = True
+
+
+# Device and precision -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The device and the mixed precision :func:`precision` chose.
+
+    >>> p = precision()                                  # doctest: +SKIP
+    >>> scaler = p.scaler()
+    >>> with p.autocast():
+    ...     loss = loss_fn(model(x.to(p.device)), y.to(p.device))
+    """
+
+    device: Any
+    dtype: Any  # torch.bfloat16, torch.float16, or None for float32
+    why: str
+
+    def autocast(self) -> Any:
+        """``torch.autocast`` for the device and dtype (a no-op context for float32)."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def scaler(self) -> Any:
+        """A GradScaler, enabled only for float16 (bfloat16 needs none)."""
+        return torch.amp.GradScaler(self.device.type, enabled=self.dtype is torch.float16)
+
+
+def precision(report: HardwareReport | None = None, *, announce: bool = True) -> Precision:
+    """The device to train on and its mixed precision, from ``cs.probe()``: CUDA with bfloat16 on
+    GPUs of compute capability 8.0 or more (A100, L4, H100), float16 with a GradScaler on 7.x
+    (T4, V100), float32 below and on the CPU. Says what it chose.
+
+    On a TPU runtime PyTorch needs torch-xla; the JAX path (Keras on JAX, ``cs.fit``) is the one
+    Colab's TPU images are built for, so this picks the CPU there and says so.
+    """
+    from ._probe import probe
+
+    report = report or probe()
+    capabilities = [g.capability for g in report.gpus if g.capability is not None]
+    if torch.cuda.is_available():
+        device = torch.device("cuda")
+        weakest = min(capabilities) if capabilities else torch.cuda.get_device_capability(0)
+        name = torch.cuda.get_device_name(0)
+        if weakest >= (8, 0):
+            chosen = Precision(device, torch.bfloat16, f"{name}: bfloat16 autocast")
+        elif weakest >= (7, 0):
+            chosen = Precision(device, torch.float16, f"{name}: float16 autocast with GradScaler")
+        else:
+            chosen = Precision(device, None, f"{name}: float32 (no tensor cores)")
+    elif report.tpu is not None:
+        chosen = Precision(
+            torch.device("cpu"),
+            None,
+            "a TPU runtime: PyTorch runs on its CPU here (TPUs take JAX: Keras on JAX, cs.fit)",
+        )
+    else:
+        chosen = Precision(torch.device("cpu"), None, "no GPU: the CPU, float32")
+    if announce:
+        say(f"training on {chosen.why}")
+    return chosen

@@ -1,0 +1,86 @@
+"""cs.hf: a transformers Trainer kept and resumed through colabsession."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import colabsession as cs
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("accelerate")
+
+from colabsession import hf  # noqa: E402
+
+WORKER = Path(__file__).with_name("hf_worker.py")
+
+
+def test_killed_trainer_resumes_bit_identical(tmp_path: Path) -> None:
+    """SIGKILL at random steps, each run in a fresh output_dir (as on a new runtime): the final
+    weights equal those of a run never killed, and the loss history has every step once."""
+
+    def run(where: str, kill_at: int | None, n: int) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, str(WORKER), str(tmp_path / where), str(tmp_path / f"out{n}")]
+        argv += [str(tmp_path / f"{where}.pt"), str(kill_at) if kill_at else "-"]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=300)
+
+    reference = run("ref", None, 0)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    for n, kill_at in enumerate(sorted(random.Random(3).sample(range(6, 24), 2)), 1):
+        killed = run("run", kill_at, n)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    finished = run("run", None, 9)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "resuming" in finished.stdout
+    a, b = torch.load(tmp_path / "ref.pt"), torch.load(tmp_path / "run.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    history = cs.history(str(tmp_path / "run"))
+    assert sorted(history["step"].tolist()) == list(range(1, 25))
+
+
+def test_unsafe_names_in_a_checkpoint_are_refused(tmp_path: Path) -> None:
+    data = np.zeros(3, np.uint8)
+    for name in ("../evil", "/etc/passwd", "a/../../b", "a\\b", "", "./x"):
+        state = {"format": hf.FORMAT, "files": {name: data}}
+        with pytest.raises(cs.CheckpointError, match="unsafe"):
+            hf.write_folder(state, tmp_path / "checkpoint-1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mounts"]  # (the fixture's)
+    with pytest.raises(cs.CheckpointError, match="not saved by cs.hf"):
+        hf.write_folder({"w": data}, tmp_path / "checkpoint-1")
+
+
+def test_a_folder_roundtrips_and_replaces_a_torn_one(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    (source / "sub").mkdir(parents=True)
+    (source / "model.safetensors").write_bytes(b"weights")
+    (source / "sub" / "rng.pth").write_bytes(b"")
+    target = tmp_path / "out" / "checkpoint-5"
+    target.mkdir(parents=True)
+    (target / "torn").write_bytes(b"cut short")
+    hf.write_folder(hf.read_folder(source), target)
+    assert sorted(p.relative_to(target).as_posix() for p in target.rglob("*")) == [
+        "model.safetensors",
+        "sub",
+        "sub/rng.pth",
+    ]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["checkpoint-5"]
+
+
+def test_train_refuses_what_cannot_work(tmp_path: Path) -> None:
+    class Args:
+        output_dir = "/content/drive/MyDrive/out"
+
+    class Trainer:
+        args = Args()
+
+    with pytest.raises(cs.ConfigError, match="local folder"):
+        hf.train(Trainer(), tmp_path / "run")
+    with pytest.raises(cs.ConfigError, match="resume_from_checkpoint"):
+        hf.train(Trainer(), tmp_path / "run", resume_from_checkpoint=True)
