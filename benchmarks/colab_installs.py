@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-EXTRAS = ["", "drive", "gpu", "plot", "tensorflow", "demo"]
+EXTRAS = ["", "drive", "gpu", "plot", "tensorflow", "demo", "torch", "hf", "jax"]
 
 
 def canonical(name: str) -> str:

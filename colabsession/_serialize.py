@@ -43,12 +43,13 @@ def flatten(
 ) -> tuple[Any, list[Any]]:
     """Split *state* into a JSON tree and its arrays.
 
-    Mutable arrays (numpy, CPU torch tensors, anything with ``__array__``) are copied now, so
-    the caller may go on changing its own; *reuse* holds the copies of an earlier call that
-    nothing uses any more: arrays of the same place, shape and dtype are copied into them, which
-    spares allocating (and page-faulting) hundreds of megabytes on every save. Arrays that no
-    framework changes in place (JAX arrays, TensorFlow tensors) are kept as they are and
-    converted in the background by :func:`host_arrays`. Without *copy* (a synchronous save,
+    Arrays (numpy, torch tensors, JAX arrays, anything with ``__array__``) are copied now, so
+    the caller may go on changing (or donating) its own; *reuse* holds the copies of an earlier
+    call that nothing uses any more: arrays of the same place, shape and dtype are copied into
+    them, which spares allocating (and page-faulting) hundreds of megabytes on every save. GPU
+    tensors are copied into pinned buffers without waiting (see :mod:`._frameworks`); TensorFlow
+    tensors, which nothing changes or deletes, are kept as they are and converted in the
+    background by :func:`host_arrays`. Without *copy* (a synchronous save,
     during which the caller waits) arrays are taken as they are.
     """
     import numpy as np
@@ -121,6 +122,11 @@ def flatten(
         if torch is not None and isinstance(node, torch.Tensor):
             return tensor(node, where)
         if _frameworks.is_jax_array(node):
+            if node.is_deleted():
+                raise CheckpointError(
+                    f"state{where} is a JAX array that was deleted (donated to a jitted step): "
+                    "save the arrays the step returned"
+                )
             return {f"{MARK}x": _frameworks.describe(node, array(node, where))}
         if hasattr(node, "__array__"):
             return {f"{MARK}a": array(node, where)}
@@ -349,12 +355,10 @@ def _chunks(array: Any) -> Iterator[Any]:
 
 
 def _immutable(node: Any) -> bool:
-    """JAX arrays and TensorFlow tensors (not variables) never change in place."""
-    from . import _frameworks
-
+    """TensorFlow tensors (not variables) never change in place. JAX arrays do not either, but
+    a jitted step may donate their buffers (Keras on JAX does), which deletes them: they are
+    copied at once like mutable arrays."""
     kind = type(node)
-    if _frameworks.is_jax_array(node):
-        return True
     return kind.__module__.startswith("tensorflow") and kind.__name__ == "EagerTensor"
 
 

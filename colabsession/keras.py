@@ -273,7 +273,18 @@ class SessionCheckpoint(_Callback):  # type: ignore[misc]
 
         The interrupt usually lands between a step's update and its on_train_batch_end, so the
         step is read from the optimizer's iteration counter, which the update advances
-        atomically; without an optimizer, a half-done step is not saved."""
+        atomically; without an optimizer, a half-done step is not saved. On JAX an interrupt
+        inside a step finds the model's variables donated to it (Keras hands the new ones back
+        only at the callbacks): nothing of that step is left to save, and it says so."""
+        if self._donated():
+            logger.warning(
+                "colabsession: the interrupt came inside a JAX step, which had taken the model's "
+                "variables: this step is not saved; the run resumes from %s",
+                f"step {self.ckpt.last_saved_step}"
+                if self.ckpt.last_saved_step is not None
+                else "the start",
+            )
+            return False
         iterations = self._iterations()
         per_epoch = self._per_epoch()
         if iterations is not None and self._iteration_offset is not None and per_epoch:
@@ -286,6 +297,13 @@ class SessionCheckpoint(_Callback):  # type: ignore[misc]
         self.ckpt.save(self._step(), self._state(), metrics=self._metrics_now())
         self.ckpt.wait()
         return True
+
+    def _donated(self) -> bool:
+        for variable in self.model.variables:
+            deleted = getattr(getattr(variable, "value", None), "is_deleted", None)
+            if callable(deleted) and deleted():
+                return True
+        return False
 
     def _iterations(self) -> int | None:
         optimizer = getattr(self.model, "optimizer", None)

@@ -11,13 +11,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 import colabsession as cs
 
 location, kill_after, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 interrupt = "--interrupt" in sys.argv
-tf.config.experimental.enable_op_determinism()
+if keras.backend.backend() == "tensorflow":  # (KERAS_BACKEND=jax runs it on JAX: no TensorFlow)
+    import tensorflow as tf
+
+    tf.config.experimental.enable_op_determinism()
 keras.utils.set_random_seed(0)
 rng = np.random.default_rng(0)
 x = rng.random((150, 6), dtype=np.float32)
@@ -50,9 +52,9 @@ def interrupting_train_function(force: bool = False) -> object:
     make_train_function(force)
     train = model.train_function
 
-    def step(iterator: object) -> object:
+    def step(*args: object) -> object:  # (iterator) on TensorFlow, (state, iterator) on JAX
         global steps
-        logs = train(iterator)
+        logs = train(*args)
         steps += 1
         if interrupt and steps == kill_after:
             raise KeyboardInterrupt
@@ -80,5 +82,5 @@ try:
     )
 except KeyboardInterrupt:
     sys.exit(130)
-np.savez(out, *[v.numpy() for v in model.variables])
+np.savez(out, *[keras.ops.convert_to_numpy(v.value) for v in model.variables])
 print("epochs", history.epoch, flush=True)

@@ -41,7 +41,7 @@ config = transformers.GPT2Config(
 model = transformers.GPT2LMHeadModel(config)
 
 
-class Kill(transformers.TrainerCallback):  # type: ignore[misc]
+class Kill(transformers.TrainerCallback):
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if state.global_step == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)

@@ -52,7 +52,7 @@ def test_unsafe_names_in_a_checkpoint_are_refused(tmp_path: Path) -> None:
         with pytest.raises(cs.CheckpointError, match="unsafe"):
             hf.write_folder(state, tmp_path / "checkpoint-1")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mounts"]  # (the fixture's)
-    with pytest.raises(cs.CheckpointError, match="not saved by cs.hf"):
+    with pytest.raises(cs.CheckpointError, match=r"not saved by cs\.hf"):
         hf.write_folder({"w": data}, tmp_path / "checkpoint-1")
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +86,50 @@ def test_a_package_installed_without_its_extra_is_named(
     assert "colabsession[drive]" in str(info.value)
     with pytest.raises(cs.MissingDependencyError, match="needs cs_absent, which is not installed"):
         require("cs_absent.fs", extra="drive", purpose="the Drive API")
+
+
+FRAMEWORK_EXTRAS = ("torch", "hf", "jax")
+
+
+def test_framework_extras_keep_what_colab_ships() -> None:
+    """Colab's torch comes from PyTorch's own index (a +cu128 or +cpu build), which a dry run
+    cannot fetch: benchmarks/colab_installs.py checks the other extras by installing; these are
+    checked here, offline, against the published freezes: every requirement of the extras that an
+    image ships is met by the image's own version, so pip keeps it."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+    from packaging.version import Version
+
+    root = Path(__file__).parents[1]
+    freezes = sorted((root.parent / "shared" / "colab-runtime").glob("*pip-freeze*.txt"))
+    if not freezes:
+        pytest.skip("Colab's pip freezes are not beside this checkout")
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    checked = 0
+    for freeze in freezes:
+        shipped = {}
+        for line in freeze.read_text().splitlines():
+            name, sep, version = line.partition("==")
+            if not sep:
+                name, sep, url = line.partition(" @ ")
+                match = sep and re.search(r"-(\d+(?:\.\d+)+)(?:%2B|\+|-)", url)
+                if not match:
+                    continue
+                version = match.group(1)
+            shipped[canonicalize_name(name.strip())] = Version(version.strip()).public
+        for extra in FRAMEWORK_EXTRAS:
+            for line in extras[extra]:
+                requirement = Requirement(line)
+                have = shipped.get(canonicalize_name(requirement.name))
+                if requirement.name == "colabsession" or have is None:
+                    continue
+                assert requirement.specifier.contains(have, prereleases=True), (
+                    f"{freeze.name}: colabsession[{extra}] wants {requirement}, "
+                    f"the image has {have}"
+                )
+                checked += 1
+    assert checked >= len(freezes) * 4  # torch, transformers, accelerate, jax on every image
