@@ -102,3 +102,24 @@ def test_flax_struct_is_saved_and_rebuilt(tmp_path: Path) -> None:
     assert isinstance(got.state, State)
     assert got.state.apply is print
     assert int(got.state.step) == 3
+
+
+def test_distribution_spans_every_device() -> None:
+    """cs.distribution() on Keras' JAX backend, with two (forced) host devices, in a process of
+    its own: the backend and the device count are fixed when JAX and Keras start."""
+    import os
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        "KERAS_BACKEND": "jax",
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+    }
+    code = "import colabsession as cs; print(cs.distribution().device_mesh.devices.size)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == "2"
