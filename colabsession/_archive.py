@@ -408,9 +408,15 @@ def _pax_int(text: str) -> int:
     return int(text)
 
 
+def is_plain(name: str) -> bool:
+    """Whether *name* is already a clean relative path: parts that are neither empty, ``.`` nor
+    ``..``, and no backslash or NUL (nothing that could leave its folder)."""
+    return _PLAIN.fullmatch(name) is not None
+
+
 def clean(name: str) -> str:
     """*name* as a relative path with no ``.``, ``..`` or empty parts; raises UnsafeArchive."""
-    if _PLAIN.fullmatch(name):  # the common case
+    if is_plain(name):  # the common case
         return name
     if "\0" in name:
         raise UnsafeArchive(f"{name!r} holds a NUL character")

@@ -32,7 +32,7 @@ from ._errors import DataError
 from ._records import InvalidRecord, Record, parse_record
 from ._runtime import home_dir
 from ._say import say
-from ._storage import reason
+from ._storage import reason, replace_folder
 from ._store import SLOWEST, Store
 from ._timeout import Backoff, map_bounded
 from ._units import format_bytes
@@ -169,13 +169,7 @@ def commit(partial: Path, dest: Path, record: StagedInfo) -> None:
     there) and write the record that says so."""
     with contextlib.suppress(FileNotFoundError):
         marker(dest).unlink()  # first: a kill between the moves must not leave a stale record
-    old = None
-    if dest.exists():
-        old = dest.parent / f".{dest.name}.old-{secrets.token_hex(4)}"
-        os.rename(dest, old)
-    os.rename(partial, dest)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    replace_folder(partial, dest)
     temp = marker(dest).with_name(f"{marker(dest).name}.{secrets.token_hex(4)}.tmp")
     temp.write_bytes(record.to_json(indent=1))
     os.replace(temp, marker(dest))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import secrets
+import shutil
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -136,6 +138,18 @@ def sha256_file(path: Path) -> str:
         while chunk := f.read(8 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def replace_folder(new: Path, dest: Path) -> None:
+    """Move the complete folder *new* to *dest*, replacing what is there: the old one is renamed
+    aside first and removed after, so *dest* is always one whole folder or absent."""
+    old = None
+    if dest.exists():
+        old = dest.parent / f".{dest.name}.old-{secrets.token_hex(4)}"
+        os.rename(dest, old)
+    os.rename(new, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_fd(

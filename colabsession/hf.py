@@ -18,22 +18,22 @@ stops at the next step; the logged loss goes to the run's history (``cs.history(
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
+import secrets
 import shutil
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ._archive import is_plain
 from ._checkpoint import Checkpointer
 from ._errors import CheckpointError, ConfigError
 from ._interrupt import stop_at_boundary
 from ._optional import require
 from ._say import say
+from ._storage import replace_folder
 from ._units import Duration
 
 transformers: Any = require("transformers", extra="hf", purpose="colabsession.hf")
@@ -118,27 +118,22 @@ def write_folder(state: Any, folder: Path) -> Path:
     if not isinstance(files, dict):
         raise CheckpointError("this checkpoint's list of files is damaged")
     for name, data in files.items():
-        parts = name.split("/") if isinstance(name, str) else [""]
         if (
-            any(p in ("", ".", "..") or "\\" in p or "\0" in p for p in parts)
+            not isinstance(name, str)
+            or not is_plain(name)
             or not isinstance(data, np.ndarray)
             or data.dtype != np.uint8
         ):
             raise CheckpointError(f"this checkpoint holds the unsafe file name {name!r}: refused")
-    temporary = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.partial")
+    temporary = folder.with_name(f".{folder.name}.{secrets.token_hex(4)}.partial")
     temporary.mkdir(parents=True)
     try:
         for name, data in files.items():
             target = temporary.joinpath(*name.split("/"))
             target.parent.mkdir(parents=True, exist_ok=True)
             data.tofile(target)
-        if folder.exists():  # the Trainer's own copy, maybe cut short: the verified one wins
-            aside = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.old")
-            folder.rename(aside)
-            temporary.rename(folder)
-            shutil.rmtree(aside, ignore_errors=True)
-        else:
-            temporary.rename(folder)
+        # The Trainer's own copy there, maybe cut short: the verified one replaces it.
+        replace_folder(temporary, folder)
     finally:
         if temporary.exists():
             shutil.rmtree(temporary, ignore_errors=True)
@@ -174,10 +169,6 @@ def train(
     """
     if "resume_from_checkpoint" in train_kwargs:
         raise ConfigError("cs.hf.train resumes by itself: leave out resume_from_checkpoint")
-    if ckpt is None:
-        if run is None:
-            raise ConfigError("cs.hf.train needs run= (a name, or a location) or ckpt=")
-        ckpt = Checkpointer(run, every=every, keep_last=keep_last, takeover=takeover)
     output_dir = Path(trainer.args.output_dir)
     if str(output_dir).startswith("/content/drive"):
         raise ConfigError(
@@ -185,10 +176,15 @@ def train(
             "and a stalled mount stalls training: use a local folder (/content/out); "
             "colabsession copies each checkpoint to Drive in the background"
         )
+    if ckpt is None:
+        if run is None:
+            raise ConfigError("cs.hf.train needs run= (a name, or a location) or ckpt=")
+        ckpt = Checkpointer(run, every=every, keep_last=keep_last, takeover=takeover)
     callback = SessionCallback(ckpt)
     trainer.add_callback(callback)
     try:
-        with ckpt, _stop_on_interrupt(ckpt):
+        # The Trainer's state is saved only at its step boundaries: a hard stop tears nothing.
+        with ckpt, stop_at_boundary(ckpt, on_hard_stop=lambda: None):
             resume = None
             if restart:
                 ckpt.restart()
@@ -211,10 +207,3 @@ def _restore(ckpt: Checkpointer, output_dir: Path) -> str | None:
         f"{restored.created:%Y-%m-%d %H:%M} UTC"
     )
     return str(folder)
-
-
-@contextlib.contextmanager
-def _stop_on_interrupt(ckpt: Checkpointer) -> Iterator[None]:
-    # The Trainer's state is saved only at its step boundaries, so a hard stop tears nothing.
-    with stop_at_boundary(ckpt, lambda: None):
-        yield
