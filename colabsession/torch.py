@@ -87,7 +87,7 @@ class _EpochBatches:
             yield batch.tolist()
 
     def __len__(self) -> int:
-        return max(0, self.owner.batches_per_epoch - self.owner.position)
+        return len(self.owner)
 
 
 class ResumableLoader:
@@ -119,8 +119,7 @@ class ResumableLoader:
         drop_last: bool = False,
         **loader_kwargs: Any,
     ) -> None:
-        taken = {"sampler", "batch_sampler", "shuffle", "generator", "batch_size", "drop_last"}
-        clash = sorted(taken & set(loader_kwargs))
+        clash = sorted({"sampler", "batch_sampler", "generator"} & set(loader_kwargs))
         if clash:
             raise ConfigError(f"ResumableLoader sets {' and '.join(clash)} itself: do not pass it")
         if not isinstance(dataset, Sized):
@@ -233,11 +232,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
     version, internal, gauss = state["python"]
     random.setstate((int(version), tuple(int(x) for x in internal), gauss))
     np.random.set_state(tuple(state["numpy"]))
-    torch.set_rng_state(_cpu(state["torch"]))
+    torch.set_rng_state(torch.as_tensor(state["torch"]).cpu())
     saved = state.get("cuda")
     if saved is not None and torch.cuda.is_available():
         if len(saved) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all([_cpu(s) for s in saved])
+            torch.cuda.set_rng_state_all([torch.as_tensor(s).cpu() for s in saved])
         else:
             logger.warning(
                 "colabsession: the checkpoint holds the random state of %d GPUs, this runtime has "
@@ -245,14 +244,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
                 len(saved),
                 torch.cuda.device_count(),
             )
-
-
-def _cpu(tensor: Any) -> Any:
-    return (
-        tensor
-        if isinstance(tensor, torch.Tensor) and tensor.device.type == "cpu"
-        else (torch.as_tensor(tensor).cpu())
-    )
 
 
 # The whole training state ---------------------------------------------------------------------
@@ -287,7 +278,7 @@ class TrainingState:
         **extra: Any,
     ) -> None:
         parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
-        parts.update(extra)
+        parts.update(extra, loader=loader)
         for name, part in parts.items():
             if part is not None and not (
                 callable(getattr(part, "state_dict", None))
@@ -315,8 +306,6 @@ class TrainingState:
             )
         state: dict[str, Any] = {"step": self.step, "epoch": self.epoch}
         state["parts"] = {name: part.state_dict() for name, part in self.parts.items()}
-        if self.loader is not None:
-            state["loader"] = self.loader.state_dict()
         if self.rng:
             state["rng"] = rng_state()
         return state
@@ -330,8 +319,6 @@ class TrainingState:
             )
         for name, part in self.parts.items():
             part.load_state_dict(state["parts"][name])
-        if self.loader is not None and "loader" in state:
-            self.loader.load_state_dict(state["loader"])
         if self.rng and "rng" in state:
             set_rng_state(state["rng"])
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
