@@ -4,12 +4,14 @@ import json
 import os
 import sys
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pytest_mock import MockerFixture
 
+import colabsession as cs
 from colabsession import _gdrive, _runtime, drive
 from colabsession import drive as drive_module
 
@@ -150,6 +152,21 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_wheel(folder, "cs-demo-b", "2.0")
     make_wheel(folder, "cs-demo-c", "1.0")
     return folder
+
+
+@pytest.fixture
+def roundtrip(tmp_path: Path) -> Callable[..., Any]:
+    """``roundtrip(state, **restore)``: save *state* as step 1 of the run ``tmp_path/run``, and
+    return what ``restore(**restore)`` gives back."""
+
+    def run(state: Any, **restore: Any) -> Any:
+        with cs.Checkpointer(tmp_path / "run", every=None) as ckpt:
+            ckpt.save(1, state)
+        restored = cs.Checkpointer(tmp_path / "run").restore(**restore)
+        assert restored is not None
+        return restored.state
+
+    return run
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,18 +15,10 @@ jax = pytest.importorskip("jax")
 jnp = pytest.importorskip("jax.numpy")
 
 
-def roundtrip(tmp_path: Path, state: Any, **restore: Any) -> Any:
-    with cs.Checkpointer(tmp_path / "run", every=None) as ckpt:
-        ckpt.save(1, state)
-    restored = cs.Checkpointer(tmp_path / "run").restore(**restore)
-    assert restored is not None
-    return restored.state
-
-
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16", "int8", "bool"])
-def test_jax_arrays_come_back_as_jax_arrays(tmp_path: Path, dtype: str) -> None:
+def test_jax_arrays_come_back_as_jax_arrays(dtype: str, roundtrip: Callable[..., Any]) -> None:
     source = (jnp.arange(12).reshape(3, 4) * 1.5).astype(dtype)
-    got = roundtrip(tmp_path, {"a": source}, device="saved")
+    got = roundtrip({"a": source}, device="saved")
     assert isinstance(got["a"], jax.Array)
     assert got["a"].dtype == source.dtype
     np.testing.assert_array_equal(np.asarray(got["a"]), np.asarray(source))
@@ -54,7 +47,7 @@ def test_a_save_does_not_hold_buffers_a_jitted_step_donates(tmp_path: Path) -> N
     np.testing.assert_array_equal(np.asarray(restored.state["x"]), np.full(1000, 2.0))
 
 
-def test_optax_state_is_rebuilt_with_like(tmp_path: Path) -> None:
+def test_optax_state_is_rebuilt_with_like(tmp_path: Path, roundtrip: Callable[..., Any]) -> None:
     optax = pytest.importorskip("optax")
     params = {"w": jnp.ones((2, 3)), "b": jnp.zeros(3, jnp.bfloat16)}
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-3))
@@ -63,7 +56,7 @@ def test_optax_state_is_rebuilt_with_like(tmp_path: Path) -> None:
     _, opt_state = tx.update(grads, opt_state, params)
     state = {"params": params, "opt": opt_state}
 
-    plain = roundtrip(tmp_path, state)
+    plain = roundtrip(state)
     assert type(plain["opt"][1][0]) is tuple  # without like=: named tuples as plain tuples
 
     got = cs.Checkpointer(tmp_path / "run").restore(like=state)
@@ -77,8 +70,8 @@ def test_optax_state_is_rebuilt_with_like(tmp_path: Path) -> None:
     tx.update(grads, got.state["opt"], got.state["params"])  # optax takes it back
 
 
-def test_like_refuses_another_structure(tmp_path: Path) -> None:
-    roundtrip(tmp_path, {"w": jnp.ones(3)})
+def test_like_refuses_another_structure(tmp_path: Path, roundtrip: Callable[..., Any]) -> None:
+    roundtrip({"w": jnp.ones(3)})
     ckpt = cs.Checkpointer(tmp_path / "run")
     with pytest.raises(cs.CheckpointError, match=r"float32 \(4,\)"):
         ckpt.restore(like={"w": jnp.ones(4)})
@@ -86,7 +79,7 @@ def test_like_refuses_another_structure(tmp_path: Path) -> None:
         ckpt.restore(like={"w": jnp.ones(3), "b": jnp.ones(1)})
 
 
-def test_flax_struct_is_saved_and_rebuilt(tmp_path: Path) -> None:
+def test_flax_struct_is_saved_and_rebuilt(tmp_path: Path, roundtrip: Callable[..., Any]) -> None:
     struct = pytest.importorskip("flax.struct")
 
     @struct.dataclass
@@ -96,7 +89,7 @@ def test_flax_struct_is_saved_and_rebuilt(tmp_path: Path) -> None:
         apply: Any = struct.field(pytree_node=False)
 
     state = State(step=jnp.asarray(3), params={"w": jnp.ones(2)}, apply=print)  # type: ignore[call-arg]
-    roundtrip(tmp_path, state)
+    roundtrip(state)
     got = cs.Checkpointer(tmp_path / "run").restore(like=state)
     assert got is not None
     assert isinstance(got.state, State)

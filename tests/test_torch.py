@@ -6,7 +6,9 @@ import random
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,14 +29,6 @@ from colabsession.torch import (  # noqa: E402
 WORKER = Path(__file__).with_name("torch_worker.py")
 
 
-def roundtrip(tmp_path: Path, state: object, **restore: object) -> object:
-    with cs.Checkpointer(tmp_path / "run", every=None) as ckpt:
-        ckpt.save(1, state)
-    restored = cs.Checkpointer(tmp_path / "run").restore(**restore)  # type: ignore[arg-type]
-    assert restored is not None
-    return restored.state
-
-
 @pytest.mark.parametrize(
     "dtype",
     [
@@ -51,9 +45,11 @@ def roundtrip(tmp_path: Path, state: object, **restore: object) -> object:
         torch.float8_e5m2,
     ],
 )
-def test_tensors_of_every_dtype_roundtrip_exactly(tmp_path: Path, dtype: object) -> None:
+def test_tensors_of_every_dtype_roundtrip_exactly(
+    dtype: object, roundtrip: Callable[..., Any]
+) -> None:
     source = (torch.randn(3, 5) * 7).to(dtype)
-    got = roundtrip(tmp_path, {"t": source, "scalar": source[0, 0]})
+    got = roundtrip({"t": source, "scalar": source[0, 0]})
     assert isinstance(got, dict)
     assert got["t"].dtype == dtype
     assert got["t"].shape == source.shape
@@ -61,7 +57,7 @@ def test_tensors_of_every_dtype_roundtrip_exactly(tmp_path: Path, dtype: object)
     assert got["scalar"].shape == ()
 
 
-def test_odd_tensors_roundtrip(tmp_path: Path) -> None:
+def test_odd_tensors_roundtrip(roundtrip: Callable[..., Any]) -> None:
     base = torch.arange(24.0).reshape(4, 6)
     state = {
         "transposed": base.t(),
@@ -70,7 +66,7 @@ def test_odd_tensors_roundtrip(tmp_path: Path) -> None:
         "param": torch.nn.Parameter(torch.ones(2)),
         "empty": torch.empty(0, 3),
     }
-    got = roundtrip(tmp_path, state)
+    got = roundtrip(state)
     assert isinstance(got, dict)
     for key, value in state.items():
         assert torch.equal(got[key], value.detach().resolve_conj()), key
@@ -90,7 +86,7 @@ def test_sparse_and_meta_tensors_are_refused(tmp_path: Path) -> None:
         ckpt.save(1, {"m": torch.empty(2, device="meta")})
 
 
-def test_optimizer_scheduler_and_scaler_states_roundtrip(tmp_path: Path) -> None:
+def test_optimizer_scheduler_and_scaler_states_roundtrip(roundtrip: Callable[..., Any]) -> None:
     model = torch.nn.Linear(4, 2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=10)
@@ -104,7 +100,7 @@ def test_optimizer_scheduler_and_scaler_states_roundtrip(tmp_path: Path) -> None
         "sched": scheduler.state_dict(),
         "scaler": scaler.state_dict(),
     }
-    got = roundtrip(tmp_path, state)
+    got = roundtrip(state)
     assert isinstance(got, dict)
     assert sorted(got["opt"]["state"]) == [0, 1]  # integer keys stay integers
     betas = got["opt"]["param_groups"][0]["betas"]
@@ -131,17 +127,17 @@ def test_a_save_copies_the_tensors_so_training_may_go_on(tmp_path: Path) -> None
 
 
 def test_restore_puts_tensors_on_the_device_asked_for(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    caplog: pytest.LogCaptureFixture, roundtrip: Callable[..., Any]
 ) -> None:
-    got = roundtrip(tmp_path, {"t": torch.ones(2)}, device="cpu")
+    got = roundtrip({"t": torch.ones(2)}, device="cpu")
     assert isinstance(got, dict)
     assert got["t"].device.type == "cpu"
     with pytest.raises(cs.ConfigError, match="not a device"):
-        roundtrip(tmp_path, {"t": torch.ones(2)}, device="sav ed")
+        roundtrip({"t": torch.ones(2)}, device="sav ed")
 
 
 def test_saved_device_missing_here_falls_back_with_a_warning(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     from colabsession import _frameworks
     from colabsession._serialize import FrameworkArray
@@ -240,13 +236,13 @@ def test_starting_the_loader_does_not_draw_from_torchs_generator() -> None:
     assert torch.equal(torch.rand(3), expected)
 
 
-def test_rng_state_roundtrips_through_a_checkpoint(tmp_path: Path) -> None:
+def test_rng_state_roundtrips_through_a_checkpoint(roundtrip: Callable[..., Any]) -> None:
     random.seed(1)
     np.random.seed(2)
     torch.manual_seed(3)
     saved = rng_state()
     expected = (random.random(), np.random.rand(), torch.rand(1).item())
-    got = roundtrip(tmp_path, saved)
+    got = roundtrip(saved)
     random.seed(9)
     np.random.seed(9)
     torch.manual_seed(9)
