@@ -33,7 +33,7 @@ from ._errors import CheckpointError, ConfigError
 from ._interrupt import stop_at_boundary
 from ._optional import require
 from ._say import say
-from ._storage import replace_folder
+from ._storage import reason, replace_folder
 from ._units import Duration
 
 transformers: Any = require("transformers", extra="hf", purpose="colabsession.hf")
@@ -125,15 +125,25 @@ def write_folder(state: Any, folder: Path) -> Path:
             or data.dtype != np.uint8
         ):
             raise CheckpointError(f"this checkpoint holds the unsafe file name {name!r}: refused")
+    # What a restore killed mid-write left beside the folder.
+    for left in [*folder.parent.glob(f".{folder.name}.*.partial")]:
+        shutil.rmtree(left, ignore_errors=True)
+    for left in [*folder.parent.glob(f".{folder.name}.old-*")]:
+        shutil.rmtree(left, ignore_errors=True)
     temporary = folder.with_name(f".{folder.name}.{secrets.token_hex(4)}.partial")
-    temporary.mkdir(parents=True)
     try:
+        temporary.mkdir(parents=True)
         for name, data in files.items():
             target = temporary.joinpath(*name.split("/"))
             target.parent.mkdir(parents=True, exist_ok=True)
             data.tofile(target)
         # The Trainer's own copy there, maybe cut short: the verified one replaces it.
         replace_folder(temporary, folder)
+    except OSError as exc:
+        raise CheckpointError(
+            f"cannot write the checkpoint into {folder} ({reason(exc)}): free disk space "
+            "(!df -h) or give the Trainer an output_dir elsewhere"
+        ) from None
     finally:
         if temporary.exists():
             shutil.rmtree(temporary, ignore_errors=True)

@@ -84,3 +84,18 @@ def test_train_refuses_what_cannot_work(tmp_path: Path) -> None:
         hf.train(Trainer(), tmp_path / "run")
     with pytest.raises(cs.ConfigError, match="resume_from_checkpoint"):
         hf.train(Trainer(), tmp_path / "run", resume_from_checkpoint=True)
+
+
+def test_a_restore_cut_short_is_cleaned_up_and_a_write_fault_is_explained(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    for left in (".checkpoint-5.1a2b3c4d.partial", ".checkpoint-5.old-9f8e7d6c"):
+        (out / left / "sub").mkdir(parents=True)
+    state = {"format": hf.FORMAT, "files": {"model.bin": np.ones(4, np.uint8)}}
+    hf.write_folder(state, out / "checkpoint-5")
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-5"]
+
+    # A file and a folder of one name (a damaged list), or a full disk: an error that says so.
+    clash = {"format": hf.FORMAT, "files": {"a/b": np.ones(1, np.uint8), "a": np.ones(1, np.uint8)}}
+    with pytest.raises(cs.CheckpointError, match="cannot write the checkpoint"):
+        hf.write_folder(clash, out / "checkpoint-6")
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-5"]
