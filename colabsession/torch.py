@@ -25,17 +25,19 @@ from torch's global generator, so starting a DataLoader does not shift the model
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import random
 from collections.abc import Callable, Iterator, Sized
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from ._errors import CheckpointError, ConfigError
 from ._interrupt import stop_at_boundary
 from ._optional import require
+from ._records import InvalidRecord, Record, parse_record
 from ._say import say
 
 if TYPE_CHECKING:
@@ -129,6 +131,8 @@ class ResumableLoader:
             )
         if batch_size < 1:
             raise ConfigError("batch_size must be at least 1")
+        if seed < 0:
+            raise ConfigError("seed must not be negative")
         self.dataset = dataset
         self.size = len(dataset)
         self.batch_size = batch_size
@@ -173,33 +177,56 @@ class ResumableLoader:
         self.position = 0
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "seed": self.seed,
-            "epoch": self.epoch,
-            "position": self.position,
-            "batch_size": self.batch_size,
-            "size": self.size,
-            "shuffle": self.shuffle,
-        }
+        saved = LoaderState(
+            seed=self.seed,
+            epoch=self.epoch,
+            position=self.position,
+            batch_size=self.batch_size,
+            size=self.size,
+            shuffle=self.shuffle,
+        )
+        return {"kind": LoaderState.KIND, **dataclasses.asdict(saved)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["size"] != self.size:
+        try:
+            saved = parse_record(LoaderState, state, what="the checkpoint's loader state")
+        except InvalidRecord as exc:
+            raise CheckpointError(f"{exc}: the checkpoint is damaged") from None
+        if min(saved.seed, saved.epoch, saved.position) < 0 or saved.batch_size < 1:
+            raise CheckpointError(f"the checkpoint's loader state is damaged ({saved})")
+        if saved.size != self.size:
             raise CheckpointError(
-                f"the checkpoint's data had {state['size']} samples, this dataset has "
+                f"the checkpoint's data had {saved.size} samples, this dataset has "
                 f"{self.size}: resuming would not continue the same epoch. Use the same data, or "
                 "restart the run (Checkpointer.restart())"
             )
-        self.seed, self.epoch = int(state["seed"]), int(state["epoch"])
-        self.shuffle = bool(state["shuffle"])
-        done = int(state["position"]) * int(state["batch_size"])  # samples done this epoch
+        self.seed, self.epoch, self.shuffle = saved.seed, saved.epoch, saved.shuffle
+        done = saved.position * saved.batch_size  # samples done this epoch
         if done % self.batch_size:
             logger.warning(
                 "colabsession: the batch size changed from %d to %d: resuming after sample %d",
-                state["batch_size"],
+                saved.batch_size,
                 self.batch_size,
                 done - done % self.batch_size,
             )
         self.position = done // self.batch_size
+
+
+@dataclass(frozen=True)
+class LoaderState(Record):
+    """Where a :class:`ResumableLoader` is, as its checkpoint records it."""
+
+    KIND: ClassVar[str] = "colabsession-torch-loader"
+    seed: int
+    epoch: int
+    position: int  # batches of the epoch already given out
+    batch_size: int
+    size: int  # the dataset's samples, checked on resume
+    shuffle: bool
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _never() -> bool:
@@ -311,6 +338,15 @@ class TrainingState:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not (
+            isinstance(state, dict)
+            and isinstance(state.get("parts"), dict)
+            and all(_is_count(state.get(k)) for k in ("step", "epoch"))
+        ):
+            raise CheckpointError(
+                "this checkpoint was not saved from a TrainingState (no parts, step and epoch): "
+                "use another run, or restart this one"
+            )
         missing = sorted(set(self.parts) - set(state["parts"]))
         if missing:
             raise CheckpointError(

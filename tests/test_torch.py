@@ -171,6 +171,15 @@ def test_a_dtype_name_that_is_not_a_dtype_is_refused() -> None:
         _frameworks.to_frameworks([stored])
 
 
+def test_a_tensor_stored_with_the_wrong_size_is_damaged() -> None:
+    from colabsession import _frameworks
+    from colabsession._serialize import FrameworkArray
+
+    stored = FrameworkArray("torch", np.zeros(2, np.float64), "bfloat16", None)
+    with pytest.raises(cs.CheckpointError, match="damaged"):
+        _frameworks.to_frameworks([stored])
+
+
 def test_plain_checkpoints_keep_the_old_format(tmp_path: Path) -> None:
     """Older releases read format 1: a state without framework arrays is still written so."""
     import json
@@ -224,6 +233,20 @@ def test_loader_refuses_what_it_sets_and_other_data() -> None:
     other = ResumableLoader(torch.utils.data.TensorDataset(torch.arange(11)), batch_size=2)
     with pytest.raises(cs.CheckpointError, match="10 samples"):
         other.load_state_dict(loader.state_dict())
+
+
+def test_a_damaged_loader_or_training_state_is_refused() -> None:
+    data = torch.utils.data.TensorDataset(torch.arange(10))
+    loader = ResumableLoader(data, batch_size=2)
+    good = loader.state_dict()
+    for bad in ({**good, "position": -3}, {**good, "batch_size": 0}, {**good, "epoch": "1"}, {}):
+        with pytest.raises(cs.CheckpointError, match="damaged"):
+            loader.load_state_dict(bad)
+    assert loader.position == 0
+    state = TrainingState(loader=loader)
+    for bad in ({"parts": {}}, {"parts": [], "step": 1, "epoch": 0}, {"parts": {}, "step": -1}):
+        with pytest.raises(cs.CheckpointError, match="not saved from a TrainingState"):
+            state.load_state_dict(bad)
 
 
 def test_starting_the_loader_does_not_draw_from_torchs_generator() -> None:
