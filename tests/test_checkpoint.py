@@ -307,7 +307,10 @@ def test_remote_location_and_fresh_machine(tmp_path: Path) -> None:
     fs = MemoryFileSystem()
     names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"/{tmp_path.name}/run", detail=False))
     assert steps_in(names) == [1, 2]
-    assert [n for n in names if not n.startswith("ckpt-")] == ["history.000001.jsonl"]
+    # One history revision per upload: one or two, depending on whether the background
+    # replication of step 1 finished before step 2 was saved (the one before stays as a fallback).
+    others = [n for n in names if not n.startswith("ckpt-")]
+    assert others in (["history.000001.jsonl"], ["history.000001.jsonl", "history.000002.jsonl"])
     # A new runtime: empty local disk; the checkpoint comes from the location.
     fresh = cs.Checkpointer(location, every=None, local_dir=tmp_path / "vm2")
     restored = fresh.restore()
