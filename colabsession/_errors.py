@@ -48,6 +48,12 @@ class DriveAPIError(DriveError, OSError):
     """The Drive API refused a request for good (not a transient 5xx or rate limit)."""
 
 
+class DriveQuotaError(DriveAPIError):
+    """Drive takes no more uploads from these credentials for now: the daily upload cap, a full
+    Drive, or a service account (which owns no storage). Retrying soon does not help; the
+    message says what does."""
+
+
 class CheckpointError(ColabSessionError):
     """A checkpoint cannot be saved or restored."""
 

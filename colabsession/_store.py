@@ -92,7 +92,8 @@ class Store:
                 found = self.fs.ls(self.root, detail=False)
             except (FileNotFoundError, NotADirectoryError):  # nothing saved there (yet)
                 return []
-            return [str(p).rstrip("/").rsplit("/", 1)[-1] for p in found]
+            # A name once: Drive may list a new file twice for a while.
+            return list(dict.fromkeys(str(p).rstrip("/").rsplit("/", 1)[-1] for p in found))
 
         return self.io("list", listing)
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from . import _gdrive
 from ._errors import ConfigError, MountError, MountTimeoutError
 from ._gdrive import configured as api_configured
-from ._gdrive import connect, disconnect, load_credentials
+from ._gdrive import connect, disconnect, load_credentials, sign_in, sign_out
 from ._runtime import (
     COLAB_MOUNTPOINT,
     MY_DRIVE,
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Location",
+    "api_configured",
     "connect",
     "disconnect",
     "ensure",
@@ -48,6 +49,8 @@ __all__ = [
     "local_notice",
     "mount",
     "resolve",
+    "sign_in",
+    "sign_out",
 ]
 
 logger = logging.getLogger("colabsession.drive")

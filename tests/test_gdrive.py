@@ -15,7 +15,7 @@ from pytest_mock import MockerFixture
 
 import colabsession as cs
 
-from .fake_drive_api import FakeDrive
+from .fake_drive_api import DOCUMENT, ROOT_ID, FakeDrive
 
 pytest.importorskip("pydrive2.fs")
 
@@ -119,13 +119,15 @@ def test_paged_listing(fs: Any, fake_drive: FakeDrive) -> None:
 def test_service_account_key_file(
     key_file: Path, fake_drive: FakeDrive, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    team = fake_drive.shared_drive("Team")  # the setup that works: a shared drive
     monkeypatch.setenv("COLABSESSION_SERVICE_ACCOUNT", str(key_file))
     monkeypatch.setenv("COLABSESSION_DRIVE_API_ENDPOINT", fake_drive.endpoint)
+    monkeypatch.setenv("COLABSESSION_DRIVE_FOLDER", team)
     loc = cs.drive.resolve("drive:checkpoints/run")
-    assert loc.path == "root/checkpoints/run"
+    assert loc.path == f"{team}/checkpoints/run"
     assert str(loc) == "drive:checkpoints/run (Drive API)"
     loc.fs.pipe_file(loc.path + "/step.txt", b"42")
-    assert loc.fs.cat_file("root/checkpoints/run/step.txt") == b"42"
+    assert loc.fs.cat_file(f"{team}/checkpoints/run/step.txt") == b"42"
     assert any(t.startswith("sa-token-") for t in fake_drive.state.tokens)  # JWT grant used
 
 
@@ -225,9 +227,313 @@ def test_colab_uses_the_notebook_user(
 
 
 def test_expired_credentials_are_an_auth_error(fake_drive: FakeDrive) -> None:
-    fs = cs.drive.connect(
-        credentials=Credentials(token="revoked"), api_endpoint=fake_drive.endpoint
-    )
     with pytest.raises(cs.DriveAuthError, match="authentication failed") as info:
-        fs.ls("root/anything")
-    assert "revoked" not in str(info.value)
+        cs.drive.connect(
+            credentials=Credentials(token="tok-REVOKED"), api_endpoint=fake_drive.endpoint
+        )
+    assert "REVOKED" not in str(info.value)
+
+
+# Real Drive's behaviours (issue 12): each switch of the fake, survived ----------------------------
+
+
+def test_root_is_an_alias(fs: Any, fake_drive: FakeDrive) -> None:
+    fs.pipe_file("root/top.txt", b"top")
+    fs.pipe_file("root/runs/deep.txt", b"deep")
+    (item,) = fake_drive.find("top.txt")
+    assert item["parents"][0]["id"] == ROOT_ID  # never "root"
+    assert fs.root_id == ROOT_ID
+    assert sorted(fs.find("root")) == ["root/runs/deep.txt", "root/top.txt"]
+    assert fs.ls("root") == ["root/top.txt", "root/runs/"] or sorted(fs.ls("root")) == [
+        "root/runs/",
+        "root/top.txt",
+    ]
+
+
+def test_children_of_a_trashed_folder_count_as_trashed(fs: Any, fake_drive: FakeDrive) -> None:
+    fs.pipe_file("root/runs/a/weights.bin", b"w")
+    (runs,) = fake_drive.find("runs")
+    runs["labels"]["trashed"] = True  # the user trashed the folder in the web UI
+    fresh = cs.drive.connect(
+        credentials=Credentials(token="test-token"), api_endpoint=fake_drive.endpoint
+    )
+    assert not fresh.exists("root/runs/a/weights.bin")
+    assert fake_drive.find("weights.bin", trashed=True)
+
+
+def test_overwrites_under_lagging_listings_read_the_newest(fs: Any, fake_drive: FakeDrive) -> None:
+    fake_drive.lag = 3  # a just-written title is missing from listings for a while
+    for text in (b"first", b"second", b"third"):
+        fs.pipe_file("root/lease.json", text)
+    live = fake_drive.find("lease.json")
+    assert len(live) > 1  # the lag hid the old copies from the writer: several of one name
+    assert fs.cat_file("root/lease.json") in (b"first", b"second", b"third")  # stale but whole
+    fake_drive.lag = 0  # the listing catches up
+    assert fs.cat_file("root/lease.json") == b"third"  # the newest, never the smallest id
+    fs.pipe_file("root/lease.json", b"fourth")
+    (only,) = fake_drive.find("lease.json")  # the next write cleared them once visible
+    assert fake_drive.read(only["id"]) == b"fourth"
+
+
+def test_a_title_listed_twice_is_one_name(fs: Any, fake_drive: FakeDrive) -> None:
+    from colabsession._store import Store
+
+    fake_drive.lag, fake_drive.doubles = 2, True
+    fs.pipe_file("root/run/ckpt.bin", b"x")
+    store = Store(cs.drive.Location(fs, "root/run", "drive:run"), timeout=30, durable=False)
+    assert store.names() == ["ckpt.bin"]
+
+
+def test_checkpoints_survive_lag_doubles_and_creations_that_fail(
+    tmp_path: Path, fs: Any, fake_drive: FakeDrive
+) -> None:
+    from .test_checkpoint import assert_state, state_at, steps_in
+
+    location = cs.drive.Location(fs, "root/checkpoints/run", "drive:checkpoints/run (API)")
+    fake_drive.lag, fake_drive.doubles = 2, True
+    fake_drive.fail_after_create(2)  # the upload creates the file, then answers 500
+    with cs.Checkpointer(location, every=None, local_dir=tmp_path / "vm1", keep_last=2) as ckpt:
+        for step in range(4):
+            ckpt.save(step, state_at(step), metrics={"loss": 1.0 / (step + 1)})
+        assert ckpt.sync(timeout=60) == []
+    fake_drive.lag, fake_drive.doubles = 0, False
+    assert steps_in(fs.ls(location.path)) == [2, 3]
+    fresh = cs.Checkpointer(location, every=None, local_dir=tmp_path / "vm2")
+    restored = fresh.restore()
+    assert restored is not None
+    assert restored.step == 3
+    assert_state(restored.state, 3)
+    fresh.close()
+
+
+def test_an_upload_that_fails_after_creating_leaves_one_file(
+    fs: Any, fake_drive: FakeDrive
+) -> None:
+    fake_drive.fail_after_create(1)
+    fs.pipe_file("root/manifest.json", b"whole")
+    (live,) = fake_drive.find("manifest.json")
+    assert fake_drive.read(live["id"]) == b"whole"
+    assert len(fake_drive.find("manifest.json", trashed=True)) == 1  # the twin, trashed
+
+
+def test_429_is_retried(fs: Any, fake_drive: FakeDrive) -> None:
+    fs.pipe_file("root/a.txt", b"hello")
+    fake_drive.fail(2, 429, "rateLimitExceeded", message="Too Many Requests")
+    assert fs.cat_file("root/a.txt") == b"hello"
+    fake_drive.rate_limit(1)  # the per-minute quota: retried too
+    assert fs.ls("root") == ["root/a.txt"]
+
+
+def test_the_daily_upload_cap_is_not_retried(
+    tmp_path: Path, fs: Any, fake_drive: FakeDrive, caplog: pytest.LogCaptureFixture
+) -> None:
+    from .test_checkpoint import state_at
+
+    fake_drive.upload_cap = 100
+    before = fake_drive.count("/upload/")
+    with pytest.raises(cs.DriveQuotaError, match="750 GB a day"):
+        fs.pipe_file("root/big.bin", b"x" * 1000)
+    assert fake_drive.count("/upload/") - before <= 2  # one session, one refused chunk
+    # A Checkpointer goes on training; the user is told what is not on Drive, and why.
+    location = cs.drive.Location(fs, "root/run", "drive:run (API)")
+    with caplog.at_level(logging.WARNING, "colabsession"):
+        ckpt = cs.Checkpointer(location, every=None, local_dir=tmp_path / "vm")
+        ckpt.save(1, state_at(1))
+        assert ckpt.sync(timeout=10) == [1]
+        ckpt.close_timeout = 1
+        ckpt.close()
+    assert "750 GB a day" in caplog.text
+    assert "NOT yet on" in caplog.text
+
+
+def test_service_account_in_my_drive_gets_the_right_advice(
+    key_file: Path, fake_drive: FakeDrive, caplog: pytest.LogCaptureFixture
+) -> None:
+    shared = fake_drive.folder("colab", share=True)  # a user's folder, shared with the account
+    with caplog.at_level(logging.WARNING, "colabsession"):
+        fs = cs.drive.connect(
+            service_account=key_file, folder=shared, api_endpoint=fake_drive.endpoint
+        )
+    assert "not in a shared drive" in caplog.text
+    fs.makedirs(f"{shared}/runs", exist_ok=True)  # folders hold no bytes: allowed
+    with pytest.raises(cs.DriveQuotaError, match=r"shared drive.*sign_in") as info:
+        fs.pipe_file(f"{shared}/runs/a.txt", b"a")
+    assert "trainer@test-project" in str(info.value)
+    team = fake_drive.shared_drive()
+    fs = cs.drive.connect(service_account=key_file, folder=team, api_endpoint=fake_drive.endpoint)
+    fs.pipe_file(f"{team}/runs/a.txt", b"a")
+    assert fs.cat_file(f"{team}/runs/a.txt") == b"a"
+
+
+def test_a_full_drive_says_so(fs: Any, fake_drive: FakeDrive) -> None:
+    fake_drive.fail(1, 403, "storageQuotaExceeded", match="/upload/", message="quota")
+    with pytest.raises(cs.DriveQuotaError, match="Drive is full"):
+        fs.pipe_file("root/a.txt", b"a")
+
+
+def test_an_unshared_folder_is_a_clear_auth_error(key_file: Path, fake_drive: FakeDrive) -> None:
+    private = fake_drive.folder("private")  # never shared with the service account
+    with pytest.raises(cs.DriveAuthError, match=r"not visible to trainer@.*share it"):
+        cs.drive.connect(service_account=key_file, folder=private, api_endpoint=fake_drive.endpoint)
+    with pytest.raises(cs.DriveAuthError, match="not visible"):
+        cs.drive.connect(
+            service_account=key_file, folder="1NoSuchId", api_endpoint=fake_drive.endpoint
+        )
+    doc = fake_drive.doc("notes")
+    with pytest.raises(cs.DriveAuthError, match="not a folder"):
+        cs.drive.connect(
+            credentials=Credentials("test-token"), folder=doc, api_endpoint=fake_drive.endpoint
+        )
+
+
+def test_uploads_in_many_chunks_and_expired_sessions(fs: Any, fake_drive: FakeDrive) -> None:
+    data = bytes(range(256)) * 40  # 10 KiB
+    fake_drive.chunk_limit = 3000  # the server keeps part of each chunk; the client resends
+    fs.pipe_file("root/chunks.bin", data)
+    assert fs.cat_file("root/chunks.bin") == data
+    puts = fake_drive.count("PUT /upload/")
+    assert puts >= 4
+    fake_drive.expire_uploads(1)  # the session dies after its first chunk: start again
+    fs.pipe_file("root/again.bin", data[::-1])
+    assert fs.cat_file("root/again.bin") == data[::-1]
+    (item,) = fake_drive.find("again.bin")
+    assert fake_drive.read(item["id"]) == data[::-1]
+
+
+def test_range_downloads(fs: Any, fake_drive: FakeDrive, tmp_path: Path) -> None:
+    data = bytes(range(256)) * 40
+    fs.pipe_file("root/ranged.bin", data)
+    (item,) = fake_drive.find("ranged.bin")
+    assert item.get("md5Checksum")
+    file = fs.client.CreateFile({"id": item["id"]})
+    file.GetContentFile(str(tmp_path / "out.bin"), chunksize=1000)
+    assert (tmp_path / "out.bin").read_bytes() == data
+    assert fake_drive.count("alt=media") >= 10
+
+
+def test_google_docs_in_a_run_folder_are_ignored(
+    tmp_path: Path, fs: Any, fake_drive: FakeDrive
+) -> None:
+    from .test_checkpoint import state_at
+
+    location = cs.drive.Location(fs, "root/run", "drive:run (API)")
+    with cs.Checkpointer(location, every=None, local_dir=tmp_path / "vm1") as ckpt:
+        ckpt.save(1, state_at(1))
+    (run,) = fake_drive.find("run")
+    fake_drive.doc("notes about this run", parent=run["id"])
+    (entry,) = [e for e in fs.ls("root/run", detail=True) if e["name"].endswith("run")]
+    assert entry["size"] is None  # a Doc: no size, no md5
+    assert [i["mimeType"] for i in fake_drive.find("notes about this run")] == [DOCUMENT]
+    restored = cs.Checkpointer(location, every=None, local_dir=tmp_path / "vm2").restore()
+    assert restored is not None
+    assert restored.step == 1
+
+
+def test_fields_trim_answers(fs: Any, fake_drive: FakeDrive) -> None:
+    fs.pipe_file("root/f.txt", b"f")
+    (item,) = fake_drive.find("f.txt")
+    answer = fs.client.auth.service.files().get(fileId=item["id"], fields="id,labels").execute()
+    assert answer == {"id": item["id"], "labels": {"trashed": False}}
+    full = fs.client.auth.service.files().get(fileId=item["id"]).execute()
+    assert full["downloadUrl"].endswith(f"/drive/v2/files/{item['id']}?alt=media")
+
+
+def test_transport_gives_up_after_its_tries_with_a_clear_error() -> None:
+    from colabsession._gdrive import Transport
+
+    class Busy:
+        calls = 0
+
+        def request(self, uri: str, method: str = "GET", **kw: Any) -> Any:
+            Busy.calls += 1
+            error = {"error": {"errors": [{"reason": "backendError"}], "code": 503}}
+            return types.SimpleNamespace(status=503), json.dumps(error).encode()
+
+    pauses: list[float] = []
+    transport = Transport(Busy(), account=None, tries=4, sleep=pauses.append)
+    with pytest.raises(cs.DriveAPIError, match="503 backendError after 4 tries"):
+        transport.request("https://www.googleapis.com/drive/v2/files")
+    assert Busy.calls == 4
+    assert pauses == [0.5, 1.0, 2.0]
+
+
+# Signing in as yourself (local Jupyter) -----------------------------------------------------------
+
+CLIENT = {
+    "installed": {
+        "client_id": "cid.apps.googleusercontent.com",
+        "client_secret": "SHH-CLIENT",
+        "auth_uri": "https://accounts.google.com/o/oauth2/auth",
+        "token_uri": "https://oauth2.googleapis.com/token",
+    }
+}
+
+
+def _user_flow() -> Any:
+    """What the browser sign-in returns: a person's credentials with a refresh token."""
+
+    def run(flow: Any) -> Any:
+        from datetime import datetime, timedelta, timezone
+
+        from google.oauth2.credentials import Credentials as UserCredentials
+
+        assert "https://www.googleapis.com/auth/drive" in flow.oauth2session.scope
+        return UserCredentials(  # type: ignore[no-untyped-call]
+            token="test-token",
+            refresh_token="SECRET-REFRESH",
+            client_id="cid.apps.googleusercontent.com",
+            client_secret="SHH-CLIENT",
+            token_uri="https://oauth2.googleapis.com/token",
+            scopes=["https://www.googleapis.com/auth/drive"],
+            expiry=(datetime.now(timezone.utc) + timedelta(hours=1)).replace(tzinfo=None),
+        )
+
+    return run
+
+
+def test_sign_in_keeps_a_private_token_and_connect_uses_it(
+    isolated: Path,
+    fake_drive: FakeDrive,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    assert not cs.drive.api_configured()
+    cs.drive.sign_in(CLIENT, run_flow=_user_flow())
+    token = isolated / "drive-token.json"
+    assert token.stat().st_mode & 0o777 == 0o600
+    assert json.loads(token.read_text())["refresh_token"] == "SECRET-REFRESH"
+    out = capsys.readouterr().out + caplog.text
+    assert "signed in" in out
+    assert "SECRET" not in out
+    assert "SHH" not in out
+    assert cs.drive.api_configured()
+    creds = cs.drive.load_credentials()
+    assert creds.refresh_token == "SECRET-REFRESH"
+    assert "SECRET" not in repr(creds)
+    fs = cs.drive.connect(api_endpoint=fake_drive.endpoint)  # the saved sign-in
+    fs.pipe_file("root/mine.txt", b"mine")  # a person's own Drive has storage
+    assert cs.drive.sign_out()
+    assert not token.exists()
+    assert not cs.drive.sign_out()
+
+
+def test_sign_in_failures_are_clear_and_never_echo_secrets(isolated: Path, tmp_path: Path) -> None:
+    with pytest.raises(cs.DriveAuthError, match="Desktop app"):
+        cs.drive.sign_in()
+    bad = tmp_path / "client.json"
+    bad.write_text('{"installed": {"client_secret": "SHH-CLIENT"}}')
+    with pytest.raises(cs.DriveAuthError, match="Download the client's JSON") as info:
+        cs.drive.sign_in(bad)
+    assert "SHH" not in str(info.value)
+
+    def gave_up(flow: Any) -> Any:
+        raise AttributeError("'NoneType' object has no attribute 'replace'")  # a timeout
+
+    with pytest.raises(cs.DriveAuthError, match="did not finish"):
+        cs.drive.sign_in(CLIENT, run_flow=gave_up, timeout=5)
+    token = isolated / "drive-token.json"
+    token.parent.mkdir(parents=True, exist_ok=True)
+    token.write_text('{"refresh_token": "SECRET-REFRESH"')  # cut short
+    with pytest.raises(cs.DriveAuthError, match=r"sign_in\(\) again") as info:
+        cs.drive.load_credentials()
+    assert "SECRET" not in str(info.value)
