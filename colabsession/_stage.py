@@ -706,7 +706,8 @@ def list_source(
         raise DataError(f"cannot list {location} ({reason(exc)})") from None
     if left_out:
         logger.warning(
-            "colabsession: leaving out %d link(s) or special file(s) in %s (first: %s)",
+            "colabsession: leaving out %d link(s), special file(s) or Google Docs (no bytes to "
+            "copy) in %s (first: %s)",
             len(left_out),
             location,
             left_out[0],

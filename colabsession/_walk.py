@@ -111,7 +111,7 @@ def _walk_fs(
         timeout,
         what=f"list {location}",
     )
-    found = []
+    found, left_out = [], []
     for path, info in listing.items():
         relative = str(path).rstrip("/")[len(root) :].lstrip("/")
         if not relative or skip(relative) or any(skip(p) for p in _parents(relative)):
@@ -119,13 +119,16 @@ def _walk_fs(
         if info.get("type") == "directory":
             found.append(SourceFile(relative, 0, DIR, 0.0, 0o755))
             continue
-        size = int(info.get("size") or 0)
+        if info.get("size") is None:  # a Google Doc, Sheet, ...: no bytes to copy
+            left_out.append(relative)
+            continue
+        size = int(info["size"])
         change = next(
             (info[k] for k in ("md5Checksum", "md5", "ETag", "mtime", "modifiedDate") if k in info),
             "",
         )
         found.append(SourceFile(relative, size, f"{size}:{change}", _time(info)))
-    return found, []
+    return found, left_out
 
 
 def _parents(relative: str) -> list[str]:

@@ -429,6 +429,19 @@ def test_google_docs_in_a_run_folder_are_ignored(
     assert restored.step == 1
 
 
+def test_google_docs_in_a_data_folder_are_left_out(
+    fs: Any, fake_drive: FakeDrive, caplog: pytest.LogCaptureFixture
+) -> None:
+    fs.pipe_file("root/raw/a.jpg", b"a" * 100)
+    (raw,) = fake_drive.find("raw")
+    fake_drive.doc("about the data", parent=raw["id"])
+    with caplog.at_level(logging.WARNING, "colabsession"):
+        staged = cs.data.stage(cs.drive.Location(fs, "root/raw", "drive:raw"))
+    assert sorted(p.name for p in staged.iterdir()) == ["a.jpg"]
+    assert "Google Docs" in caplog.text
+    assert "about the data" in caplog.text
+
+
 def test_fields_trim_answers(fs: Any, fake_drive: FakeDrive) -> None:
     fs.pipe_file("root/f.txt", b"f")
     (item,) = fake_drive.find("f.txt")
