@@ -562,6 +562,15 @@ def _filesystem_class() -> type:
                         self._trash_quietly(old)
                 return item
 
+            def rm_file(self, path: str) -> None:
+                # Every file of the name: a twin left by an upload that failed after creating
+                # its file, or hidden by a lagging listing, goes too.
+                item_ids = self._ids_of(path.rstrip("/"))
+                if not item_ids:
+                    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+                for item_id in item_ids:
+                    self._trash_quietly(item_id)
+
             def _ids_of(self, path: str) -> list[str]:
                 parent, name = posixpath.split(path)
                 try:

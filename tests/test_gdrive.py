@@ -273,6 +273,13 @@ def test_overwrites_under_lagging_listings_read_the_newest(fs: Any, fake_drive: 
     fs.pipe_file("root/lease.json", b"fourth")
     (only,) = fake_drive.find("lease.json")  # the next write cleared them once visible
     assert fake_drive.read(only["id"]) == b"fourth"
+    fake_drive.lag = 3
+    fs.pipe_file("root/lease.json", b"fifth")
+    fs.pipe_file("root/lease.json", b"sixth")  # the lag hides "fifth": two of the name
+    fake_drive.lag = 0
+    assert len(fake_drive.find("lease.json")) == 2
+    fs.rm_file("root/lease.json")
+    assert fake_drive.find("lease.json") == []  # every file of the name went to the trash
 
 
 def test_a_title_listed_twice_is_one_name(fs: Any, fake_drive: FakeDrive) -> None:
@@ -297,7 +304,8 @@ def test_checkpoints_survive_lag_doubles_and_creations_that_fail(
             ckpt.save(step, state_at(step), metrics={"loss": 1.0 / (step + 1)})
         assert ckpt.sync(timeout=60) == []
     fake_drive.lag, fake_drive.doubles = 0, False
-    assert steps_in(fs.ls(location.path)) == [2, 3]
+    # A twin of one name (identical bytes) may remain where the lag hid it from the writer.
+    assert sorted(set(steps_in(fs.ls(location.path)))) == [2, 3]
     fresh = cs.Checkpointer(location, every=None, local_dir=tmp_path / "vm2")
     restored = fresh.restore()
     assert restored is not None
