@@ -154,32 +154,23 @@ def _client_config(source: str | os.PathLike[str] | Mapping[str, Any] | None) ->
             "Cloud console > APIs & Services > Credentials), download its JSON and pass it: "
             f"cs.drive.sign_in('client_secret.json'), or set {ENV_CLIENT_SECRETS}"
         )
-    where = "the OAuth client given"
-    try:
-        if isinstance(source, Mapping):
-            config: Any = dict(source)
-        else:
-            text = _unwrap(os.fspath(source))
-            if text.startswith("{"):
-                config = json.loads(text)
-            else:
-                where = f"the OAuth client file {Path(text).expanduser()}"
-                config = json.loads(Path(text).expanduser().read_text(encoding="utf-8-sig"))
-        if not isinstance(config, dict):
-            raise ValueError("not a JSON object")
+
+    def check(config: dict[str, Any]) -> dict[str, Any]:
         client = config.get("installed") or config.get("web")
         if not isinstance(client, dict) or not all(
             isinstance(client.get(k), str) for k in ("client_id", "client_secret")
         ):
             raise ValueError("no client_id and client_secret")
         return config
-    except (OSError, ValueError) as exc:
-        raise DriveAuthError(
-            f"cannot use {where}: {type(exc).__name__}"
-            + (f" ({exc.strerror})" if isinstance(exc, OSError) and exc.strerror else "")
-            + ". Download the client's JSON again (Google Cloud console > APIs & Services > "
-            "Credentials > the Desktop app client > Download JSON)"
-        ) from None
+
+    return _from_json(
+        source,
+        what="OAuth client",
+        advice="Download the client's JSON again (Google Cloud console > APIs & Services > "
+        "Credentials > the Desktop app client > Download JSON)",
+        use=check,
+        private=False,
+    )
 
 
 def _save_token(path: Path, text: str) -> None:
@@ -203,48 +194,65 @@ def _save_token(path: Path, text: str) -> None:
 def _saved_sign_in(path: Path) -> Any:
     from google.oauth2.credentials import Credentials
 
-    _warn_if_readable_by_others(path)
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(info, dict):
-            raise ValueError("not a JSON object")
-        return Credentials.from_authorized_user_info(info, scopes=list(SCOPES))  # type: ignore[no-untyped-call]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DriveAuthError(
-            f"the saved Google sign-in {path} cannot be used ({type(exc).__name__}): run "
-            "cs.drive.sign_in() again"
-        ) from None
+    return _from_json(
+        str(path),
+        what="saved Google sign-in",
+        advice="Run cs.drive.sign_in() again",
+        use=lambda info: Credentials.from_authorized_user_info(info, scopes=list(SCOPES)),  # type: ignore[no-untyped-call]
+        private=True,
+    )
 
 
 def _service_account_credentials(source: str | os.PathLike[str] | Mapping[str, Any]) -> Any:
     from google.oauth2 import service_account
 
-    where = "the service-account key given"
+    return _from_json(
+        source,
+        what="service-account key",
+        advice="Download a fresh JSON key from the Google Cloud console (IAM > Service accounts "
+        "> Keys)",
+        use=lambda info: service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
+            info, scopes=list(SCOPES)
+        ),
+        private=True,
+    )
+
+
+def _from_json(
+    source: str | os.PathLike[str] | Mapping[str, Any],
+    *,
+    what: str,
+    advice: str,
+    use: Callable[[dict[str, Any]], T],
+    private: bool,
+) -> T:
+    """``use(info)`` of the JSON object that *source* is (a mapping), holds (JSON text) or
+    names (a file's path). Any fault is a DriveAuthError that says where and of what kind, then
+    *advice*, and never echoes the content (a key, a secret). *private*: warn when other users
+    can read the file."""
+    where = f"the {what} given"
     try:
         if isinstance(source, Mapping):
             info: Any = dict(source)
         else:
             text = _unwrap(os.fspath(source))
             if text.startswith("{"):
-                where = "the service-account key's JSON"
+                where = f"the {what}'s JSON"
                 info = json.loads(text)
             else:
-                where = _describe_path(text)
+                where = _describe_path(text, what)
                 path = Path(text).expanduser()
-                _warn_if_readable_by_others(path)
+                if private:
+                    _warn_if_readable_by_others(path)
                 info = json.loads(path.read_text(encoding="utf-8-sig"))
         if not isinstance(info, dict):
             raise ValueError("not a JSON object")
-        return service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
-            info, scopes=list(SCOPES)
-        )
+        return use(info)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        # Never echo the key: only its location and the kind of fault.
         raise DriveAuthError(
             f"cannot use {where}: {type(exc).__name__}"
             + (f" ({exc.strerror})" if isinstance(exc, OSError) and exc.strerror else "")
-            + ". Download a fresh JSON key from the Google Cloud console (IAM > Service accounts "
-            "> Keys)"
+            + f". {advice}"
         ) from None
 
 
@@ -257,11 +265,11 @@ def _unwrap(text: str) -> str:
     return text
 
 
-def _describe_path(text: str) -> str:
-    """A key file's path for a message, or only its length where the text could be a key."""
+def _describe_path(text: str, what: str) -> str:
+    """A file's path for a message, or only its length where the text could be a secret."""
     if len(text) > 255 or any(c in text for c in '{}\n"') or "PRIVATE KEY" in text:
-        return f"the service-account key source ({len(text)} characters; neither a file nor JSON)"
-    return f"service-account key file {Path(text).expanduser()}"
+        return f"the {what} source ({len(text)} characters; neither a file nor JSON)"
+    return f"{what} file {Path(text).expanduser()}"
 
 
 def _warn_if_readable_by_others(path: Path) -> None:
@@ -469,7 +477,7 @@ def connect(
             what="check the Drive folder",
         )
     except OSError as exc:  # no answer (TimeoutError, a refused connection), never a refusal
-        if isinstance(exc, (DriveAPIError, FileNotFoundError)):
+        if isinstance(exc, DriveAPIError):
             raise
         logger.warning(
             "colabsession: the Drive API did not answer (%s); connected without checking the "

@@ -93,6 +93,20 @@ class DriveState:
     unseen: dict[str, tuple[int, dict[str, Any] | None]] = field(default_factory=dict)
 
 
+class _Switch:
+    """A switch of :class:`FakeDrive`, kept in its state, which the server's handlers read."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, fake: FakeDrive, owner: type | None = None) -> Any:
+        return getattr(fake.state, self.name)
+
+    def __set__(self, fake: FakeDrive, value: Any) -> None:
+        with fake.state.lock:
+            setattr(fake.state, self.name, value)
+
+
 class FakeDrive:
     """Start with ``FakeDrive().start()``; ``endpoint`` is the API root to point clients at."""
 
@@ -127,41 +141,11 @@ class FakeDrive:
         self.server.shutdown()
         self.server.server_close()
 
-    # Switches ------------------------------------------------------------------------------
-    @property
-    def lag(self) -> int:
-        return self.state.lag
-
-    @lag.setter
-    def lag(self, listings: int) -> None:
-        with self.state.lock:
-            self.state.lag = listings
-            if not listings:
-                self.state.unseen.clear()
-
-    @property
-    def doubles(self) -> bool:
-        return self.state.doubles
-
-    @doubles.setter
-    def doubles(self, on: bool) -> None:
-        self.state.doubles = on
-
-    @property
-    def upload_cap(self) -> int | None:
-        return self.state.upload_cap
-
-    @upload_cap.setter
-    def upload_cap(self, size: int | None) -> None:
-        self.state.upload_cap = size
-
-    @property
-    def chunk_limit(self) -> int | None:
-        return self.state.chunk_limit
-
-    @chunk_limit.setter
-    def chunk_limit(self, size: int | None) -> None:
-        self.state.chunk_limit = size
+    # Switches (see the module's docstring) -----------------------------------------------
+    lag = _Switch()
+    doubles = _Switch()
+    upload_cap = _Switch()
+    chunk_limit = _Switch()
 
     def fail(
         self,
@@ -256,15 +240,10 @@ def _item(
     return item
 
 
-def _trashed(state: DriveState, item: dict[str, Any], depth: int = 0) -> bool:
+def _trashed(state: DriveState, item: dict[str, Any]) -> bool:
     """Trashed itself, or under a trashed folder (as Drive counts it)."""
-    if item["labels"]["trashed"]:
-        return True
-    if depth > 50:
-        return False
-    return any(
-        (parent := state.files.get(p["id"])) is not None and _trashed(state, parent, depth + 1)
-        for p in item.get("parents", [])
+    return bool(item["labels"]["trashed"]) or any(
+        state.files[a]["labels"]["trashed"] for a in _ancestors(state, item) if a in state.files
     )
 
 
@@ -450,6 +429,8 @@ class _Handler(BaseHTTPRequestHandler):
         """Every item as the next listing sees it (stale where a change is not yet seen)."""
         state = self.state
         state.listings += 1
+        if not state.lag:  # consistent again: every change is seen
+            state.unseen.clear()
         seen: list[dict[str, Any]] = []
         ids = list(state.files) + [i for i in state.unseen if i not in state.files]
         for file_id in ids:
