@@ -132,7 +132,15 @@ def sign_in(
         raise DriveAuthError(
             "Google's sign-in gave no lasting permission: run cs.drive.sign_in() again"
         )
-    _save_token(token_path(), credentials.to_json())
+    try:
+        _save_token(token_path(), credentials.to_json())
+    except OSError as exc:
+        from ._storage import reason  # _storage imports drive, which imports this module
+
+        raise DriveAuthError(
+            f"signed in, but the sign-in cannot be kept in {token_path()} ({reason(exc)}): free "
+            "space there, or set COLABSESSION_HOME to a folder you can write, and sign in again"
+        ) from None
     say(f"signed in to Google Drive; the sign-in is kept in {token_path()} (only you can read it)")
     return credentials
 

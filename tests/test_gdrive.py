@@ -555,3 +555,14 @@ def test_sign_in_failures_are_clear_and_never_echo_secrets(isolated: Path, tmp_p
     with pytest.raises(cs.DriveAuthError, match=r"sign_in\(\) again") as info:
         cs.drive.load_credentials()
     assert "SECRET" not in str(info.value)
+
+
+def test_a_sign_in_that_cannot_be_kept_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    monkeypatch.setenv("COLABSESSION_HOME", str(blocked / "home"))  # cannot be created
+    with pytest.raises(cs.DriveAuthError, match="cannot be kept") as info:
+        cs.drive.sign_in(CLIENT, run_flow=_user_flow())
+    assert "SECRET" not in str(info.value)
