@@ -15,23 +15,15 @@ import colabsession as cs
 from colabsession import _gdrive, _runtime, drive
 from colabsession import drive as drive_module
 
+from . import isolation
 from .fake_colab_drive import FakeColabDrive, MessageError, install
 from .fake_drive_api import FakeDrive
 from .wheels import make_wheel
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Two logical CPUs for the MirroredStrategy test: TensorFlow takes this only before it
-    starts, so it is set once for the whole session."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        import tensorflow as tf
-    except ImportError:
-        return
-    (cpu,) = tf.config.list_physical_devices("CPU")[:1]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
-    )
+    """Tests marked ``tensorflow`` run in a process of their own: see tests/isolation.py."""
+    isolation.configure(config)
 
 
 _RUNTIME_VARS = ("COLAB_RELEASE_TAG", "COLAB_GPU", "KAGGLE_KERNEL_RUN_TYPE", "KAGGLE_URL_BASE")

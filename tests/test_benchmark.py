@@ -7,6 +7,8 @@ from pytest_mock import MockerFixture
 
 import colabsession as cs
 
+pytestmark = pytest.mark.tensorflow  # TensorFlow in-process: see isolation.py
+
 
 def test_without_tensorflow_says_which_extra(mocker: MockerFixture) -> None:
     mocker.patch.dict(sys.modules, {"tensorflow": None})

@@ -18,6 +18,8 @@ from colabsession._history import read_history
 from colabsession._probe import CPUInfo, GPUInfo, HardwareReport, OSInfo, TPUInfo
 from colabsession._strategy import choose_precision, choose_strategy
 
+pytestmark = pytest.mark.tensorflow  # TensorFlow in-process: see isolation.py
+
 WORKER = str(Path(__file__).with_name("fit_worker.py"))
 
 
