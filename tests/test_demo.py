@@ -12,6 +12,12 @@ from pathlib import Path
 import pytest
 
 
+def _default_sigint() -> None:
+    """A test run under nohup (or from a shell without job control) inherits SIGINT as ignored,
+    and so would the demo: give it Python's usual Ctrl-C, as a terminal would."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_demo_interrupted_and_resumed(tmp_path: Path) -> None:
     pytest.importorskip("tensorflow")
     pytest.importorskip("sklearn")
@@ -23,6 +29,7 @@ def test_demo_interrupted_and_resumed(tmp_path: Path) -> None:
         stderr=subprocess.STDOUT,
         text=True,
         env=env,
+        preexec_fn=_default_sigint,
     )
     assert proc.stdout is not None
     seen = []
