@@ -42,6 +42,7 @@ def test_killed_mid_epoch_and_rerun_matches_an_uninterrupted_run(
 ) -> None:
     """On TensorFlow, and on JAX as on Colab's TPU images (which have no TensorFlow)."""
     pytest.importorskip(backend)
+    pytest.importorskip("keras")
     reference = run_worker(
         tmp_path / "uninterrupted", -1, tmp_path / "reference.npz", backend=backend
     )
@@ -65,6 +66,7 @@ def test_killed_mid_epoch_and_rerun_matches_an_uninterrupted_run(
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])
 def test_stop_button_saves_the_exact_step(tmp_path: Path, backend: str) -> None:
     pytest.importorskip(backend)
+    pytest.importorskip("keras")
     reference = run_worker(
         tmp_path / "uninterrupted", -1, tmp_path / "reference.npz", backend=backend
     )
@@ -116,6 +118,10 @@ def data() -> tuple[Any, Any]:
     rng = np.random.default_rng(0)
     x = rng.random((64, 4), dtype=np.float32)
     return x, x.sum(axis=1, keepdims=True)
+
+
+def test_cs_keras_resolves(keras: Any) -> None:
+    assert cs.keras.SessionCheckpoint is not None
 
 
 def test_fit_returns_history_and_resumes_finished_run(keras: Any, tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
 from colabsession import hf  # noqa: E402
+from colabsession._history import read_history  # noqa: E402
 
 WORKER = Path(__file__).with_name("hf_worker.py")
 
@@ -41,8 +42,8 @@ def test_killed_trainer_resumes_bit_identical(tmp_path: Path) -> None:
     assert "resuming" in finished.stdout
     a, b = torch.load(tmp_path / "ref.pt"), torch.load(tmp_path / "run.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    history = cs.history(str(tmp_path / "run"))
-    assert sorted(history["step"].tolist()) == list(range(1, 25))
+    steps = [r["step"] for r in read_history(str(tmp_path / "run"))]
+    assert sorted(steps) == list(range(1, 25))
 
 
 def test_unsafe_names_in_a_checkpoint_are_refused(tmp_path: Path) -> None:

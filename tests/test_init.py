@@ -13,9 +13,16 @@ HEAVY = ("tensorflow", "keras", "jax", "torch", "numpy", "pydrive2", "googleapic
 
 
 def test_all_is_sorted_and_resolves() -> None:
+    """cs.keras imports Keras, and so TensorFlow: test_fit.py resolves it, in TensorFlow's
+    process; the other framework modules say which extra they need where it is missing."""
     assert cs.__all__ == sorted(cs.__all__)
     for name in cs.__all__:
-        assert getattr(cs, name) is not None, name
+        if name == "keras":
+            continue
+        try:
+            assert getattr(cs, name) is not None, name
+        except cs.MissingDependencyError:
+            assert name in ("hf", "torch"), name
     assert set(cs.__all__) <= set(dir(cs))
 
 

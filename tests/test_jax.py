@@ -100,6 +100,7 @@ def test_flax_struct_is_saved_and_rebuilt(tmp_path: Path, roundtrip: Callable[..
 def test_distribution_spans_every_device() -> None:
     """cs.distribution() on Keras' JAX backend, with two (forced) host devices, in a process of
     its own: the backend and the device count are fixed when JAX and Keras start."""
+    pytest.importorskip("keras")
     import os
     import subprocess
     import sys
