@@ -11,6 +11,16 @@ from pathlib import Path
 
 import pytest
 
+from colabsession._optional import installed
+
+
+def _needs_demo_extra() -> None:
+    """The demo runs in a child process: TensorFlow is looked up, not imported, here (this
+    process may be the one that runs PyTorch's tests: see isolation.py)."""
+    missing = [m for m in ("tensorflow", "sklearn") if not installed(m)]
+    if missing:
+        pytest.skip(f"needs the demo extra ({', '.join(missing)})")
+
 
 def _default_sigint() -> None:
     """A test run under nohup (or from a shell without job control) inherits SIGINT as ignored,
@@ -19,8 +29,7 @@ def _default_sigint() -> None:
 
 
 def test_demo_interrupted_and_resumed(tmp_path: Path) -> None:
-    pytest.importorskip("tensorflow")
-    pytest.importorskip("sklearn")
+    _needs_demo_extra()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "colabsession", "demo", "--location", str(tmp_path / "run")]
     proc = subprocess.Popen(
@@ -58,8 +67,7 @@ def test_demo_interrupted_and_resumed(tmp_path: Path) -> None:
 
 
 def test_demo_checks_the_location_before_training(tmp_path: Path) -> None:
-    pytest.importorskip("tensorflow")
-    pytest.importorskip("sklearn")
+    _needs_demo_extra()
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
