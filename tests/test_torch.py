@@ -208,21 +208,61 @@ def test_epoch_order_is_a_pure_function_of_seed_and_epoch() -> None:
 
 def test_loader_resumes_at_the_next_batch() -> None:
     data = torch.utils.data.TensorDataset(torch.arange(10))
-    loader = ResumableLoader(data, batch_size=3, seed=5)
+    loader = ResumableLoader(data, batch_size=3, shuffle=True, seed=5)
     first = [b[0].tolist() for b in loader]
     assert len(first) == 4
     assert sorted(i for batch in first for i in batch) == list(range(10))
     assert loader.epoch == 1
     assert loader.position == 0
 
-    again = ResumableLoader(data, batch_size=3, seed=5)
+    again = ResumableLoader(data, batch_size=3, shuffle=True, seed=5)
     iterator = iter(again)
     head = [next(iterator)[0].tolist() for _ in range(2)]
     saved = again.state_dict()
-    resumed = ResumableLoader(data, batch_size=3, seed=5)
+    resumed = ResumableLoader(data, batch_size=3, shuffle=True, seed=5)
     resumed.load_state_dict(saved)
-    assert len(resumed) == 2
+    assert resumed.batches_left == 2
+    assert len(resumed) == 4  # DataLoader's meaning: the batches of a whole epoch
     assert head + [b[0].tolist() for b in resumed] == first
+
+
+def test_loader_defaults_and_len_are_dataloaders() -> None:
+    data = torch.utils.data.TensorDataset(torch.arange(10))
+    plain = torch.utils.data.DataLoader(data, batch_size=3)
+    loader = ResumableLoader(data, batch_size=3)
+    assert [b[0].tolist() for b in loader] == [b[0].tolist() for b in plain]  # not shuffled
+    assert len(ResumableLoader(data)) == len(torch.utils.data.DataLoader(data)) == 10
+    shuffled = ResumableLoader(data, 3, True, seed=1)  # DataLoader's positional order
+    assert shuffled.shuffle
+    seen = []
+    for _ in shuffled:
+        seen.append((len(shuffled), shuffled.batches_left))
+    assert seen == [(4, 3), (4, 2), (4, 1), (4, 0)]
+
+
+def test_the_mnist_progress_line_survives_the_last_batch_and_a_resume() -> None:
+    """pytorch/examples' progress line divides by len(train_loader): it never meets zero, on
+    an epoch's last batch nor after a resume with one batch left."""
+    data = torch.utils.data.TensorDataset(torch.arange(100))
+    loader = ResumableLoader(data, batch_size=72, shuffle=True)
+
+    def epoch(loader: ResumableLoader) -> list[str]:
+        lines = []
+        for batch_idx, (x,) in enumerate(loader, loader.position):
+            lines.append(
+                "[{}/{} ({:.0f}%)]".format(  # noqa: UP032 - as the script writes it
+                    batch_idx * len(x), len(loader.dataset), 100.0 * batch_idx / len(loader)
+                )
+            )
+        return lines
+
+    assert epoch(loader) == ["[0/100 (0%)]", "[28/100 (50%)]"]
+    iterator = iter(loader)
+    next(iterator)
+    resumed = ResumableLoader(data, batch_size=72, shuffle=True)
+    resumed.load_state_dict(loader.state_dict())
+    assert resumed.batches_left == 1
+    assert epoch(resumed) == ["[28/100 (50%)]"]
 
 
 def test_loader_refuses_what_it_sets_and_other_data() -> None:
@@ -247,6 +287,45 @@ def test_a_damaged_loader_or_training_state_is_refused() -> None:
     for bad in ({"parts": {}}, {"parts": [], "step": 1, "epoch": 0}, {"parts": {}, "step": -1}):
         with pytest.raises(cs.CheckpointError, match="not saved from a TrainingState"):
             state.load_state_dict(bad)
+
+
+def test_a_refused_checkpoint_changes_nothing(tmp_path: Path) -> None:
+    """A checkpoint of another dataset, model or optimizer is refused before any part is loaded:
+    the model and the optimizer are as they were."""
+
+    def parts(samples: int, width: int) -> TrainingState:
+        torch.manual_seed(samples + width)
+        model = torch.nn.Sequential(torch.nn.Linear(4, width), torch.nn.Linear(width, 1))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+        model(torch.randn(2, 4)).sum().backward()
+        optimizer.step()
+        data = torch.utils.data.TensorDataset(torch.arange(samples))
+        return TrainingState(model, optimizer, loader=ResumableLoader(data, batch_size=2))
+
+    with cs.Checkpointer(tmp_path / "run", every=None) as ckpt:
+        ckpt.save(1, parts(10, 8).state_dict())
+    for other, match in ((parts(11, 8), "10 samples"), (parts(10, 6), "shape")):
+        before = {k: v.clone() for k, v in other.parts["model"].state_dict().items()}
+        moments = other.parts["optimizer"].state_dict()["state"][0]["exp_avg"].clone()
+        rng = torch.get_rng_state()
+        with pytest.raises(cs.CheckpointError, match=match):
+            other.restore(cs.Checkpointer(tmp_path / "run", every=None))
+        after = other.parts["model"].state_dict()
+        assert all(torch.equal(after[k], v) for k, v in before.items())
+        assert torch.equal(other.parts["optimizer"].state_dict()["state"][0]["exp_avg"], moments)
+        assert torch.equal(torch.get_rng_state(), rng)
+        assert other.step == 0
+
+    # Another optimizer layout (one group split in two) is refused before loading too.
+    other = parts(10, 8)
+    model = other.parts["model"]
+    groups = [{"params": model[0].parameters()}, {"params": model[1].parameters()}]
+    split = torch.optim.AdamW(groups)
+    state = TrainingState(model, split, loader=other.loader)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(cs.CheckpointError, match="parameter groups"):
+        state.restore(cs.Checkpointer(tmp_path / "run", every=None))
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
 
 
 def test_starting_the_loader_does_not_draw_from_torchs_generator() -> None:
@@ -281,7 +360,7 @@ def make_loop(
     data = torch.utils.data.TensorDataset(torch.randn(40, 4), torch.randn(40, 1))
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.2), torch.nn.Linear(8, 1))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    loader = ResumableLoader(data, batch_size=4, seed=0)
+    loader = ResumableLoader(data, batch_size=4, shuffle=True, seed=0)
     state = TrainingState(model, optimizer, loader=loader)
     ckpt = cs.Checkpointer(tmp_path / "run", every=None, every_steps=100, clock=clock)
     return state, ckpt
