@@ -148,6 +148,61 @@ def test_saved_device_missing_here_falls_back_with_a_warning(
     assert sum("cuda:7" in r.message for r in caplog.records) == 1  # said once
 
 
+def test_an_asked_for_device_this_runtime_lacks_falls_back_with_a_warning(
+    caplog: pytest.LogCaptureFixture, roundtrip: Callable[..., Any]
+) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this runtime has a GPU")
+    got = roundtrip({"a": torch.ones(2), "b": torch.zeros(3)}, device="cuda")
+    assert isinstance(got, dict)
+    assert got["a"].device.type == got["b"].device.type == "cpu"
+    assert torch.equal(got["a"], torch.ones(2))
+    assert sum("device=...) asked for cuda" in r.message for r in caplog.records) == 1
+
+
+def test_a_tensor_stored_in_the_other_byte_order_comes_back_right(
+    monkeypatch: pytest.MonkeyPatch, roundtrip: Callable[..., Any]
+) -> None:
+    """A checkpoint written on a big-endian machine (">f4", valid checksums) restores."""
+    from colabsession import _frameworks
+
+    native = _frameworks.host_view
+    monkeypatch.setattr(
+        _frameworks, "host_view", lambda leaf: native(leaf).astype(">" + native(leaf).dtype.str[1:])
+    )
+    source = {"f": torch.randn(3, 4), "b": torch.randn(5).to(torch.bfloat16)}
+    got = roundtrip(source)
+    assert isinstance(got, dict)
+    for key, value in source.items():
+        assert got[key].dtype == value.dtype
+        assert torch.equal(got[key], value), key
+
+
+def test_nested_tensors_and_dtensors_are_refused_with_advice(tmp_path: Path) -> None:
+    nested = torch.nested.nested_tensor([torch.ones(2), torch.ones(3)])
+    for async_save in (True, False):
+        with (
+            cs.Checkpointer(tmp_path / f"run{async_save}", every=None, async_save=async_save) as c,
+            pytest.raises(cs.CheckpointError, match=r"nested tensor.*unbind"),
+        ):
+            c.save(1, {"n": nested})
+
+    from torch.distributed import HashStore, destroy_process_group, init_process_group
+    from torch.distributed.device_mesh import DeviceMesh
+    from torch.distributed.tensor import Replicate, distribute_tensor
+
+    init_process_group("gloo", store=HashStore(), rank=0, world_size=1)
+    try:
+        sharded = distribute_tensor(torch.ones(4), DeviceMesh("cpu", [0]), [Replicate()])
+        with (
+            cs.Checkpointer(tmp_path / "dtensor", every=None) as ckpt,
+            pytest.raises(cs.CheckpointError, match=r"DTensor.*full_state_dict"),
+        ):
+            ckpt.save(1, {"w": sharded, "plain": torch.ones(2)})
+    finally:
+        destroy_process_group()
+
+
 def test_hostile_framework_records_are_refused() -> None:
     from colabsession._serialize import check_tree
 
