@@ -187,7 +187,11 @@ def test_nested_tensors_and_dtensors_are_refused_with_advice(tmp_path: Path) -> 
         ):
             c.save(1, {"n": nested})
 
-    from torch.distributed import HashStore, destroy_process_group, init_process_group
+    from torch.distributed import (  # type: ignore[attr-defined]
+        HashStore,
+        destroy_process_group,
+        init_process_group,
+    )
     from torch.distributed.device_mesh import DeviceMesh
     from torch.distributed.tensor import Replicate, distribute_tensor
 
