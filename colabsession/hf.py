@@ -69,6 +69,8 @@ class SessionCallback(transformers.TrainerCallback):  # type: ignore[misc]
     def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> Any:
         if logs and "train_runtime" in logs:  # the summary at the end, not a step's metrics
             return control
+        # Floats all, the epoch too: a float epoch is the Trainer's progress from the start
+        # (0.5, ..., 3.0), which the history shows as it is (_history.for_display).
         numbers = {
             k: float(v)
             for k, v in (logs or {}).items()

@@ -99,3 +99,65 @@ def test_a_restore_cut_short_is_cleaned_up_and_a_write_fault_is_explained(tmp_pa
     with pytest.raises(cs.CheckpointError, match="cannot write the checkpoint"):
         hf.write_folder(clash, out / "checkpoint-6")
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint-5"]
+
+
+def hf_history(tmp_path: Path) -> Path:
+    """A run's history as cs.hf logs a Trainer's: a loss every 2 of 6 steps per epoch, an
+    evaluation at each epoch's end (with its timing figures), 3 epochs."""
+
+    class State:
+        is_world_process_zero = True
+        global_step = 0
+
+    state = State()
+    with cs.Checkpointer(tmp_path / "run", every=None) as ckpt:
+        callback = hf.SessionCallback(ckpt)
+        for step in range(1, 19):
+            state.global_step = step
+            logs: dict[str, float] = {}
+            if step % 2 == 0:
+                logs = {
+                    "loss": 1 / step,
+                    "grad_norm": 0.5,
+                    "learning_rate": 1e-3,
+                    "epoch": step / 6,
+                }
+                callback.on_log(None, state, None, logs=logs)
+            if step % 6 == 0:
+                evaluation = {
+                    "eval_loss": 1.5 / step + (0.1 if step == 18 else 0.0),
+                    "eval_runtime": 0.1,
+                    "eval_samples_per_second": 480.0,
+                    "eval_steps_per_second": 60.0,
+                    "epoch": step / 6,
+                }
+                callback.on_log(None, state, None, logs=evaluation)
+        summary = {"train_runtime": 3.0, "train_loss": 0.2, "total_flos": 1e6, "epoch": 3.0}
+        callback.on_log(None, state, None, logs=summary)
+    return tmp_path / "run"
+
+
+def test_the_trainers_epochs_are_shown_as_it_logs_them(tmp_path: Path) -> None:
+    """The Trainer logs its epoch as progress from the start (0.5, ..., 3.0): shown so, not
+    shifted by one as Keras' 0-based epoch index is (the last evaluation read "epoch 4" of 3)."""
+    from colabsession._history import for_display, read_history
+
+    records = for_display(read_history(hf_history(tmp_path)))
+    evaluations = [r for r in records if "eval_loss" in r]
+    assert [r["epoch"] for r in evaluations] == [1.0, 2.0, 3.0]
+    assert max(r["epoch"] for r in records) == 3.0
+    assert [r["step"] for r in records] == list(range(2, 19, 2))  # each step once
+
+
+def test_the_trainers_history_plots_by_step_with_eval_beside_training(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    axes = cs.plot_history(hf_history(tmp_path))
+    assert [a.get_ylabel() for a in axes] == ["loss", "grad_norm", "learning_rate"]
+    assert axes[-1].get_xlabel() == "step"
+    lines = {line.get_label(): line for line in axes[0].get_lines()}
+    assert list(lines["training"].get_xdata()) == list(range(2, 19, 2))
+    assert list(lines["evaluation"].get_xdata()) == [6, 12, 18]  # eval_loss beside loss
+    axes[0].figure.savefig(tmp_path / "history.png")  # (to look at)
