@@ -528,3 +528,49 @@ def test_killed_at_random_steps_ends_bit_identical(tmp_path: Path, workers: int)
     a = torch.load(tmp_path / "ref.pt")
     b = torch.load(tmp_path / "run.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_mnist_example_killed_anywhere_ends_bit_identical(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pytorch/examples' mnist/main.py as docs/pytorch.md adapts it (tests/mnist_main.py), with
+    --batch-size 72 (each epoch's last batch partial): killed after a step with one batch of
+    its epoch left, during a checkpoint write, and at a random step on a new VM, then run to
+    the end on another new VM: the weights equal an uninterrupted run's, bit for bit, and the
+    history holds each step once. The progress line divides by len(train_loader) throughout."""
+    from tests.script_runs import run_script
+
+    args = ["--batch-size", "72", "--epochs", "3", "--save-model", "--log-interval", "5"]
+    reference = run_script(
+        "mnist_main.py", args, cwd=tmp_path / "ref", home=tmp_path / "ref-home",
+        drive=tmp_path / "ref-drive",
+    )  # fmt: skip
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    assert "[1200/1500 (95%)]" in reference.stdout  # the last batch (20 of 0-20), partial
+
+    drive = tmp_path / "drive"
+    randomly = random.Random(11)
+    kills = [
+        ("vm1", "step:21:pre"),  # saved at step 20: the resume has one batch of epoch 1 left
+        ("vm1", "save:2"),
+        ("vm2", f"step:{randomly.randrange(3, 30)}:{randomly.choice(['pre', 'post'])}"),
+    ]
+    for n, (vm, kill_at) in enumerate(kills):
+        killed = run_script(
+            "mnist_main.py", args, cwd=tmp_path / f"run{n}", home=tmp_path / vm, drive=drive,
+            kill_at=kill_at,
+        )  # fmt: skip
+        assert killed.returncode == -signal.SIGKILL, (kill_at, killed.stderr[-3000:])
+        assert "KILLED" in killed.stderr, kill_at
+    finished = run_script(
+        "mnist_main.py", args, cwd=tmp_path / "last", home=tmp_path / "vm3", drive=drive
+    )
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "resuming" in finished.stdout
+    a = torch.load(tmp_path / "ref" / "mnist_cnn.pt")
+    b = torch.load(tmp_path / "last" / "mnist_cnn.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    monkeypatch.setenv("COLABSESSION_DRIVE", str(drive))
+    from colabsession._history import read_history
+
+    assert sorted(r["step"] for r in read_history("mnist")) == list(range(1, 64))

@@ -1,0 +1,33 @@
+"""Runs the training scripts of the tests (mnist_main.py, hf_finetune.py) as a user would, each
+run on a "runtime" of its own choosing: a colabsession home (the local mirror; a fresh one is a
+new VM) and a folder that stands in for Drive, killed where ``kill_at`` says (kill_harness.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).parent
+HARNESS = HERE / "kill_harness.py"
+
+
+def run_script(
+    script: str,
+    args: list[str],
+    *,
+    cwd: Path,
+    home: Path,
+    drive: Path,
+    kill_at: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run tests/*script* with *args* in *cwd*; ``KILLED ...`` in its stderr when killed."""
+    env = dict(os.environ, COLABSESSION_HOME=str(home), COLABSESSION_DRIVE=str(drive))
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), env.get("PYTHONPATH", "")])
+    env.pop("KILL_AT", None)
+    if kill_at is not None:
+        env["KILL_AT"] = kill_at
+    cwd.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, str(HARNESS), str(HERE / script), *args]
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
