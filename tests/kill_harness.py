@@ -6,7 +6,9 @@ the instant the environment names, without changing the script:
     KILL_AT=save:N        during colabsession's N-th checkpoint write (written, not committed)
     KILL_AT=torch-save:N  during the N-th torch.save (the Trainer writing its own folder)
 
-Before it kills, it prints ``KILLED <what>`` to stderr, so a test can tell that the instant came.
+With ``CS_TEST_MOUNT_TABLE`` it reads that mount table (one that shows the folder standing in
+for Drive as a FUSE mount). Before it kills, it prints ``KILLED <what>`` to stderr, so a test
+can tell that the instant came.
 
     python kill_harness.py SCRIPT [ARGS...]
 """
@@ -24,6 +26,9 @@ import torch
 # One thread: the suite runs on two cores, and a tiny model gains nothing from more.
 torch.set_num_threads(1)
 torch.use_deterministic_algorithms(True)
+# A model built before anything seeds (the tutorial's) starts alike in every run, so that runs
+# can be compared at all; a resumed run takes its weights from the checkpoint anyway.
+torch.manual_seed(0)
 
 kind, _, rest = os.environ.get("KILL_AT", "").partition(":")
 count, _, when = rest.partition(":")
@@ -77,6 +82,13 @@ elif kind == "torch-save":
         return save(*args, **kwargs)
 
     torch.save = saving
+
+if table := os.environ.get("CS_TEST_MOUNT_TABLE"):
+    # The folder that stands in for Drive, seen as a FUSE mount: colabsession keeps a local
+    # mirror of it under COLABSESSION_HOME, so a fresh home is a new VM.
+    import colabsession._runtime
+
+    colabsession._runtime.MOUNT_TABLE = table
 
 script = sys.argv[1]
 sys.argv = sys.argv[1:]

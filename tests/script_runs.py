@@ -1,6 +1,7 @@
 """Runs the training scripts of the tests (mnist_main.py, hf_finetune.py) as a user would, each
 run on a "runtime" of its own choosing: a colabsession home (the local mirror; a fresh one is a
-new VM) and a folder that stands in for Drive, killed where ``kill_at`` says (kill_harness.py)."""
+new VM) and a folder that stands in for Drive, seen as its FUSE mount, killed where ``kill_at``
+says (kill_harness.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,12 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 HARNESS = HERE / "kill_harness.py"
+
+
+def fuse_mount_line(drive: Path) -> str:
+    """A mount table line that shows *drive* as Drive's FUSE mount (a location with a local
+    mirror, as on Colab)."""
+    return f"drive {drive} fuse.drive rw,nosuid,nodev 0 0\n"
 
 
 def run_script(
@@ -24,6 +31,9 @@ def run_script(
 ) -> subprocess.CompletedProcess[str]:
     """Run tests/*script* with *args* in *cwd*; ``KILLED ...`` in its stderr when killed."""
     env = dict(os.environ, COLABSESSION_HOME=str(home), COLABSESSION_DRIVE=str(drive))
+    table = drive.parent / f"{drive.name}.mounts"
+    table.write_text(fuse_mount_line(drive))
+    env["CS_TEST_MOUNT_TABLE"] = str(table)
     env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), env.get("PYTHONPATH", "")])
     env.pop("KILL_AT", None)
     if kill_at is not None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import random
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -161,3 +163,79 @@ def test_the_trainers_history_plots_by_step_with_eval_beside_training(tmp_path: 
     assert list(lines["training"].get_xdata()) == list(range(2, 19, 2))
     assert list(lines["evaluation"].get_xdata()) == [6, 12, 18]  # eval_loss beside loss
     axes[0].figure.savefig(tmp_path / "history.png")  # (to look at)
+
+
+def test_the_tutorial_killed_on_new_vms_ends_with_the_same_best_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mount_table: Path
+) -> None:
+    """The transformers text-classification tutorial as docs/huggingface.md adapts it
+    (tests/hf_finetune.py: evaluate and save each epoch, load_best_model_at_end by accuracy,
+    save_total_limit=2), where epoch 3 of 5 is best: killed during a checkpoint write, at a
+    random step and while the Trainer writes its own folder, each time on a new VM (a fresh
+    output_dir and local mirror), then run to the end on another. The best checkpoint is kept
+    on Drive and comes back, so the final weights equal an uninterrupted run's bit for bit;
+    output_dir keeps save_total_limit folders; the history holds each step once."""
+    from colabsession._history import read_history
+    from tests.script_runs import fuse_mount_line, run_script
+
+    def run(n: int, drive: str, kill_at: str | None = None) -> Any:
+        return run_script(
+            "hf_finetune.py", [], cwd=tmp_path / f"vm{n}", home=tmp_path / f"home{n}",
+            drive=tmp_path / drive, kill_at=kill_at,
+        )  # fmt: skip
+
+    reference = run(0, "ref-drive")
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    assert "best 24 40" in reference.stdout  # epoch 3 of 5 is the best
+    # During the write of step 32, then after it (once it is saved) at a random step, then
+    # during the Trainer's own write of its next folder.
+    kills = ["save:4", f"step:{random.Random(5).randrange(9, 16)}:post", "torch-save:2"]
+    for n, kill_at in enumerate(kills, 1):
+        killed = run(n, "drive", kill_at)
+        assert killed.returncode == -signal.SIGKILL, (kill_at, killed.stderr[-3000:])
+        assert "KILLED" in killed.stderr, kill_at
+        shutil.rmtree(tmp_path / f"vm{n}")  # the VM is gone, and its output_dir with it
+        shutil.rmtree(tmp_path / f"home{n}")
+    finished = run(9, "drive")
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    a, b = torch.load(tmp_path / "vm0" / "final.pt"), torch.load(tmp_path / "vm9" / "final.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert "(the best so far, step 24, restored too)" in finished.stdout
+    assert "best 24 40" in finished.stdout
+    output = sorted(p.name for p in (tmp_path / "vm9" / "my_awesome_model").iterdir())
+    assert output == ["checkpoint-24", "checkpoint-40"]  # save_total_limit=2, the best kept
+    monkeypatch.setenv("COLABSESSION_DRIVE", str(tmp_path))
+    with mount_table.open("a") as table:
+        table.write(fuse_mount_line(tmp_path / "drive"))
+        table.write(fuse_mount_line(tmp_path / "ref-drive"))
+    steps = [r["step"] for r in read_history("drive:drive/checkpoints/my_awesome_model")]
+    expected = [r["step"] for r in read_history("drive:ref-drive/checkpoints/my_awesome_model")]
+    assert steps == expected == sorted(set(steps))
+
+
+def test_the_best_checkpoint_is_kept_by_the_trainers_metric(tmp_path: Path) -> None:
+    """cs.hf.train keeps the best checkpoint by metric_for_best_model, its direction from
+    greater_is_better, and passes the Trainer's evaluation with each save."""
+    made: list[cs.Checkpointer] = []
+
+    class Args:
+        output_dir = str(tmp_path / "out")
+        metric_for_best_model = "accuracy"
+        greater_is_better = True
+
+    class Trainer:
+        args = Args()
+
+        def add_callback(self, callback: Any) -> None:
+            made.append(callback.ckpt)
+
+        def remove_callback(self, callback: Any) -> None:
+            pass
+
+        def train(self, resume_from_checkpoint: Any = None) -> None:
+            pass
+
+    hf.train(Trainer(), tmp_path / "run")
+    (ckpt,) = made
+    assert (ckpt.keep_best, ckpt.monitor, ckpt.mode) == (1, "eval_accuracy", "max")
+    assert hf.best_metric_name(Args()) == "eval_accuracy"

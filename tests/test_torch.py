@@ -531,14 +531,14 @@ def test_killed_at_random_steps_ends_bit_identical(tmp_path: Path, workers: int)
 
 
 def test_the_mnist_example_killed_anywhere_ends_bit_identical(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mount_table: Path
 ) -> None:
     """pytorch/examples' mnist/main.py as docs/pytorch.md adapts it (tests/mnist_main.py), with
     --batch-size 72 (each epoch's last batch partial): killed after a step with one batch of
     its epoch left, during a checkpoint write, and at a random step on a new VM, then run to
     the end on another new VM: the weights equal an uninterrupted run's, bit for bit, and the
     history holds each step once. The progress line divides by len(train_loader) throughout."""
-    from tests.script_runs import run_script
+    from tests.script_runs import fuse_mount_line, run_script
 
     args = ["--batch-size", "72", "--epochs", "3", "--save-model", "--log-interval", "5"]
     reference = run_script(
@@ -571,6 +571,8 @@ def test_the_mnist_example_killed_anywhere_ends_bit_identical(
     b = torch.load(tmp_path / "last" / "mnist_cnn.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
     monkeypatch.setenv("COLABSESSION_DRIVE", str(drive))
+    with mount_table.open("a") as table:
+        table.write(fuse_mount_line(drive))
     from colabsession._history import read_history
 
     assert sorted(r["step"] for r in read_history("mnist")) == list(range(1, 64))
