@@ -222,6 +222,12 @@ def train(
             "colabsession copies each checkpoint to Drive in the background"
         )
     monitor = best_metric_name(trainer.args)
+    if getattr(trainer.args, "save_total_limit", 0) is None:
+        say(
+            f"the Trainer keeps every checkpoint it writes in {output_dir} (save_total_limit="
+            "None), which can fill the runtime's disk: TrainingArguments(save_total_limit=2) "
+            "keeps the newest and the best there; the run keeps its own copies"
+        )
     if ckpt is None:
         if run is None:
             raise ConfigError("cs.hf.train needs run= (a name, or a location) or ckpt=")

@@ -213,15 +213,18 @@ def test_the_tutorial_killed_on_new_vms_ends_with_the_same_best_model(
     assert steps == expected == sorted(set(steps))
 
 
-def test_the_best_checkpoint_is_kept_by_the_trainers_metric(tmp_path: Path) -> None:
+def test_the_best_checkpoint_is_kept_by_the_trainers_metric(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """cs.hf.train keeps the best checkpoint by metric_for_best_model, its direction from
-    greater_is_better, and passes the Trainer's evaluation with each save."""
+    greater_is_better; an output_dir that keeps every folder is pointed out."""
     made: list[cs.Checkpointer] = []
 
     class Args:
         output_dir = str(tmp_path / "out")
         metric_for_best_model = "accuracy"
         greater_is_better = True
+        save_total_limit = None
 
     class Trainer:
         args = Args()
@@ -239,3 +242,4 @@ def test_the_best_checkpoint_is_kept_by_the_trainers_metric(tmp_path: Path) -> N
     (ckpt,) = made
     assert (ckpt.keep_best, ckpt.monitor, ckpt.mode) == (1, "eval_accuracy", "max")
     assert hf.best_metric_name(Args()) == "eval_accuracy"
+    assert "save_total_limit=2" in capsys.readouterr().out
