@@ -10,10 +10,12 @@ colabsession, and the same cell resuming from the newest valid one.
 
 The Trainer's own checkpoint folder (weights, optimizer, scheduler, scaler, RNG states and the
 data position, which it uses to resume exactly) is saved as one colabsession checkpoint: written
-locally first, checksummed, copied to Drive in the background, old ones removed by ``keep_last``.
-A resumed run writes the newest valid one back into ``output_dir`` and lets the Trainer resume
-from it. Near the session deadline (or on SIGTERM, or a first Ctrl-C) the Trainer saves and
-stops at the next step; the logged loss goes to the run's history (``cs.history(run)``).
+locally first, checksummed, copied to Drive in the background, old ones removed by ``keep_last``
+(the best one by ``metric_for_best_model`` kept too). A resumed run writes the newest valid one
+back into ``output_dir`` (and the best one beside it, for ``load_best_model_at_end``) and lets
+the Trainer resume from it. Near the session deadline (or on SIGTERM, or a first Ctrl-C) the
+Trainer saves and stops at the next step; the logged metrics go to the run's history
+(``cs.history(run)``).
 """
 
 from __future__ import annotations
@@ -288,8 +290,9 @@ def _best_step(ckpt: Checkpointer, monitor: str | None, args: Any) -> int | None
     of equals), if it is not the newest; None otherwise."""
     if monitor is None:
         return None
+    infos = ckpt.checkpoints()
     scored: dict[int, float] = {}
-    for info in ckpt.checkpoints():
+    for info in infos:
         value = info.metrics.get(monitor)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
             scored[info.step] = float(value)
@@ -297,7 +300,7 @@ def _best_step(ckpt: Checkpointer, monitor: str | None, args: Any) -> int | None
         return None
     sign = -1.0 if args.greater_is_better else 1.0
     best = min(scored, key=lambda step: (sign * scored[step], step))
-    newest = max(info.step for info in ckpt.checkpoints())
+    newest = max(info.step for info in infos)
     return None if best == newest else best
 
 
