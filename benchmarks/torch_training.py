@@ -63,7 +63,7 @@ def loop_plain(steps: int) -> float:
 
 def loop_colabsession(steps: int, where: Path) -> float:
     data, model, optimizer = mlp()
-    loader = ResumableLoader(data, batch_size=64, seed=0)
+    loader = ResumableLoader(data, batch_size=64, shuffle=True, seed=0)
     state = TrainingState(model, optimizer, loader=loader)
     start = time.perf_counter()
     with cs.Checkpointer(where, every="10min") as ckpt:

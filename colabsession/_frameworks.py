@@ -75,6 +75,19 @@ def stage_tensor(node: Any, where: str, spare: Any, copy: bool) -> tuple[Any, in
     """A host copy of tensor *node* (into *spare* when it fits) and the CUDA device whose stream
     still copies into it, if any. Without *copy* the tensor itself where it is on the CPU."""
     torch = sys.modules["torch"]
+    if node.is_nested:
+        raise CheckpointError(
+            f"state{where} is a nested tensor, which has no one shape to store: save its parts "
+            "(list(t.unbind())) or a padded tensor (t.to_padded_tensor(0.0)) and rebuild it "
+            "after restoring (torch.nested.nested_tensor(parts))"
+        )
+    if _is_dtensor(node):
+        raise CheckpointError(
+            f"state{where} is a DTensor (sharded over a device mesh): colabsession saves whole "
+            "tensors. Gather the state first (torch.distributed.checkpoint.state_dict's "
+            "get_state_dict(..., options=StateDictOptions(full_state_dict=True))) or save it "
+            "with torch.distributed.checkpoint (DCP); sharded states are not supported yet"
+        )
     if node.layout != torch.strided or node.is_quantized:
         raise CheckpointError(
             f"state{where} is a {node.layout} tensor{' (quantized)' if node.is_quantized else ''}"
@@ -100,6 +113,14 @@ def stage_tensor(node: Any, where: str, spare: Any, copy: bool) -> tuple[Any, in
         spare = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=cuda)
     spare.copy_(tensor, non_blocking=cuda)
     return spare, (tensor.device.index or 0) if cuda else None
+
+
+def _is_dtensor(node: Any) -> bool:
+    for module in ("torch.distributed.tensor", "torch.distributed._tensor"):
+        kind = getattr(sys.modules.get(module), "DTensor", None)
+        if isinstance(kind, type) and isinstance(node, kind):
+            return True
+    return False
 
 
 def after_device_copies(leaves: list[Any], devices: set[int]) -> list[Any]:
@@ -195,7 +216,7 @@ class _Placer:
                 f"this checkpoint holds tensors of torch.{node.dtype}, which this PyTorch "
                 f"{torch.__version__} does not know: upgrade torch"
             )
-        tensor = torch.from_numpy(node.array)
+        tensor = torch.from_numpy(_native(node.array))
         if tensor.dtype != dtype:
             if tensor.element_size() != dtype.itemsize:
                 raise CheckpointError(
@@ -209,26 +230,28 @@ class _Placer:
     def _torch_device(self, torch: Any, saved: str | None) -> Any:
         if self.device is None:
             return None
-        if self.device != SAVED:
-            return self.device
-        if saved is None or saved == "cpu":
+        asked = self.device != SAVED
+        wanted = self.device if asked else saved
+        if wanted is None or str(wanted) == "cpu":
             return None
         try:
-            device = torch.device(saved)
+            device = torch.device(wanted)
         except (RuntimeError, TypeError, ValueError):
-            return self._absent(saved)
+            return self._absent(str(wanted), asked)
+        if device.type == "cpu":
+            return device
         backend = getattr(torch, device.type, None)
         available = getattr(backend, "is_available", None)
         if not callable(available) or not available():
-            return self._absent(saved)
+            return self._absent(str(wanted), asked)
         count = getattr(backend, "device_count", lambda: 1)()
         if (device.index or 0) >= count:
-            return self._absent(saved)
+            return self._absent(str(wanted), asked)
         return device
 
     def jax(self, node: FrameworkArray) -> Any:
         jax = require("jax", extra="jax", purpose="restoring a checkpoint of JAX arrays")
-        array = node.array
+        array = _native(node.array)
         if str(array.dtype) != node.dtype:
             raise CheckpointError(
                 f"a JAX array of {node.dtype} was stored as {array.dtype}: the checkpoint is "
@@ -250,15 +273,27 @@ class _Placer:
         except (RuntimeError, StopIteration):  # jax.devices raises for a platform it lacks
             return self._absent(saved)
 
-    def _absent(self, device: str) -> None:
+    def _absent(self, device: str, asked: bool = False) -> None:
+        """None (the default device), saying once that *device* is not here: as for a
+        ``device="saved"`` that this runtime lacks, an asked-for ``device="cuda"`` on a CPU
+        runtime restores to the CPU, so a notebook re-run without its GPU still resumes."""
         if device not in self.missing:
             self.missing.add(device)
             logger.warning(
-                "colabsession: this checkpoint's tensors were on %s, which this runtime does not "
-                "have: restoring them to the default device instead",
+                "colabsession: %s %s, which this runtime does not have: restoring them to the "
+                "default device (the CPU for PyTorch) instead",
+                "restore(device=...) asked for" if asked else "this checkpoint's tensors were on",
                 device,
             )
         return None
+
+
+def _native(array: Any) -> Any:
+    """*array* in this machine's byte order: a checkpoint written on a machine of the other
+    order (or by hand) holds valid values that torch and JAX take only in native order."""
+    if array.dtype.isnative:
+        return array
+    return array.astype(array.dtype.newbyteorder("="))
 
 
 # Rebuilding into a template -----------------------------------------------------------------

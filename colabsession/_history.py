@@ -40,9 +40,10 @@ Record = dict[str, Any]
 
 def history(location: str | os.PathLike[str] | Location) -> Any:
     """Every logged record of the run, oldest first: a pandas DataFrame (columns ``step``,
-    ``time``, ``session``, ``attempt``, ``epoch`` for Keras runs, counted from 1 as Keras prints
-    it, and one per metric) when pandas is installed, else a list of dicts. A run that does not
-    exist is a RunNotFoundError that lists the runs that do.
+    ``time``, ``session``, ``attempt``, ``epoch`` where the run logs it (a Keras epoch counted
+    from 1 as Keras prints it, the Trainer's progress in epochs as it logs it: see
+    :func:`for_display`), and one per metric) when pandas is installed, else a list of dicts.
+    A run that does not exist is a RunNotFoundError that lists the runs that do.
 
     >>> cs.history("my-run").plot(x="step", y="loss")  # doctest: +SKIP
     """
@@ -58,15 +59,45 @@ def history(location: str | os.PathLike[str] | Location) -> Any:
 
 
 def for_display(records: list[Record]) -> list[Record]:
-    """Records as people read them: the epoch counted from 1, as Keras prints "Epoch 1/20"
-    (stored from 0, as Keras' callbacks count)."""
+    """Records as people read them. The stored ``epoch`` says by its type how it counts:
+
+    - an integer is an epoch's index as Keras' callbacks count it, from 0: shown from 1, as
+      Keras prints "Epoch 1/20" (``cs.fit`` and ``cs.keras`` write these);
+    - a float is training progress in epochs as the transformers Trainer logs it, already
+      counted from the start (0.5 halfway through the first epoch, 3.0 at the end of the
+      third): shown as it is (``cs.hf`` writes these).
+
+    >>> [r["epoch"] for r in for_display([{"epoch": 0}, {"epoch": 2.5}])]
+    [1, 2.5]
+    """
     shown = []
     for record in records:
-        epoch = record.get("epoch")
-        if isinstance(epoch, (int, float)) and not isinstance(epoch, bool):
-            record = {**record, "epoch": int(epoch) + 1}
+        if is_epoch_index(record.get("epoch")):
+            record = {**record, "epoch": record["epoch"] + 1}
         shown.append(record)
     return shown
+
+
+def is_epoch_index(value: Any) -> bool:
+    """Whether a stored ``epoch`` is an epoch's index counted from 0 (an integer), not the
+    Trainer's progress in epochs (a float); see :func:`for_display`."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# The Trainer's timing and throughput figures: they say how fast, not how well.
+_NOT_PLOTTED = re.compile(r".*(_runtime|_samples_per_second|_steps_per_second)|total_flos")
+_TWIN_PREFIXES = ("val_", "eval_")  # Keras' validation metrics, the Trainer's evaluation ones
+
+
+def _group(name: str) -> str:
+    for prefix in _TWIN_PREFIXES:
+        if name.startswith(prefix):
+            return name.removeprefix(prefix)
+    return name
+
+
+def _is_twin(name: str) -> bool:
+    return name.startswith(_TWIN_PREFIXES)
 
 
 def metric_names(records: list[Record]) -> list[str]:
@@ -86,25 +117,29 @@ def plot_history(
     ax: Any = None,
 ) -> list[Any]:
     """Draw the run's history with matplotlib: one labelled panel per metric, with its
-    validation twin (``val_loss`` with ``loss``), loss first; epochs on the x axis when the run
-    counts epochs, else steps; a dashed line where a new runtime took over and a dotted one
-    where the run resumed on the same runtime (a re-run cell, a restarted kernel). Returns the
-    panels' Axes (one Axes given as *ax* gets every metric).
+    validation twin (Keras' ``val_loss``, the Trainer's ``eval_loss``, with ``loss``), loss
+    first; epochs on the x axis when the run counts whole epochs (Keras), else steps (a plain
+    loop, the Trainer, whose fractional epochs would stack points); timing figures
+    (``*_runtime``, ``*_per_second``, ``total_flos``) left out unless named in *metrics*; a
+    dashed line where a new runtime took over and a dotted one where the run resumed on the
+    same runtime (a re-run cell, a restarted kernel). Returns the panels' Axes (one Axes given
+    as *ax* gets every metric).
 
     >>> cs.plot_history("my-run")  # doctest: +SKIP
     """
     plt = require(
         "matplotlib.pyplot", extra="plot", purpose="cs.plot_history()", package="matplotlib"
     )
-    records = for_display(existing_history(location))
-    by_epoch = any("epoch" in r for r in records)
+    stored = existing_history(location)
+    by_epoch = any(is_epoch_index(r.get("epoch")) for r in stored)
+    records = for_display(stored)
     if by_epoch:  # records saved mid-epoch have running means: the epochs' own values are shown
         records = [r for r in records if "epoch" in r]
     x_name = "epoch" if by_epoch else "step"
-    names = metrics or metric_names(records)
+    names = metrics or [n for n in metric_names(records) if not _NOT_PLOTTED.fullmatch(n)]
     groups: dict[str, list[str]] = {}
     for name in names:
-        groups.setdefault(name.removeprefix("val_"), []).append(name)
+        groups.setdefault(_group(name), []).append(name)
     order = sorted(groups, key=lambda g: (g != "loss", g))
     if ax is not None:
         axes = [ax] * max(1, len(order))
@@ -118,14 +153,16 @@ def plot_history(
         )
         axes = list(grid[:, 0])
     for panel, group in zip(axes, order, strict=False):
-        for name in sorted(groups[group], key=lambda n: n.startswith("val_")):
+        for name in sorted(groups[group], key=_is_twin):
             points = [
                 (r[x_name], r[name]) for r in records if isinstance(r.get(name), (int, float))
             ]
             if points:
                 xs, ys = zip(*points, strict=True)
-                style = "--" if name.startswith("val_") else "-"
-                label = "validation" if name.startswith("val_") else "training"
+                style = "--" if _is_twin(name) else "-"
+                label = "training"
+                if _is_twin(name):
+                    label = "evaluation" if name.startswith("eval_") else "validation"
                 panel.plot(
                     xs,
                     ys,

@@ -6,7 +6,7 @@
     import colabsession as cs
     from colabsession.torch import ResumableLoader, TrainingState
 
-    loader = ResumableLoader(train_set, batch_size=64, seed=0, num_workers=2)
+    loader = ResumableLoader(train_set, batch_size=64, shuffle=True, seed=0, num_workers=2)
     state = TrainingState(model, optimizer, scheduler=scheduler, loader=loader)
     with cs.Checkpointer("my-run", every="10min") as ckpt:
         for epoch in state.epochs(10, ckpt):    # resumes; stops at the deadline, SIGTERM, Ctrl-C
@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from ._errors import CheckpointError, ConfigError
+from ._errors import CheckpointError, ColabSessionError, ConfigError
 from ._interrupt import stop_at_boundary
 from ._optional import require
 from ._records import InvalidRecord, Record, parse_record
@@ -89,19 +89,27 @@ class _EpochBatches:
             yield batch.tolist()
 
     def __len__(self) -> int:
-        return len(self.owner)
+        return self.owner.batches_left  # what this iteration gives: the rest of the epoch
 
 
 class ResumableLoader:
     """A ``torch.utils.data.DataLoader`` that can stop anywhere and start again at the next batch.
 
     Iterating it gives the rest of the current epoch; then :attr:`epoch` advances. Its state (seed,
-    epoch and batches done) goes into the checkpoint through :class:`TrainingState`.
+    epoch and batches done) goes into the checkpoint through :class:`TrainingState`. Its defaults
+    and ``len()`` are DataLoader's: ``len(loader)`` is the batches of a whole epoch, constant
+    while iterating (a progress line ``100. * batch_idx / len(loader)`` reads as it did);
+    :attr:`batches_left` is what remains of the current epoch, :attr:`position` what is done::
+
+        loader = ResumableLoader(train_set, batch_size=64, shuffle=True, seed=0)
+        for batch_idx, (x, y) in enumerate(loader, loader.position):  # true after a resume too
+            ...
 
     Args:
         dataset: a map-style dataset (``len`` and ``[index]``).
         batch_size: samples per batch.
-        shuffle: draw each epoch's order from ``(seed, epoch)``; False keeps the dataset's order.
+        shuffle: draw each epoch's order from ``(seed, epoch)``; False (DataLoader's default)
+            keeps the dataset's order.
         seed: the data-order seed.
         drop_last: drop each epoch's last incomplete batch.
         **loader_kwargs: for the DataLoader (``num_workers``, ``collate_fn``, ``pin_memory``,
@@ -115,8 +123,8 @@ class ResumableLoader:
         self,
         dataset: Any,
         batch_size: int = 1,
+        shuffle: bool = False,
         *,
-        shuffle: bool = True,
         seed: int = 0,
         drop_last: bool = False,
         **loader_kwargs: Any,
@@ -152,12 +160,19 @@ class ResumableLoader:
 
     @property
     def batches_per_epoch(self) -> int:
+        """The batches of one whole epoch (what ``len()`` gives)."""
         full, rest = divmod(self.size, self.batch_size)
         return full + (1 if rest and not self.drop_last else 0)
 
-    def __len__(self) -> int:
-        """Batches left in the current epoch."""
+    @property
+    def batches_left(self) -> int:
+        """The batches of the current epoch not given out yet (after a resume: fewer than
+        ``len()``)."""
         return max(0, self.batches_per_epoch - self.position)
+
+    def __len__(self) -> int:
+        """The batches of one whole epoch, as ``len(DataLoader)``: constant while iterating."""
+        return self.batches_per_epoch
 
     def __iter__(self) -> Iterator[Any]:
         if self.position < self.batches_per_epoch:
@@ -187,7 +202,9 @@ class ResumableLoader:
         )
         return {"kind": LoaderState.KIND, **dataclasses.asdict(saved)}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def check_state_dict(self, state: dict[str, Any]) -> LoaderState:
+        """*state* as a :class:`LoaderState` if this loader can take it up, else a
+        CheckpointError saying why; changes nothing."""
         try:
             saved = parse_record(LoaderState, state, what="the checkpoint's loader state")
         except InvalidRecord as exc:
@@ -200,6 +217,10 @@ class ResumableLoader:
                 f"{self.size}: resuming would not continue the same epoch. Use the same data, or "
                 "restart the run (Checkpointer.restart())"
             )
+        return saved
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = self.check_state_dict(state)
         self.seed, self.epoch, self.shuffle = saved.seed, saved.epoch, saved.shuffle
         done = saved.position * saved.batch_size  # samples done this epoch
         if done % self.batch_size:
@@ -353,15 +374,33 @@ class TrainingState:
                 f"the checkpoint holds no {', '.join(missing)}: it was saved from another "
                 "TrainingState. Pass the same parts, or restart the run"
             )
+        # Everything is checked before anything is loaded: a refused checkpoint leaves the
+        # model, the optimizer and the rest as they were.
         for name, part in self.parts.items():
-            part.load_state_dict(state["parts"][name])
-        if self.rng and "rng" in state:
-            set_rng_state(state["rng"])
+            _check_part(name, part, state["parts"][name])
+        rng = state.get("rng") if self.rng else None
+        if rng is not None and not _is_rng_state(rng):
+            raise CheckpointError("the checkpoint's random states are damaged")
+        for name, part in self.parts.items():
+            try:
+                part.load_state_dict(state["parts"][name])
+            except ColabSessionError:
+                raise
+            except Exception as exc:  # a part's own check that ours could not foresee
+                raise CheckpointError(
+                    f"the checkpoint's {name} does not fit this {type(part).__name__} ({exc}); "
+                    "the parts before it may be loaded already: build them afresh, then use "
+                    "the run this checkpoint belongs to, or restart this one"
+                ) from None
+        if rng is not None:
+            set_rng_state(rng)
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
 
     def restore(self, ckpt: Checkpointer, step: int | None = None) -> int:
         """Load the newest valid checkpoint (or *step*'s) into every part; return the step to
-        continue from (0 for a new run) and say where training resumes."""
+        continue from (0 for a new run) and say where training resumes. A checkpoint that does
+        not fit (another model, optimizer or dataset) is a CheckpointError raised before any
+        part is changed."""
         restored = ckpt.restore(step)
         self.restored = True
         if restored is None:
@@ -412,6 +451,60 @@ class TrainingState:
 
     def _torn(self) -> None:
         self._hard_stop = True
+
+
+def _check_part(name: str, part: Any, saved: Any) -> None:
+    """Refuse *saved* for *part* where that is cheap to tell (a loader's data, a model's names
+    and shapes, an optimizer's groups), before anything is loaded."""
+    if isinstance(part, ResumableLoader):
+        part.check_state_dict(saved)
+        return
+    if isinstance(part, torch.nn.Module):
+        if not isinstance(saved, dict):
+            raise CheckpointError(f"the checkpoint's {name} is not a state_dict: it is damaged")
+        own = part.state_dict()
+        missing = sorted(set(own) - set(saved))
+        unexpected = sorted(set(saved) - set(own))
+        if missing or unexpected:
+            raise CheckpointError(
+                f"the checkpoint's {name} does not fit this model (missing "
+                f"{_few(missing)}; unexpected {_few(unexpected)}): it was saved from another "
+                "model. Build the same model, or restart the run (Checkpointer.restart())"
+            )
+        for key, tensor in own.items():
+            shape = tuple(getattr(saved[key], "shape", ()))
+            if isinstance(tensor, torch.Tensor) and tuple(tensor.shape) != shape:
+                raise CheckpointError(
+                    f"the checkpoint's {name}[{key!r}] has shape {shape}, this model's "
+                    f"{tuple(tensor.shape)}: it was saved from another model. Build the same "
+                    "model, or restart the run (Checkpointer.restart())"
+                )
+        return
+    if isinstance(part, torch.optim.Optimizer):
+        groups = saved.get("param_groups") if isinstance(saved, dict) else None
+        if not isinstance(groups, list) or not isinstance(saved.get("state"), dict):
+            raise CheckpointError(f"the checkpoint's {name} is not an optimizer's state: damaged")
+        sizes = [len(g["params"]) for g in part.param_groups]
+        saved_sizes = [
+            len(g["params"]) if isinstance(g, dict) and isinstance(g.get("params"), list) else -1
+            for g in groups
+        ]
+        if sizes != saved_sizes:
+            raise CheckpointError(
+                f"the checkpoint's {name} has parameter groups of {saved_sizes} parameters, "
+                f"this optimizer {sizes}: it was saved for another model. Build the same "
+                "model and optimizer, or restart the run (Checkpointer.restart())"
+            )
+
+
+def _is_rng_state(rng: Any) -> bool:
+    return isinstance(rng, dict) and {"python", "numpy", "torch"} <= set(rng)
+
+
+def _few(names: list[str]) -> str:
+    return (", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")) or (
+        "none"
+    )
 
 
 # Device and precision -----------------------------------------------------------------------

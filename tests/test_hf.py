@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import random
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -100,3 +102,145 @@ def test_a_restore_cut_short_is_cleaned_up_and_a_write_fault_is_explained(tmp_pa
     with pytest.raises(cs.CheckpointError, match="cannot write the checkpoint"):
         hf.write_folder(clash, out / "checkpoint-6")
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint-5"]
+
+
+def hf_history(tmp_path: Path) -> Path:
+    """A run's history as cs.hf logs a Trainer's: a loss every 2 of 6 steps per epoch, an
+    evaluation at each epoch's end (with its timing figures), 3 epochs."""
+
+    class State:
+        is_world_process_zero = True
+        global_step = 0
+
+    state = State()
+    with cs.Checkpointer(tmp_path / "run", every=None) as ckpt:
+        callback = hf.SessionCallback(ckpt)
+        for step in range(1, 19):
+            state.global_step = step
+            logs: dict[str, float] = {}
+            if step % 2 == 0:
+                logs = {
+                    "loss": 1 / step,
+                    "grad_norm": 0.5,
+                    "learning_rate": 1e-3,
+                    "epoch": step / 6,
+                }
+                callback.on_log(None, state, None, logs=logs)
+            if step % 6 == 0:
+                evaluation = {
+                    "eval_loss": 1.5 / step + (0.1 if step == 18 else 0.0),
+                    "eval_runtime": 0.1,
+                    "eval_samples_per_second": 480.0,
+                    "eval_steps_per_second": 60.0,
+                    "epoch": step / 6,
+                }
+                callback.on_log(None, state, None, logs=evaluation)
+        summary = {"train_runtime": 3.0, "train_loss": 0.2, "total_flos": 1e6, "epoch": 3.0}
+        callback.on_log(None, state, None, logs=summary)
+    return tmp_path / "run"
+
+
+def test_the_trainers_epochs_are_shown_as_it_logs_them(tmp_path: Path) -> None:
+    """The Trainer logs its epoch as progress from the start (0.5, ..., 3.0): shown so, not
+    shifted by one as Keras' 0-based epoch index is (the last evaluation read "epoch 4" of 3)."""
+    from colabsession._history import for_display, read_history
+
+    records = for_display(read_history(hf_history(tmp_path)))
+    evaluations = [r for r in records if "eval_loss" in r]
+    assert [r["epoch"] for r in evaluations] == [1.0, 2.0, 3.0]
+    assert max(r["epoch"] for r in records) == 3.0
+    assert [r["step"] for r in records] == list(range(2, 19, 2))  # each step once
+
+
+def test_the_trainers_history_plots_by_step_with_eval_beside_training(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    axes = cs.plot_history(hf_history(tmp_path))
+    assert [a.get_ylabel() for a in axes] == ["loss", "grad_norm", "learning_rate"]
+    assert axes[-1].get_xlabel() == "step"
+    lines = {line.get_label(): line for line in axes[0].get_lines()}
+    assert list(lines["training"].get_xdata()) == list(range(2, 19, 2))
+    assert list(lines["evaluation"].get_xdata()) == [6, 12, 18]  # eval_loss beside loss
+    axes[0].figure.savefig(tmp_path / "history.png")  # (to look at)
+
+
+def test_the_tutorial_killed_on_new_vms_ends_with_the_same_best_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mount_table: Path
+) -> None:
+    """The transformers text-classification tutorial as docs/huggingface.md adapts it
+    (tests/hf_finetune.py: evaluate and save each epoch, load_best_model_at_end by accuracy,
+    save_total_limit=2), where epoch 3 of 5 is best: killed during a checkpoint write, at a
+    random step and while the Trainer writes its own folder, each time on a new VM (a fresh
+    output_dir and local mirror), then run to the end on another. The best checkpoint is kept
+    on Drive and comes back, so the final weights equal an uninterrupted run's bit for bit;
+    output_dir keeps save_total_limit folders; the history holds each step once."""
+    from colabsession._history import read_history
+    from tests.script_runs import fuse_mount_line, run_script
+
+    def run(n: int, drive: str, kill_at: str | None = None) -> Any:
+        return run_script(
+            "hf_finetune.py", [], cwd=tmp_path / f"vm{n}", home=tmp_path / f"home{n}",
+            drive=tmp_path / drive, kill_at=kill_at,
+        )  # fmt: skip
+
+    reference = run(0, "ref-drive")
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    assert "best 24 40" in reference.stdout  # epoch 3 of 5 is the best
+    # During the write of step 32, then after it (once it is saved) at a random step, then
+    # during the Trainer's own write of its next folder.
+    kills = ["save:4", f"step:{random.Random(5).randrange(9, 16)}:post", "torch-save:2"]
+    for n, kill_at in enumerate(kills, 1):
+        killed = run(n, "drive", kill_at)
+        assert killed.returncode == -signal.SIGKILL, (kill_at, killed.stderr[-3000:])
+        assert "KILLED" in killed.stderr, kill_at
+        shutil.rmtree(tmp_path / f"vm{n}")  # the VM is gone, and its output_dir with it
+        shutil.rmtree(tmp_path / f"home{n}")
+    finished = run(9, "drive")
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    a, b = torch.load(tmp_path / "vm0" / "final.pt"), torch.load(tmp_path / "vm9" / "final.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert "(the best so far, step 24, restored too)" in finished.stdout
+    assert "best 24 40" in finished.stdout
+    output = sorted(p.name for p in (tmp_path / "vm9" / "my_awesome_model").iterdir())
+    assert output == ["checkpoint-24", "checkpoint-40"]  # save_total_limit=2, the best kept
+    monkeypatch.setenv("COLABSESSION_DRIVE", str(tmp_path))
+    with mount_table.open("a") as table:
+        table.write(fuse_mount_line(tmp_path / "drive"))
+        table.write(fuse_mount_line(tmp_path / "ref-drive"))
+    steps = [r["step"] for r in read_history("drive:drive/checkpoints/my_awesome_model")]
+    expected = [r["step"] for r in read_history("drive:ref-drive/checkpoints/my_awesome_model")]
+    assert steps == expected == sorted(set(steps))
+
+
+def test_the_best_checkpoint_is_kept_by_the_trainers_metric(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """cs.hf.train keeps the best checkpoint by metric_for_best_model, its direction from
+    greater_is_better; an output_dir that keeps every folder is pointed out."""
+    made: list[cs.Checkpointer] = []
+
+    class Args:
+        output_dir = str(tmp_path / "out")
+        metric_for_best_model = "accuracy"
+        greater_is_better = True
+        save_total_limit = None
+
+    class Trainer:
+        args = Args()
+
+        def add_callback(self, callback: Any) -> None:
+            made.append(callback.ckpt)
+
+        def remove_callback(self, callback: Any) -> None:
+            pass
+
+        def train(self, resume_from_checkpoint: Any = None) -> None:
+            pass
+
+    hf.train(Trainer(), tmp_path / "run")
+    (ckpt,) = made
+    assert (ckpt.keep_best, ckpt.monitor, ckpt.mode) == (1, "eval_accuracy", "max")
+    assert hf.best_metric_name(Args()) == "eval_accuracy"
+    assert "save_total_limit=2" in capsys.readouterr().out

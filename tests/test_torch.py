@@ -148,6 +148,65 @@ def test_saved_device_missing_here_falls_back_with_a_warning(
     assert sum("cuda:7" in r.message for r in caplog.records) == 1  # said once
 
 
+def test_an_asked_for_device_this_runtime_lacks_falls_back_with_a_warning(
+    caplog: pytest.LogCaptureFixture, roundtrip: Callable[..., Any]
+) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this runtime has a GPU")
+    got = roundtrip({"a": torch.ones(2), "b": torch.zeros(3)}, device="cuda")
+    assert isinstance(got, dict)
+    assert got["a"].device.type == got["b"].device.type == "cpu"
+    assert torch.equal(got["a"], torch.ones(2))
+    assert sum("device=...) asked for cuda" in r.message for r in caplog.records) == 1
+
+
+def test_a_tensor_stored_in_the_other_byte_order_comes_back_right(
+    monkeypatch: pytest.MonkeyPatch, roundtrip: Callable[..., Any]
+) -> None:
+    """A checkpoint written on a big-endian machine (">f4", valid checksums) restores."""
+    from colabsession import _frameworks
+
+    native = _frameworks.host_view
+    monkeypatch.setattr(
+        _frameworks, "host_view", lambda leaf: native(leaf).astype(">" + native(leaf).dtype.str[1:])
+    )
+    source = {"f": torch.randn(3, 4), "b": torch.randn(5).to(torch.bfloat16)}
+    got = roundtrip(source)
+    assert isinstance(got, dict)
+    for key, value in source.items():
+        assert got[key].dtype == value.dtype
+        assert torch.equal(got[key], value), key
+
+
+def test_nested_tensors_and_dtensors_are_refused_with_advice(tmp_path: Path) -> None:
+    nested = torch.nested.nested_tensor([torch.ones(2), torch.ones(3)])
+    for async_save in (True, False):
+        with (
+            cs.Checkpointer(tmp_path / f"run{async_save}", every=None, async_save=async_save) as c,
+            pytest.raises(cs.CheckpointError, match=r"nested tensor.*unbind"),
+        ):
+            c.save(1, {"n": nested})
+
+    from torch.distributed import (  # type: ignore[attr-defined]
+        HashStore,
+        destroy_process_group,
+        init_process_group,
+    )
+    from torch.distributed.device_mesh import DeviceMesh
+    from torch.distributed.tensor import Replicate, distribute_tensor
+
+    init_process_group("gloo", store=HashStore(), rank=0, world_size=1)
+    try:
+        sharded = distribute_tensor(torch.ones(4), DeviceMesh("cpu", [0]), [Replicate()])
+        with (
+            cs.Checkpointer(tmp_path / "dtensor", every=None) as ckpt,
+            pytest.raises(cs.CheckpointError, match=r"DTensor.*full_state_dict"),
+        ):
+            ckpt.save(1, {"w": sharded, "plain": torch.ones(2)})
+    finally:
+        destroy_process_group()
+
+
 def test_hostile_framework_records_are_refused() -> None:
     from colabsession._serialize import check_tree
 
@@ -208,21 +267,61 @@ def test_epoch_order_is_a_pure_function_of_seed_and_epoch() -> None:
 
 def test_loader_resumes_at_the_next_batch() -> None:
     data = torch.utils.data.TensorDataset(torch.arange(10))
-    loader = ResumableLoader(data, batch_size=3, seed=5)
+    loader = ResumableLoader(data, batch_size=3, shuffle=True, seed=5)
     first = [b[0].tolist() for b in loader]
     assert len(first) == 4
     assert sorted(i for batch in first for i in batch) == list(range(10))
     assert loader.epoch == 1
     assert loader.position == 0
 
-    again = ResumableLoader(data, batch_size=3, seed=5)
+    again = ResumableLoader(data, batch_size=3, shuffle=True, seed=5)
     iterator = iter(again)
     head = [next(iterator)[0].tolist() for _ in range(2)]
     saved = again.state_dict()
-    resumed = ResumableLoader(data, batch_size=3, seed=5)
+    resumed = ResumableLoader(data, batch_size=3, shuffle=True, seed=5)
     resumed.load_state_dict(saved)
-    assert len(resumed) == 2
+    assert resumed.batches_left == 2
+    assert len(resumed) == 4  # DataLoader's meaning: the batches of a whole epoch
     assert head + [b[0].tolist() for b in resumed] == first
+
+
+def test_loader_defaults_and_len_are_dataloaders() -> None:
+    data = torch.utils.data.TensorDataset(torch.arange(10))
+    plain = torch.utils.data.DataLoader(data, batch_size=3)
+    loader = ResumableLoader(data, batch_size=3)
+    assert [b[0].tolist() for b in loader] == [b[0].tolist() for b in plain]  # not shuffled
+    assert len(ResumableLoader(data)) == len(torch.utils.data.DataLoader(data)) == 10
+    shuffled = ResumableLoader(data, 3, True, seed=1)  # DataLoader's positional order
+    assert shuffled.shuffle
+    seen = []
+    for _ in shuffled:
+        seen.append((len(shuffled), shuffled.batches_left))
+    assert seen == [(4, 3), (4, 2), (4, 1), (4, 0)]
+
+
+def test_the_mnist_progress_line_survives_the_last_batch_and_a_resume() -> None:
+    """pytorch/examples' progress line divides by len(train_loader): it never meets zero, on
+    an epoch's last batch nor after a resume with one batch left."""
+    data = torch.utils.data.TensorDataset(torch.arange(100))
+    loader = ResumableLoader(data, batch_size=72, shuffle=True)
+
+    def epoch(loader: ResumableLoader) -> list[str]:
+        lines = []
+        for batch_idx, (x,) in enumerate(loader, loader.position):
+            lines.append(
+                "[{}/{} ({:.0f}%)]".format(  # noqa: UP032 - as the script writes it
+                    batch_idx * len(x), len(loader.dataset), 100.0 * batch_idx / len(loader)
+                )
+            )
+        return lines
+
+    assert epoch(loader) == ["[0/100 (0%)]", "[28/100 (50%)]"]
+    iterator = iter(loader)
+    next(iterator)
+    resumed = ResumableLoader(data, batch_size=72, shuffle=True)
+    resumed.load_state_dict(loader.state_dict())
+    assert resumed.batches_left == 1
+    assert epoch(resumed) == ["[28/100 (50%)]"]
 
 
 def test_loader_refuses_what_it_sets_and_other_data() -> None:
@@ -247,6 +346,45 @@ def test_a_damaged_loader_or_training_state_is_refused() -> None:
     for bad in ({"parts": {}}, {"parts": [], "step": 1, "epoch": 0}, {"parts": {}, "step": -1}):
         with pytest.raises(cs.CheckpointError, match="not saved from a TrainingState"):
             state.load_state_dict(bad)
+
+
+def test_a_refused_checkpoint_changes_nothing(tmp_path: Path) -> None:
+    """A checkpoint of another dataset, model or optimizer is refused before any part is loaded:
+    the model and the optimizer are as they were."""
+
+    def parts(samples: int, width: int) -> TrainingState:
+        torch.manual_seed(samples + width)
+        model = torch.nn.Sequential(torch.nn.Linear(4, width), torch.nn.Linear(width, 1))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+        model(torch.randn(2, 4)).sum().backward()
+        optimizer.step()
+        data = torch.utils.data.TensorDataset(torch.arange(samples))
+        return TrainingState(model, optimizer, loader=ResumableLoader(data, batch_size=2))
+
+    with cs.Checkpointer(tmp_path / "run", every=None) as ckpt:
+        ckpt.save(1, parts(10, 8).state_dict())
+    for other, match in ((parts(11, 8), "10 samples"), (parts(10, 6), "shape")):
+        before = {k: v.clone() for k, v in other.parts["model"].state_dict().items()}
+        moments = other.parts["optimizer"].state_dict()["state"][0]["exp_avg"].clone()
+        rng = torch.get_rng_state()
+        with pytest.raises(cs.CheckpointError, match=match):
+            other.restore(cs.Checkpointer(tmp_path / "run", every=None))
+        after = other.parts["model"].state_dict()
+        assert all(torch.equal(after[k], v) for k, v in before.items())
+        assert torch.equal(other.parts["optimizer"].state_dict()["state"][0]["exp_avg"], moments)
+        assert torch.equal(torch.get_rng_state(), rng)
+        assert other.step == 0
+
+    # Another optimizer layout (one group split in two) is refused before loading too.
+    other = parts(10, 8)
+    model = other.parts["model"]
+    groups = [{"params": model[0].parameters()}, {"params": model[1].parameters()}]
+    split = torch.optim.AdamW(groups)
+    state = TrainingState(model, split, loader=other.loader)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(cs.CheckpointError, match="parameter groups"):
+        state.restore(cs.Checkpointer(tmp_path / "run", every=None))
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
 
 
 def test_starting_the_loader_does_not_draw_from_torchs_generator() -> None:
@@ -281,7 +419,7 @@ def make_loop(
     data = torch.utils.data.TensorDataset(torch.randn(40, 4), torch.randn(40, 1))
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.2), torch.nn.Linear(8, 1))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    loader = ResumableLoader(data, batch_size=4, seed=0)
+    loader = ResumableLoader(data, batch_size=4, shuffle=True, seed=0)
     state = TrainingState(model, optimizer, loader=loader)
     ckpt = cs.Checkpointer(tmp_path / "run", every=None, every_steps=100, clock=clock)
     return state, ckpt
@@ -390,3 +528,51 @@ def test_killed_at_random_steps_ends_bit_identical(tmp_path: Path, workers: int)
     a = torch.load(tmp_path / "ref.pt")
     b = torch.load(tmp_path / "run.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_mnist_example_killed_anywhere_ends_bit_identical(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mount_table: Path
+) -> None:
+    """pytorch/examples' mnist/main.py as docs/pytorch.md adapts it (tests/mnist_main.py), with
+    --batch-size 72 (each epoch's last batch partial): killed after a step with one batch of
+    its epoch left, during a checkpoint write, and at a random step on a new VM, then run to
+    the end on another new VM: the weights equal an uninterrupted run's, bit for bit, and the
+    history holds each step once. The progress line divides by len(train_loader) throughout."""
+    from tests.script_runs import fuse_mount_line, run_script
+
+    args = ["--batch-size", "72", "--epochs", "3", "--save-model", "--log-interval", "5"]
+    reference = run_script(
+        "mnist_main.py", args, cwd=tmp_path / "ref", home=tmp_path / "ref-home",
+        drive=tmp_path / "ref-drive",
+    )  # fmt: skip
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    assert "[1200/1500 (95%)]" in reference.stdout  # the last batch (20 of 0-20), partial
+
+    drive = tmp_path / "drive"
+    randomly = random.Random(11)
+    kills = [
+        ("vm1", "step:21:pre"),  # saved at step 20: the resume has one batch of epoch 1 left
+        ("vm1", "save:2"),
+        ("vm2", f"step:{randomly.randrange(3, 30)}:{randomly.choice(['pre', 'post'])}"),
+    ]
+    for n, (vm, kill_at) in enumerate(kills):
+        killed = run_script(
+            "mnist_main.py", args, cwd=tmp_path / f"run{n}", home=tmp_path / vm, drive=drive,
+            kill_at=kill_at,
+        )  # fmt: skip
+        assert killed.returncode == -signal.SIGKILL, (kill_at, killed.stderr[-3000:])
+        assert "KILLED" in killed.stderr, kill_at
+    finished = run_script(
+        "mnist_main.py", args, cwd=tmp_path / "last", home=tmp_path / "vm3", drive=drive
+    )
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "resuming" in finished.stdout
+    a = torch.load(tmp_path / "ref" / "mnist_cnn.pt")
+    b = torch.load(tmp_path / "last" / "mnist_cnn.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    monkeypatch.setenv("COLABSESSION_DRIVE", str(drive))
+    with mount_table.open("a") as table:
+        table.write(fuse_mount_line(drive))
+    from colabsession._history import read_history
+
+    assert sorted(r["step"] for r in read_history("mnist")) == list(range(1, 64))

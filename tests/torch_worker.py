@@ -28,7 +28,7 @@ model = torch.nn.Sequential(
 )
 optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
 scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=7, gamma=0.7)
-loader = ResumableLoader(data, batch_size=8, seed=1, num_workers=workers)
+loader = ResumableLoader(data, batch_size=8, shuffle=True, seed=1, num_workers=workers)
 state = TrainingState(model, optimizer, scheduler=scheduler, loader=loader)
 
 with cs.Checkpointer(location, every=None, every_steps=3, keep_last=2) as ckpt:
