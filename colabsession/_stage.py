@@ -155,7 +155,7 @@ def downloading(source: str) -> Iterator[Path]:
     cache.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256(source.encode()).hexdigest()[:16]
     with _holding(
-        cache / f".{digest}.lock",
+        cache.parent / f".download-{digest}.lock",  # beside the cache: it empties once staged
         f"another staging of {source} on this machine is copying it; waiting for it to finish",
     ):
         yield cache

@@ -529,3 +529,111 @@ def test_two_installs_that_commit_at_the_same_moment_both_withdraw(
     ours = [p.name for p in folder.glob("manifest.*.json") if not p.name.endswith("00000000.json")]
     assert len(ours) == 1  # this install withdrew its manifest; the first one's stays
     assert json.loads((folder / ours[0]).read_text())["sequence"] == first.sequence
+
+
+# Design: one gateway for Drive -------------------------------------------------------------------
+
+# What fsspec file systems do that reaches the remote (a Drive mount's daemon, the Drive API).
+REMOTE_CALLS = {
+    "open",
+    "ls",
+    "info",
+    "find",
+    "glob",
+    "walk",
+    "du",
+    "exists",
+    "isfile",
+    "isdir",
+    "cat",
+    "cat_file",
+    "pipe",
+    "pipe_file",
+    "put",
+    "put_file",
+    "get",
+    "get_file",
+    "rm",
+    "rm_file",
+    "mv",
+    "cp_file",
+    "copy",
+    "makedirs",
+    "mkdir",
+    "rmdir",
+    "touch",
+    "modified",
+    "size",
+}
+# The calls that bound what they are given: the gateway.
+BOUNDING = {"io", "call_with_timeout", "map_bounded"}
+# Code allowed to reach the remote without the gateway, and why.
+ALLOWED = {
+    "_store": "the gateway itself: Store.io bounds every public operation",
+    "_timeout": "the bounding calls themselves",
+    "_walk.read_file": "run only by map_bounded's workers (read_ahead)",
+    "_walk.copy_file": "run only by map_bounded's workers (stage_folder)",
+}
+
+
+def _unbounded_remote_calls(path: Path) -> list[str]:
+    """``fs.<call>(...)`` in *path* that is neither passed to a bounding call (directly in a
+    lambda, or in a function handed to one) nor allowed above: a reasonable heuristic for a
+    Drive operation that forgot the gateway."""
+    import ast
+
+    module = path.stem
+    if module in ALLOWED:
+        return []
+    root = ast.parse(path.read_text())
+    parents: dict[ast.AST, ast.AST] = {}
+    for node in ast.walk(root):
+        for child in ast.iter_child_nodes(node):
+            parents[child] = node
+    bounded_names: set[str] = set()  # functions handed to a bounding call by name
+    bounded_lambdas: set[ast.AST] = set()
+    for node in ast.walk(root):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if name in BOUNDING:
+                for arg in [*node.args, *(k.value for k in node.keywords)]:
+                    if isinstance(arg, ast.Lambda):
+                        bounded_lambdas.add(arg)
+                    elif isinstance(arg, ast.Name):
+                        bounded_names.add(arg.id)
+    found = []
+    for node in ast.walk(root):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        receiver = node.func.value
+        on_fs = (isinstance(receiver, ast.Attribute) and receiver.attr == "fs") or (
+            isinstance(receiver, ast.Name) and receiver.id == "fs"
+        )
+        if not on_fs or node.func.attr not in REMOTE_CALLS:
+            continue
+        scope: ast.AST | None = parents.get(node)
+        chain = []
+        ok = False
+        while scope is not None:
+            if scope in bounded_lambdas:
+                ok = True
+                break
+            if isinstance(scope, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                if scope.name in bounded_names:
+                    ok = True
+                    break
+                chain.append(scope.name)
+            scope = parents.get(scope)
+        where = ".".join([module, *reversed(chain)])
+        if not ok and not any(where.startswith(allowed) for allowed in ALLOWED):
+            found.append(f"{path.name}:{node.lineno} {where}: fs.{node.func.attr}(...)")
+    return found
+
+
+def test_every_remote_file_system_call_goes_through_the_gateway() -> None:
+    package = Path(cs.__file__).parent
+    found = [hit for path in sorted(package.glob("*.py")) for hit in _unbounded_remote_calls(path)]
+    assert found == [], "Drive operations outside Store.io / call_with_timeout:\n" + "\n".join(
+        found
+    )
