@@ -73,7 +73,7 @@ class Lease:
         """The lease as it stands; None when nobody holds it. Raises OSError or TimeoutError
         when the store does not answer."""
         try:
-            data = self.store.read(NAME)
+            data = self.store.read(NAME, limit=MAX_BYTES)
         except FileNotFoundError:
             return None
         try:

@@ -36,7 +36,7 @@ from ._storage import reason, replace_folder
 from ._store import SLOWEST, Store
 from ._timeout import Backoff, map_bounded
 from ._units import format_bytes
-from ._walk import SourceFile, copy_file, same, walk
+from ._walk import SourceFile, byte_count, copy_file, same, walk
 from .drive import Location
 
 logger = logging.getLogger(__name__)
@@ -547,7 +547,9 @@ def stage_archive(
         raise DataError(f"there is no archive at {location}") from None
     except (OSError, TimeoutError) as exc:
         raise DataError(f"cannot read {location} ({reason(exc)})") from None
-    size = int(there.get("size") or 0)
+    size = byte_count(there.get("size"))
+    if size is None:
+        raise DataError(f"{location} reports no size that makes sense: is it a file?")
     change = there.get("md5Checksum") or there.get("mtime") or there.get("modifiedDate") or ""
     key = f"archive:{size}:{change}"
     found = cached(dest, key)

@@ -565,7 +565,7 @@ def _current(store: Store, name: str, *, missing_ok: bool = False) -> EnvInfo | 
     problems = []
     for manifest in manifests:
         try:
-            info = _parse(store.read(manifest), name, manifest)
+            info = _parse(store.read(manifest, limit=MAX_MANIFEST), name, manifest)
         except (InvalidRecord, FileNotFoundError) as exc:
             problems.append(str(exc))
             continue
