@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from ._errors import DriveAPIError, DriveAuthError, DriveQuotaError
 from ._optional import require
+from ._records import read_json
 from ._runtime import detect_kind, home_dir
 from ._say import say
 from ._timeout import Backoff, call_with_timeout
@@ -257,13 +258,15 @@ def _from_json(
             text = _unwrap(os.fspath(source))
             if text.startswith("{"):
                 where = f"the {what}'s JSON"
-                info = json.loads(text)
+                info = read_json(text, what=where, max_bytes=1 << 20)
             else:
                 where = _describe_path(text, what)
                 path = Path(text).expanduser()
                 if private:
                     _warn_if_readable_by_others(path)
-                info = json.loads(path.read_text(encoding="utf-8-sig"))
+                info = read_json(
+                    path.read_text(encoding="utf-8-sig"), what=where, max_bytes=1 << 20
+                )
         if not isinstance(info, dict):
             raise ValueError("not a JSON object")
         return use(info)
@@ -390,7 +393,7 @@ class Transport:
 def _error_of(content: Any) -> tuple[str, str]:
     """(reason, message) of a Drive API error answer; empty strings where it has none."""
     try:
-        error = json.loads(content)["error"]
+        error = read_json(content, what="Drive's answer", max_bytes=1 << 20)["error"]
         first = (error.get("errors") or [{}])[0]
         return str(first.get("reason", "")), str(first.get("message", error.get("message", "")))
     except (ValueError, TypeError, KeyError, AttributeError, IndexError):

@@ -149,6 +149,17 @@ def test_deeply_nested_env_and_dataset_manifests_are_damaged_not_raw_errors(
         cs.data.stage(Location(LocalFileSystem(), str(packed), "drive:x.packed"))
 
 
+def test_deeply_nested_credentials_and_drive_answers_are_refused_in_words(tmp_path: Path) -> None:
+    from colabsession import _gdrive
+
+    key = tmp_path / "key.json"
+    key.write_bytes(b'{"type": ' + DEEP + b"}")
+    key.chmod(0o600)
+    with pytest.raises(cs.DriveAuthError, match="cannot use"):
+        cs.drive.load_credentials(str(key))
+    assert _gdrive._error_of(b'{"error": ' + DEEP + b"}") == ("", "")
+
+
 # 7. Durations read from Drive are bounded by this writer's own settings ------------------------
 
 
