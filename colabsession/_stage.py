@@ -429,8 +429,9 @@ def _stream_shard(
     finally:
         abandoned.set()
         tee.close()
+        # Bounded too: closing a file whose read is stuck on a dead mount waits for that read.
         with contextlib.suppress(Exception):
-            remote.close()
+            store.io(f"close {shard.name}", remote.close)
     if tee.size != shard.size or tee.sha256.hexdigest() != shard.sha256:
         part.unlink()
         raise _StreamFailed("its sha256 does not match the manifest's")

@@ -648,3 +648,48 @@ def test_every_remote_file_system_call_goes_through_the_gateway() -> None:
     assert found == [], "Drive operations outside Store.io / call_with_timeout:\n" + "\n".join(
         found
     )
+
+
+class StuckFS(LocalFileSystem):  # type: ignore[misc]
+    """A mount whose shard files stop answering: a read and a close wait until released (a
+    close waits for the read stuck in the kernel, as a buffered file's lock makes it)."""
+
+    cachable = False
+
+    def __init__(self, released: threading.Event) -> None:
+        super().__init__()
+        self.released = released
+
+    def open(self, path: str, mode: str = "rb", **kwargs: Any) -> Any:
+        f = super().open(path, mode, **kwargs)
+        if "r" not in mode or not path.rsplit("/", 1)[-1].startswith("part-"):
+            return f
+        released, read, close = self.released, f.read, f.close
+
+        def stuck_read(n: int = -1) -> bytes:
+            released.wait(300)
+            return bytes(read(n))
+
+        def stuck_close() -> None:
+            released.wait(300)
+            close()
+
+        f.read, f.close = stuck_read, stuck_close
+        return f
+
+
+def test_staging_never_hangs_closing_a_shard_whose_mount_stopped_answering(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = cs.mount()
+    make_dataset(root, files=12)
+    cs.data.pack(DRIVE)
+    monkeypatch.setattr(_stage, "_sleep", lambda s: None)
+    monkeypatch.setattr(_stage, "ATTEMPTS", 1)
+    released = threading.Event()
+    location = Location(StuckFS(released), str(packed_dir(root)), DRIVE + ".packed")
+    try:
+        with pytest.raises(cs.DataError, match="did not answer in time"):
+            in_thread(lambda: cs.data.stage(location, timeout="0.3s"), limit=30)
+    finally:
+        released.set()
