@@ -21,13 +21,13 @@ from typing import Any
 
 from ._dataset import DIR
 from ._storage import write_fd
+from ._store import SLOWEST
 from ._timeout import call_with_timeout, map_bounded
 from .drive import Location
 
 CHUNK = 1 << 20
 SMALL = 16 << 20  # files up to this size are read whole, ahead of the writer
 STREAM_CHUNK = 4 << 20  # bytes of a larger file read at a time
-SLOWEST = 1 << 20  # bytes per second a read may take before its timeout grows (as _store's)
 
 
 @dataclass(frozen=True)

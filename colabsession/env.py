@@ -152,9 +152,10 @@ def install(
     for requirement in requirements:
         _check_requirement(requirement)
     store = _env_store(location, name)
-    base = _newest_sequence(store, name)  # before reading it: a save after this is noticed
+    names = _listing(store, name)
+    base = _newest(names)  # as it was before reading it: a save after this is noticed
     try:
-        previous = _current(store, name, missing_ok=True)
+        previous = _current(store, name, missing_ok=True, names=names)
     except EnvError as exc:
         logger.warning("colabsession: %s; building it anew from the requirements given", exc)
         previous = None
@@ -219,8 +220,8 @@ def restore(
     _check_name(name)
     started = time.monotonic()
     store = _env_store(location, name)
-    base = _newest_sequence(store, name)
-    info = _current(store, name, missing_ok=default)
+    names = _listing(store, name)
+    info = _current(store, name, missing_ok=default, names=names)
     if info is None:
         say(
             f"no environment {name!r} saved yet: nothing to restore. Save your "
@@ -240,7 +241,7 @@ def restore(
         with _workspace(name) as tmp:
             layer = tmp / "layer"
             built = _build_layer(pins, layer, pip_args, tool, resolve_deps=False)
-            info = _persist(store, name, layer, info.requirements, built, tool, tmp, base)
+            info = _persist(store, name, layer, info.requirements, built, tool, tmp, _newest(names))
             local = _move_into_place(layer, info)
     else:
         local = local_path(info)
@@ -551,13 +552,12 @@ def _store_in(root: Location, name: str) -> Store:
     return Store(root.join(name), timeout=TIMEOUT, durable=False)
 
 
-def _current(store: Store, name: str, *, missing_ok: bool = False) -> EnvInfo | None:
+def _current(
+    store: Store, name: str, *, missing_ok: bool = False, names: set[str] | None = None
+) -> EnvInfo | None:
     """The newest complete manifest of the environment in *store* (whose archive is there); an
-    older one serves when a newer one is damaged."""
-    try:
-        names = set(store.names())
-    except (OSError, TimeoutError) as exc:
-        raise EnvError(f"cannot read the environment {name!r} in {store} ({reason(exc)})") from None
+    older one serves when a newer one is damaged. *names*: the folder's listing, if known."""
+    names = _listing(store, name) if names is None else names
     numbered = sorted(
         ((int(m.group(1)), n) for n in names if (m := _MANIFEST.fullmatch(n))), reverse=True
     )
@@ -599,12 +599,17 @@ def _sequences(names: Iterable[str]) -> dict[str, int]:
     return {n: int(m.group(1)) for n in names if (m := _MANIFEST.fullmatch(n))}
 
 
-def _newest_sequence(store: Store, name: str) -> int:
-    """The number of the newest manifest of the environment in *store* (0: none)."""
+def _listing(store: Store, name: str) -> set[str]:
+    """The names of the environment's files in *store*."""
     try:
-        return max(_sequences(store.names()).values(), default=0)
+        return set(store.names())
     except (OSError, TimeoutError) as exc:
         raise EnvError(f"cannot read the environment {name!r} in {store} ({reason(exc)})") from None
+
+
+def _newest(names: set[str]) -> int:
+    """The number of the newest manifest among *names* (0: none): what a new one continues."""
+    return max(_sequences(names).values(), default=0)
 
 
 def _raced(name: str, what: str) -> EnvError:
@@ -644,7 +649,7 @@ def _persist(
             f"saving environment {name!r} to {store} failed ({reason(exc)}); its previous "
             "version is unchanged"
         ) from None
-    if max(_sequences(names).values(), default=0) != base:
+    if _newest(names) != base:
         raise _raced(name, "saved a new version while this one was building")
     sequence = base + 1
     info = EnvInfo(

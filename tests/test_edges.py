@@ -686,6 +686,7 @@ def test_staging_never_hangs_closing_a_shard_whose_mount_stopped_answering(
     cs.data.pack(DRIVE)
     monkeypatch.setattr(_stage, "_sleep", lambda s: None)
     monkeypatch.setattr(_stage, "ATTEMPTS", 1)
+    monkeypatch.setattr(_stage, "SLOWEST", 1 << 40)  # the timeout alone, whatever the size
     released = threading.Event()
     location = Location(StuckFS(released), str(packed_dir(root)), DRIVE + ".packed")
     try:
