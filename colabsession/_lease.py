@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ._errors import LeaseError
-from ._records import InvalidRecord, Record, parse_record
+from ._records import InvalidRecord, Record, parse_record, read_duration
 from ._say import say
 from ._store import Store
 from ._units import format_duration
@@ -129,7 +129,7 @@ class Lease:
         clock may run an hour ahead; a ttl in the file may be huge), so a heartbeat in the
         future counts as now and a ttl counts for at most this writer's own."""
         age = max(0.0, self.now() - lease.heartbeat)
-        return age, min(max(lease.ttl, 0.0), self.ttl)
+        return age, read_duration(lease.ttl, at_most=self.ttl)
 
     def _stale(self, lease: LeaseRecord) -> bool:
         age, ttl = self._silence(lease)

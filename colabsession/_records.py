@@ -4,9 +4,11 @@ Everything colabsession reads back (a checkpoint's manifest, a lease, a history 
 dataset manifest) may come from Drive, which other notebooks and people can write, so it is
 untrusted. :func:`read_json` is the one way JSON read back is decoded: its size and its nesting
 are bounded (a few KB of ``[[[[...`` must not raise RecursionError here, or later when the value
-is written again), and every fault is :class:`InvalidRecord`. :func:`parse_record` builds on it: a
-record that misses a field, has a field of the wrong type, or was written by a newer format
-version raises :class:`InvalidRecord` too, and the caller skips it with a warning.
+is written again), and every fault is :class:`InvalidRecord`. Sizes and durations read back go
+through :func:`read_count` and :func:`read_duration`, names through ``_archive.is_plain``.
+:func:`parse_record` builds on it: a record that misses a field, has a field of the wrong type,
+or was written by a newer format version raises :class:`InvalidRecord` too, and the caller skips
+it with a warning.
 
 >>> @dataclass(frozen=True)
 ... class Point(Record):
@@ -69,10 +71,11 @@ def read_json(
 
     >>> read_json(b'{"a": [1, 2]}', what="a note")
     {'a': [1, 2]}
-    >>> read_json(b"[" * 5000 + b"]" * 5000, what="a note")
-    Traceback (most recent call last):
-    ...
-    colabsession._records.InvalidRecord: a note is nested too deeply to be a record
+    >>> try:
+    ...     read_json(b"[" * 5000 + b"]" * 5000, what="a note")
+    ... except InvalidRecord as exc:
+    ...     print(exc)
+    a note is nested too deeply to be a record
     """
     if len(data) > max_bytes:
         raise InvalidRecord(f"{what} is larger than {max_bytes:,} bytes")
@@ -85,6 +88,32 @@ def read_json(
     if _depth(value) > max_depth:
         raise InvalidRecord(f"{what} is nested too deeply to be a record")
     return value
+
+
+def read_count(value: Any) -> int | None:
+    """A size or count read back (an int, or digits in a string, as Drive's listings give
+    sizes), or None when it is anything else: negative, not a number, absurdly long.
+
+    >>> read_count("1024"), read_count(-1), read_count("1e3")
+    (1024, None, None)
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 20:
+        return int(value)
+    return None
+
+
+def read_duration(value: float, *, at_most: float) -> float:
+    """A duration read back (a ttl, a pause), bounded by the reader's own setting *at_most*:
+    a value written elsewhere never makes this process wait longer than it would itself.
+
+    >>> read_duration(1e12, at_most=120), read_duration(-5, at_most=120)
+    (120, 0.0)
+    """
+    return min(max(value, 0.0), at_most)
 
 
 def _depth(value: Any) -> int:

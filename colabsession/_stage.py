@@ -29,14 +29,14 @@ from typing import Any, ClassVar
 from . import _archive
 from ._dataset import DatasetInfo, Shard
 from ._errors import DataError
-from ._records import InvalidRecord, Record, parse_record
+from ._records import InvalidRecord, Record, parse_record, read_count
 from ._runtime import home_dir
 from ._say import say
 from ._storage import reason, replace_folder
 from ._store import SLOWEST, Store
 from ._timeout import Backoff, map_bounded
 from ._units import format_bytes
-from ._walk import SourceFile, byte_count, copy_file, same, walk
+from ._walk import SourceFile, copy_file, same, walk
 from .drive import Location
 
 logger = logging.getLogger(__name__)
@@ -548,7 +548,7 @@ def stage_archive(
         raise DataError(f"there is no archive at {location}") from None
     except (OSError, TimeoutError) as exc:
         raise DataError(f"cannot read {location} ({reason(exc)})") from None
-    size = byte_count(there.get("size"))
+    size = read_count(there.get("size"))
     if size is None:
         raise DataError(f"{location} reports no size that makes sense: is it a file?")
     change = there.get("md5Checksum") or there.get("mtime") or there.get("modifiedDate") or ""

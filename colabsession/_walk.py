@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._dataset import DIR
+from ._records import read_count
 from ._storage import write_fd
 from ._store import SLOWEST
 from ._timeout import call_with_timeout, map_bounded
@@ -123,7 +124,7 @@ def _walk_fs(
         if info.get("type") == "directory":
             found.append(SourceFile(relative, 0, DIR, 0.0, 0o755))
             continue
-        size = byte_count(info.get("size"))
+        size = read_count(info.get("size"))
         if size is None:  # a Google Doc, Sheet, ... (no bytes to copy), or a size that is none
             left_out.append(relative)
             continue
@@ -141,18 +142,6 @@ def _walk_fs(
                 listed.add(parent)
                 found.append(SourceFile(parent, 0, DIR, 0.0, 0o755))
     return found, left_out
-
-
-def byte_count(value: Any) -> int | None:
-    """A size as Drive or a mount reports it (an int, or digits in a string), checked: it is
-    read back from the remote, so anything else (negative, not a number) is None."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value if value >= 0 else None
-    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 20:
-        return int(value)
-    return None
 
 
 def _parents(relative: str) -> list[str]:
