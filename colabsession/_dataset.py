@@ -23,7 +23,7 @@ from typing import ClassVar
 
 from . import _archive
 from ._errors import DataError
-from ._records import InvalidRecord, Record, parse_record
+from ._records import MAX_BYTES, InvalidRecord, Record, parse_record
 from ._storage import reason
 from ._store import Store
 
@@ -151,7 +151,7 @@ def newest(
     found = manifests(names)
     for _, name in found:
         try:
-            info = parse(store.read(name), f"{store}/{name}")
+            info = parse(store.read(name, limit=MAX_BYTES), f"{store}/{name}")
         except (InvalidRecord, FileNotFoundError) as exc:
             problems.append(str(exc))
             continue

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from ._errors import DriveAPIError, DriveAuthError, DriveQuotaError
 from ._optional import require
+from ._records import read_json
 from ._runtime import detect_kind, home_dir
 from ._say import say
 from ._timeout import Backoff, call_with_timeout
@@ -41,6 +42,7 @@ CHECK_TIMEOUT = 20.0  # seconds connect() waits for Drive to confirm the folder
 
 
 ENV_CLIENT_SECRETS = "COLABSESSION_CLIENT_SECRETS"  # an OAuth client's JSON, for sign_in()
+CLIENT_FIELDS = ("client_id", "client_secret", "auth_uri", "token_uri")  # of an OAuth client
 TOKEN_FILE = "drive-token.json"  # a person's saved sign-in, under colabsession's home
 SIGN_IN_TIMEOUT = 300.0  # seconds the browser sign-in may take
 
@@ -115,7 +117,14 @@ def sign_in(
     from google_auth_oauthlib.flow import InstalledAppFlow
 
     config = _client_config(client_secrets)
-    flow = InstalledAppFlow.from_client_config(config, scopes=list(SCOPES))
+    try:
+        flow = InstalledAppFlow.from_client_config(config, scopes=list(SCOPES))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DriveAuthError(
+            f"cannot use the OAuth client given: {type(exc).__name__}. Download the client's "
+            "JSON again (Google Cloud console > APIs & Services > Credentials > the Desktop "
+            "app client > Download JSON)"
+        ) from None
     try:
         if run_flow is not None:
             credentials = run_flow(flow)
@@ -165,10 +174,13 @@ def _client_config(source: str | os.PathLike[str] | Mapping[str, Any] | None) ->
 
     def check(config: dict[str, Any]) -> dict[str, Any]:
         client = config.get("installed") or config.get("web")
-        if not isinstance(client, dict) or not all(
-            isinstance(client.get(k), str) for k in ("client_id", "client_secret")
-        ):
-            raise ValueError("no client_id and client_secret")
+        if not isinstance(client, dict):
+            raise _Lacks("it has no 'installed' or 'web' client")
+        # What google-auth-oauthlib's flow needs; checked here so that a client's JSON that
+        # lacks it is refused in words, not by the flow with a raw ValueError.
+        missing = [k for k in CLIENT_FIELDS if not isinstance(client.get(k), str) or not client[k]]
+        if missing:
+            raise _Lacks(f"it lacks {', '.join(missing)}")
         return config
 
     return _from_json(
@@ -246,13 +258,15 @@ def _from_json(
             text = _unwrap(os.fspath(source))
             if text.startswith("{"):
                 where = f"the {what}'s JSON"
-                info = json.loads(text)
+                info = read_json(text, what=where, max_bytes=1 << 20)
             else:
                 where = _describe_path(text, what)
                 path = Path(text).expanduser()
                 if private:
                     _warn_if_readable_by_others(path)
-                info = json.loads(path.read_text(encoding="utf-8-sig"))
+                info = read_json(
+                    path.read_text(encoding="utf-8-sig"), what=where, max_bytes=1 << 20
+                )
         if not isinstance(info, dict):
             raise ValueError("not a JSON object")
         return use(info)
@@ -260,8 +274,13 @@ def _from_json(
         raise DriveAuthError(
             f"cannot use {where}: {type(exc).__name__}"
             + (f" ({exc.strerror})" if isinstance(exc, OSError) and exc.strerror else "")
+            + (f" ({exc})" if isinstance(exc, _Lacks) else "")
             + f". {advice}"
         ) from None
+
+
+class _Lacks(ValueError):
+    """A credential's JSON lacks a field; the message names fields only, never values."""
 
 
 def _unwrap(text: str) -> str:
@@ -374,7 +393,7 @@ class Transport:
 def _error_of(content: Any) -> tuple[str, str]:
     """(reason, message) of a Drive API error answer; empty strings where it has none."""
     try:
-        error = json.loads(content)["error"]
+        error = read_json(content, what="Drive's answer", max_bytes=1 << 20)["error"]
         first = (error.get("errors") or [{}])[0]
         return str(first.get("reason", "")), str(first.get("message", error.get("message", "")))
     except (ValueError, TypeError, KeyError, AttributeError, IndexError):

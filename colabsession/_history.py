@@ -22,8 +22,9 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from ._errors import ConfigError
+from ._errors import CheckpointError, ConfigError
 from ._optional import installed, require
+from ._records import InvalidRecord, NotJSON, read_json
 from ._storage import reason, require_run, run_stores
 from ._store import Store
 from .drive import Location
@@ -33,6 +34,7 @@ logger = logging.getLogger(__name__)
 LOCAL = "history.jsonl"
 KIND = "colabsession-history"
 RESERVED = ("step", "time", "session", "attempt")
+MAX_LINE = 1 << 20  # bytes of one history line read back; a record of metrics is far smaller
 _REVISION = re.compile(r"history\.(\d{6,})\.jsonl")
 
 Record = dict[str, Any]
@@ -256,14 +258,17 @@ def parse_records(data: bytes) -> tuple[list[Record], dict[str, Any] | None]:
     (a log() and a save() of the same step) merge into one."""
     records: list[Record] = []
     header = None
-    bad = 0
+    bad = torn = 0
     for line in data.split(b"\n"):
         if not line.strip():
             continue
         try:
-            record = json.loads(line.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            bad += 1  # a line torn by a kill mid-append, or damage
+            record = read_json(line, what="a history line", max_bytes=MAX_LINE, constants=True)
+        except NotJSON:
+            torn += 1  # a line torn by a kill mid-append: expected, not damage
+            continue
+        except InvalidRecord:
+            bad += 1
             continue
         if not isinstance(record, dict):
             bad += 1
@@ -278,7 +283,9 @@ def parse_records(data: bytes) -> tuple[list[Record], dict[str, Any] | None]:
         else:
             bad += 1
     if bad:
-        logger.debug("colabsession: skipped %d unreadable history lines", bad)
+        logger.warning("colabsession: skipping %d damaged line(s) of the history", bad)
+    if torn:
+        logger.debug("colabsession: skipped %d history line(s) cut short", torn)
     return records, header
 
 
@@ -390,7 +397,14 @@ class HistoryLog:
                 self._dirty = index if self._dirty is None else min(self._dirty, index)
             else:
                 self.records.append(record)
-            self.local.append(LOCAL, encode([record]))
+            try:
+                self.local.append(LOCAL, encode([record]))
+            except OSError as exc:  # a full disk: a fault the caller can act on, said so
+                raise CheckpointError(
+                    f"cannot add step {record['step']} to the history in {self.local} "
+                    f"({reason(exc)}): free disk space (!df -h), then log or save again; the "
+                    "records so far are kept"
+                ) from None
 
     def sync(self) -> None:
         """Bring the location's history up to date with this session's records."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ._errors import LeaseError
-from ._records import InvalidRecord, Record, parse_record
+from ._records import InvalidRecord, Record, parse_record, read_duration
 from ._say import say
 from ._store import Store
 from ._units import format_duration
@@ -27,6 +27,7 @@ from ._units import format_duration
 logger = logging.getLogger(__name__)
 
 NAME = "lease.json"
+MAX_BYTES = 64 << 10  # a lease is a few hundred bytes
 
 
 @dataclass(frozen=True)
@@ -72,11 +73,13 @@ class Lease:
         """The lease as it stands; None when nobody holds it. Raises OSError or TimeoutError
         when the store does not answer."""
         try:
-            data = self.store.read(NAME)
+            data = self.store.read(NAME, limit=MAX_BYTES)
         except FileNotFoundError:
             return None
         try:
-            return parse_record(LeaseRecord, data, what=f"the lease of {self.what}")
+            return parse_record(
+                LeaseRecord, data, what=f"the lease of {self.what}", max_bytes=MAX_BYTES
+            )
         except InvalidRecord:
             # Damaged: held by someone unknown, heard of when the file was last written.
             return LeaseRecord(
@@ -120,8 +123,17 @@ class Lease:
         self.held = True
         self._start_heartbeat()
 
+    def _silence(self, lease: LeaseRecord) -> tuple[float, float]:
+        """How long *lease*'s holder has been silent and how long it may be, by this writer's
+        clock and settings: times and durations read from Drive are untrusted (another VM's
+        clock may run an hour ahead; a ttl in the file may be huge), so a heartbeat in the
+        future counts as now and a ttl counts for at most this writer's own."""
+        age = max(0.0, self.now() - lease.heartbeat)
+        return age, read_duration(lease.ttl, at_most=self.ttl)
+
     def _stale(self, lease: LeaseRecord) -> bool:
-        if self.now() - lease.heartbeat >= lease.ttl:
+        age, ttl = self._silence(lease)
+        if age >= ttl:
             return True
         if lease.host == socket.gethostname() and lease.pid > 0:
             import psutil
@@ -130,15 +142,16 @@ class Lease:
         return False
 
     def _wait_for_silence(self, lease: LeaseRecord) -> None:
-        age = self.now() - lease.heartbeat
+        age, ttl = self._silence(lease)
         say(
             f"{self.what} was written by {_who(lease)} {format_duration(age)} ago; "
-            f"waiting up to {format_duration(lease.ttl - age)} in case that runtime is gone"
+            f"waiting up to {format_duration(ttl - age)} in case that runtime is gone"
         )
         first_beat = lease.heartbeat
-        deadline = lease.heartbeat + lease.ttl + 1
+        # By this writer's clock alone: at most its own ttl, whatever the file says.
+        deadline = self.now() + (ttl - age) + 1
         while self.now() < deadline:
-            self.sleep(min(max(lease.ttl / 6, 0.05), 10.0))
+            self.sleep(min(max(ttl / 6, 0.05), 10.0))
             current = self.read()
             if not current or current.owner == self.owner or self._stale(current):
                 return
@@ -149,7 +162,7 @@ class Lease:
             return
         raise LeaseError(
             f"{self.what} is being written by another notebook ({_who(lease)}, heard of "
-            f"{format_duration(self.now() - lease.heartbeat)} ago). Two writers would overwrite "
+            f"{format_duration(self._silence(lease)[0])} ago). Two writers would overwrite "
             "each other's checkpoints: stop the other one, or take the run over (takeover=True, "
             "or `colabsession ckpt takeover RUN` from a shell)"
         )

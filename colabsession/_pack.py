@@ -27,7 +27,7 @@ from ._errors import DataError
 from ._runtime import home_dir
 from ._storage import reason
 from ._store import Store
-from ._walk import SourceFile, open_file, read_ahead
+from ._walk import SourceFile, read_ahead, stream_file
 from .drive import Location
 
 logger = logging.getLogger(__name__)
@@ -59,8 +59,11 @@ class ShardWriter:
     """One tar shard on the local disk, written member by member (tarfile encodes each header)
     through zstd or none, and hashed as it is written."""
 
-    def __init__(self, path: Path, compression: str, level: int = 3) -> None:
+    def __init__(
+        self, path: Path, compression: str, level: int = 3, *, timeout: float = 120.0
+    ) -> None:
         self.path = path
+        self.timeout = timeout  # seconds each read of a streamed source file may take
         self._file = open(path, "wb")  # noqa: SIM115 - closed in close()
         self._hashing = _Hashing(self._file)
         self._out: Any = (
@@ -87,10 +90,9 @@ class ShardWriter:
             info.size = item.size
             self._write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
             left = item.size
-            with open_file(source, item.path) as f:
-                while left and (chunk := f.read(min(left, _archive.CHUNK))):
-                    self._write(chunk)
-                    left -= len(chunk)
+            for chunk in stream_file(source, item.path, size=item.size, timeout=self.timeout):
+                self._write(chunk)
+                left -= len(chunk)
             if left:
                 raise DataError(
                     f"{source}/{item.path} changed while it was being packed: pack again"
@@ -160,7 +162,9 @@ def pack(
         root.mkdir(parents=True, exist_ok=True)
         store.makedirs()
         with tempfile.TemporaryDirectory(dir=root, prefix=".pack-") as tmp:
-            packer = _Packer(store, source, Path(tmp), kept, names, compression, shard_size, level)
+            packer = _Packer(
+                store, source, Path(tmp), kept, names, compression, shard_size, level, timeout
+            )
             try:
                 last_key = ""
                 for item, data in read_ahead(source, todo, workers=workers, timeout=timeout):
@@ -197,8 +201,10 @@ class _Packer:
         compression: str,
         shard_size: int,
         level: int,
+        timeout: float,
     ) -> None:
         self.store, self.source, self.tmp = store, source, tmp
+        self.timeout = timeout  # seconds one read of a source file may take
         self.compression, self.shard_size, self.level = compression, shard_size, level
         self.shards = list(kept)
         self.sequence = 1 + max((n for n, _ in _dataset.manifests(names)), default=0)
@@ -214,7 +220,7 @@ class _Packer:
     def add(self, item: SourceFile, data: bytes | None) -> None:
         if self.writer is None:
             path = self.tmp / f"shard-{self.written}"  # unique: the one before may be uploading
-            self.writer = ShardWriter(path, self.compression, self.level)
+            self.writer = ShardWriter(path, self.compression, self.level, timeout=self.timeout)
         self.writer.add(item, data, self.source)
 
     def next_shard(self) -> None:

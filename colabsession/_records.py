@@ -1,9 +1,14 @@
 """On-disk records: one JSON reader that validates into a typed, versioned dataclass.
 
-Everything colabsession reads back (a checkpoint's manifest, a lease) may come from Drive, which
-other notebooks and people can write, so it is untrusted: a record that is not valid JSON, misses
-a field, has a field of the wrong type, or was written by a newer format version raises
-:class:`InvalidRecord`, and the caller skips it.
+Everything colabsession reads back (a checkpoint's manifest, a lease, a history line, an env or
+dataset manifest) may come from Drive, which other notebooks and people can write, so it is
+untrusted. :func:`read_json` is the one way JSON read back is decoded: its size and its nesting
+are bounded (a few KB of ``[[[[...`` must not raise RecursionError here, or later when the value
+is written again), and every fault is :class:`InvalidRecord`. Sizes and durations read back go
+through :func:`read_count` and :func:`read_duration`, names through ``_archive.is_plain``.
+:func:`parse_record` builds on it: a record that misses a field, has a field of the wrong type,
+or was written by a newer format version raises :class:`InvalidRecord` too, and the caller skips
+it with a warning.
 
 >>> @dataclass(frozen=True)
 ... class Point(Record):
@@ -29,6 +34,10 @@ class InvalidRecord(ValueError):
     """A record read back is malformed: skip it, never use it."""
 
 
+class NotJSON(InvalidRecord):
+    """What was read back is not JSON at all (often a write cut short)."""
+
+
 @dataclass(frozen=True)
 class Record:
     """Base of the on-disk records: ``KIND`` names the record, ``VERSION`` its newest format."""
@@ -44,19 +53,100 @@ class Record:
 
 R = TypeVar("R", bound=Record)
 T = TypeVar("T")
+MAX_DEPTH = 256  # nesting of a record read back; colabsession writes far shallower ones
+MAX_BYTES = 256 << 20  # size of a record read back (a dataset of a million files is ~150 MB)
 
 
-def parse_record(cls: type[R], data: bytes | str | dict[str, Any], *, what: str = "") -> R:
-    """Decode and validate *data* (JSON, or a dict already decoded) as a *cls* record, or raise
-    :class:`InvalidRecord`."""
+def read_json(
+    data: bytes | str,
+    *,
+    what: str,
+    max_bytes: int = MAX_BYTES,
+    max_depth: int = MAX_DEPTH,
+    constants: bool = False,
+) -> Any:
+    """The JSON value *data* holds, read back from somewhere untrusted: at most *max_bytes*
+    long and *max_depth* deep, NaN and Infinity only with *constants*. Any fault (too large,
+    too deep, not JSON, not UTF-8) raises :class:`InvalidRecord`, never RecursionError.
+
+    >>> read_json(b'{"a": [1, 2]}', what="a note")
+    {'a': [1, 2]}
+    >>> try:
+    ...     read_json(b"[" * 5000 + b"]" * 5000, what="a note")
+    ... except InvalidRecord as exc:
+    ...     print(exc)
+    a note is nested too deeply to be a record
+    """
+    if len(data) > max_bytes:
+        raise InvalidRecord(f"{what} is larger than {max_bytes:,} bytes")
+    try:
+        value = json.loads(data, parse_constant=None if constants else _no_constant)
+    except RecursionError:
+        raise InvalidRecord(f"{what} is nested too deeply to be a record") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        raise NotJSON(f"{what} is not valid JSON ({str(exc)[:200]})") from None
+    if _depth(value) > max_depth:
+        raise InvalidRecord(f"{what} is nested too deeply to be a record")
+    return value
+
+
+def read_count(value: Any) -> int | None:
+    """A size or count read back (an int, or digits in a string, as Drive's listings give
+    sizes), or None when it is anything else: negative, not a number, absurdly long.
+
+    >>> read_count("1024"), read_count(-1), read_count("1e3")
+    (1024, None, None)
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 20:
+        return int(value)
+    return None
+
+
+def read_duration(value: float, *, at_most: float) -> float:
+    """A duration read back (a ttl, a pause), bounded by the reader's own setting *at_most*:
+    a value written elsewhere never makes this process wait longer than it would itself.
+
+    >>> read_duration(1e12, at_most=120), read_duration(-5, at_most=120)
+    (120, 0.0)
+    """
+    return min(max(value, 0.0), at_most)
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest in *value*, found without recursion."""
+    deepest = 0
+    todo = [(value, 1)]
+    while todo:
+        node, depth = todo.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        deepest = max(deepest, depth)
+        todo.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return deepest
+
+
+def parse_record(
+    cls: type[R],
+    data: bytes | str | dict[str, Any],
+    *,
+    what: str = "",
+    max_bytes: int = MAX_BYTES,
+) -> R:
+    """Decode (with :func:`read_json`) and validate *data* (JSON, or a dict already decoded by
+    it) as a *cls* record, or raise :class:`InvalidRecord`."""
     label = what or cls.KIND
     if not isinstance(data, (bytes, str)):
         raw: Any = data  # decoded already (and maybe not even a dict)
     else:
-        try:
-            raw = json.loads(data, parse_constant=_no_constant)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidRecord(f"{label} is not valid JSON ({exc})") from None
+        raw = read_json(data, what=label, max_bytes=max_bytes)
     if not isinstance(raw, dict):
         raise InvalidRecord(f"{label} is a JSON {type(raw).__name__}, not an object")
     if raw.get("kind") != cls.KIND:

@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 from . import _archive
 from ._dataset import DatasetInfo, Shard
 from ._errors import DataError
-from ._records import InvalidRecord, Record, parse_record
+from ._records import InvalidRecord, Record, parse_record, read_count
 from ._runtime import home_dir
 from ._say import say
 from ._storage import reason, replace_folder
@@ -138,14 +138,38 @@ def prepare(dest: Path) -> None:
 def exclusive(dest: Path) -> Iterator[None]:
     """Hold the staging of *dest* on this machine: another process (a second notebook) staging
     the same waits, then finds it staged."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with _holding(
+        dest.parent / f".{dest.name}.lock",
+        f"another process on this machine is staging {dest}; waiting for it to finish",
+    ):
+        yield
+
+
+@contextlib.contextmanager
+def downloading(source: str) -> Iterator[Path]:
+    """Hold the download cache's copies of *source* on this machine and return the cache:
+    two stagings of one dataset to two destinations share its copies, and one must not
+    rewrite or remove a copy the other is reading."""
+    cache = downloads()
+    cache.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+    with _holding(
+        cache.parent / f".download-{digest}.lock",  # beside the cache: it empties once staged
+        f"another staging of {source} on this machine is copying it; waiting for it to finish",
+    ):
+        yield cache
+
+
+@contextlib.contextmanager
+def _holding(path: Path, waiting: str) -> Iterator[None]:
     from filelock import FileLock, Timeout
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(dest.parent / f".{dest.name}.lock"))
+    lock = FileLock(str(path))
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        say(f"another process on this machine is staging {dest}; waiting for it to finish")
+        say(waiting)
         lock.acquire()
     try:
         yield
@@ -224,36 +248,35 @@ def stage_packed(
     others are copied to the local disk several at once, each verified before it is unpacked.
     If reading the first one as it arrives fails, it all starts again with every shard copied
     first (what was copied is kept)."""
-    cache = downloads()
-    cache.mkdir(parents=True, exist_ok=True)
-    suffix = ".tar.zst" if info.compression == "zstd" else ".tar"
-    local = [cache / f"{s.sha256}{suffix}" for s in info.shards]
-    have = [
-        _size(p) if _size(p) == s.size else _size(_part(p))
-        for s, p in zip(info.shards, local, strict=True)
-    ]
-    check_space(dest.parent, info.unpacked + info.size - sum(have), str(store))
-    prepare(dest)
-    with (
-        bar(info.size, "copying shards", sum(have)) as copied,
-        bar(info.unpacked, f"staging {dest.name}") as unpacked,
-    ):
-        job = _Unpacking(store, info, local, dest, workers, timeout, copied, unpacked)
-        try:
-            job.run(stream=True)
-        except _StreamFailed as exc:
-            logger.warning(
-                "colabsession: reading %s as it arrived failed (%s); copying it first",
-                info.shards[0].name,
-                exc,
-            )
-            unpacked.reset()
-            job.run(stream=False)
-        result = record(str(store), key, "packed", dest, info.files, info.unpacked, started)
-        commit(job.partial, dest, result)
-    for path in local:
-        with contextlib.suppress(OSError):
-            path.unlink()
+    with downloading(str(store)) as cache:
+        suffix = ".tar.zst" if info.compression == "zstd" else ".tar"
+        local = [cache / f"{s.sha256}{suffix}" for s in info.shards]
+        have = [
+            _size(p) if _size(p) == s.size else _size(_part(p))
+            for s, p in zip(info.shards, local, strict=True)
+        ]
+        check_space(dest.parent, info.unpacked + info.size - sum(have), str(store))
+        prepare(dest)
+        with (
+            bar(info.size, "copying shards", sum(have)) as copied,
+            bar(info.unpacked, f"staging {dest.name}") as unpacked,
+        ):
+            job = _Unpacking(store, info, local, dest, workers, timeout, copied, unpacked)
+            try:
+                job.run(stream=True)
+            except _StreamFailed as exc:
+                logger.warning(
+                    "colabsession: reading %s as it arrived failed (%s); copying it first",
+                    info.shards[0].name,
+                    exc,
+                )
+                unpacked.reset()
+                job.run(stream=False)
+            result = record(str(store), key, "packed", dest, info.files, info.unpacked, started)
+            commit(job.partial, dest, result)
+        for path in local:
+            with contextlib.suppress(OSError):
+                path.unlink()
     return result
 
 
@@ -406,8 +429,9 @@ def _stream_shard(
     finally:
         abandoned.set()
         tee.close()
+        # Bounded too: closing a file whose read is stuck on a dead mount waits for that read.
         with contextlib.suppress(Exception):
-            remote.close()
+            store.io(f"close {shard.name}", remote.close)
     if tee.size != shard.size or tee.sha256.hexdigest() != shard.sha256:
         part.unlink()
         raise _StreamFailed("its sha256 does not match the manifest's")
@@ -524,20 +548,30 @@ def stage_archive(
         raise DataError(f"there is no archive at {location}") from None
     except (OSError, TimeoutError) as exc:
         raise DataError(f"cannot read {location} ({reason(exc)})") from None
-    size = int(there.get("size") or 0)
+    size = read_count(there.get("size"))
+    if size is None:
+        raise DataError(f"{location} reports no size that makes sense: is it a file?")
     change = there.get("md5Checksum") or there.get("mtime") or there.get("modifiedDate") or ""
     key = f"archive:{size}:{change}"
     found = cached(dest, key)
     if found is not None:
         return found, True
-    cache = downloads()
-    cache.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256(f"{location.fs.protocol}:{location.path}:{key}".encode()).hexdigest()
-    local = cache / f"{digest[:32]}-{name[-40:]}"
-    check_space(dest.parent, 2 * size - _size(_part(local)) - _size(local), str(location))
-    prepare(dest)
-    if _size(local) != size:
-        _fetch_archive(store, name, local, size)
+    with downloading(str(location)) as cache:
+        local = cache / f"{digest[:32]}-{name[-40:]}"
+        check_space(dest.parent, 2 * size - _size(_part(local)) - _size(local), str(location))
+        prepare(dest)
+        if _size(local) != size:
+            _fetch_archive(store, name, local, size)
+        result = _unpack_archive(location, name, local, dest, key, started)
+        with contextlib.suppress(OSError):
+            local.unlink()
+    return result, False
+
+
+def _unpack_archive(
+    location: Location, name: str, local: Path, dest: Path, key: str, started: float
+) -> StagedInfo:
     with bar(0, f"staging {dest.name}") as shown, unpacking(dest) as partial:
         unpacker = _archive.Unpacker(partial, progress=lambda m: shown.update(m.size))
         try:
@@ -563,9 +597,7 @@ def stage_archive(
             raise
         result = record(str(location), key, "archive", dest, files, unpacked, started)
         commit(partial, dest, result)
-    with contextlib.suppress(OSError):
-        local.unlink()
-    return result, False
+    return result
 
 
 def _fetch_archive(store: Store, name: str, local: Path, size: int) -> None:
@@ -645,7 +677,7 @@ def stage_folder(
     partial.mkdir(parents=True, exist_ok=True)
     for item in files:
         if item.is_dir:
-            (partial / item.path).mkdir(exist_ok=True)
+            (partial / item.path).mkdir(parents=True, exist_ok=True)
     todo = [f for f in files if not f.is_dir and not same(f, f"{partial}/{f.path}")]
     largest = max((f.size for f in todo), default=0)
 
@@ -691,9 +723,13 @@ def list_source(
     workers: int,
     timeout: float,
     skip: Callable[[str], bool] | None = None,
+    packing: bool = False,
 ) -> list[SourceFile]:
     """The files of the folder *location* (see :func:`._walk.walk`); DataError when it cannot
-    be listed. Links and special files are left out, with a warning."""
+    be listed. Links and special files are left out, with a warning. A name that could not be
+    an archive member (see :func:`._archive.is_plain`: Drive's titles are free text, ``..``,
+    ``a/b``, a backslash) is left out with a warning, or, when *packing*, refused before
+    anything is written: a shard holding it could never be staged."""
     try:
         files, left_out = walk(location, workers=workers, timeout=timeout, skip=skip or _none)
     except FileNotFoundError:
@@ -712,4 +748,20 @@ def list_source(
             location,
             left_out[0],
         )
-    return files
+    unsafe = [f.path for f in files if not _archive.is_plain(f.path)]
+    if not unsafe:
+        return files
+    if packing:
+        raise DataError(
+            f"{len(unsafe)} name(s) in {location} cannot be packed (first: {unsafe[0][:200]!r}): "
+            "a name may hold no backslash or NUL and no part may be '.' or '..'. Rename them "
+            "(or move them out of the folder) and pack again; nothing was written"
+        )
+    logger.warning(
+        "colabsession: leaving out %d file(s) of %s whose names cannot be a path inside the "
+        "destination (a backslash, NUL, '.' or '..'; first: %r): rename them to stage them",
+        len(unsafe),
+        location,
+        unsafe[0][:200],
+    )
+    return [f for f in files if _archive.is_plain(f.path)]

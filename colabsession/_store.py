@@ -97,8 +97,17 @@ class Store:
 
         return self.io("list", listing)
 
-    def read(self, name: str) -> bytes:
-        return bytes(self.io(f"read {name}", lambda: self.fs.cat_file(self.path(name))))
+    def read(self, name: str, *, limit: int | None = None) -> bytes:
+        """The content of *name*; with *limit*, no more than its first ``limit + 1`` bytes,
+        enough to tell that it is too large (a file read back is untrusted: it may be huge)."""
+        if limit is None:
+            return bytes(self.io(f"read {name}", lambda: self.fs.cat_file(self.path(name))))
+
+        def job() -> bytes:
+            with self.fs.open(self.path(name), "rb") as f:
+                return bytes(f.read(limit + 1))
+
+        return self.io(f"read {name}", job)
 
     def write(self, name: str, data: bytes) -> None:
         """Write a new file *name* (unique, or replacing one whose loss is harmless)."""

@@ -10,6 +10,8 @@ Local paths (the mount included) are read with bare system calls: Python's ``ope
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -18,12 +20,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._dataset import DIR
+from ._records import read_count
 from ._storage import write_fd
+from ._store import SLOWEST
 from ._timeout import call_with_timeout, map_bounded
 from .drive import Location
 
 CHUNK = 1 << 20
 SMALL = 16 << 20  # files up to this size are read whole, ahead of the writer
+STREAM_CHUNK = 4 << 20  # bytes of a larger file read at a time
 
 
 @dataclass(frozen=True)
@@ -119,15 +124,23 @@ def _walk_fs(
         if info.get("type") == "directory":
             found.append(SourceFile(relative, 0, DIR, 0.0, 0o755))
             continue
-        if info.get("size") is None:  # a Google Doc, Sheet, ...: no bytes to copy
+        size = read_count(info.get("size"))
+        if size is None:  # a Google Doc, Sheet, ... (no bytes to copy), or a size that is none
             left_out.append(relative)
             continue
-        size = int(info["size"])
         change = next(
             (info[k] for k in ("md5Checksum", "md5", "ETag", "mtime", "modifiedDate") if k in info),
             "",
         )
         found.append(SourceFile(relative, size, f"{size}:{change}", _time(info)))
+    # The Drive API's listing names files, not always their folders: each folder a file is in
+    # is one of the source's, listed or not (or staging it finds no folder to copy into).
+    listed = {f.path for f in found}
+    for item in list(found):
+        for parent in _parents(item.path):
+            if parent not in listed:
+                listed.add(parent)
+                found.append(SourceFile(parent, 0, DIR, 0.0, 0o755))
     return found, left_out
 
 
@@ -146,7 +159,7 @@ def read_ahead(
 ) -> Iterator[tuple[SourceFile, bytes | None]]:
     """Each of *files* (in order) with its content, read by *workers* threads ahead of the
     caller; a folder, or a file larger than 16 MiB, comes with None (stream it with
-    :func:`open_file`, so that memory stays bounded)."""
+    :func:`stream_file`, so that memory stays bounded)."""
 
     def read(item: SourceFile) -> tuple[SourceFile, bytes | None]:
         if item.is_dir or item.size > SMALL:
@@ -171,9 +184,27 @@ def read_file(location: Location, relative: str) -> bytes:
         os.close(fd)
 
 
-def open_file(location: Location, relative: str) -> Any:
-    """A file under *location*, open for reading (for files too large to read whole)."""
-    return location.fs.open(f"{location.path.rstrip('/')}/{relative}", "rb")
+def stream_file(location: Location, relative: str, *, size: int, timeout: float) -> Iterator[bytes]:
+    """The first *size* bytes of a file under *location*, in chunks (for files too large to
+    read whole). Opening it, each read and closing it are each bounded by *timeout* seconds
+    (more for a larger chunk): a mount that stops answering mid-file raises TimeoutError, and
+    the read it is stuck in is abandoned."""
+    path = f"{location.path.rstrip('/')}/{relative}"
+    limit = timeout + STREAM_CHUNK / SLOWEST
+    f = call_with_timeout(lambda: location.fs.open(path, "rb"), timeout, what=f"open {path}")
+    try:
+        left = size
+        while left:
+            chunk = call_with_timeout(
+                functools.partial(f.read, min(left, STREAM_CHUNK)), limit, what=f"read {path}"
+            )
+            if not chunk:
+                return
+            left -= len(chunk)
+            yield bytes(chunk)
+    finally:
+        with contextlib.suppress(OSError, TimeoutError):
+            call_with_timeout(f.close, timeout, what=f"close {path}")
 
 
 def copy_file(location: Location, item: SourceFile, target: str) -> int:

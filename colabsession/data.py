@@ -102,7 +102,9 @@ def pack(
         raise DataError(f"{src} is a packed dataset already: stage it, cs.data.stage({src})")
     inside = target.is_local == src.is_local and _within(target.path, src.path)
     skip_inside = (lambda p: p == target.path[len(src.path) :].strip("/")) if inside else None
-    files = _list(src, workers, seconds, skip_inside)
+    files = _stage.list_source(
+        src, workers=workers, timeout=seconds, skip=skip_inside, packing=True
+    )
     if not any(not f.is_dir for f in files):
         raise DataError(f"{src} holds no files to pack")
     total = sum(f.size for f in files)

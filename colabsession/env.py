@@ -36,7 +36,7 @@ from typing import Any, ClassVar, overload
 
 from . import _archive
 from ._errors import ColabSessionError, ConfigError, EnvError
-from ._records import InvalidRecord, Record, parse_record
+from ._records import InvalidRecord, Record, parse_record, read_json
 from ._runtime import home_dir
 from ._say import say
 from ._storage import reason, sha256_file
@@ -54,6 +54,8 @@ DEFAULT_NAME = "my_env"
 LEGACY_MANIFEST = "manifest.json"  # colabsession 0.1: one manifest, rewritten in place
 FORMAT = "colabsession-env"
 TIMEOUT = 120.0  # seconds any one Drive operation may take (more for the archive, by its size)
+MAX_RATIO = 64  # unpacked bytes per archive byte at most, when the manifest does not say
+MAX_MANIFEST = 16 << 20  # bytes of a manifest read back (a layer of thousands of packages: ~1 MB)
 UV_CONSTRAINTS = ("UV_CONSTRAINT", "UV_BUILD_CONSTRAINT")
 _MANIFEST = re.compile(r"manifest\.(\d{6,})\.([0-9a-f]{8})\.json")
 _ARCHIVE = re.compile(r"layer-[0-9a-f]{16,64}\.tar\.(gz|zst)")
@@ -88,10 +90,7 @@ class EnvInfo(Record):
 
 def _parse(data: bytes, name: str, manifest: str) -> EnvInfo:
     """Decode a manifest read from Drive (untrusted) and check what it may point at."""
-    try:
-        raw = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRecord(f"{manifest} is not valid JSON ({exc})") from None
+    raw = read_json(data, what=manifest, max_bytes=MAX_MANIFEST)
     if isinstance(raw, dict) and raw.get("format") == FORMAT and "kind" not in raw:
         try:  # colabsession 0.1's layout: packages as objects
             raw = {
@@ -153,8 +152,10 @@ def install(
     for requirement in requirements:
         _check_requirement(requirement)
     store = _env_store(location, name)
+    names = _listing(store, name)
+    base = _newest(names)  # as it was before reading it: a save after this is noticed
     try:
-        previous = _current(store, name, missing_ok=True)
+        previous = _current(store, name, missing_ok=True, names=names)
     except EnvError as exc:
         logger.warning("colabsession: %s; building it anew from the requirements given", exc)
         previous = None
@@ -169,7 +170,7 @@ def install(
                 f"nothing to add, and nothing was saved to {store}"
             )
             return previous
-        info = _persist(store, name, layer, wanted, pins, tool, tmp)
+        info = _persist(store, name, layer, wanted, pins, tool, tmp, base)
         local = _move_into_place(layer, info)
     _activate(local, info)
     say(
@@ -219,7 +220,8 @@ def restore(
     _check_name(name)
     started = time.monotonic()
     store = _env_store(location, name)
-    info = _current(store, name, missing_ok=default)
+    names = _listing(store, name)
+    info = _current(store, name, missing_ok=default, names=names)
     if info is None:
         say(
             f"no environment {name!r} saved yet: nothing to restore. Save your "
@@ -239,7 +241,7 @@ def restore(
         with _workspace(name) as tmp:
             layer = tmp / "layer"
             built = _build_layer(pins, layer, pip_args, tool, resolve_deps=False)
-            info = _persist(store, name, layer, info.requirements, built, tool, tmp)
+            info = _persist(store, name, layer, info.requirements, built, tool, tmp, _newest(names))
             local = _move_into_place(layer, info)
     else:
         local = local_path(info)
@@ -280,9 +282,14 @@ def remove(name: str, location: str | os.PathLike[str] | Location | None = None)
     imported in this kernel stay imported until it restarts."""
     _check_name(name)
     store = _env_store(location, name)
-    if not store.names():
-        raise EnvError(f"there is no environment {name!r} in {store}")
-    store.io("delete", lambda: store.fs.rm(store.root, recursive=True))
+    try:
+        if not store.names():
+            raise EnvError(f"there is no environment {name!r} in {store}")
+        store.io("delete", lambda: store.fs.rm(store.root, recursive=True))
+    except (OSError, TimeoutError) as exc:
+        raise EnvError(
+            f"cannot delete the environment {name!r} in {store} ({reason(exc)})"
+        ) from None
     shutil.rmtree(_local_root() / name, ignore_errors=True)
 
 
@@ -522,8 +529,11 @@ def _compile(layer: Path) -> None:
 
 def _env_root(location: str | os.PathLike[str] | Location | None) -> Location:
     root = resolve(location or DEFAULT_LOCATION)
+    store = Store(root, timeout=TIMEOUT, durable=False)
     try:
-        is_file = root.fs.isfile(root.path)
+        is_file = store.io("look up", lambda: root.fs.isfile(root.path))
+    except TimeoutError as exc:  # a mount that stopped answering: say so, never hang
+        raise EnvError(f"cannot reach the environments in {root} ({reason(exc)})") from None
     except OSError:
         is_file = False
     if is_file:
@@ -542,13 +552,12 @@ def _store_in(root: Location, name: str) -> Store:
     return Store(root.join(name), timeout=TIMEOUT, durable=False)
 
 
-def _current(store: Store, name: str, *, missing_ok: bool = False) -> EnvInfo | None:
+def _current(
+    store: Store, name: str, *, missing_ok: bool = False, names: set[str] | None = None
+) -> EnvInfo | None:
     """The newest complete manifest of the environment in *store* (whose archive is there); an
-    older one serves when a newer one is damaged."""
-    try:
-        names = set(store.names())
-    except (OSError, TimeoutError) as exc:
-        raise EnvError(f"cannot read the environment {name!r} in {store} ({reason(exc)})") from None
+    older one serves when a newer one is damaged. *names*: the folder's listing, if known."""
+    names = _listing(store, name) if names is None else names
     numbered = sorted(
         ((int(m.group(1)), n) for n in names if (m := _MANIFEST.fullmatch(n))), reverse=True
     )
@@ -556,7 +565,7 @@ def _current(store: Store, name: str, *, missing_ok: bool = False) -> EnvInfo | 
     problems = []
     for manifest in manifests:
         try:
-            info = _parse(store.read(manifest), name, manifest)
+            info = _parse(store.read(manifest, limit=MAX_MANIFEST), name, manifest)
         except (InvalidRecord, FileNotFoundError) as exc:
             problems.append(str(exc))
             continue
@@ -585,6 +594,32 @@ def _current(store: Store, name: str, *, missing_ok: bool = False) -> EnvInfo | 
     )
 
 
+def _sequences(names: Iterable[str]) -> dict[str, int]:
+    """The numbered manifests among *names*, with their numbers."""
+    return {n: int(m.group(1)) for n in names if (m := _MANIFEST.fullmatch(n))}
+
+
+def _listing(store: Store, name: str) -> set[str]:
+    """The names of the environment's files in *store*."""
+    try:
+        return set(store.names())
+    except (OSError, TimeoutError) as exc:
+        raise EnvError(f"cannot read the environment {name!r} in {store} ({reason(exc)})") from None
+
+
+def _newest(names: set[str]) -> int:
+    """The number of the newest manifest among *names* (0: none): what a new one continues."""
+    return max(_sequences(names).values(), default=0)
+
+
+def _raced(name: str, what: str) -> EnvError:
+    return EnvError(
+        f"another install into environment {name!r} {what}, so this one saved nothing (two "
+        "at once would leave only one of them). Run cs.env.install() again: it adds to the "
+        "environment as the other one saved it"
+    )
+
+
 def _persist(
     store: Store,
     name: str,
@@ -593,15 +628,30 @@ def _persist(
     pins: Sequence[tuple[str, str]],
     tool: str,
     tmp: Path,
+    base: int,
 ) -> EnvInfo:
     """Archive *layer* and save it: the archive under a name of its content, then a new
-    manifest (the commit); only then the older manifests and archives are removed."""
+    manifest (the commit); only then the older manifests and archives are removed.
+
+    Saves into one environment are serialised by compare-and-swap on the manifests' numbers:
+    the new one is numbered *base* + 1, *base* being the newest when the install began. A
+    newer one found before the commit (another install saved meanwhile), or another of the same
+    number found after it (one saving at the same moment), means this install withdraws and
+    says so: it was built on what is no longer the environment."""
     _compile(layer)
     archive = tmp / "layer.tar.zst"
     stats = _archive.pack(layer, archive)
     digest = sha256_file(archive)
-    names = set(store.names())
-    sequence = 1 + max((int(m.group(1)) for n in names if (m := _MANIFEST.fullmatch(n))), default=0)
+    try:
+        names = set(store.names())
+    except (OSError, TimeoutError) as exc:
+        raise EnvError(
+            f"saving environment {name!r} to {store} failed ({reason(exc)}); its previous "
+            "version is unchanged"
+        ) from None
+    if _newest(names) != base:
+        raise _raced(name, "saved a new version while this one was building")
+    sequence = base + 1
     info = EnvInfo(
         name=name,
         python=platform.python_version(),
@@ -637,6 +687,15 @@ def _persist(
             f"saving environment {name!r} to {store} failed ({reason(exc)}); its previous "
             "version is unchanged"
         ) from None
+    try:
+        rivals = [n for n, k in _sequences(store.names()).items() if k == sequence]
+    except (OSError, TimeoutError) as exc:  # saved; the check before the commit has to do
+        logger.warning("colabsession: could not look for a concurrent install: %s", exc)
+        rivals = []
+    if any(n != manifest for n in rivals):  # saved with another: neither may claim it
+        with contextlib.suppress(OSError, TimeoutError):
+            store.remove(manifest)
+        raise _raced(name, "saved at the same moment")
     for old in names:  # the new manifest is whole: what it replaces can go
         stale = _MANIFEST.fullmatch(old) or old == LEGACY_MANIFEST
         if stale or (_ARCHIVE.fullmatch(old) and old != info.archive):
@@ -666,7 +725,9 @@ def _fetch(store: Store, info: EnvInfo) -> Path:
     _check_space(root, info)
     temp = root / f".fetch-{secrets.token_hex(4)}"
     compression = _archive.compression_of(info.archive)
-    limit = info.unpacked or None
+    # A manifest that declares no unpacked size (colabsession 0.1's, or one that says 0) gets a
+    # limit from the archive's own size: no layer compresses that well, a bomb does.
+    limit = info.unpacked or info.size * MAX_RATIO
 
     def job() -> _archive.HashingReader:
         # One pass: a thread reads the archive from Drive, hashes and decompresses it, while this
