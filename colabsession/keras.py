@@ -12,6 +12,7 @@ exact to the batch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -150,7 +151,9 @@ class SessionCheckpoint(_Callback):  # type: ignore[misc]
         optimizer = getattr(model, "optimizer", None)
         if optimizer is not None and state.get("optimizer"):
             if not optimizer.built:
-                optimizer.build(model.trainable_variables)
+                strategy = getattr(model, "distribute_strategy", None)  # TensorFlow's
+                with strategy.scope() if strategy is not None else contextlib.nullcontext():
+                    optimizer.build(model.trainable_variables)
             _assign(optimizer.variables, state["optimizer"], "optimizer")
         self.data = dict(state.get("data") or {})
         self._resumed_logs = state.get("logs") or None

@@ -479,6 +479,7 @@ def test_mirrored_strategy_over_two_cpus(keras: Any, tmp_path: Path) -> None:
     if len(cpus) < 2:
         pytest.skip("needs two logical CPUs (configured in conftest before TF starts)")
     strategy = tf.distribute.MirroredStrategy([d.name for d in cpus[:2]])
+    keras.utils.set_random_seed(0)
     with strategy.scope():
         model = small_model(keras)
     x, y = data()
@@ -492,6 +493,21 @@ def test_mirrored_strategy_over_two_cpus(keras: Any, tmp_path: Path) -> None:
     assert restored.state["data"]["batch_size"] == 8
     assert restored.state["steps_per_epoch"] == 8
     assert int(model.optimizer.iterations.numpy()) == 16
+
+    # Stopped inside an epoch (the 3rd batch of the 2nd) and resumed under the strategy: the
+    # optimizer is built in its scope, and the metrics' totals go back into the replicas.
+    args: dict[str, Any] = {"run": "m", "location": tmp_path / "cut", "epochs": 2, "seed": 1}
+    keras.utils.set_random_seed(0)  # the model of the first run
+    with strategy.scope():
+        model = small_model(keras)
+    with pytest.raises(KeyboardInterrupt):
+        cs.fit(model, x, y, batch_size=8, verbose=0, callbacks=[_interrupt_at(keras, 11)], **args)
+    with strategy.scope():
+        model = small_model(keras)
+    resumed = cs.fit(model, x, y, batch_size=8, verbose=0, **args)
+    assert resumed.epoch == [0, 1]
+    assert int(model.optimizer.iterations.numpy()) == 16
+    np.testing.assert_allclose(resumed.history["loss"], history.history["loss"], rtol=1e-5)
 
 
 def test_a_run_keeps_the_batch_size_it_started_with(
