@@ -228,6 +228,38 @@ def _raise_at(keras: Any, batch: int) -> Any:
     return Fail()
 
 
+def test_a_resumed_epoch_of_an_older_checkpoint_averages_by_sample(
+    keras: Any, tmp_path: Path
+) -> None:
+    """A checkpoint saved without the metrics' totals (by an earlier colabsession) has only the
+    running means: the epoch cut short weighs them by samples, as Keras' Mean does, so its loss
+    is the uninterrupted one's though the last batch is partial (60 rows: 16, 16, 16, 12)."""
+    x, y = data()
+    x, y = x[:60], y[:60]
+    args: dict[str, Any] = {"run": "r", "epochs": 2, "batch_size": 16, "seed": 0, "verbose": 0}
+    keras.utils.set_random_seed(0)
+    reference = cs.fit(small_model(keras), x, y, location=tmp_path / "ref", **args)
+    keras.utils.set_random_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        cs.fit(
+            small_model(keras),
+            x,
+            y,
+            location=tmp_path / "new",
+            callbacks=[_interrupt_at(keras, 6)],
+            **args,
+        )
+    saved = cs.Checkpointer(tmp_path / "new").restore()
+    assert saved is not None
+    assert saved.step == 6
+    older = {k: v for k, v in saved.state.items() if k != "metrics"}
+    with cs.Checkpointer(tmp_path / "old", every=None) as ckpt:
+        ckpt.save(saved.step, older, metrics=saved.metrics)
+    resumed = cs.fit(small_model(keras), x, y, location=tmp_path / "old", **args)
+    assert resumed.epoch == [1]  # (the history of epoch 0 stayed in "new")
+    assert resumed.history["loss"][0] == pytest.approx(reference.history["loss"][1], rel=1e-6)
+
+
 def test_plain_fit_saves_epoch_ends_only_and_trains_no_batch_twice(
     keras: Any, tmp_path: Path
 ) -> None:
