@@ -28,6 +28,7 @@ def fit(
     run: str,
     epochs: int,
     batch_size: int | None = None,
+    validation_split: float = 0.0,
     validation_data: Any = None,
     seed: int | None = None,
     every: Duration | None = "10min",
@@ -47,16 +48,19 @@ def fit(
 
     With arrays as *x* and *y*, cs.fit draws each epoch's order from (*seed*, epoch) and a
     resumed run skips the batches already done, so a run killed at any step ends with the same
-    weights, bit for bit, as an uninterrupted one (same machine, deterministic ops). Without a
-    *seed* one is drawn and kept in the checkpoint. Other inputs (a tf.data Dataset, a generator)
-    resume at the start of the checkpoint's epoch.
+    weights and the same History, bit for bit, as an uninterrupted one (same machine,
+    deterministic ops). Without a *seed* one is drawn and kept in the checkpoint. Other inputs
+    (a tf.data Dataset, a generator) order themselves: those runs are saved at epoch ends only
+    and resume after the last saved epoch, as with cs.keras.SessionCheckpoint.
 
-    *batch_size* is per replica: under a strategy with several replicas the global batch is
-    that many times larger. Before the session deadline cs.fit saves, stops, and says how to
-    continue. Returns a keras History with every epoch of every session of the run; a run that
-    already has all its *epochs* returns it at once. *restart* starts the run over (its earlier
-    checkpoints and history are set aside, never deleted); *takeover* takes the run from another
-    notebook whose lease has not expired.
+    *batch_size* is the global batch, as in ``model.fit``: under a strategy or distribution over
+    N devices each gets batch_size / N (pass ``batch_size=64 * N`` to keep 64 per device). A run
+    keeps the batch size it was started with. *validation_split* holds out the last fraction of
+    the arrays, taken before any shuffling, as ``model.fit`` does. Before the session deadline
+    cs.fit saves, stops, and says how to continue. Returns a keras History with every epoch of
+    every session of the run; a run that already has all its *epochs* returns it at once.
+    *restart* starts the run over (its earlier checkpoints and history are set aside, never
+    deleted); *takeover* takes the run from another notebook whose lease has not expired.
 
     >>> history = cs.fit(model, x, y, run="digits-cnn", epochs=50, batch_size=64, seed=0)
     """
@@ -74,6 +78,9 @@ def fit(
             "weights in a tf.data Dataset, or use model.fit with cs.keras.SessionCheckpoint)"
         )
     _check_scope(model)
+    arrays = _is_arrays(x) and (y is None or _is_arrays(y))
+    if validation_split:
+        x, y, validation_data = _split(x, y, validation_split, validation_data, arrays)
     callback = SessionCheckpoint(
         location if location is not None else run,
         every=every,
@@ -85,14 +92,9 @@ def fit(
         takeover=takeover,
     )
     callback.total_epochs = epochs
+    callback.exact = arrays  # cs.fit orders arrays itself: their runs resume inside an epoch
     callback.close_on_train_end = False  # cs.fit may call model.fit twice; it closes at the end
-    replicas = (
-        int(getattr(model.distribute_strategy, "num_replicas_in_sync", 1))
-        if hasattr(model, "distribute_strategy")
-        else 1
-    )
-    per_replica = batch_size or 32
-    global_batch = per_replica * replicas
+    global_batch = batch_size or 32  # global, as model.fit's, under any strategy
     details = {"run": run, "location": str(callback.location), "epochs": epochs}
     try:
         with callback.ckpt:  # SIGTERM: save at the next batch and stop
@@ -107,6 +109,7 @@ def fit(
                     seed=seed,
                     run=run,
                     global_batch=global_batch,
+                    replicas=_replicas(keras, model),
                     validation_data=validation_data,
                     verbose=verbose,
                     callbacks=callbacks,
@@ -145,6 +148,7 @@ def _train(
     seed: int | None,
     run: str,
     global_batch: int,
+    replicas: int,
     validation_data: Any,
     verbose: Any,
     callbacks: Sequence[Any],
@@ -173,18 +177,22 @@ def _train(
         callbacks=[callback, *progress, *callbacks],
         **fit_kwargs,
     )
-    if _is_arrays(x) and (y is None or _is_arrays(y)):
+    if callback.exact:
         saved_batch = callback.data.get("batch_size")
-        if skip and saved_batch not in (None, global_batch):
+        if restored is not None and saved_batch not in (None, global_batch):
+            asked, global_batch = global_batch, int(saved_batch)
             logger.warning(
-                "colabsession: %s was saved with a global batch of %s, not %s: resuming at the "
-                "start of epoch %d",
+                "colabsession: %s was started with a global batch of %s (%s); it keeps it, so "
+                "that its epochs and steps stay as they were: pass batch_size=%s, or train "
+                "with another batch size under a new run name (or restart=True)",
                 run,
                 saved_batch,
-                global_batch,
-                epoch + 1,
+                "batch_size was per replica then"
+                if saved_batch == asked * replicas
+                else f"not {asked}",
+                saved_batch,
             )
-            skip = 0
+        fit_args.setdefault("validation_batch_size", global_batch)  # as model.fit's default
         stored = callback.data.get("seed")
         if stored is not None and seed is not None and stored != seed:
             logger.warning("colabsession: %s was started with seed %s; keeping it", run, stored)
@@ -199,8 +207,11 @@ def _train(
         count = _length(x)
         per_epoch = math.ceil(count / global_batch)
         callback.steps_per_epoch = per_epoch
+        callback.samples_per_epoch = count
         if skip and epoch < epochs:  # the rest of the epoch that was cut short
             callback.batch_offset = skip
+            sample = slice(0, 1)
+            callback.build_metrics(model, _take(x, sample), _take(y, sample))
             data = _batches(keras, x, y, seed, range(epoch, epoch + 1), global_batch, skip)
             model.fit(
                 data,
@@ -226,7 +237,7 @@ def _train(
         if restored is not None:
             logger.warning(
                 "colabsession: the input is not arrays, so its order is not cs.fit's to "
-                "replay: resuming at the start of epoch %d",
+                "replay: the run is saved at epoch ends only, and resumes at epoch %d",
                 epoch + 1,
             )
         if hasattr(x, "element_spec"):  # a tf.data Dataset orders itself
@@ -240,6 +251,47 @@ def _train(
                 initial_epoch=epoch,
                 **fit_args,
             )
+
+
+def _split(
+    x: Any, y: Any, fraction: float, validation_data: Any, arrays: bool
+) -> tuple[Any, Any, Any]:
+    """(x, y, validation data) with the last *fraction* of the arrays held out, before any
+    shuffling, as model.fit's validation_split does (and, like it, only when no
+    validation_data is given)."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise ConfigError(f"validation_split must be a fraction between 0 and 1, not {fraction!r}")
+    if validation_data is not None:
+        return x, y, validation_data
+    if not arrays:
+        raise ConfigError(
+            "validation_split needs NumPy arrays as x (and y): it holds out their last "
+            "fraction. With a tf.data Dataset or a generator, hold data out yourself and pass "
+            "it as validation_data="
+        )
+    count = _length(x)
+    split_at = math.floor(count * (1.0 - fraction))
+    if split_at in (0, count):
+        raise ConfigError(
+            f"validation_split={fraction} leaves no training or no validation data out of "
+            f"{count} samples: use more data or another fraction"
+        )
+    train, held = slice(0, split_at), slice(split_at, count)
+    return (
+        _take(x, train),
+        _take(y, train),
+        (_take(x, held),) if y is None else (_take(x, held), _take(y, held)),
+    )
+
+
+def _replicas(keras: Any, model: Any) -> int:
+    """The devices a batch is split over: the tf.distribute strategy's replicas, or the devices
+    of the Keras distribution (JAX)."""
+    strategy = getattr(model, "distribute_strategy", None)
+    if strategy is not None:
+        return int(getattr(strategy, "num_replicas_in_sync", 1))
+    mesh = getattr(keras.distribution.distribution(), "device_mesh", None)
+    return int(mesh.devices.size) if mesh is not None else 1
 
 
 def _progress_bar(keras: Any, epochs: int) -> Any:

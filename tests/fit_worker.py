@@ -1,8 +1,11 @@
-"""Run by test_fit: train a small model with Dropout on shuffled data through cs.fit, optionally
-stopped after a given number of batches, and save the final weights. The stop is a SIGKILL after
-the batch's callbacks, or with --interrupt a KeyboardInterrupt right after the training step and
-before any callback has seen it, where the notebook's stop button usually lands."""
+"""Run by test_fit: train a small model with Dropout on shuffled data through cs.fit (150 rows in
+batches of 16: the last batch of each epoch is partial), optionally stopped after a given number
+of batches, and save the final weights (and the History, as JSON beside them). The stop is a
+SIGKILL after the batch's callbacks, or with --interrupt a KeyboardInterrupt right after the
+training step and before any callback has seen it, where the notebook's stop button usually
+lands."""
 
+import json
 import os
 import signal
 import sys
@@ -83,4 +86,6 @@ try:
 except KeyboardInterrupt:
     sys.exit(130)
 np.savez(out, *[keras.ops.convert_to_numpy(v.value) for v in model.variables])
+with open(out + ".json", "w") as f:
+    json.dump({"epoch": history.epoch, **history.history}, f)
 print("epochs", history.epoch, flush=True)

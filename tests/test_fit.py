@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -57,6 +58,12 @@ def test_killed_mid_epoch_and_rerun_matches_an_uninterrupted_run(
         assert a.files == b.files
         for name in a.files:
             np.testing.assert_array_equal(a[name], b[name])  # bit for bit
+    # The epoch cut short reports what the uninterrupted one does, though its last batch is
+    # partial (150 rows in 16s): the metrics' totals go on from the checkpoint, not a mean of
+    # the two sessions' means.
+    expected = json.loads((tmp_path / "reference.npz.json").read_text())
+    got = json.loads((tmp_path / "resumed.npz.json").read_text())
+    assert got == expected
     records = read_history(tmp_path / "killed")
     steps = [r["step"] for r in records]
     assert steps == sorted(set(steps))  # no duplicates after the resume
@@ -215,6 +222,203 @@ def test_callback_with_plain_model_fit(keras: Any, tmp_path: Path) -> None:
     assert frame["epoch"].dropna().astype(int).tolist() == [1, 2, 3]
 
 
+def _raise_at(keras: Any, batch: int) -> Any:
+    """A callback that fails at the *batch*-th batch, as a kill would end the fit there."""
+
+    class Fail(keras.callbacks.Callback):  # type: ignore[misc]
+        seen = 0
+
+        def on_train_batch_end(self, index: int, logs: Any = None) -> None:
+            Fail.seen += 1
+            if Fail.seen == batch:
+                raise RuntimeError("killed")
+
+    return Fail()
+
+
+def test_a_resumed_epoch_of_an_older_checkpoint_averages_by_sample(
+    keras: Any, tmp_path: Path
+) -> None:
+    """A checkpoint saved without the metrics' totals (by an earlier colabsession) has only the
+    running means: the epoch cut short weighs them by samples, as Keras' Mean does, so its loss
+    is the uninterrupted one's though the last batch is partial (60 rows: 16, 16, 16, 12)."""
+    x, y = data()
+    x, y = x[:60], y[:60]
+    args: dict[str, Any] = {"run": "r", "epochs": 2, "batch_size": 16, "seed": 0, "verbose": 0}
+    keras.utils.set_random_seed(0)
+    reference = cs.fit(small_model(keras), x, y, location=tmp_path / "ref", **args)
+    keras.utils.set_random_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        cs.fit(
+            small_model(keras),
+            x,
+            y,
+            location=tmp_path / "new",
+            callbacks=[_interrupt_at(keras, 6)],
+            **args,
+        )
+    saved = cs.Checkpointer(tmp_path / "new").restore()
+    assert saved is not None
+    assert saved.step == 6
+    older = {k: v for k, v in saved.state.items() if k != "metrics"}
+    with cs.Checkpointer(tmp_path / "old", every=None) as ckpt:
+        ckpt.save(saved.step, older, metrics=saved.metrics)
+    resumed = cs.fit(small_model(keras), x, y, location=tmp_path / "old", **args)
+    assert resumed.epoch == [1]  # (the history of epoch 0 stayed in "new")
+    assert resumed.history["loss"][0] == pytest.approx(reference.history["loss"][1], rel=1e-6)
+
+
+def test_plain_fit_saves_epoch_ends_only_and_trains_no_batch_twice(
+    keras: Any, tmp_path: Path
+) -> None:
+    """model.fit decides the data order: a checkpoint from inside an epoch cannot resume it
+    without training that epoch's first batches again (issue 21 item 4)."""
+    x, y = data()  # 4 batches of 16 an epoch
+    model = small_model(keras)
+    callback = cs.keras.SessionCheckpoint(tmp_path, every=None, every_steps=1, verbose=False)
+    with pytest.raises(RuntimeError, match="killed"):
+        model.fit(
+            x, y, epochs=3, batch_size=16, verbose=0, callbacks=[callback, _raise_at(keras, 6)]
+        )
+    callback.ckpt.close()  # what the end of the process does
+    assert cs.Checkpointer(tmp_path).steps() == [4]  # the interval is checked at epoch ends
+    fresh = small_model(keras)
+    callback = cs.keras.SessionCheckpoint(tmp_path, every=None, every_steps=1, verbose=False)
+    history = fresh.fit(x, y, epochs=3, batch_size=16, verbose=0, callbacks=[callback])
+    assert history.epoch == [1, 2]
+    assert int(fresh.optimizer.iterations.numpy()) == 12  # 3 epochs of 4 batches, none twice
+    assert cs.Checkpointer(tmp_path, keep_last=3).steps() == [4, 8, 12]
+    assert [r["epoch"] for r in read_history(tmp_path) if "epoch" in r] == [0, 1, 2]
+
+
+def test_plain_fit_stops_at_the_last_epoch_end_before_the_deadline(
+    keras: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each batch takes 10 s of an injected clock, an epoch 40 s: after the second epoch a
+    third would end inside the 60 s margin, so the run saves there and stops."""
+    now = [0.0]
+
+    class Tick(keras.callbacks.Callback):  # type: ignore[misc]
+        def on_train_batch_end(self, index: int, logs: Any = None) -> None:
+            now[0] += 10.0
+
+    clock = cs.SessionClock(started=0, max_session=170, now=lambda: now[0])
+    callback = cs.keras.SessionCheckpoint(
+        tmp_path, every=None, clock=clock, monotonic=lambda: now[0], verbose=True
+    )
+    x, y = data()
+    history = small_model(keras).fit(
+        x, y, epochs=5, batch_size=16, verbose=0, callbacks=[Tick(), callback]
+    )
+    assert history.epoch == [0, 1]
+    assert callback.stopped_for_deadline
+    assert cs.Checkpointer(tmp_path).steps() == [8]  # the end of epoch 2, nothing inside one
+    assert "stopped after epoch 2 before the session deadline" in capsys.readouterr().out
+
+
+def test_plain_fit_stopped_inside_an_epoch_saves_nothing_there(
+    keras: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A SIGTERM (or an unforeseen deadline) inside an epoch stops without a save: the run
+    resumes after its last saved epoch."""
+    callback = cs.keras.SessionCheckpoint(tmp_path, every=None, every_steps=4, verbose=True)
+
+    class Term(keras.callbacks.Callback):  # type: ignore[misc]
+        seen = 0
+
+        def on_train_batch_end(self, index: int, logs: Any = None) -> None:
+            Term.seen += 1
+            if Term.seen == 6:
+                callback.ckpt.request_stop("SIGTERM received")
+
+    x, y = data()
+    history = small_model(keras).fit(
+        x, y, epochs=3, batch_size=16, verbose=0, callbacks=[Term(), callback]
+    )
+    assert history.epoch == [0, 1]  # Keras ends the epoch it was in
+    assert cs.Checkpointer(tmp_path).steps() == [4]
+    assert [r["epoch"] for r in read_history(tmp_path) if "epoch" in r] == [0]
+    assert "resumes from its last checkpoint (step 4)" in capsys.readouterr().out
+
+
+def test_plain_fit_refuses_a_checkpoint_from_inside_an_epoch(keras: Any, tmp_path: Path) -> None:
+    """cs.fit saved inside an epoch; model.fit cannot go on from there without training
+    batches twice, and says what to do."""
+    x, y = data()
+    with pytest.raises(KeyboardInterrupt):
+        cs.fit(
+            small_model(keras),
+            x,
+            y,
+            run="r",
+            location=tmp_path,
+            epochs=2,
+            batch_size=16,
+            verbose=0,
+            callbacks=[_interrupt_at(keras, 6)],
+        )
+    model = small_model(keras)
+    before = [v.numpy().copy() for v in model.variables]
+    callback = cs.keras.SessionCheckpoint(tmp_path, verbose=False)
+    with pytest.raises(
+        cs.CheckpointError, match=r"middle of epoch 2.*continue this run with cs\.fit"
+    ):
+        model.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[callback])
+    for a, b in zip(before, model.variables, strict=True):
+        np.testing.assert_array_equal(a, b.numpy())  # nothing was loaded
+    assert callback.ckpt.closed
+
+
+def test_a_run_of_another_api_is_a_clear_error(keras: Any, tmp_path: Path) -> None:
+    with cs.Checkpointer(tmp_path, every=None) as ckpt:
+        ckpt.save(3, {"params": {"w": np.ones(3)}, "step": 3})
+    x, y = data()
+    with pytest.raises(cs.CheckpointError, match=r"another API.*restart=True"):
+        cs.fit(small_model(keras), x, y, run="r", location=tmp_path, epochs=1, verbose=0)
+    callback = cs.keras.SessionCheckpoint(tmp_path, verbose=False)
+    with pytest.raises(cs.CheckpointError, match="another API"):
+        callback.restore(small_model(keras))
+    callback.ckpt.close()
+    history = cs.fit(
+        small_model(keras), x, y, run="r", location=tmp_path, epochs=1, restart=True, verbose=0
+    )
+    assert history.epoch == [0]
+
+
+def test_validation_split_holds_out_the_last_rows(keras: Any, tmp_path: Path) -> None:
+    x, y = data()  # 64 rows: the last 16 validate, 48 train in 3 batches of 16
+    model = small_model(keras)
+    history = cs.fit(
+        model,
+        x,
+        y,
+        run="r",
+        location=tmp_path,
+        epochs=2,
+        batch_size=16,
+        seed=0,
+        validation_split=0.25,
+        verbose=0,
+    )
+    assert int(model.optimizer.iterations.numpy()) == 6
+    held_out = model.evaluate(x[48:], y[48:], batch_size=16, verbose=0)
+    assert history.history["val_loss"][-1] == pytest.approx(held_out, rel=1e-6)
+
+
+def test_validation_split_needs_arrays(keras: Any, tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    x, y = data()
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    with pytest.raises(cs.ConfigError, match="validation_data="):
+        cs.fit(
+            small_model(keras), dataset, run="r", location=tmp_path, epochs=1, validation_split=0.1
+        )
+    with pytest.raises(cs.ConfigError, match="between 0 and 1"):
+        cs.fit(small_model(keras), x, y, run="r", location=tmp_path, epochs=1, validation_split=1.5)
+    assert not (tmp_path / "history.jsonl").exists()  # refused before anything ran
+
+
 def test_bfloat16_model_resumes(keras: Any, tmp_path: Path) -> None:
     """bfloat16 variables (and the float32 ones of mixed_bfloat16) come back as they were."""
 
@@ -315,6 +519,7 @@ def test_mirrored_strategy_over_two_cpus(keras: Any, tmp_path: Path) -> None:
     if len(cpus) < 2:
         pytest.skip("needs two logical CPUs (configured in conftest before TF starts)")
     strategy = tf.distribute.MirroredStrategy([d.name for d in cpus[:2]])
+    keras.utils.set_random_seed(0)
     with strategy.scope():
         model = small_model(keras)
     x, y = data()
@@ -324,7 +529,84 @@ def test_mirrored_strategy_over_two_cpus(keras: Any, tmp_path: Path) -> None:
     assert history.epoch == [0, 1]
     restored = cs.Checkpointer(tmp_path).restore()
     assert restored is not None
-    assert restored.state["data"]["batch_size"] == 16  # 8 per replica, 2 replicas
+    # batch_size is the global batch, as in model.fit: 4 per replica, 64 rows in 8 steps.
+    assert restored.state["data"]["batch_size"] == 8
+    assert restored.state["steps_per_epoch"] == 8
+    assert int(model.optimizer.iterations.numpy()) == 16
+
+    # Stopped inside an epoch (the 3rd batch of the 2nd) and resumed under the strategy: the
+    # optimizer is built in its scope, and the metrics' totals go back into the replicas.
+    args: dict[str, Any] = {"run": "m", "location": tmp_path / "cut", "epochs": 2, "seed": 1}
+    keras.utils.set_random_seed(0)  # the model of the first run
+    with strategy.scope():
+        model = small_model(keras)
+    with pytest.raises(KeyboardInterrupt):
+        cs.fit(model, x, y, batch_size=8, verbose=0, callbacks=[_interrupt_at(keras, 11)], **args)
+    with strategy.scope():
+        model = small_model(keras)
+    resumed = cs.fit(model, x, y, batch_size=8, verbose=0, **args)
+    assert resumed.epoch == [0, 1]
+    assert int(model.optimizer.iterations.numpy()) == 16
+    np.testing.assert_allclose(resumed.history["loss"], history.history["loss"], rtol=1e-5)
+
+
+def test_a_run_keeps_the_batch_size_it_started_with(
+    keras: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As a run started when batch_size meant per replica (16 stored for 8 over 2 replicas):
+    it resumes with its stored global batch, exactly, and says so."""
+    x, y = data()
+    with pytest.raises(KeyboardInterrupt):
+        cs.fit(
+            small_model(keras),
+            x,
+            y,
+            run="r",
+            location=tmp_path,
+            epochs=2,
+            batch_size=16,
+            seed=0,
+            verbose=0,
+            callbacks=[_interrupt_at(keras, 2)],
+        )
+    model = small_model(keras)
+    cs.fit(model, x, y, run="r", location=tmp_path, epochs=2, batch_size=8, seed=0, verbose=0)
+    assert "global batch of 16" in caplog.text
+    assert int(model.optimizer.iterations.numpy()) == 8  # 4 steps of 16 an epoch, none twice
+
+
+def test_batch_size_is_global_under_a_jax_distribution(tmp_path: Path) -> None:
+    """Keras on JAX with cs.distribution() over two (forced) host devices: batch_size is the
+    global batch, as under a tf.distribute strategy and in model.fit."""
+    pytest.importorskip("jax")
+    code = """if True:
+        import sys
+        import numpy as np, keras, colabsession as cs
+        cs.distribution()
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+        model.compile("sgd", "mse")
+        x = np.random.default_rng(0).random((72, 4), dtype=np.float32)
+        cs.fit(model, x, x.sum(1), run="d", location=sys.argv[1], epochs=2, batch_size=16,
+               seed=0, verbose=0)
+        print("steps", int(model.optimizer.iterations.numpy()))
+    """
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(sys.path),
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        "KERAS_BACKEND": "jax",
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split()[-2:] == ["steps", "10"]  # 72 rows in 5 batches of 16, 2 epochs
 
 
 def test_model_outside_strategy_scope(keras: Any, tmp_path: Path, mocker: MockerFixture) -> None:
