@@ -62,7 +62,6 @@ class Store:
         self.local = location.is_local
         self.on_mount = self.local and (mount_type(self.root) or "").startswith("fuse")
         self._manifests: dict[str, Manifest | Damaged] = {}  # names never change content
-        self._whole: tuple[str, bytearray] | None = None  # a file read whole for its manifest
         self._lock = threading.Lock()
 
     @classmethod
@@ -96,6 +95,29 @@ class Store:
             return list(dict.fromkeys(str(p).rstrip("/").rsplit("/", 1)[-1] for p in found))
 
         return self.io("list", listing)
+
+    def sizes(self) -> dict[str, int | None]:
+        """The files of the folder and their sizes in bytes (None where the file system does not
+        say), in one listing; none if the folder does not exist."""
+
+        def listing() -> dict[str, int | None]:
+            try:
+                found = self.fs.ls(self.root, detail=True)
+            except (FileNotFoundError, NotADirectoryError):
+                return {}
+            sizes: dict[str, int | None] = {}
+            for info in found:
+                name = str(info.get("name", "")).rstrip("/").rsplit("/", 1)[-1]
+                size = info.get("size")
+                if name and name not in sizes and info.get("type") != "directory":
+                    sizes[name] = size if isinstance(size, int) else None
+            return sizes
+
+        return self.io("list", listing)
+
+    def size(self, name: str) -> int:
+        """The size of the file *name* in bytes."""
+        return int(self.io(f"stat {name}", lambda: self.fs.size(self.path(name))))
 
     def read(self, name: str) -> bytes:
         return bytes(self.io(f"read {name}", lambda: self.fs.cat_file(self.path(name))))
@@ -193,31 +215,37 @@ class Store:
             self._manifests[name] = result
         return result
 
+    def forget(self, name: str) -> None:
+        """Read the manifest of *name* afresh next time (a copy cut short is being replaced)."""
+        with self._lock:
+            self._manifests.pop(name, None)
+
     def damaged(self) -> list[tuple[str, str]]:
         """(name, why) of every checkpoint file whose manifest is damaged (after entries())."""
         with self._lock:
             return sorted((n, str(m)) for n, m in self._manifests.items() if isinstance(m, Damaged))
 
     def _read_manifest(self, name: str) -> Manifest:
-        with self.fs.open(self.path(name), "rb") as f:
-            if not _seekable(f):  # pydrive2 streams downloads: fetch it whole, keep it for load
-                data = bytearray(f.read())
-                self._whole = (name, data)
-                return _layout.read_manifest(lambda n: data[len(data) - n :], len(data), name)
-            size = f.seek(0, os.SEEK_END)
+        path = self.path(name)
+        if self.local:
+            with self.fs.open(path, "rb") as f:
+                size = f.seek(0, os.SEEK_END)
 
-            def tail(n: int) -> bytes:
-                f.seek(size - n)
-                return bytes(f.read(n))
+                def tail(n: int) -> bytes:
+                    f.seek(size - n)
+                    return bytes(f.read(n))
 
-            return _layout.read_manifest(tail, size, name)
+                return _layout.read_manifest(tail, size, name)
+        # Elsewhere (the Drive API streams downloads) ranged reads of the end only: opening the
+        # file would start downloading it whole.
+        size = int(self.fs.size(path))
+        return _layout.read_manifest(
+            lambda n: bytes(self.fs.cat_file(path, start=size - n, end=size)), size, name
+        )
 
     def load(self, entry: Entry) -> Any:
         """The state of *entry*, read whole and verified. Raises Damaged."""
         size = entry.manifest.size
-        whole, self._whole = self._whole, None
-        if whole is not None and whole[0] == entry.name:
-            return _layout.load(whole[1], entry.manifest)
 
         def job() -> bytearray:
             buffer = bytearray(size)
