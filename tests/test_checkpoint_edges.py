@@ -4,7 +4,9 @@ hears of late, saves from several threads, listings through the Drive API, short
 from __future__ import annotations
 
 import errno
+import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -18,6 +20,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 import colabsession as cs
 from colabsession import _layout
+from colabsession._serialize import crc32c
 from colabsession.drive import Location
 
 from .test_checkpoint import assert_state, ckpt_file, ckpt_steps, state_at, steps_in
@@ -89,7 +92,7 @@ def test_a_kill_during_an_upload_leaves_nothing_counted_as_there(tmp_path: Path)
         [sys.executable, str(worker), str(drive), str(vm1), "2"],
         stdout=subprocess.PIPE,
         text=True,
-        env={**__import__("os").environ, "PYTHONPATH": str(root)},
+        env={**os.environ, "PYTHONPATH": str(root)},
     )
     try:
         assert proc.stdout is not None
@@ -241,15 +244,13 @@ def test_checkpoints_without_a_lineage_still_restore_and_branch(tmp_path: Path) 
 
 
 def _strip_lineage(path: Path) -> None:
-    import json
-
     data = path.read_bytes()
     length, _, magic = _layout.TRAILER.unpack(data[-_layout.TRAILER.size :])
     body = json.loads(data[-_layout.TRAILER.size - length : -_layout.TRAILER.size])
     del body["lineage"]
     new = json.dumps(body).encode()
     arrays = data[: -_layout.TRAILER.size - length]
-    crc = _layout.crc32c(new)
+    crc = crc32c(new)
     path.write_bytes(arrays + new + _layout.TRAILER.pack(len(new), crc, magic))
 
 
