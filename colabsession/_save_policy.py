@@ -63,6 +63,8 @@ class SavePolicy:
         self._last_step_at = now
 
     def saved(self, step: int, now: float) -> None:
+        if self.started is None:  # saves driven by due() and save() alone, as cs.hf's
+            self.started = now
         self.last_saved_step, self.last_save_at = step, now
 
     def restored(self, step: int | None) -> None:
