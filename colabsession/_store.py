@@ -422,13 +422,6 @@ def _size_or_zero(path: str | os.PathLike[str]) -> int:
         return 0
 
 
-def _seekable(f: Any) -> bool:
-    try:
-        return bool(f.seekable())
-    except (AttributeError, OSError, ValueError):
-        return False
-
-
 def _read_into(f: Any, view: memoryview) -> int:
     readinto = getattr(f, "readinto", None)
     if readinto is not None:
