@@ -277,9 +277,10 @@ class Checkpointer:
                 self.history.append(make_record(step, self.session, clean, self.attempt))
             started = self._monotonic()
             self.save_policy.saved(step, started)
+            lineage = self._lineage
 
             def job() -> None:
-                self._commit(step, tree, leaves, clean)
+                self._commit(step, tree, leaves, clean, lineage)
                 self.save_policy.took(self._monotonic() - started)
 
             self._writer.submit(job)
@@ -287,9 +288,10 @@ class Checkpointer:
                 self._raise_pending_error(self._writer.wait())
 
     def maybe_save(self, step: int, state: Any, *, metrics: dict[str, Any] | None = None) -> bool:
-        """Save if the interval (``every`` or ``every_steps``) has passed, or if the session
-        deadline is near: then the save is waited for and :attr:`should_stop` turns True.
-        Returns whether it saved.
+        """Save if a save is due: at the run's first step, then when the interval (``every``,
+        shorter while the run is young, or ``every_steps``) has passed; or if the session
+        deadline is near (or a stop was asked for): then the save is waited for and
+        :attr:`should_stop` turns True. Returns whether it saved.
 
         *state* may be a function that returns the state: it is called only when a save is
         due, which spares gathering a large state at every step."""
@@ -714,7 +716,14 @@ class Checkpointer:
             self.local.park(entry)
         return abandoned
 
-    def _commit(self, step: int, tree: Any, leaves: list[Any], metrics: dict[str, Any]) -> None:
+    def _commit(
+        self,
+        step: int,
+        tree: Any,
+        leaves: list[Any],
+        metrics: dict[str, Any],
+        lineage: Lineage | None,
+    ) -> None:
         """The background part of a save: write the file locally, apply retention there, and
         hand it to the replicator."""
         arrays = host_arrays(leaves)
@@ -724,7 +733,7 @@ class Checkpointer:
             "session": self.session,
             "metrics": {k: _json_metric(v) for k, v in metrics.items()},
             "tree": tree,
-            "lineage": self._lineage,
+            "lineage": lineage,
         }
         self.local.commit(_layout.file_name(step), lambda f: _layout.write(f, arrays, **fields))
         self._retain_local()
