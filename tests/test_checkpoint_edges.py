@@ -364,3 +364,59 @@ def test_a_history_without_a_checkpoint_says_training_starts_over(
         assert cs.Checkpointer(tmp_path).restore() is None
     assert "history of 41 logged steps (up to step 40) but no checkpoint" in caplog.text
     assert "starts over" in caplog.text
+
+
+# The live lineage, rule by rule -----------------------------------------------------------------
+
+
+class _Listed:
+    def __init__(self, step: int, lineage: _layout.Lineage | None) -> None:
+        self.step = step
+        self.manifest = _layout.Manifest(
+            step=step,
+            time=0.0,
+            session="s",
+            metrics={},
+            tree=None,
+            arrays=[],
+            size=0,
+            crc32c=0,
+            lineage=lineage,
+        )
+
+    def __repr__(self) -> str:
+        return f"{self.step}"
+
+
+def _live(entries: list[_Listed], head: _layout.Lineage | None = None) -> list[str]:
+    """The live entries as "step:branch" ("-": no lineage)."""
+    from colabsession._lineage import split_live
+
+    return [
+        f"{e.step}:{e.manifest.lineage.branch if e.manifest.lineage else '-'}"
+        for e in split_live(entries, head)[0]
+    ]
+
+
+def test_the_live_lineage_rules() -> None:
+    Lineage = _layout.Lineage
+    legacy = [_Listed(s, None) for s in (1, 2, 3)]
+    a = Lineage("a", 10.0, fork_branch=None, fork_step=2)  # restored the legacy step 2
+    b = Lineage("b", 20.0, fork_branch="a", fork_step=4)  # restored a's step 4
+    on_a = [_Listed(s, a) for s in (3, 4, 5)]
+    on_b = [_Listed(s, b) for s in (5, 6)]
+    assert _live(legacy) == ["1:-", "2:-", "3:-"]  # files of an older release: one branch
+    assert _live(legacy + on_a) == ["1:-", "2:-", "3:a", "4:a", "5:a"]
+    everything = legacy + on_a + on_b
+    assert _live(everything) == ["1:-", "2:-", "3:a", "4:a", "5:b", "6:b"]
+    assert _live(everything[::-1]) == ["6:b", "5:b", "4:a", "3:a", "2:-", "1:-"]  # any order
+    # A writer's own branch is live whatever the files say, before it has saved anything.
+    assert _live(everything, head=Lineage("c", 5.0)) == []  # restarted: no ancestors
+    assert _live(everything, head=Lineage("c", 5.0, fork_branch="a", fork_step=3)) == [
+        "1:-",
+        "2:-",
+        "3:a",
+    ]
+    # restore() never called: the branch follows whatever came before it, whole.
+    on_d = [_Listed(7, Lineage("d", 30.0, follows=True))]
+    assert _live(everything + on_d) == ["1:-", "2:-", "3:a", "4:a", "5:b", "6:b", "7:d"]
