@@ -188,23 +188,33 @@ class Store:
         """The committed, structurally valid checkpoints, oldest first. A damaged file is
         skipped with a warning (once per file); its arrays are checked only by :meth:`load`."""
         entries = []
-        for name in self.names() if names is None else names:
+        sizes: dict[str, int | None] = {}
+        if names is None:
+            # Elsewhere than the local disk the listing's sizes spare a request per file.
+            sizes = {} if self.local else self.sizes()
+            names = list(sizes) if sizes else self.names()
+        for name in names:
             step = _layout.parse_name(name)
             if step is None:
                 continue
-            manifest = self.manifest(name, warn=warn)
+            manifest = self.manifest(name, warn=warn, size=sizes.get(name))
             if isinstance(manifest, Manifest):
                 entries.append(Entry(step, name, manifest, self))
         return sorted(entries, key=lambda e: (e.step, e.manifest.time))
 
-    def manifest(self, name: str, *, warn: bool = True) -> Manifest | Damaged:
-        """The manifest of the checkpoint file *name*, or why it is damaged."""
+    def manifest(
+        self, name: str, *, warn: bool = True, size: int | None = None
+    ) -> Manifest | Damaged:
+        """The manifest of the checkpoint file *name* (of *size* bytes, if known), or why it is
+        damaged."""
         with self._lock:
             known = self._manifests.get(name)
         if known is not None:
             return known
         try:
-            result: Manifest | Damaged = self.io(f"read {name}", lambda: self._read_manifest(name))
+            result: Manifest | Damaged = self.io(
+                f"read {name}", lambda: self._read_manifest(name, size)
+            )
         except Damaged as exc:
             result = exc
         except FileNotFoundError:
@@ -225,7 +235,7 @@ class Store:
         with self._lock:
             return sorted((n, str(m)) for n, m in self._manifests.items() if isinstance(m, Damaged))
 
-    def _read_manifest(self, name: str) -> Manifest:
+    def _read_manifest(self, name: str, size: int | None) -> Manifest:
         path = self.path(name)
         if self.local:
             with self.fs.open(path, "rb") as f:
@@ -236,12 +246,21 @@ class Store:
                     return bytes(f.read(n))
 
                 return _layout.read_manifest(tail, size, name)
+
         # Elsewhere (the Drive API streams downloads) ranged reads of the end only: opening the
         # file would start downloading it whole.
-        size = int(self.fs.size(path))
-        return _layout.read_manifest(
-            lambda n: bytes(self.fs.cat_file(path, start=size - n, end=size)), size, name
-        )
+        def read(total: int) -> Manifest:
+            return _layout.read_manifest(
+                lambda n: bytes(self.fs.cat_file(path, start=total - n, end=total)), total, name
+            )
+
+        if size is not None:
+            try:
+                return read(size)
+            except Damaged:  # a listing that lags (an older file of the name): ask the file
+                if int(self.fs.size(path)) == size:
+                    raise
+        return read(int(self.fs.size(path)))
 
     def load(self, entry: Entry) -> Any:
         """The state of *entry*, read whole and verified. Raises Damaged."""
