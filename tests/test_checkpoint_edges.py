@@ -132,10 +132,7 @@ def test_a_kill_during_an_upload_through_the_drive_api(tmp_path: Path, fake_driv
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "uploading"
         deadline = time.monotonic() + 60  # a hang detector, not a speed assertion
-        while not any(
-            "ckpt-000000000002" in u["metadata"].get("title", "") and u["data"]
-            for u in list(fake_drive.state.uploads.values())
-        ):
+        while not _uploading(fake_drive, "ckpt-000000000002"):
             assert time.monotonic() < deadline, "step 2 was never being uploaded"
             time.sleep(0.01)
     finally:
@@ -164,6 +161,15 @@ def _drive_api(fake_drive: Any) -> Any:
         api_endpoint=fake_drive.endpoint,
         use_for_drive=False,
     )
+
+
+def _uploading(fake_drive: Any, title: str) -> bool:
+    """Whether an upload session of *title* has received some bytes."""
+    with fake_drive.state.lock:
+        return any(
+            title in u["metadata"].get("title", "") and u["data"]
+            for u in fake_drive.state.uploads.values()
+        )
 
 
 def test_copies_cut_short_through_the_drive_api_are_resent_or_removed(
