@@ -236,6 +236,7 @@ class Checkpointer:
         self._restored_lineage: Lineage | None = None
         self._newer_than_restored = False
         self._lineage: Lineage | None = None  # the branch this writer saves on, once writing
+        self._latest_branch = -math.inf  # when the newest branch seen at restore() began
         self._last_call: tuple[int, Any, dict[str, Any] | None] | None = None
         self._closed = False
 
@@ -522,6 +523,10 @@ class Checkpointer:
 
     def _restore(self, step: int | None, device: Any, like: Any) -> Checkpoint | None:
         listed, abandoned = split_live(self._entries())
+        self._latest_branch = max(
+            (e.manifest.lineage.started for e in [*listed, *abandoned] if e.manifest.lineage),
+            default=-math.inf,
+        )
         entries = listed
         newest_step = max((e.step for e in listed), default=None)
         if step is not None:
@@ -690,7 +695,8 @@ class Checkpointer:
         """The lineage of the saves this writer begins: after a restore, a branch that
         continues from the restored checkpoint (or from nothing, when none was); without one,
         a branch that follows whatever came before it."""
-        branch, now = uuid.uuid4().hex[:12], time.time()
+        # Begun after every branch restore() saw, even where this runtime's clock lags.
+        branch, now = uuid.uuid4().hex[:12], max(time.time(), self._latest_branch + 0.001)
         if not self._restore_called:
             return Lineage(branch, now, follows=True)
         if self._restored_step is None:

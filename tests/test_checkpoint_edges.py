@@ -287,11 +287,34 @@ def test_checkpoints_without_a_lineage_still_restore_and_branch(tmp_path: Path) 
     assert latest is not None and latest.step == 4  # noqa: PT018
 
 
+def test_a_branch_is_newer_than_what_it_restored_from_whatever_the_clocks_say(
+    tmp_path: Path,
+) -> None:
+    with cs.Checkpointer(tmp_path, every=None) as ckpt:
+        assert ckpt.restore() is None  # a new run
+        for step in (1, 2, 3):
+            ckpt.save(step, state_at(step))
+    for path in tmp_path.glob("ckpt-*.ckpt"):  # written on a runtime whose clock is an hour ahead
+        _edit_manifest(path, lambda body: body["lineage"].update(started=body["time"] + 3600))
+    again = cs.Checkpointer(tmp_path, every=None)
+    assert again.restore(step=1) is not None
+    again.save(2, state_at(22))
+    again.close()
+    restored = cs.Checkpointer(tmp_path).restore()
+    assert restored is not None
+    assert restored.step == 2
+    assert restored.state["model"]["w"][0] == 22  # the new branch's, not the old one's 3
+
+
 def _strip_lineage(path: Path) -> None:
+    _edit_manifest(path, lambda body: body.pop("lineage"))
+
+
+def _edit_manifest(path: Path, change: Any) -> None:
     data = path.read_bytes()
     length, _, magic = _layout.TRAILER.unpack(data[-_layout.TRAILER.size :])
     body = json.loads(data[-_layout.TRAILER.size - length : -_layout.TRAILER.size])
-    del body["lineage"]
+    change(body)
     new = json.dumps(body).encode()
     arrays = data[: -_layout.TRAILER.size - length]
     crc = crc32c(new)
