@@ -6,7 +6,8 @@ different times (the location may not answer while the new branch saves), so eac
 records its :class:`._layout.Lineage` (its branch, when that began, and the checkpoint it
 continues from), and whoever lists checkpoints works out the live lineage from the files alone:
 
-- the live branch is the writer's own one or, for a reader, the one begun last;
+- the live branch is the writer's own one or, for a reader, the one begun last (a branch begins
+  after every branch its restore saw, whatever the clocks of the runtimes say);
 - the lineage is that branch, then the checkpoints of the branch it continues from up to the
   step it continues from, and so on back (a branch that restored nothing follows whatever came
   before it whole; a new or restarted run has no ancestors);
