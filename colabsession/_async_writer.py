@@ -11,7 +11,7 @@ them is over, a ``wait()`` from another thread never forgets a write still in fl
 checkpoint ever holds two steps' arrays.
 
 >>> writer = AsyncWriter(background=True)
->>> with writer.lock:
+>>> with writer.lock:  # doctest: +SKIP
 ...     error = writer.wait()                 # the previous write is over (or its error)
 ...     tree, leaves = writer.stage(state)    # copied: the caller may change its arrays now
 ...     writer.submit(lambda: write(tree, leaves))

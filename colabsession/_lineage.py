@@ -15,7 +15,7 @@ continues from), and whoever lists checkpoints works out the live lineage from t
 
 Everything else is abandoned: never restored, and set aside (``parked-...``) by retention.
 
->>> live, abandoned = split_live(entries)   # entries of the mirror and the location together
+>>> live, abandoned = split_live(entries)  # the mirror's and the location's  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ A save is due when one of these holds:
 - the session's deadline is nearer than :attr:`SavePolicy.margin`, or a stop was asked for
   (SIGTERM, Ctrl-C inside a loop that knows its step boundaries): the final save.
 
->>> policy = SavePolicy(every=600.0, every_steps=None, margin_floor=60.0, clock=cs.clock())
+>>> policy = SavePolicy(every=600.0, every_steps=None, margin_floor=60.0, clock=SessionClock())
 >>> policy.interval_due(step=0, now=time.monotonic())   # nothing saved yet: at once
 True
 """
