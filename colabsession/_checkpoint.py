@@ -8,9 +8,11 @@ A run's folder (the *location*, and its local mirror when the location is Drive 
 
 The pieces, one concern each: :mod:`._layout` (the file format and its commit), :mod:`._store`
 (one store interface over fsspec, for the local mirror and the location alike, every operation
-bounded), :mod:`._retention` (which checkpoints to keep), :mod:`._replicate` (copying to the
-location in a thread of its own), :mod:`._history` and :mod:`._lease`. The
-:class:`Checkpointer` here schedules saves, writes them in the background and handles signals.
+bounded), :mod:`._retention` (which checkpoints to keep), :mod:`._lineage` (which belong to the
+run as it goes on now), :mod:`._replicate` (copying to the location in a thread of its own),
+:mod:`._save_policy` (when to save), :mod:`._async_writer` (writing in the background, and the
+thread-safety contract), :mod:`._interrupt` (signals), :mod:`._history` and :mod:`._lease`. The
+:class:`Checkpointer` here ties them together.
 
 The local commit never waits for Drive: a save is written to the local disk, and the replicator
 copies it to the location when the location answers.
@@ -22,30 +24,31 @@ import logging
 import math
 import operator
 import os
-import signal
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any, Literal
 
 from . import _layout
+from ._async_writer import AsyncWriter
 from ._clock import SessionClock
 from ._errors import CheckpointError, ColabSessionError, ConfigError, LeaseError
 from ._frameworks import check_device, into, to_frameworks
 from ._history import HistoryLog, check_metric_names, make_record
-from ._layout import Damaged
+from ._interrupt import StopOnSigterm
+from ._layout import Damaged, Lineage
 from ._lease import Lease
+from ._lineage import branch_of, split_live
 from ._replicate import Replicator
 from ._retention import AnyOf, BestN, EveryInterval, LatestN, Policy, split
 from ._runtime import run_again
-from ._serialize import flatten, host_arrays
+from ._save_policy import SavePolicy
+from ._serialize import host_arrays
 from ._storage import reason, run_location, run_stores
 from ._store import Entry, Store
 from ._units import Duration, format_duration, parse_duration
@@ -53,7 +56,6 @@ from .drive import Location
 
 logger = logging.getLogger(__name__)
 
-SAFETY = 3.0  # the deadline margin covers this many times the slowest recent save
 LEASE_TIMEOUT = 10.0  # the first save waits at most this long for the location's lease
 
 
@@ -96,6 +98,9 @@ def session_id(clock: SessionClock | None = None) -> str:
 class Checkpointer:
     """Save and restore a training run's state, safely and without stalling training.
 
+    Its methods may be called from several threads (a ``sync()`` from a watchdog thread while
+    the loop saves, say): saves are serialised, and no checkpoint mixes two steps.
+
     >>> ckpt = cs.Checkpointer("my-run", every="10min", keep_last=3)  # drive:checkpoints/my-run
     >>> restored = ckpt.restore()            # None, or the newest valid Checkpoint
     >>> start = restored.step + 1 if restored else 0
@@ -109,7 +114,10 @@ class Checkpointer:
     Args:
         location: a run name (stored at ``drive:checkpoints/<name>``) or a location: ``drive:...``,
             an fsspec URL, or a path that starts with ``/``, ``./``, ``../`` or ``~``.
-        every: save at most this often (a duration); None for step-based saving only.
+        every: save this often (a duration) once the run is under way; None for step-based
+            saving only. The first ``maybe_save`` of a run with nothing saved or restored saves
+            at once, and while the run is young the wait is shorter (30 s, 30 s, 1 min, 2 min,
+            ... up to *every*), so that a short run is never started over from nothing.
         every_steps: also save every this many steps.
         keep_last: keep this many newest checkpoints.
         keep_every: also keep one checkpoint per this interval (a duration).
@@ -205,6 +213,7 @@ class Checkpointer:
                 history=self.history,
                 lease=self._lease,
                 policy=self.policy,
+                head=lambda: self._lineage,
                 monotonic=monotonic,
             )
             if self.remote is not None
@@ -212,24 +221,24 @@ class Checkpointer:
         )
 
         self.should_stop = False
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="colabsession-ckpt")
-        self._pending: Future[None] | None = None
-        self._error: BaseException | None = None
+        self.save_policy = SavePolicy(
+            every=self.every,
+            every_steps=every_steps,
+            margin_floor=self.margin_floor,
+            clock=self.clock,
+            monotonic=monotonic,
+        )
+        self._writer = AsyncWriter(background=async_save)
+        self._sigterm = StopOnSigterm(self.request_stop)
         self._writing = False
         self._restore_called = False
         self._restored_step: int | None = None
+        self._restored_lineage: Lineage | None = None
         self._newer_than_restored = False
-        self._last_saved_step: int | None = None
-        self._last_save_at = monotonic()
-        self._save_seconds: list[float] = []
+        self._lineage: Lineage | None = None  # the branch this writer saves on, once writing
+        self._latest_branch = -math.inf  # when the newest branch seen at restore() began
         self._last_call: tuple[int, Any, dict[str, Any] | None] | None = None
-        self._last_call_at: float | None = None
-        self._step_seconds = 0.0
-        self._interrupted = False
-        self._stop_reason = "SIGTERM received"
-        self._previous_sigterm: Any = None
         self._closed = False
-        self._staging: list[Any] = []
 
     def _policy(self) -> Policy:
         policies: list[Policy] = [LatestN(self.keep_last)]
@@ -249,7 +258,7 @@ class Checkpointer:
     @property
     def last_saved_step(self) -> int | None:
         """The step of the last save of this Checkpointer (or of the restored checkpoint)."""
-        return self._last_saved_step
+        return self.save_policy.last_saved_step
 
     # Saving ------------------------------------------------------------------------------
 
@@ -258,76 +267,74 @@ class Checkpointer:
         to host memory; the write to the local disk goes on in the background (one at a time),
         and the copy to the location after it, in a thread of its own."""
         step = _check_step(step)
-        self._check_open()
-        self.wait()  # at most one save in flight; surfaces the previous save's failure
-        clean = _clean_metrics(metrics)
-        self._begin_writing()
-        # A synchronous save writes the caller's own arrays: the caller waits meanwhile.
-        tree, leaves = flatten(state, reuse=self._staging, copy=self.async_save)
-        if self.async_save:
-            self._staging = leaves  # free again once this save is written: wait() comes first
-        if clean:
-            self.history.append(make_record(step, self.session, clean, self.attempt))
-        started = self._monotonic()
-        self._last_saved_step = step
-        self._last_save_at = started
+        with self._writer.lock:  # one save at a time, whichever threads call
+            self._check_open()
+            self.wait()  # at most one save in flight; surfaces the previous save's failure
+            clean = _clean_metrics(metrics)
+            self._begin_writing()
+            # A synchronous save writes the caller's own arrays: the caller waits meanwhile.
+            tree, leaves = self._writer.stage(state)
+            if clean:
+                self.history.append(make_record(step, self.session, clean, self.attempt))
+            started = self._monotonic()
+            self.save_policy.saved(step, started)
+            lineage = self._lineage
 
-        def job() -> None:
-            self._commit(step, tree, leaves, clean)
-            self._save_seconds.append(self._monotonic() - started)
+            def job() -> None:
+                self._commit(step, tree, leaves, clean, lineage)
+                self.save_policy.took(self._monotonic() - started)
 
-        if self.async_save:
-            self._pending = self._executor.submit(self._guarded, job)
-        else:
-            self._guarded(job)
-            self._raise_pending_error()
+            self._writer.submit(job)
+            if not self.async_save:
+                self._raise_pending_error(self._writer.wait())
 
     def maybe_save(self, step: int, state: Any, *, metrics: dict[str, Any] | None = None) -> bool:
-        """Save if the interval (``every`` or ``every_steps``) has passed, or if the session
-        deadline is near: then the save is waited for and :attr:`should_stop` turns True.
-        Returns whether it saved.
+        """Save if a save is due: at the run's first step, then when the interval (``every``,
+        shorter while the run is young, or ``every_steps``) has passed; or if the session
+        deadline is near (or a stop was asked for): then the save is waited for and
+        :attr:`should_stop` turns True. Returns whether it saved.
 
         *state* may be a function that returns the state: it is called only when a save is
         due, which spares gathering a large state at every step."""
         step = _check_step(step)
-        self._check_open()
-        now = self._monotonic()
-        if self._last_call_at is not None:
-            self._step_seconds = 0.8 * self._step_seconds + 0.2 * (now - self._last_call_at)
-        self._last_call_at = now
-        self._last_call = (step, state, metrics)
-        if self.should_stop:
+        with self._writer.lock:
+            self._check_open()
+            now = self._monotonic()
+            self.save_policy.step_seen(now)
+            self._last_call = (step, state, metrics)
+            if self.should_stop:
+                return False
+            if self.save_policy.final_due():
+                why = (
+                    self.save_policy.stop_reason
+                    if self.save_policy.stop_asked
+                    else f"{format_duration(self.clock.remaining)} left in this session"
+                )
+                logger.warning("colabsession: %s: saving step %d and stopping", why, step)
+                self.save(step, _gather(state), metrics=metrics)
+                self.wait()
+                self.should_stop = True
+                return True
+            if self.save_policy.interval_due(step, now):
+                self.save(step, _gather(state), metrics=metrics)
+                return True
+            if metrics:
+                self.log(step, **metrics)
             return False
-        if self._final_save_due():
-            why = (
-                self._stop_reason
-                if self._interrupted
-                else f"{format_duration(self.clock.remaining)} left in this session"
-            )
-            logger.warning("colabsession: %s: saving step %d and stopping", why, step)
-            self.save(step, _gather(state), metrics=metrics)
-            self.wait()
-            self.should_stop = True
-            return True
-        if self._interval_due(step, now):
-            self.save(step, _gather(state), metrics=metrics)
-            return True
-        if metrics:
-            self.log(step, **metrics)
-        return False
 
     def prepare(self) -> None:
         """Take the run's lease and check that it can be written, now rather than at the first
         save: call it after :meth:`restore` and before training, so that a location you cannot
         write to fails in seconds, not after the first epoch."""
-        self._check_open()
-        self._begin_writing()
+        with self._writer.lock:
+            self._check_open()
+            self._begin_writing()
 
     @property
     def stop_due(self) -> bool:
         """Whether the next :meth:`maybe_save` saves and stops: the session deadline is near,
         SIGTERM came, or :meth:`request_stop` was called."""
-        return not self.should_stop and not self._closed and self._final_save_due()
+        return not self.should_stop and not self._closed and self.save_policy.final_due()
 
     def due(self, step: int) -> bool:
         """Whether ``maybe_save(step, ...)`` would save now: the interval has passed, the
@@ -335,16 +342,8 @@ class Checkpointer:
         (metrics for the checkpoint list, say) only then."""
         if self.should_stop or self._closed:
             return False
-        return self._final_save_due() or self._interval_due(step, self._monotonic())
-
-    def _final_save_due(self) -> bool:
-        return self._interrupted or self.clock.remaining <= self.margin
-
-    def _interval_due(self, step: int, now: float) -> bool:
-        last = self._last_saved_step if self._last_saved_step is not None else -1
-        return (self.every is not None and now - self._last_save_at >= self.every) or (
-            self.every_steps is not None and step - last >= self.every_steps
-        )
+        policy = self.save_policy
+        return policy.final_due() or policy.interval_due(step, self._monotonic())
 
     def restart(self) -> None:
         """Start the run over instead of resuming it. At the first save every checkpoint of
@@ -353,57 +352,57 @@ class Checkpointer:
 
         >>> ckpt = cs.Checkpointer("my-run"); ckpt.restart()  # doctest: +SKIP
         """
-        self.wait()
-        self._restore_called = True
-        self._writing = False
-        self._restored_step = None
-        self._newer_than_restored = True
-        self._last_saved_step = None
+        with self._writer.lock:
+            self.wait()
+            self._restore_called = True
+            self._writing = False
+            self._restored_step = None
+            self._restored_lineage = None
+            self._newer_than_restored = True
+            self.save_policy.restored(None)
 
     @property
     def margin(self) -> float:
         """Seconds before the deadline at which the final save starts: the floor, or the
         slowest recent save times a safety factor plus two steps, whichever is more."""
-        slowest = max(self._save_seconds[-5:], default=0.0)
-        return max(self.margin_floor, SAFETY * slowest + 2 * self._step_seconds)
+        return self.save_policy.margin
 
     def log(self, step: int, /, **metrics: Any) -> None:
         """Add metrics for *step* to the run's history without saving a checkpoint."""
         step = _check_step(step)
-        self._check_open()
-        clean = _clean_metrics(metrics)
-        self._begin_writing()
-        if clean:
-            self.history.append(make_record(step, self.session, clean, self.attempt))
+        with self._writer.lock:
+            self._check_open()
+            clean = _clean_metrics(metrics)
+            self._begin_writing()
+            if clean:
+                self.history.append(make_record(step, self.session, clean, self.attempt))
 
     def wait(self) -> None:
         """Block until the save in flight is committed to the local disk (not the location:
         see :meth:`close`)."""
-        pending = self._pending
-        if pending is not None:
-            pending.result()
-            self._pending = None
-        self._raise_pending_error()
+        with self._writer.lock:
+            self._raise_pending_error(self._writer.wait())
 
     def close(self) -> None:
         """Wait for the save in flight, give the location up to ``close_timeout`` to receive
         what is still only local (saying what stays local), and release the lease. Always
         releases, even when the last save failed (which it then raises)."""
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            self.wait()
-        except LeaseError as exc:  # said at the save or log that met it; nothing to wait for
-            logger.warning("colabsession: %s", exc)
-        finally:
+        with self._writer.lock:
+            if self._closed:
+                return
+            self._closed = True
             try:
-                self._final_sync()
+                self.wait()
+            except LeaseError as exc:  # said at the save or log that met it
+                logger.warning("colabsession: %s", exc)
             finally:
-                if self._replicator is not None:
-                    self._replicator.stop()
-                self._lease.release()
-                self._executor.shutdown(wait=True)
+                try:
+                    self._final_sync()
+                finally:
+                    if self._replicator is not None:
+                        self._replicator.stop()
+                    self._lease.release()
+                    self._writer.shutdown()
 
     def sync(self, timeout: Duration | None = None) -> list[int]:
         """Copy what is only local to the location now, waiting up to *timeout* (default
@@ -412,7 +411,7 @@ class Checkpointer:
         >>> ckpt.sync("30s")  # before something that may end the runtime  # doctest: +SKIP
         []
         """
-        self.wait()
+        self.wait()  # the waiting for the location is outside the lock: saves go on meanwhile
         if self._replicator is None or not self._writing:
             return []
         limit = self.close_timeout if timeout is None else parse_duration(timeout, name="timeout")
@@ -435,11 +434,7 @@ class Checkpointer:
             )
 
     def __enter__(self) -> Checkpointer:
-        if threading.current_thread() is threading.main_thread():
-            try:
-                self._previous_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
-            except (ValueError, OSError):  # not allowed here (some embedded interpreters)
-                self._previous_sigterm = None
+        self._sigterm.install()
         return self
 
     def __exit__(
@@ -454,28 +449,22 @@ class Checkpointer:
             elif issubclass(exc_type, KeyboardInterrupt) and self.save_on_interrupt:
                 self._save_last("interrupted")
         finally:
-            if self._previous_sigterm is not None:
-                signal.signal(signal.SIGTERM, self._previous_sigterm)
-                self._previous_sigterm = None
+            self._sigterm.uninstall()
             self.close()
-
-    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
-        # Cooperative, like submitit: the next maybe_save() saves and asks the loop to stop.
-        self.request_stop("SIGTERM received")
 
     def request_stop(self, why: str = "a stop was asked for") -> None:
         """Save at the next :meth:`maybe_save` and then stop (:attr:`should_stop`), as for
         SIGTERM: safe to call from a signal handler (a Ctrl-C that should end the loop at a
         step boundary, say)."""
-        self._stop_reason = why
-        self._interrupted = True
+        self.save_policy.request_stop(why)
 
     def _save_last(self, why: str) -> None:
         """Save the state last given to maybe_save if it is newer than the last checkpoint."""
         if self._last_call is None or self._closed or self._lease.lost:
             return
         step, state, metrics = self._last_call
-        if self._last_saved_step is not None and step <= self._last_saved_step:
+        last = self.save_policy.last_saved_step
+        if last is not None and step <= last:
             return
         logger.info("colabsession: %s: saving step %d", why, step)
         try:
@@ -520,22 +509,35 @@ class Checkpointer:
 
             restored = ckpt.restore(like={"params": params, "opt": opt_state})
 
-        Saving after restoring an older step than the newest abandons the newer ones: at the
-        first save they are set aside (renamed ``parked-...``), as the history drops its
-        records past the restored step."""
+        Saving after restoring an older step than the newest abandons the newer ones: each
+        checkpoint records the one it continues from, so they are never restored again, on this
+        runtime or another, however late the location hears of it; they are set aside (renamed
+        ``parked-...``), as the history drops its records past the restored step. A run with a
+        history but no checkpoint says so before it starts over."""
         if step is not None:
             step = _check_step(step)
         check_device(device)
-        self.wait()
-        entries = listed = self._entries()
-        newest_step = max((e.step for e in entries), default=None)
+        with self._writer.lock:
+            self.wait()
+            return self._restore(step, device, like)
+
+    def _restore(self, step: int | None, device: Any, like: Any) -> Checkpoint | None:
+        listed, abandoned = split_live(self._entries())
+        self._latest_branch = max(
+            (e.manifest.lineage.started for e in [*listed, *abandoned] if e.manifest.lineage),
+            default=-math.inf,
+        )
+        entries = listed
+        newest_step = max((e.step for e in listed), default=None)
         if step is not None:
-            entries = [e for e in entries if e.step == step]
+            entries = [e for e in listed if e.step == step]
             if not entries:
                 available = sorted({e.step for e in listed})
+                left = sorted({e.step for e in abandoned if e.step == step})
                 raise CheckpointError(
                     f"no checkpoint of step {step} in {self.location}; available: "
                     f"{available or 'none'}"
+                    + (" (a checkpoint of that step is on an abandoned branch)" if left else "")
                 )
         self._restore_called = True
         self._writing = False  # the next write takes up from the restored step afresh
@@ -551,8 +553,9 @@ class Checkpointer:
                 )
                 continue
             self._restored_step = entry.step
+            self._restored_lineage = entry.manifest.lineage
             self._newer_than_restored = newest_step is not None and newest_step > entry.step
-            self._last_saved_step = entry.step
+            self.save_policy.restored(entry.step)
             manifest = entry.manifest
             state = to_frameworks(state, device)
             return Checkpoint(
@@ -568,8 +571,27 @@ class Checkpointer:
                 f"checkpoint step {step} in {self.location} is damaged everywhere"
             )
         self._restored_step = None
+        self._restored_lineage = None
         self._newer_than_restored = newest_step is not None
+        self.save_policy.restored(None)
+        self._warn_if_history_without_checkpoint()
         return None
+
+    def _warn_if_history_without_checkpoint(self) -> None:
+        try:
+            records = self.history.newest()
+        except (OSError, TimeoutError):  # said by newest(); nothing more to tell
+            return
+        if records:
+            last = max(r["step"] for r in records)
+            logger.warning(
+                "colabsession: %s has a history of %d logged steps (up to step %d) but no "
+                "checkpoint to resume from: training starts over from the beginning, and that "
+                "history is set aside (parked-history...) at the first save",
+                self.location,
+                len(records),
+                last,
+            )
 
     def latest_step(self) -> int | None:
         """The newest committed step (without verifying its arrays)."""
@@ -577,16 +599,20 @@ class Checkpointer:
         return steps[-1] if steps else None
 
     def steps(self) -> list[int]:
-        """All committed steps, local or remote, oldest first."""
-        return sorted({e.step for e in self._entries()})
+        """All committed steps of the run as it goes on now (not those of a branch abandoned
+        by restoring an older step), local or remote, oldest first."""
+        return sorted({e.step for e in split_live(self._entries())[0]})
 
     def checkpoints(self) -> list[CheckpointInfo]:
-        """Every committed checkpoint, local and at the location, oldest first."""
+        """Every committed checkpoint of the run as it goes on now, local and at the location,
+        oldest first."""
         return [
             CheckpointInfo(
                 e.step, e.where, e.manifest.created, dict(e.manifest.metrics), e.manifest.session
             )
-            for e in sorted(self._entries(), key=lambda e: (e.step, e.store is not self.local))
+            for e in sorted(
+                split_live(self._entries())[0], key=lambda e: (e.step, e.store is not self.local)
+            )
         ]
 
     def verify(self) -> list[tuple[int, str, str | None]]:
@@ -652,6 +678,7 @@ class Checkpointer:
                 reason(exc),
                 self.local_dir,
             )
+        self._lineage = self._new_branch()
         try:
             self.history.start(self._restored_step, truncate=self._restore_called)
             if self._restore_called and self._newer_than_restored:
@@ -664,15 +691,21 @@ class Checkpointer:
             ) from None
         self._writing = True
 
+    def _new_branch(self) -> Lineage:
+        """The lineage of the saves this writer begins: after a restore, a branch that
+        continues from the restored checkpoint (or from nothing, when none was); without one,
+        a branch that follows whatever came before it."""
+        # Begun after every branch restore() saw, even where this runtime's clock lags.
+        branch, now = uuid.uuid4().hex[:12], max(time.time(), self._latest_branch + 0.001)
+        if not self._restore_called:
+            return Lineage(branch, now, follows=True)
+        if self._restored_step is None:
+            return Lineage(branch, now)
+        fork = branch_of(self._restored_lineage) or None
+        return Lineage(branch, now, fork_branch=fork, fork_step=self._restored_step)
+
     def _park_newer(self, step: int | None) -> None:
-        limit = -1 if step is None else step
-        parked = []
-        for entry in self.local.entries(warn=False):
-            if entry.step > limit:
-                self.local.park(entry)
-                parked.append(entry.step)
-        if self._replicator is not None:
-            self._replicator.park_newer_than(limit)
+        parked = [e.step for e in self._park_abandoned()]
         logger.warning(
             "colabsession: %s, so the %scheckpoints%s are set aside (renamed parked-...) in %s",
             "the run starts over" if step is None else f"training continues from step {step}",
@@ -681,7 +714,22 @@ class Checkpointer:
             self.location,
         )
 
-    def _commit(self, step: int, tree: Any, leaves: list[Any], metrics: dict[str, Any]) -> None:
+    def _park_abandoned(self) -> list[Entry]:
+        """Set aside the local checkpoints the live lineage leaves out; the replicator does so
+        at the location."""
+        abandoned = split_live(self.local.entries(warn=False), self._lineage)[1]
+        for entry in abandoned:
+            self.local.park(entry)
+        return abandoned
+
+    def _commit(
+        self,
+        step: int,
+        tree: Any,
+        leaves: list[Any],
+        metrics: dict[str, Any],
+        lineage: Lineage | None,
+    ) -> None:
         """The background part of a save: write the file locally, apply retention there, and
         hand it to the replicator."""
         arrays = host_arrays(leaves)
@@ -691,6 +739,7 @@ class Checkpointer:
             "session": self.session,
             "metrics": {k: _json_metric(v) for k, v in metrics.items()},
             "tree": tree,
+            "lineage": lineage,
         }
         self.local.commit(_layout.file_name(step), lambda f: _layout.write(f, arrays, **fields))
         self._retain_local()
@@ -698,7 +747,9 @@ class Checkpointer:
             self._replicator.notify()
 
     def _retain_local(self) -> None:
-        for entry in split(self.local.entries(warn=False), self.policy)[1]:
+        self._park_abandoned()
+        live = split_live(self.local.entries(warn=False), self._lineage)[0]
+        for entry in split(live, self.policy)[1]:
             self.local.delete(entry)
         for name in self.local.leftovers():  # temporary files of saves cut short
             path = Path(self.local.path(name))
@@ -708,14 +759,8 @@ class Checkpointer:
             except OSError:
                 pass
 
-    def _guarded(self, job: Callable[[], None]) -> None:
-        try:
-            job()
-        except BaseException as exc:
-            self._error = exc
-
-    def _raise_pending_error(self) -> None:
-        error, self._error = self._error, None
+    def _raise_pending_error(self, error: BaseException | None) -> None:
+        """Raise *error* (the last write's, if any) as a CheckpointError, or a lost lease."""
         if error is not None:
             if isinstance(error, ColabSessionError):
                 raise error

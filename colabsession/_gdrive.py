@@ -597,6 +597,33 @@ def _filesystem_class() -> type:
                         self._trash_quietly(old)
                 return item
 
+            def cat_file(
+                self, path: str, start: int | None = None, end: int | None = None, **kw: Any
+            ) -> bytes:
+                """The bytes of *path* from *start* to *end* (fsspec's meaning, negative from
+                the end), by one ranged download: a checkpoint's manifest is read from its
+                end without downloading the file whole."""
+                if start is None and end is None:
+                    return bytes(super().cat_file(path, **kw))
+                first, stop = start or 0, end
+                if first < 0 or (stop is not None and stop < 0):
+                    size = int(self.info(path)["size"])
+                    first = first + size if first < 0 else first
+                    stop = stop + size if stop is not None and stop < 0 else stop
+                if stop is not None and stop <= first:
+                    return b""
+                from googleapiclient.errors import HttpError
+
+                item_id = self._get_item_id(path)
+                request = self.client.auth.service.files().get_media(fileId=item_id)
+                last = "" if stop is None else str(stop - 1)
+                request.headers["range"] = f"bytes={max(0, first)}-{last}"
+                try:
+                    data = request.execute(http=self.client.auth.Get_Http_Object())
+                except HttpError as exc:
+                    raise ApiRequestError(exc) from None
+                return bytes(data)
+
             def rm_file(self, path: str) -> None:
                 # Every file of the name: a twin left by an upload that failed after creating
                 # its file, or hidden by a lagging listing, goes too.

@@ -1,4 +1,6 @@
-"""Ctrl-C (the notebook's stop button) as a request to save and stop at the next step boundary.
+"""Signals as requests to save and stop at the next step boundary: SIGTERM (what Colab, Kaggle
+and schedulers send before ending a runtime) while a Checkpointer is used in ``with``, and Ctrl-C
+(the notebook's stop button) inside a loop that knows its step boundaries.
 
 A KeyboardInterrupt can land anywhere in a step, between one parameter's update and the next;
 a state saved then would not be any step's. So inside a loop that knows its boundaries, the
@@ -13,7 +15,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ._say import say
 
@@ -49,3 +51,32 @@ def stop_at_boundary(ckpt: Checkpointer, on_hard_stop: Callable[[], None]) -> It
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+class StopOnSigterm:
+    """While installed, SIGTERM calls ``request_stop("SIGTERM received")``: cooperative, like
+    submitit, the next ``maybe_save`` saves and asks the loop to stop. Installs only in the main
+    thread (where Python allows signal handlers); :meth:`uninstall` puts back the previous one.
+
+    >>> sigterm = StopOnSigterm(ckpt.request_stop); sigterm.install()   # doctest: +SKIP
+    """
+
+    def __init__(self, request_stop: Callable[[str], None]) -> None:
+        self._request_stop = request_stop
+        self._previous: Any = None
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        except (ValueError, OSError):  # not allowed here (some embedded interpreters)
+            self._previous = None
+
+    def uninstall(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        self._request_stop("SIGTERM received")

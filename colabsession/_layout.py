@@ -4,7 +4,9 @@
 
     the state's arrays          raw bytes, each at a 64-byte boundary (see _serialize)
     the manifest                JSON: step, time, session, metrics, the state's tree, where each
-                                array lies, the arrays' size and CRC32C
+                                array lies, the arrays' size and CRC32C, and its lineage (the
+                                branch of saves it belongs to and where that branch began:
+                                see :mod:`._lineage`)
     a 20-byte trailer           the manifest's length, its CRC32C and the magic b"CSCKPT01"
 
 The trailer is written last, so a file cut short anywhere has no valid trailer and does not count:
@@ -47,6 +49,27 @@ class Damaged(Exception):
     """A checkpoint file that must not be loaded; the message says why."""
 
 
+class CutShort(Damaged):
+    """A checkpoint file whose write stopped before its trailer: an upload cut short (a kill, a
+    dropped mount). Nothing can be read from it; a whole copy replaces it."""
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Which line of saves a checkpoint belongs to. Each writer that starts writing (after
+    :meth:`Checkpointer.restore`, or afresh) begins a *branch*, at wall-clock time *started*,
+    that continues from the checkpoint (*fork_branch*, *fork_step*) it restored; *fork_step*
+    None: from nothing (a new or restarted run), unless *follows* (the writer restored
+    nothing and continues whatever came before it). *fork_branch* None names checkpoints
+    written before lineages existed."""
+
+    branch: str
+    started: float
+    fork_branch: str | None = None
+    fork_step: int | None = None
+    follows: bool = False
+
+
 @dataclass(frozen=True)
 class Manifest(Record):
     """What a checkpoint file holds, as its trailer's manifest records it."""
@@ -61,6 +84,7 @@ class Manifest(Record):
     arrays: list[ArrayInfo]
     size: int
     crc32c: int
+    lineage: Lineage | None = None  # None: written by an older colabsession
 
     @property
     def created(self) -> datetime:
@@ -97,11 +121,11 @@ def read_manifest(read_tail: Any, file_size: int, name: str) -> Manifest:
     if step is None:
         raise Damaged(f"{name} is not a checkpoint file's name")
     if file_size < TRAILER.size:
-        raise Damaged(f"it has {file_size} bytes: the save was cut short")
+        raise CutShort(f"it has {file_size} bytes: the save was cut short")
     tail = read_tail(min(file_size, 64 << 10))
     length, crc, magic = TRAILER.unpack(tail[-TRAILER.size :])
     if magic != MAGIC:
-        raise Damaged("it has no trailer: the save was cut short")
+        raise CutShort("it has no trailer: the save was cut short")
     if length > file_size - TRAILER.size:
         raise Damaged("its trailer is damaged")
     if length + TRAILER.size > len(tail):

@@ -2,9 +2,16 @@
 
 The training thread commits each checkpoint to the local disk and never waits for Drive: the
 :class:`Replicator` uploads what the location lacks, appends the history, and applies retention
-there. Every operation on the location is bounded (see :class:`._store.Store`), so a stuck or
-dropped mount or a silent API server delays replication only: the user is told which steps are
-not yet on Drive, and it tries again with a growing pause.
+there. A file at the location counts as there only once it is whole: its size matches the local
+copy's and its trailer's manifest the local one's (a cheap check: one listing with sizes, then
+the last bytes of a file whose size matches). A copy cut short (a kill or a dropped mount during
+the upload) is sent again, and retention removes those that no local copy will replace. What is
+kept and set aside follows the live lineage (see :mod:`._lineage`), so checkpoints of a branch
+abandoned while the location did not answer are set aside as soon as it answers.
+
+Every operation on the location is bounded (see :class:`._store.Store`), so a stuck or dropped
+mount or a silent API server delays replication only: the user is told which steps are not yet
+on Drive, and it tries again with a growing pause.
 """
 
 from __future__ import annotations
@@ -16,7 +23,9 @@ from collections.abc import Callable
 
 from ._errors import DriveError, LeaseError
 from ._history import HistoryLog
+from ._layout import CutShort, Lineage, Manifest, parse_name
 from ._lease import Lease
+from ._lineage import split_live
 from ._retention import Policy, split
 from ._storage import reason
 from ._store import Entry, Store
@@ -37,17 +46,19 @@ class Replicator:
         history: HistoryLog,
         lease: Lease,
         policy: Policy,
+        head: Callable[[], Lineage | None] = lambda: None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.local, self.remote, self.history, self.lease = local, remote, history, lease
         self.policy = policy
+        self.head = head  # the writer's branch, live whatever the location holds
         self.backoff = Backoff(initial=5.0, maximum=600.0, monotonic=monotonic)
         self._wake = threading.Event()
         self._idle = threading.Event()
         self._idle.set()
         self._stop = False
-        self._park: list[int] = []  # steps newer than a restored one, to set aside first
-        self._remote_names: set[str] = set()  # what the location holds, as last listed
+        self._remote_sizes: dict[str, int | None] = {}  # the location's files, as last listed
+        self._whole: set[str] = set()  # checkpoints known to be whole at the location
         self._relist = True  # list the location before the next round's work
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -70,11 +81,6 @@ class Replicator:
             self._idle.clear()
         self._wake.set()
 
-    def park_newer_than(self, step: int) -> None:
-        """Before the next upload, set aside the location's checkpoints newer than *step*."""
-        with self._lock:
-            self._park.append(step)
-
     def flush(self, timeout: float) -> list[int]:
         """Replicate now and wait up to *timeout* seconds; return the steps still not on the
         location (empty when everything is there)."""
@@ -84,8 +90,8 @@ class Replicator:
         return self.pending()
 
     def pending(self) -> list[int]:
-        """Committed local steps (that retention keeps) not yet on the location."""
-        return sorted(e.step for e in self._wanted() if e.name not in self._remote_names)
+        """Committed local steps (that retention keeps) not yet whole on the location."""
+        return sorted(e.step for e in self._wanted() if e.name not in self._whole)
 
     def stop(self) -> None:
         self._stop = True
@@ -126,38 +132,77 @@ class Replicator:
         else:
             self.lease.verify()  # a writer that took over since: upload nothing more
         if self._relist:
-            self._remote_names = set(self.remote.names())
+            self._remote_sizes = self.remote.sizes()
+            self._whole &= set(self._remote_sizes)
             self._relist = False
-        with self._lock:
-            park, self._park = self._park, []
-        for step in park:
-            for entry in self._remote_entries():
-                if entry.step > step:
-                    self.remote.park(entry)
-                    self._remote_names.discard(entry.name)
-        for entry in sorted(self._wanted(), key=lambda e: -e.step):  # the newest matters most
-            if entry.name in self._remote_names:
+        local = self.local.entries(warn=False)
+        self._park_abandoned(local)
+        wanted = self._wanted(local)
+        for entry in sorted(wanted, key=lambda e: -e.step):  # the newest matters most
+            if entry.name in self._whole or self._is_whole(entry):
+                self._whole.add(entry.name)
                 continue
             if self.lease.lost:
                 raise LeaseError(self.lease.lost)
             try:
+                size = self.local.size(entry.name)
+                self.remote.forget(entry.name)  # a copy cut short is replaced
                 self.remote.upload(entry)
             except FileNotFoundError:
                 continue  # retention removed it locally meanwhile: a newer one supersedes it
-            self._remote_names.add(entry.name)
+            self._remote_sizes[entry.name] = size
+            self._whole.add(entry.name)
         self.history.sync()
-        self._retain()
+        self._retain({e.name for e in wanted})
 
-    def _wanted(self) -> list[Entry]:
-        return split(self.local.entries(warn=False), self.policy)[0]
+    def _is_whole(self, entry: Entry) -> bool:
+        """Whether the location's copy of *entry* is whole: its size first (from the listing),
+        then its trailer's manifest (the file's last bytes) against the local one."""
+        remote_size = self._remote_sizes.get(entry.name, -1)
+        if remote_size == -1:
+            return False
+        if remote_size is not None and remote_size != self.local.size(entry.name):
+            return False
+        found = self.remote.manifest(entry.name, warn=False)
+        return (
+            isinstance(found, Manifest)
+            and found.size == entry.manifest.size
+            and found.crc32c == entry.manifest.crc32c
+        )
+
+    def _wanted(self, local: list[Entry] | None = None) -> list[Entry]:
+        """The local checkpoints the location should hold: the live lineage's, as kept."""
+        if local is None:
+            local = self.local.entries(warn=False)
+        return split(split_live(local, self.head())[0], self.policy)[0]
 
     def _remote_entries(self) -> list[Entry]:
-        return self.remote.entries(sorted(self._remote_names))
+        return self.remote.entries(sorted(self._remote_sizes), warn=False)
 
-    def _retain(self) -> None:
+    def _park_abandoned(self, local: list[Entry]) -> None:
+        """Set aside the location's checkpoints that the live lineage leaves out (a branch
+        abandoned by restoring an older step), however late the location hears of it."""
+        remote = self._remote_entries()
+        local_names = {e.name for e in local}
+        everything = [*local, *(e for e in remote if e.name not in local_names)]
+        abandoned = {e.name for e in split_live(everything, self.head())[1]}
+        for entry in remote:
+            if entry.name in abandoned:
+                self.remote.park(entry)
+                self._remote_sizes.pop(entry.name, None)
+                self._whole.discard(entry.name)
+
+    def _retain(self, wanted: set[str]) -> None:
         for entry in split(self._remote_entries(), self.policy)[1]:
             self.remote.delete(entry)
-            self._remote_names.discard(entry.name)
+            self._remote_sizes.pop(entry.name, None)
+            self._whole.discard(entry.name)
+        # Copies cut short that no local copy will replace (a kill during an upload on
+        # another runtime): nothing can be read from them, and each restore would warn.
+        for name in [n for n in self._remote_sizes if parse_name(n) is not None]:
+            if name not in wanted and isinstance(self.remote.manifest(name, warn=False), CutShort):
+                self.remote.remove(name)
+                self._remote_sizes.pop(name, None)
 
     def _failed(self, exc: BaseException) -> None:
         self._relist = True  # the failure may have left anything behind

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from . import _layout
 from ._layout import Damaged, Manifest
+from ._records import read_count
 from ._runtime import mount_type
 from ._storage import write_fd
 from ._timeout import call_with_timeout
@@ -62,7 +63,6 @@ class Store:
         self.local = location.is_local
         self.on_mount = self.local and (mount_type(self.root) or "").startswith("fuse")
         self._manifests: dict[str, Manifest | Damaged] = {}  # names never change content
-        self._whole: tuple[str, bytearray] | None = None  # a file read whole for its manifest
         self._lock = threading.Lock()
 
     @classmethod
@@ -96,6 +96,29 @@ class Store:
             return list(dict.fromkeys(str(p).rstrip("/").rsplit("/", 1)[-1] for p in found))
 
         return self.io("list", listing)
+
+    def sizes(self) -> dict[str, int | None]:
+        """The files of the folder and their sizes in bytes (None where the file system does not
+        say), in one listing; none if the folder does not exist."""
+
+        def listing() -> dict[str, int | None]:
+            try:
+                found = self.fs.ls(self.root, detail=True)
+            except (FileNotFoundError, NotADirectoryError):
+                return {}
+            sizes: dict[str, int | None] = {}
+            for info in found:
+                name = str(info.get("name", "")).rstrip("/").rsplit("/", 1)[-1]
+                size = info.get("size")
+                if name and name not in sizes and info.get("type") != "directory":
+                    sizes[name] = read_count(size)  # a listing is untrusted too
+            return sizes
+
+        return self.io("list", listing)
+
+    def size(self, name: str) -> int:
+        """The size of the file *name* in bytes."""
+        return int(self.io(f"stat {name}", lambda: self.fs.size(self.path(name))))
 
     def read(self, name: str, *, limit: int | None = None) -> bytes:
         """The content of *name*; with *limit*, no more than its first ``limit + 1`` bytes,
@@ -175,23 +198,33 @@ class Store:
         """The committed, structurally valid checkpoints, oldest first. A damaged file is
         skipped with a warning (once per file); its arrays are checked only by :meth:`load`."""
         entries = []
-        for name in self.names() if names is None else names:
+        sizes: dict[str, int | None] = {}
+        if names is None:
+            # Elsewhere than the local disk the listing's sizes spare a request per file.
+            sizes = {} if self.local else self.sizes()
+            names = list(sizes) if sizes else self.names()
+        for name in names:
             step = _layout.parse_name(name)
             if step is None:
                 continue
-            manifest = self.manifest(name, warn=warn)
+            manifest = self.manifest(name, warn=warn, size=sizes.get(name))
             if isinstance(manifest, Manifest):
                 entries.append(Entry(step, name, manifest, self))
         return sorted(entries, key=lambda e: (e.step, e.manifest.time))
 
-    def manifest(self, name: str, *, warn: bool = True) -> Manifest | Damaged:
-        """The manifest of the checkpoint file *name*, or why it is damaged."""
+    def manifest(
+        self, name: str, *, warn: bool = True, size: int | None = None
+    ) -> Manifest | Damaged:
+        """The manifest of the checkpoint file *name* (of *size* bytes, if known), or why it is
+        damaged."""
         with self._lock:
             known = self._manifests.get(name)
         if known is not None:
             return known
         try:
-            result: Manifest | Damaged = self.io(f"read {name}", lambda: self._read_manifest(name))
+            result: Manifest | Damaged = self.io(
+                f"read {name}", lambda: self._read_manifest(name, size)
+            )
         except Damaged as exc:
             result = exc
         except FileNotFoundError:
@@ -202,31 +235,46 @@ class Store:
             self._manifests[name] = result
         return result
 
+    def forget(self, name: str) -> None:
+        """Read the manifest of *name* afresh next time (a copy cut short is being replaced)."""
+        with self._lock:
+            self._manifests.pop(name, None)
+
     def damaged(self) -> list[tuple[str, str]]:
         """(name, why) of every checkpoint file whose manifest is damaged (after entries())."""
         with self._lock:
             return sorted((n, str(m)) for n, m in self._manifests.items() if isinstance(m, Damaged))
 
-    def _read_manifest(self, name: str) -> Manifest:
-        with self.fs.open(self.path(name), "rb") as f:
-            if not _seekable(f):  # pydrive2 streams downloads: fetch it whole, keep it for load
-                data = bytearray(f.read())
-                self._whole = (name, data)
-                return _layout.read_manifest(lambda n: data[len(data) - n :], len(data), name)
-            size = f.seek(0, os.SEEK_END)
+    def _read_manifest(self, name: str, size: int | None) -> Manifest:
+        path = self.path(name)
+        if self.local:
+            with self.fs.open(path, "rb") as f:
+                size = f.seek(0, os.SEEK_END)
 
-            def tail(n: int) -> bytes:
-                f.seek(size - n)
-                return bytes(f.read(n))
+                def tail(n: int) -> bytes:
+                    f.seek(size - n)
+                    return bytes(f.read(n))
 
-            return _layout.read_manifest(tail, size, name)
+                return _layout.read_manifest(tail, size, name)
+
+        # Elsewhere (the Drive API streams downloads) ranged reads of the end only: opening the
+        # file would start downloading it whole.
+        def read(total: int) -> Manifest:
+            return _layout.read_manifest(
+                lambda n: bytes(self.fs.cat_file(path, start=total - n, end=total)), total, name
+            )
+
+        if size is not None:
+            try:
+                return read(size)
+            except Damaged:  # a listing that lags (an older file of the name): ask the file
+                if int(self.fs.size(path)) == size:
+                    raise
+        return read(int(self.fs.size(path)))
 
     def load(self, entry: Entry) -> Any:
         """The state of *entry*, read whole and verified. Raises Damaged."""
         size = entry.manifest.size
-        whole, self._whole = self._whole, None
-        if whole is not None and whole[0] == entry.name:
-            return _layout.load(whole[1], entry.manifest)
 
         def job() -> bytearray:
             buffer = bytearray(size)
@@ -401,13 +449,6 @@ def _size_or_zero(path: str | os.PathLike[str]) -> int:
         return os.path.getsize(path)
     except OSError:
         return 0
-
-
-def _seekable(f: Any) -> bool:
-    try:
-        return bool(f.seekable())
-    except (AttributeError, OSError, ValueError):
-        return False
 
 
 def _read_into(f: Any, view: memoryview) -> int:

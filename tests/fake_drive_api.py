@@ -79,6 +79,7 @@ class DriveState:
     shared_with_service: set[str] = field(default_factory=set)  # folder ids shared with them
     failures: list[Failure] = field(default_factory=list)
     requests: list[str] = field(default_factory=list)
+    served: int = 0  # bytes of file content sent in downloads
     lock: threading.Lock = field(default_factory=threading.Lock)
     ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     # Switches (see the module's docstring)
@@ -529,12 +530,14 @@ class _Handler(BaseHTTPRequestHandler):
         content = self.state.content.get(item["id"], b"")
         wanted = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", "").strip())
         if wanted is None:
+            self.state.served += len(content)
             return self._send(200, content, item["mimeType"])
         first = int(wanted.group(1))
         last = min(int(wanted.group(2) or len(content) - 1), len(content) - 1)
         if first >= len(content) and content:
             return self._send(416, b"", headers={"Content-Range": f"bytes */{len(content)}"})
         part = content[first : last + 1]
+        self.state.served += len(part)
         headers = {"Content-Range": f"bytes {first}-{first + len(part) - 1}/{len(content)}"}
         self._send(206, part, item["mimeType"], headers=headers)
 

@@ -434,7 +434,7 @@ def test_leaving_with_normally_saves_the_last_state(tmp_path: Path) -> None:
     with cs.Checkpointer(tmp_path, every="10min") as ckpt:
         for step in range(5):
             ckpt.maybe_save(step, lambda step=step: state_at(step), metrics={"loss": 1.0})
-    assert cs.Checkpointer(tmp_path).steps() == [4]
+    assert cs.Checkpointer(tmp_path).steps() == [0, 4]  # the first step's save, and the exit's
 
 
 def test_an_error_in_the_loop_saves_nothing(tmp_path: Path) -> None:
@@ -446,7 +446,7 @@ def test_an_error_in_the_loop_saves_nothing(tmp_path: Path) -> None:
 
     with pytest.raises(ZeroDivisionError):
         train()
-    assert cs.Checkpointer(tmp_path).steps() == []
+    assert cs.Checkpointer(tmp_path).steps() == [0]  # the first step's save only, none at exit
 
 
 # 14. One rule for run names and locations ---------------------------------------------------------
