@@ -121,10 +121,12 @@ def test_a_kill_during_an_upload_leaves_nothing_counted_as_there(tmp_path: Path)
     assert all(why is None for _, _, why in fresh.verify())
 
 
-def test_a_kill_during_an_upload_through_the_drive_api(tmp_path: Path, fake_drive: Any) -> None:
+def test_a_kill_during_an_upload_through_the_drive_api(
+    tmp_path: Path, fake_drive: Any, drive_api: Any
+) -> None:
     """A resumable upload creates its file only once whole, so a kill leaves nothing under the
     name; the next session sends it (copies cut short under the name: the test after this)."""
-    fs = _drive_api(fake_drive)
+    fs = drive_api
     fake_drive.chunk_limit = 4096  # an upload takes many round trips: time to kill it
     vm1 = tmp_path / "vm1"
     proc = _start_worker("api", fake_drive.endpoint, str(vm1), "2")
@@ -152,17 +154,6 @@ def test_a_kill_during_an_upload_through_the_drive_api(tmp_path: Path, fake_driv
     assert all(why is None for _, _, why in fresh.verify())
 
 
-def _drive_api(fake_drive: Any) -> Any:
-    pytest.importorskip("pydrive2")
-    from .test_gdrive import Credentials
-
-    return cs.drive.connect(
-        credentials=Credentials(token="test-token"),
-        api_endpoint=fake_drive.endpoint,
-        use_for_drive=False,
-    )
-
-
 def _uploading(fake_drive: Any, title: str) -> bool:
     """Whether an upload session of *title* has received some bytes."""
     with fake_drive.state.lock:
@@ -173,9 +164,9 @@ def _uploading(fake_drive: Any, title: str) -> bool:
 
 
 def test_copies_cut_short_through_the_drive_api_are_resent_or_removed(
-    tmp_path: Path, fake_drive: Any, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, fake_drive: Any, drive_api: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    fs = _drive_api(fake_drive)
+    fs = drive_api
     location = Location(fs, f"{fs.root}/checkpoints/run", "drive:checkpoints/run (API)")
     ckpt = cs.Checkpointer(location, every=None, local_dir=tmp_path / "vm1")
     for step in range(3):
@@ -364,9 +355,9 @@ def test_saves_with_waits_and_syncs_from_other_threads_never_mix_steps(tmp_path:
 
 
 def test_restore_through_the_drive_api_downloads_one_checkpoint(
-    tmp_path: Path, fake_drive: Any
+    tmp_path: Path, fake_drive: Any, drive_api: Any
 ) -> None:
-    fs = _drive_api(fake_drive)
+    fs = drive_api
     location = Location(fs, f"{fs.root}/checkpoints/run", "drive:checkpoints/run (API)")
     with cs.Checkpointer(location, every=None, local_dir=tmp_path / "vm1") as ckpt:
         for step in range(3):

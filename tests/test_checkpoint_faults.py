@@ -22,8 +22,8 @@ from colabsession import _layout
 from colabsession._history import read_history
 from colabsession.drive import Location
 
+from .fake_drive_api import user_credentials
 from .test_checkpoint import ckpt_steps, state_at, steps_in
-from .test_gdrive import Credentials
 
 
 class FaultyFS(LocalFileSystem):  # type: ignore[misc]
@@ -237,7 +237,7 @@ def test_silent_drive_api_server_bounds_restore(tmp_path: Path) -> None:
     try:
         endpoint = f"http://127.0.0.1:{server.getsockname()[1]}/"
         fs = cs.drive.connect(
-            credentials=Credentials(token="t"),
+            credentials=user_credentials(),
             api_endpoint=endpoint,
             use_for_drive=False,
             timeout=0.5,  # the folder check gives up: connected all the same
@@ -250,14 +250,8 @@ def test_silent_drive_api_server_bounds_restore(tmp_path: Path) -> None:
         server.close()
 
 
-def test_drive_api_round_trip(tmp_path: Path, fake_drive: Any) -> None:
-    pytest.importorskip("pydrive2")
-
-    fs = cs.drive.connect(
-        credentials=Credentials(token="test-token"),
-        api_endpoint=fake_drive.endpoint,
-        use_for_drive=False,
-    )
+def test_drive_api_round_trip(tmp_path: Path, drive_api: Any) -> None:
+    fs = drive_api
     location = Location(fs, f"{fs.root}/checkpoints/run", "drive:checkpoints/run (Drive API)")
     with cs.Checkpointer(location, every=None, local_dir=tmp_path / "vm1", keep_last=2) as ckpt:
         for step in range(4):

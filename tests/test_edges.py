@@ -54,17 +54,6 @@ def faulty() -> Iterator[HangingFS]:
     fs.released.set()  # no thread stays blocked once the test is over
 
 
-def drive_api(fake_drive: Any) -> Any:
-    pytest.importorskip("pydrive2.fs")
-    from .test_gdrive import Credentials
-
-    return cs.drive.connect(
-        credentials=Credentials(token="test-token"),
-        api_endpoint=fake_drive.endpoint,
-        use_for_drive=False,
-    )
-
-
 # 9. One reader: deep nesting in any record read back is "damaged: skipped, with a warning" -----
 
 
@@ -322,9 +311,9 @@ def test_pack_never_hangs_on_a_large_file_whose_mount_stops_answering(
 
 
 def test_a_never_packed_drive_api_folder_with_subfolders_is_staged(
-    fake_drive: Any, tmp_path: Path
+    drive_api: Any, tmp_path: Path
 ) -> None:
-    fs = drive_api(fake_drive)
+    fs = drive_api
     raw = f"{fs.root}/raw"
     fs.makedirs(f"{raw}/sub/deeper", exist_ok=True)
     fs.pipe_file(f"{raw}/a.jpg", b"a" * 10)
@@ -342,9 +331,9 @@ def test_a_never_packed_drive_api_folder_with_subfolders_is_staged(
 
 @pytest.mark.parametrize("title", ["..", "../../escaped.txt", "back\\slash.txt", "nul\0.txt"])
 def test_drive_titles_that_are_not_names_never_land_outside_dest(
-    fake_drive: Any, tmp_path: Path, title: str, caplog: pytest.LogCaptureFixture
+    fake_drive: Any, drive_api: Any, tmp_path: Path, title: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    fs = drive_api(fake_drive)
+    fs = drive_api
     raw = f"{fs.root}/raw"
     fs.makedirs(f"{raw}/evil", exist_ok=True)
     fs.pipe_file(f"{raw}/good.txt", b"good")
@@ -353,7 +342,7 @@ def test_drive_titles_that_are_not_names_never_land_outside_dest(
     renamed = "evil" if title == ".." else "plain.txt"
     (item,) = fake_drive.find(renamed)
     item["title"] = title  # Drive titles are free text (here renamed by someone else)
-    fs = drive_api(fake_drive)  # a new session: nothing cached
+    fs = fake_drive.connect(use_for_drive=False)  # a new session: nothing cached
     dest = tmp_path / "stage" / "dest"
     with caplog.at_level(logging.WARNING, "colabsession"):
         local = cs.data.stage(Location(fs, raw, "drive:raw"), dest)
