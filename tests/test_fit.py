@@ -165,6 +165,16 @@ def _interrupt_at(keras: Any, batch: int) -> Any:
     return Interrupt()
 
 
+def _stopped_at(keras: Any, batch: int, x: Any, y: Any, model: Any = None, **args: Any) -> None:
+    """``cs.fit(model, x, y, **args)`` stopped at its *batch*-th batch as by the stop button;
+    *model* is a fresh ``small_model`` unless given.
+
+    Example: ``_stopped_at(keras, 6, x, y, run="r", location=tmp_path, epochs=2, verbose=0)``."""
+    model = small_model(keras) if model is None else model
+    with pytest.raises(KeyboardInterrupt):
+        cs.fit(model, x, y, callbacks=[_interrupt_at(keras, batch)], **args)
+
+
 def test_resume_output_reads_as_the_run_not_the_call(
     keras: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -177,8 +187,7 @@ def test_resume_output_reads_as_the_run_not_the_call(
         "seed": 0,
         "verbose": 2,
     }
-    with pytest.raises(KeyboardInterrupt):
-        cs.fit(small_model(keras), x, y, callbacks=[_interrupt_at(keras, 6)], **args)
+    _stopped_at(keras, 6, x, y, **args)
     assert "To continue, run the same command again" in capsys.readouterr().out
     cs.fit(small_model(keras), x, y, **args)
     out = capsys.readouterr().out
@@ -248,15 +257,7 @@ def test_a_resumed_epoch_of_an_older_checkpoint_averages_by_sample(
     keras.utils.set_random_seed(0)
     reference = cs.fit(small_model(keras), x, y, location=tmp_path / "ref", **args)
     keras.utils.set_random_seed(0)
-    with pytest.raises(KeyboardInterrupt):
-        cs.fit(
-            small_model(keras),
-            x,
-            y,
-            location=tmp_path / "new",
-            callbacks=[_interrupt_at(keras, 6)],
-            **args,
-        )
+    _stopped_at(keras, 6, x, y, location=tmp_path / "new", **args)
     saved = cs.Checkpointer(tmp_path / "new").restore()
     assert saved is not None
     assert saved.step == 6
@@ -345,18 +346,7 @@ def test_plain_fit_refuses_a_checkpoint_from_inside_an_epoch(keras: Any, tmp_pat
     """cs.fit saved inside an epoch; model.fit cannot go on from there without training
     batches twice, and says what to do."""
     x, y = data()
-    with pytest.raises(KeyboardInterrupt):
-        cs.fit(
-            small_model(keras),
-            x,
-            y,
-            run="r",
-            location=tmp_path,
-            epochs=2,
-            batch_size=16,
-            verbose=0,
-            callbacks=[_interrupt_at(keras, 6)],
-        )
+    _stopped_at(keras, 6, x, y, run="r", location=tmp_path, epochs=2, batch_size=16, verbose=0)
     model = small_model(keras)
     before = [v.numpy().copy() for v in model.variables]
     callback = cs.keras.SessionCheckpoint(tmp_path, verbose=False)
@@ -540,8 +530,7 @@ def test_mirrored_strategy_over_two_cpus(keras: Any, tmp_path: Path) -> None:
     keras.utils.set_random_seed(0)  # the model of the first run
     with strategy.scope():
         model = small_model(keras)
-    with pytest.raises(KeyboardInterrupt):
-        cs.fit(model, x, y, batch_size=8, verbose=0, callbacks=[_interrupt_at(keras, 11)], **args)
+    _stopped_at(keras, 11, x, y, model, batch_size=8, verbose=0, **args)
     with strategy.scope():
         model = small_model(keras)
     resumed = cs.fit(model, x, y, batch_size=8, verbose=0, **args)
@@ -556,21 +545,10 @@ def test_a_run_keeps_the_batch_size_it_started_with(
     """As a run started when batch_size meant per replica (16 stored for 8 over 2 replicas):
     it resumes with its stored global batch, exactly, and says so."""
     x, y = data()
-    with pytest.raises(KeyboardInterrupt):
-        cs.fit(
-            small_model(keras),
-            x,
-            y,
-            run="r",
-            location=tmp_path,
-            epochs=2,
-            batch_size=16,
-            seed=0,
-            verbose=0,
-            callbacks=[_interrupt_at(keras, 2)],
-        )
+    args: dict[str, Any] = {"run": "r", "location": tmp_path, "epochs": 2, "seed": 0, "verbose": 0}
+    _stopped_at(keras, 2, x, y, batch_size=16, **args)
     model = small_model(keras)
-    cs.fit(model, x, y, run="r", location=tmp_path, epochs=2, batch_size=8, seed=0, verbose=0)
+    cs.fit(model, x, y, batch_size=8, **args)
     assert "global batch of 16" in caplog.text
     assert int(model.optimizer.iterations.numpy()) == 8  # 4 steps of 16 an epoch, none twice
 
