@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import math
 import socket
 import threading
 import time
@@ -20,6 +21,8 @@ from fsspec.implementations.memory import MemoryFileSystem
 import colabsession as cs
 from colabsession import _layout
 from colabsession._history import read_history
+from colabsession._lease import Lease
+from colabsession._store import Store
 from colabsession.drive import Location
 
 from .fake_drive_api import user_credentials
@@ -149,22 +152,35 @@ def test_torn_append_keeps_the_records_after_it(tmp_path: Path) -> None:
 # 2. The lease -----------------------------------------------------------------------------------
 
 
-def test_empty_lease_counts_as_held_not_free(tmp_path: Path) -> None:
-    from colabsession._lease import Lease
-    from colabsession._store import Store
+def clocked_lease(
+    store: Store, clock: list[float], *, owner: str = "me", ttl: float, limit: float = math.inf
+) -> Lease:
+    """The lease of a writer whose wall clock is *clock*: its sleeps move that clock on, and a
+    wait longer than *limit* fails the test instead of running (almost) for ever.
 
+    Example: ``clocked_lease(Store.local_disk(tmp_path), [time.time()], ttl=60).acquire()``."""
+    start = clock[0]
+
+    def sleep(seconds: float) -> None:
+        clock[0] += seconds
+        assert clock[0] - start <= limit, f"{owner} waited {clock[0] - start:.0f} s"
+
+    return Lease(
+        store,
+        owner=owner,
+        session=owner,
+        ttl=ttl,
+        takeover=False,
+        what="the run",
+        now=lambda: clock[0],
+        sleep=sleep,
+    )
+
+
+def test_empty_lease_counts_as_held_not_free(tmp_path: Path) -> None:
     (tmp_path / "lease.json").write_bytes(b"")  # caught mid-write by an older version
     clock = [time.time()]
-    lease = Lease(
-        Store.local_disk(tmp_path),
-        owner="me",
-        session="s",
-        ttl=3600,
-        takeover=False,
-        what="run",
-        now=lambda: clock[0],
-        sleep=lambda seconds: clock.__setitem__(0, clock[0] + seconds),
-    )
+    lease = clocked_lease(Store.local_disk(tmp_path), clock, ttl=3600)
     start = clock[0]
     lease.acquire()  # waits out the unknown holder's ttl (fake time) before taking it
     assert clock[0] - start >= 3600
