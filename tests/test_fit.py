@@ -153,16 +153,19 @@ def test_fit_returns_history_and_resumes_finished_run(keras: Any, tmp_path: Path
     assert again.epoch == [0, 1, 2]  # one more epoch, the first two from the earlier session
 
 
-def _interrupt_at(keras: Any, batch: int) -> Any:
-    class Interrupt(keras.callbacks.Callback):  # type: ignore[misc]
+def _raise_at(keras: Any, batch: int, error: BaseException) -> Any:
+    """A callback that raises *error* at the *batch*-th batch: ``KeyboardInterrupt()`` as the
+    stop button, ``RuntimeError("killed")`` as a kill would end the fit there."""
+
+    class Fail(keras.callbacks.Callback):  # type: ignore[misc]
         seen = 0
 
         def on_train_batch_end(self, index: int, logs: Any = None) -> None:
-            Interrupt.seen += 1
-            if Interrupt.seen == batch:
-                raise KeyboardInterrupt
+            Fail.seen += 1
+            if Fail.seen == batch:
+                raise error
 
-    return Interrupt()
+    return Fail()
 
 
 def _stopped_at(keras: Any, batch: int, x: Any, y: Any, model: Any = None, **args: Any) -> None:
@@ -172,7 +175,7 @@ def _stopped_at(keras: Any, batch: int, x: Any, y: Any, model: Any = None, **arg
     Example: ``_stopped_at(keras, 6, x, y, run="r", location=tmp_path, epochs=2, verbose=0)``."""
     model = small_model(keras) if model is None else model
     with pytest.raises(KeyboardInterrupt):
-        cs.fit(model, x, y, callbacks=[_interrupt_at(keras, batch)], **args)
+        cs.fit(model, x, y, callbacks=[_raise_at(keras, batch, KeyboardInterrupt())], **args)
 
 
 def test_resume_output_reads_as_the_run_not_the_call(
@@ -231,20 +234,6 @@ def test_callback_with_plain_model_fit(keras: Any, tmp_path: Path) -> None:
     assert frame["epoch"].dropna().astype(int).tolist() == [1, 2, 3]
 
 
-def _raise_at(keras: Any, batch: int) -> Any:
-    """A callback that fails at the *batch*-th batch, as a kill would end the fit there."""
-
-    class Fail(keras.callbacks.Callback):  # type: ignore[misc]
-        seen = 0
-
-        def on_train_batch_end(self, index: int, logs: Any = None) -> None:
-            Fail.seen += 1
-            if Fail.seen == batch:
-                raise RuntimeError("killed")
-
-    return Fail()
-
-
 def test_a_resumed_epoch_of_an_older_checkpoint_averages_by_sample(
     keras: Any, tmp_path: Path
 ) -> None:
@@ -277,10 +266,9 @@ def test_plain_fit_saves_epoch_ends_only_and_trains_no_batch_twice(
     x, y = data()  # 4 batches of 16 an epoch
     model = small_model(keras)
     callback = cs.keras.SessionCheckpoint(tmp_path, every=None, every_steps=1, verbose=False)
+    killed = _raise_at(keras, 6, RuntimeError("killed"))
     with pytest.raises(RuntimeError, match="killed"):
-        model.fit(
-            x, y, epochs=3, batch_size=16, verbose=0, callbacks=[callback, _raise_at(keras, 6)]
-        )
+        model.fit(x, y, epochs=3, batch_size=16, verbose=0, callbacks=[callback, killed])
     callback.ckpt.close()  # what the end of the process does
     assert cs.Checkpointer(tmp_path).steps() == [4]  # the interval is checked at epoch ends
     fresh = small_model(keras)
