@@ -99,6 +99,14 @@ def fake_drive() -> Iterator[FakeDrive]:
     server.stop()
 
 
+@pytest.fixture
+def drive_api(fake_drive: FakeDrive) -> Any:
+    """The Drive API file system of a user signed in to the fake server, not used for
+    ``drive:`` paths (tests build their Locations on it); skipped without pydrive2."""
+    pytest.importorskip("pydrive2.fs")
+    return fake_drive.connect(use_for_drive=False)
+
+
 @pytest.fixture(scope="session")
 def service_account_info() -> dict[str, str]:
     """A real RSA key in a service-account key's shape; its token_uri is set per test."""

@@ -142,6 +142,16 @@ class FakeDrive:
         self.server.shutdown()
         self.server.server_close()
 
+    def connect(self, **options: Any) -> Any:
+        """``cs.drive.connect(**options)`` to this server as a signed-in user: a new session.
+
+        Example: ``fs = fake_drive.connect(use_for_drive=False)`` (conftest's ``drive_api``)."""
+        import colabsession as cs
+
+        return cs.drive.connect(
+            credentials=user_credentials(), api_endpoint=self.endpoint, **options
+        )
+
     # Switches (see the module's docstring) -----------------------------------------------
     lag = _Switch()
     doubles = _Switch()
@@ -216,6 +226,16 @@ class FakeDrive:
 
     def count(self, needle: str) -> int:
         return sum(needle in r for r in self.state.requests)
+
+
+def user_credentials(token: str = USER_TOKEN) -> Any:
+    """A user's google-auth credentials holding *token* (the server knows ``USER_TOKEN`` only and
+    answers 401 to any other). google-auth is imported on call: conftest imports this module.
+
+    Example: ``cs.drive.connect(credentials=user_credentials(), api_endpoint=fake.endpoint)``."""
+    from google.oauth2 import credentials
+
+    return credentials.Credentials(token=token)  # type: ignore[no-untyped-call]
 
 
 def _now() -> str:

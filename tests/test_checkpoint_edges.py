@@ -121,10 +121,12 @@ def test_a_kill_during_an_upload_leaves_nothing_counted_as_there(tmp_path: Path)
     assert all(why is None for _, _, why in fresh.verify())
 
 
-def test_a_kill_during_an_upload_through_the_drive_api(tmp_path: Path, fake_drive: Any) -> None:
+def test_a_kill_during_an_upload_through_the_drive_api(
+    tmp_path: Path, fake_drive: Any, drive_api: Any
+) -> None:
     """A resumable upload creates its file only once whole, so a kill leaves nothing under the
     name; the next session sends it (copies cut short under the name: the test after this)."""
-    fs = _drive_api(fake_drive)
+    fs = drive_api
     fake_drive.chunk_limit = 4096  # an upload takes many round trips: time to kill it
     vm1 = tmp_path / "vm1"
     proc = _start_worker("api", fake_drive.endpoint, str(vm1), "2")
@@ -152,17 +154,6 @@ def test_a_kill_during_an_upload_through_the_drive_api(tmp_path: Path, fake_driv
     assert all(why is None for _, _, why in fresh.verify())
 
 
-def _drive_api(fake_drive: Any) -> Any:
-    pytest.importorskip("pydrive2")
-    from .test_gdrive import Credentials
-
-    return cs.drive.connect(
-        credentials=Credentials(token="test-token"),
-        api_endpoint=fake_drive.endpoint,
-        use_for_drive=False,
-    )
-
-
 def _uploading(fake_drive: Any, title: str) -> bool:
     """Whether an upload session of *title* has received some bytes."""
     with fake_drive.state.lock:
@@ -173,9 +164,9 @@ def _uploading(fake_drive: Any, title: str) -> bool:
 
 
 def test_copies_cut_short_through_the_drive_api_are_resent_or_removed(
-    tmp_path: Path, fake_drive: Any, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, fake_drive: Any, drive_api: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    fs = _drive_api(fake_drive)
+    fs = drive_api
     location = Location(fs, f"{fs.root}/checkpoints/run", "drive:checkpoints/run (API)")
     ckpt = cs.Checkpointer(location, every=None, local_dir=tmp_path / "vm1")
     for step in range(3):
@@ -210,11 +201,10 @@ def test_copies_cut_short_through_the_drive_api_are_resent_or_removed(
 # 22.2: restore follows the live lineage, however late the location hears of it ---------------
 
 
-def test_a_branch_saved_while_drive_was_silent_wins_once_it_answers(
-    tmp_path: Path,
-    faulty: FaultyFS,  # noqa: F811
-) -> None:
-    location = mirrored(tmp_path, faulty)
+def _branch_while_drive_is_silent(tmp_path: Path, fs: FaultyFS) -> dict[str, Any]:
+    """A run saves 5, 10, 15 to ``mirrored(tmp_path, fs)``; restored at 5, it saves 6 and 7
+    while Drive does not answer, so they stay local in vm1. Returns the Checkpointer options."""
+    location = mirrored(tmp_path, fs)
     options: dict[str, Any] = {"every": None, "keep_last": 3, "local_dir": tmp_path / "vm1"}
     options.update(timeout=0.5, close_timeout=1)
     with cs.Checkpointer(location, **options) as first:
@@ -222,11 +212,19 @@ def test_a_branch_saved_while_drive_was_silent_wins_once_it_answers(
             first.save(step, state_at(step))
     second = cs.Checkpointer(location, **options)
     assert second.restore(step=5) is not None
-    faulty.eio = True  # Drive does not answer while the new branch saves
+    fs.eio = True  # Drive does not answer while the new branch saves
     second.save(6, state_at(6))
     second.save(7, state_at(7))
     second.close()
-    faulty.eio = False
+    fs.eio = False
+    return options
+
+
+def test_a_branch_saved_while_drive_was_silent_wins_once_it_answers(
+    tmp_path: Path,
+    faulty: FaultyFS,  # noqa: F811
+) -> None:
+    _branch_while_drive_is_silent(tmp_path, faulty)
     # A reader that sees both branches: the one begun last is live, the old one abandoned.
     shutil.copytree(tmp_path / "vm1", tmp_path / "drive", dirs_exist_ok=True)
     reader = cs.Checkpointer(mirrored(tmp_path), local_dir=tmp_path / "vm3")
@@ -241,20 +239,9 @@ def test_the_location_hears_of_a_branch_late_and_sets_the_old_one_aside(
     tmp_path: Path,
     faulty: FaultyFS,  # noqa: F811
 ) -> None:
-    location = mirrored(tmp_path, faulty)
-    options: dict[str, Any] = {"every": None, "keep_last": 3, "local_dir": tmp_path / "vm1"}
-    options.update(timeout=0.5, close_timeout=1)
-    with cs.Checkpointer(location, **options) as first:
-        for step in (5, 10, 15):
-            first.save(step, state_at(step))
-    second = cs.Checkpointer(location, **options)
-    assert second.restore(step=5) is not None
-    faulty.eio = True
-    second.save(6, state_at(6))
-    second.save(7, state_at(7))
-    second.close()  # 6 and 7 only local; the location still holds 10 and 15
-    faulty.eio = False
-    third = cs.Checkpointer(location, **options)  # the notebook runs again, Drive answers
+    options = _branch_while_drive_is_silent(tmp_path, faulty)  # Drive still has 10 and 15
+    # The notebook runs again, Drive answers.
+    third = cs.Checkpointer(mirrored(tmp_path, faulty), **options)
     restored = third.restore()
     assert restored is not None
     assert restored.step == 7  # never 15, of the abandoned branch
@@ -364,9 +351,9 @@ def test_saves_with_waits_and_syncs_from_other_threads_never_mix_steps(tmp_path:
 
 
 def test_restore_through_the_drive_api_downloads_one_checkpoint(
-    tmp_path: Path, fake_drive: Any
+    tmp_path: Path, fake_drive: Any, drive_api: Any
 ) -> None:
-    fs = _drive_api(fake_drive)
+    fs = drive_api
     location = Location(fs, f"{fs.root}/checkpoints/run", "drive:checkpoints/run (API)")
     with cs.Checkpointer(location, every=None, local_dir=tmp_path / "vm1") as ckpt:
         for step in range(3):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import math
 import socket
 import threading
 import time
@@ -20,10 +21,12 @@ from fsspec.implementations.memory import MemoryFileSystem
 import colabsession as cs
 from colabsession import _layout
 from colabsession._history import read_history
+from colabsession._lease import Lease
+from colabsession._store import Store
 from colabsession.drive import Location
 
+from .fake_drive_api import user_credentials
 from .test_checkpoint import ckpt_steps, state_at, steps_in
-from .test_gdrive import Credentials
 
 
 class FaultyFS(LocalFileSystem):  # type: ignore[misc]
@@ -149,22 +152,35 @@ def test_torn_append_keeps_the_records_after_it(tmp_path: Path) -> None:
 # 2. The lease -----------------------------------------------------------------------------------
 
 
-def test_empty_lease_counts_as_held_not_free(tmp_path: Path) -> None:
-    from colabsession._lease import Lease
-    from colabsession._store import Store
+def clocked_lease(
+    store: Store, clock: list[float], *, owner: str = "me", ttl: float, limit: float = math.inf
+) -> Lease:
+    """The lease of a writer whose wall clock is *clock*: its sleeps move that clock on, and a
+    wait longer than *limit* fails the test instead of running (almost) for ever.
 
+    Example: ``clocked_lease(Store.local_disk(tmp_path), [time.time()], ttl=60).acquire()``."""
+    start = clock[0]
+
+    def sleep(seconds: float) -> None:
+        clock[0] += seconds
+        assert clock[0] - start <= limit, f"{owner} waited {clock[0] - start:.0f} s"
+
+    return Lease(
+        store,
+        owner=owner,
+        session=owner,
+        ttl=ttl,
+        takeover=False,
+        what="the run",
+        now=lambda: clock[0],
+        sleep=sleep,
+    )
+
+
+def test_empty_lease_counts_as_held_not_free(tmp_path: Path) -> None:
     (tmp_path / "lease.json").write_bytes(b"")  # caught mid-write by an older version
     clock = [time.time()]
-    lease = Lease(
-        Store.local_disk(tmp_path),
-        owner="me",
-        session="s",
-        ttl=3600,
-        takeover=False,
-        what="run",
-        now=lambda: clock[0],
-        sleep=lambda seconds: clock.__setitem__(0, clock[0] + seconds),
-    )
+    lease = clocked_lease(Store.local_disk(tmp_path), clock, ttl=3600)
     start = clock[0]
     lease.acquire()  # waits out the unknown holder's ttl (fake time) before taking it
     assert clock[0] - start >= 3600
@@ -237,7 +253,7 @@ def test_silent_drive_api_server_bounds_restore(tmp_path: Path) -> None:
     try:
         endpoint = f"http://127.0.0.1:{server.getsockname()[1]}/"
         fs = cs.drive.connect(
-            credentials=Credentials(token="t"),
+            credentials=user_credentials(),
             api_endpoint=endpoint,
             use_for_drive=False,
             timeout=0.5,  # the folder check gives up: connected all the same
@@ -250,14 +266,8 @@ def test_silent_drive_api_server_bounds_restore(tmp_path: Path) -> None:
         server.close()
 
 
-def test_drive_api_round_trip(tmp_path: Path, fake_drive: Any) -> None:
-    pytest.importorskip("pydrive2")
-
-    fs = cs.drive.connect(
-        credentials=Credentials(token="test-token"),
-        api_endpoint=fake_drive.endpoint,
-        use_for_drive=False,
-    )
+def test_drive_api_round_trip(tmp_path: Path, drive_api: Any) -> None:
+    fs = drive_api
     location = Location(fs, f"{fs.root}/checkpoints/run", "drive:checkpoints/run (Drive API)")
     with cs.Checkpointer(location, every=None, local_dir=tmp_path / "vm1", keep_last=2) as ckpt:
         for step in range(4):

@@ -693,17 +693,8 @@ def test_a_folder_copy_cut_short_resumes(flowers: Path, monkeypatch: pytest.Monk
 # Through the Drive API (the fake server) --------------------------------------------------------
 
 
-def test_pack_and_stage_through_the_drive_api(
-    flowers: Path, fake_drive: Any, isolated: Path
-) -> None:
-    pytest.importorskip("pydrive2.fs")
-    from .test_gdrive import Credentials
-
-    fs = cs.drive.connect(
-        credentials=Credentials(token="test-token"),
-        api_endpoint=fake_drive.endpoint,
-        use_for_drive=False,
-    )
+def test_pack_and_stage_through_the_drive_api(flowers: Path, drive_api: Any) -> None:
+    fs = drive_api
     remote = Location(fs, f"{fs.root}/datasets/flowers.packed", "drive:datasets/flowers.packed")
     cs.data.pack(DRIVE, remote, shard_size="64KiB")
     local = cs.data.stage(remote)
@@ -721,18 +712,11 @@ def test_pack_and_stage_through_the_drive_api(
 
 
 def test_a_stage_cut_short_resumes_through_the_drive_api(
-    flowers: Path, fake_drive: Any, caplog: Any
+    flowers: Path, drive_api: Any, caplog: Any
 ) -> None:
     """Part files left by a kill, continued through the API (a Range read, or from the start
     where the file cannot seek): never taken for damage."""
-    pytest.importorskip("pydrive2.fs")
-    from .test_gdrive import Credentials
-
-    fs = cs.drive.connect(
-        credentials=Credentials(token="test-token"),
-        api_endpoint=fake_drive.endpoint,
-        use_for_drive=False,
-    )
+    fs = drive_api
     remote = Location(fs, f"{fs.root}/datasets/flowers.packed", "drive:datasets/flowers.packed")
     info = cs.data.pack(DRIVE, remote, shard_size="64KiB")
     cache = _stage.downloads()

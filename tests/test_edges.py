@@ -25,14 +25,13 @@ from fsspec.implementations.local import LocalFileSystem
 import colabsession as cs
 from colabsession import _archive, _layout, _stage, _store, _walk, env
 from colabsession._history import read_history
-from colabsession._lease import Lease
 from colabsession._serialize import crc32c
 from colabsession._store import Store
 from colabsession.drive import Location
 from colabsession.env import EnvInfo
 
 from .test_checkpoint import state_at
-from .test_checkpoint_faults import FaultyFS, in_thread
+from .test_checkpoint_faults import FaultyFS, clocked_lease, in_thread
 from .test_data import DRIVE, make_dataset, packed_dir, tree
 
 DEEP = b"[" * 5000 + b"]" * 5000  # a few KB that Python's json cannot read without recursing
@@ -52,17 +51,6 @@ def faulty() -> Iterator[HangingFS]:
     fs = HangingFS()
     yield fs
     fs.released.set()  # no thread stays blocked once the test is over
-
-
-def drive_api(fake_drive: Any) -> Any:
-    pytest.importorskip("pydrive2.fs")
-    from .test_gdrive import Credentials
-
-    return cs.drive.connect(
-        credentials=Credentials(token="test-token"),
-        api_endpoint=fake_drive.endpoint,
-        use_for_drive=False,
-    )
 
 
 # 9. One reader: deep nesting in any record read back is "damaged: skipped, with a warning" -----
@@ -115,17 +103,7 @@ def test_a_deeply_nested_checkpoint_manifest_with_a_valid_checksum_is_skipped(
 
 def test_a_deeply_nested_lease_counts_as_held_by_someone_unknown(tmp_path: Path) -> None:
     (tmp_path / "lease.json").write_bytes(DEEP)
-    clock = [1000.0]
-    lease = Lease(
-        Store.local_disk(tmp_path),
-        owner="me",
-        session="s",
-        ttl=60,
-        takeover=False,
-        what="run",
-        now=lambda: clock[0],
-        sleep=lambda seconds: clock.__setitem__(0, clock[0] + seconds),
-    )
+    lease = clocked_lease(Store.local_disk(tmp_path), [1000.0], ttl=60)
     lease.acquire()  # waits out the unknown holder (fake time), then takes it
     assert json.loads((tmp_path / "lease.json").read_text())["owner"] == "me"
     lease.release()
@@ -163,34 +141,13 @@ def test_deeply_nested_credentials_and_drive_answers_are_refused_in_words(tmp_pa
 # 7. Durations read from Drive are bounded by this writer's own settings ------------------------
 
 
-def _writer(store: Store, owner: str, clock: list[float], ttl: float, limit: float) -> Lease:
-    """A writer whose wall clock is *clock*; its sleeps move that clock on, and a wait longer
-    than *limit* fails the test instead of running (almost) for ever."""
-    start = clock[0]
-
-    def sleep(seconds: float) -> None:
-        clock[0] += seconds
-        assert clock[0] - start <= limit, f"{owner} waited {clock[0] - start:.0f} s"
-
-    return Lease(
-        store,
-        owner=owner,
-        session=owner,
-        ttl=ttl,
-        takeover=False,
-        what="the run",
-        now=lambda: clock[0],
-        sleep=sleep,
-    )
-
-
 def test_clock_skew_between_two_writers_bounds_the_wait_by_the_own_ttl(tmp_path: Path) -> None:
     store = Store.local_disk(tmp_path)
     ahead, behind = [time.time() + 3600.0], [time.time()]  # the first VM's clock is 1 h ahead
-    first = _writer(store, "vm-ahead", ahead, ttl=60, limit=0)
+    first = clocked_lease(store, ahead, owner="vm-ahead", ttl=60, limit=0)
     first.acquire()
     first.stop_heartbeat()  # its runtime died: its heartbeat, an hour "in the future", stays
-    second = _writer(store, "vm-behind", behind, ttl=60, limit=120)
+    second = clocked_lease(store, behind, owner="vm-behind", ttl=60, limit=120)
     start = behind[0]
     second.acquire()  # before: waited until the other's heartbeat + ttl, an hour away
     assert behind[0] - start <= 60 + 1 + 10  # its own ttl, and one pause of looking again
@@ -207,7 +164,7 @@ def test_a_huge_ttl_in_the_lease_file_is_bounded_by_the_own_ttl(tmp_path: Path) 
         owner="other", host="elsewhere", pid=1, session="x", heartbeat=now[0], ttl=1e12
     )
     (tmp_path / "lease.json").write_bytes(record.to_json())
-    lease = _writer(Store.local_disk(tmp_path), "me", now, ttl=60, limit=120)
+    lease = clocked_lease(Store.local_disk(tmp_path), now, ttl=60, limit=120)
     lease.acquire()
     assert json.loads((tmp_path / "lease.json").read_text())["owner"] == "me"
     lease.release()
@@ -322,9 +279,9 @@ def test_pack_never_hangs_on_a_large_file_whose_mount_stops_answering(
 
 
 def test_a_never_packed_drive_api_folder_with_subfolders_is_staged(
-    fake_drive: Any, tmp_path: Path
+    drive_api: Any, tmp_path: Path
 ) -> None:
-    fs = drive_api(fake_drive)
+    fs = drive_api
     raw = f"{fs.root}/raw"
     fs.makedirs(f"{raw}/sub/deeper", exist_ok=True)
     fs.pipe_file(f"{raw}/a.jpg", b"a" * 10)
@@ -342,9 +299,9 @@ def test_a_never_packed_drive_api_folder_with_subfolders_is_staged(
 
 @pytest.mark.parametrize("title", ["..", "../../escaped.txt", "back\\slash.txt", "nul\0.txt"])
 def test_drive_titles_that_are_not_names_never_land_outside_dest(
-    fake_drive: Any, tmp_path: Path, title: str, caplog: pytest.LogCaptureFixture
+    fake_drive: Any, drive_api: Any, tmp_path: Path, title: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    fs = drive_api(fake_drive)
+    fs = drive_api
     raw = f"{fs.root}/raw"
     fs.makedirs(f"{raw}/evil", exist_ok=True)
     fs.pipe_file(f"{raw}/good.txt", b"good")
@@ -353,7 +310,7 @@ def test_drive_titles_that_are_not_names_never_land_outside_dest(
     renamed = "evil" if title == ".." else "plain.txt"
     (item,) = fake_drive.find(renamed)
     item["title"] = title  # Drive titles are free text (here renamed by someone else)
-    fs = drive_api(fake_drive)  # a new session: nothing cached
+    fs = fake_drive.connect(use_for_drive=False)  # a new session: nothing cached
     dest = tmp_path / "stage" / "dest"
     with caplog.at_level(logging.WARNING, "colabsession"):
         local = cs.data.stage(Location(fs, raw, "drive:raw"), dest)

@@ -8,6 +8,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -254,18 +255,11 @@ def test_uv_install_with_colabs_constraints_set(
 
 
 def test_install_and_restore_through_the_drive_api(
-    isolated: Path, pip_args: list[str], fake_drive: object
+    isolated: Path, pip_args: list[str], drive_api: Any
 ) -> None:
-    pytest.importorskip("pydrive2")
     from colabsession.drive import Location
 
-    from .test_gdrive import Credentials
-
-    fs = cs.drive.connect(
-        credentials=Credentials(token="test-token"),
-        api_endpoint=fake_drive.endpoint,  # type: ignore[attr-defined]
-        use_for_drive=False,
-    )
+    fs = drive_api
     location = Location(fs, f"{fs.root}/envs", "drive:envs (Drive API)")
     first = installed("cs-demo-a", location=location, pip_args=pip_args)
     second = installed("cs-demo-c", location=location, pip_args=pip_args)

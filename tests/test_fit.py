@@ -153,16 +153,29 @@ def test_fit_returns_history_and_resumes_finished_run(keras: Any, tmp_path: Path
     assert again.epoch == [0, 1, 2]  # one more epoch, the first two from the earlier session
 
 
-def _interrupt_at(keras: Any, batch: int) -> Any:
-    class Interrupt(keras.callbacks.Callback):  # type: ignore[misc]
+def _raise_at(keras: Any, batch: int, error: BaseException) -> Any:
+    """A callback that raises *error* at the *batch*-th batch: ``KeyboardInterrupt()`` as the
+    stop button, ``RuntimeError("killed")`` as a kill would end the fit there."""
+
+    class Fail(keras.callbacks.Callback):  # type: ignore[misc]
         seen = 0
 
         def on_train_batch_end(self, index: int, logs: Any = None) -> None:
-            Interrupt.seen += 1
-            if Interrupt.seen == batch:
-                raise KeyboardInterrupt
+            Fail.seen += 1
+            if Fail.seen == batch:
+                raise error
 
-    return Interrupt()
+    return Fail()
+
+
+def _stopped_at(keras: Any, batch: int, x: Any, y: Any, model: Any = None, **args: Any) -> None:
+    """``cs.fit(model, x, y, **args)`` stopped at its *batch*-th batch as by the stop button;
+    *model* is a fresh ``small_model`` unless given.
+
+    Example: ``_stopped_at(keras, 6, x, y, run="r", location=tmp_path, epochs=2, verbose=0)``."""
+    model = small_model(keras) if model is None else model
+    with pytest.raises(KeyboardInterrupt):
+        cs.fit(model, x, y, callbacks=[_raise_at(keras, batch, KeyboardInterrupt())], **args)
 
 
 def test_resume_output_reads_as_the_run_not_the_call(
@@ -177,8 +190,7 @@ def test_resume_output_reads_as_the_run_not_the_call(
         "seed": 0,
         "verbose": 2,
     }
-    with pytest.raises(KeyboardInterrupt):
-        cs.fit(small_model(keras), x, y, callbacks=[_interrupt_at(keras, 6)], **args)
+    _stopped_at(keras, 6, x, y, **args)
     assert "To continue, run the same command again" in capsys.readouterr().out
     cs.fit(small_model(keras), x, y, **args)
     out = capsys.readouterr().out
@@ -222,20 +234,6 @@ def test_callback_with_plain_model_fit(keras: Any, tmp_path: Path) -> None:
     assert frame["epoch"].dropna().astype(int).tolist() == [1, 2, 3]
 
 
-def _raise_at(keras: Any, batch: int) -> Any:
-    """A callback that fails at the *batch*-th batch, as a kill would end the fit there."""
-
-    class Fail(keras.callbacks.Callback):  # type: ignore[misc]
-        seen = 0
-
-        def on_train_batch_end(self, index: int, logs: Any = None) -> None:
-            Fail.seen += 1
-            if Fail.seen == batch:
-                raise RuntimeError("killed")
-
-    return Fail()
-
-
 def test_a_resumed_epoch_of_an_older_checkpoint_averages_by_sample(
     keras: Any, tmp_path: Path
 ) -> None:
@@ -248,15 +246,7 @@ def test_a_resumed_epoch_of_an_older_checkpoint_averages_by_sample(
     keras.utils.set_random_seed(0)
     reference = cs.fit(small_model(keras), x, y, location=tmp_path / "ref", **args)
     keras.utils.set_random_seed(0)
-    with pytest.raises(KeyboardInterrupt):
-        cs.fit(
-            small_model(keras),
-            x,
-            y,
-            location=tmp_path / "new",
-            callbacks=[_interrupt_at(keras, 6)],
-            **args,
-        )
+    _stopped_at(keras, 6, x, y, location=tmp_path / "new", **args)
     saved = cs.Checkpointer(tmp_path / "new").restore()
     assert saved is not None
     assert saved.step == 6
@@ -276,10 +266,9 @@ def test_plain_fit_saves_epoch_ends_only_and_trains_no_batch_twice(
     x, y = data()  # 4 batches of 16 an epoch
     model = small_model(keras)
     callback = cs.keras.SessionCheckpoint(tmp_path, every=None, every_steps=1, verbose=False)
+    killed = _raise_at(keras, 6, RuntimeError("killed"))
     with pytest.raises(RuntimeError, match="killed"):
-        model.fit(
-            x, y, epochs=3, batch_size=16, verbose=0, callbacks=[callback, _raise_at(keras, 6)]
-        )
+        model.fit(x, y, epochs=3, batch_size=16, verbose=0, callbacks=[callback, killed])
     callback.ckpt.close()  # what the end of the process does
     assert cs.Checkpointer(tmp_path).steps() == [4]  # the interval is checked at epoch ends
     fresh = small_model(keras)
@@ -345,18 +334,7 @@ def test_plain_fit_refuses_a_checkpoint_from_inside_an_epoch(keras: Any, tmp_pat
     """cs.fit saved inside an epoch; model.fit cannot go on from there without training
     batches twice, and says what to do."""
     x, y = data()
-    with pytest.raises(KeyboardInterrupt):
-        cs.fit(
-            small_model(keras),
-            x,
-            y,
-            run="r",
-            location=tmp_path,
-            epochs=2,
-            batch_size=16,
-            verbose=0,
-            callbacks=[_interrupt_at(keras, 6)],
-        )
+    _stopped_at(keras, 6, x, y, run="r", location=tmp_path, epochs=2, batch_size=16, verbose=0)
     model = small_model(keras)
     before = [v.numpy().copy() for v in model.variables]
     callback = cs.keras.SessionCheckpoint(tmp_path, verbose=False)
@@ -540,8 +518,7 @@ def test_mirrored_strategy_over_two_cpus(keras: Any, tmp_path: Path) -> None:
     keras.utils.set_random_seed(0)  # the model of the first run
     with strategy.scope():
         model = small_model(keras)
-    with pytest.raises(KeyboardInterrupt):
-        cs.fit(model, x, y, batch_size=8, verbose=0, callbacks=[_interrupt_at(keras, 11)], **args)
+    _stopped_at(keras, 11, x, y, model, batch_size=8, verbose=0, **args)
     with strategy.scope():
         model = small_model(keras)
     resumed = cs.fit(model, x, y, batch_size=8, verbose=0, **args)
@@ -556,21 +533,10 @@ def test_a_run_keeps_the_batch_size_it_started_with(
     """As a run started when batch_size meant per replica (16 stored for 8 over 2 replicas):
     it resumes with its stored global batch, exactly, and says so."""
     x, y = data()
-    with pytest.raises(KeyboardInterrupt):
-        cs.fit(
-            small_model(keras),
-            x,
-            y,
-            run="r",
-            location=tmp_path,
-            epochs=2,
-            batch_size=16,
-            seed=0,
-            verbose=0,
-            callbacks=[_interrupt_at(keras, 2)],
-        )
+    args: dict[str, Any] = {"run": "r", "location": tmp_path, "epochs": 2, "seed": 0, "verbose": 0}
+    _stopped_at(keras, 2, x, y, batch_size=16, **args)
     model = small_model(keras)
-    cs.fit(model, x, y, run="r", location=tmp_path, epochs=2, batch_size=8, seed=0, verbose=0)
+    cs.fit(model, x, y, batch_size=8, **args)
     assert "global batch of 16" in caplog.text
     assert int(model.optimizer.iterations.numpy()) == 8  # 4 steps of 16 an epoch, none twice
 

@@ -15,22 +15,14 @@ from pytest_mock import MockerFixture
 
 import colabsession as cs
 
-from .fake_drive_api import DOCUMENT, ROOT_ID, FakeDrive
+from .fake_drive_api import DOCUMENT, ROOT_ID, FakeDrive, user_credentials
 
 pytest.importorskip("pydrive2.fs")
 
 
-def Credentials(token: str) -> Any:
-    from google.oauth2 import credentials
-
-    return credentials.Credentials(token=token)  # type: ignore[no-untyped-call]
-
-
 @pytest.fixture
 def fs(fake_drive: FakeDrive) -> Any:
-    return cs.drive.connect(
-        credentials=Credentials(token="test-token"), api_endpoint=fake_drive.endpoint
-    )
+    return fake_drive.connect()
 
 
 def test_write_read_list_remove(fs: Any, fake_drive: FakeDrive) -> None:
@@ -219,7 +211,7 @@ def test_credentials_never_in_reprs(fs: Any, key_file: Path) -> None:
 def test_colab_uses_the_notebook_user(
     fake_colab: types.SimpleNamespace, mocker: MockerFixture
 ) -> None:
-    creds = Credentials(token="colab-user")
+    creds = user_credentials("colab-user")
     default = mocker.patch("google.auth.default", return_value=(creds, "project"))
     assert cs.drive.load_credentials() is creds
     fake_colab.auth.authenticate_user.assert_called_once()
@@ -229,7 +221,7 @@ def test_colab_uses_the_notebook_user(
 def test_expired_credentials_are_an_auth_error(fake_drive: FakeDrive) -> None:
     with pytest.raises(cs.DriveAuthError, match="authentication failed") as info:
         cs.drive.connect(
-            credentials=Credentials(token="tok-REVOKED"), api_endpoint=fake_drive.endpoint
+            credentials=user_credentials("tok-REVOKED"), api_endpoint=fake_drive.endpoint
         )
     assert "REVOKED" not in str(info.value)
 
@@ -251,9 +243,7 @@ def test_children_of_a_trashed_folder_count_as_trashed(fs: Any, fake_drive: Fake
     fs.pipe_file("root/runs/a/weights.bin", b"w")
     (runs,) = fake_drive.find("runs")
     runs["labels"]["trashed"] = True  # the user trashed the folder in the web UI
-    fresh = cs.drive.connect(
-        credentials=Credentials(token="test-token"), api_endpoint=fake_drive.endpoint
-    )
+    fresh = fake_drive.connect()
     assert not fresh.exists("root/runs/a/weights.bin")
     assert fake_drive.find("weights.bin", trashed=True)
 
@@ -386,9 +376,7 @@ def test_an_unshared_folder_is_a_clear_auth_error(key_file: Path, fake_drive: Fa
         )
     doc = fake_drive.doc("notes")
     with pytest.raises(cs.DriveAuthError, match="not a folder"):
-        cs.drive.connect(
-            credentials=Credentials("test-token"), folder=doc, api_endpoint=fake_drive.endpoint
-        )
+        fake_drive.connect(folder=doc)
 
 
 def test_uploads_in_many_chunks_and_expired_sessions(fs: Any, fake_drive: FakeDrive) -> None:
