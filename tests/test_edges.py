@@ -128,6 +128,7 @@ def test_deeply_nested_env_and_dataset_manifests_are_damaged_not_raw_errors(
 
 
 def test_deeply_nested_credentials_and_drive_answers_are_refused_in_words(tmp_path: Path) -> None:
+    pytest.importorskip("google.auth")  # the drive extra
     from colabsession import _gdrive
 
     key = tmp_path / "key.json"

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import colabsession as cs
+from colabsession._optional import installed
 
 torch = pytest.importorskip("torch")
 
@@ -538,6 +539,8 @@ def test_the_mnist_example_killed_anywhere_ends_bit_identical(
     its epoch left, during a checkpoint write, and at a random step on a new VM, then run to
     the end on another new VM: the weights equal an uninterrupted run's, bit for bit, and the
     history holds each step once. The progress line divides by len(train_loader) throughout."""
+    if not installed("sklearn"):  # the script reads its digits (the test extra has it)
+        pytest.skip("needs scikit-learn")
     from tests.script_runs import fuse_mount_line, run_script
 
     args = ["--batch-size", "72", "--epochs", "3", "--save-model", "--log-interval", "5"]
