@@ -705,7 +705,7 @@ class Checkpointer:
         return Lineage(branch, now, fork_branch=fork, fork_step=self._restored_step)
 
     def _park_newer(self, step: int | None) -> None:
-        parked = [e.step for e in self._park_abandoned()]
+        parked = [e.step for e in self._park_abandoned()[1]]
         logger.warning(
             "colabsession: %s, so the %scheckpoints%s are set aside (renamed parked-...) in %s",
             "the run starts over" if step is None else f"training continues from step {step}",
@@ -714,13 +714,13 @@ class Checkpointer:
             self.location,
         )
 
-    def _park_abandoned(self) -> list[Entry]:
-        """Set aside the local checkpoints the live lineage leaves out; the replicator does so
-        at the location."""
-        abandoned = split_live(self.local.entries(warn=False), self._lineage)[1]
+    def _park_abandoned(self) -> tuple[list[Entry], list[Entry]]:
+        """Set aside the local checkpoints the live lineage leaves out (the replicator does so
+        at the location); return (live, set aside), from one listing."""
+        live, abandoned = split_live(self.local.entries(warn=False), self._lineage)
         for entry in abandoned:
             self.local.park(entry)
-        return abandoned
+        return live, abandoned
 
     def _commit(
         self,
@@ -747,8 +747,7 @@ class Checkpointer:
             self._replicator.notify()
 
     def _retain_local(self) -> None:
-        self._park_abandoned()
-        live = split_live(self.local.entries(warn=False), self._lineage)[0]
+        live = self._park_abandoned()[0]
         for entry in split(live, self.policy)[1]:
             self.local.delete(entry)
         for name in self.local.leftovers():  # temporary files of saves cut short

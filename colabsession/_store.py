@@ -201,8 +201,11 @@ class Store:
         sizes: dict[str, int | None] = {}
         if names is None:
             # Elsewhere than the local disk the listing's sizes spare a request per file.
-            sizes = {} if self.local else self.sizes()
-            names = list(sizes) if sizes else self.names()
+            if self.local:
+                names = self.names()
+            else:
+                sizes = self.sizes()
+                names = list(sizes)
         for name in names:
             step = _layout.parse_name(name)
             if step is None:
