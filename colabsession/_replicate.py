@@ -138,13 +138,20 @@ class Replicator:
         local = self.local.entries(warn=False)
         self._park_abandoned(local)
         wanted = self._wanted(local)
+        # The history first: each checkpoint listed above logged its records before it was
+        # committed, so the location never holds a checkpoint ahead of its history (a kill
+        # between the two would leave a new VM a history with a gap up to that step; records
+        # past the restored step are dropped on resume, so being ahead is harmless).
+        self.history.sync()
         for entry in sorted(wanted, key=lambda e: -e.step):  # the newest matters most
-            if entry.name in self._whole or self._is_whole(entry):
-                self._whole.add(entry.name)
+            if entry.name in self._whole:
                 continue
             if self.lease.lost:
                 raise LeaseError(self.lease.lost)
             try:
+                if self._is_whole(entry):
+                    self._whole.add(entry.name)
+                    continue
                 size = self.local.size(entry.name)
                 self.remote.forget(entry.name)  # a copy cut short is replaced
                 self.remote.upload(entry)
@@ -152,7 +159,6 @@ class Replicator:
                 continue  # retention removed it locally meanwhile: a newer one supersedes it
             self._remote_sizes[entry.name] = size
             self._whole.add(entry.name)
-        self.history.sync()
         self._retain({e.name for e in wanted})
 
     def _is_whole(self, entry: Entry) -> bool:

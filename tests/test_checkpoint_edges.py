@@ -21,6 +21,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 import colabsession as cs
 from colabsession import _layout
+from colabsession._history import read_history
 from colabsession._serialize import crc32c
 from colabsession.drive import Location
 
@@ -196,6 +197,43 @@ def test_copies_cut_short_through_the_drive_api_are_resent_or_removed(
         restored = cs.Checkpointer(location, local_dir=tmp_path / "vm2").restore()
     assert restored is not None and restored.step == 2  # noqa: PT018
     assert "skipping" not in caplog.text
+
+
+class HistoryRefused(LocalFileSystem):  # type: ignore[misc]
+    """A location that takes checkpoints but not (for now) the history: a kill, or a drop,
+    between the two uploads of one round."""
+
+    cachable = False
+    refuse = True
+
+    def open(self, path: str, mode: str = "rb", **kwargs: Any) -> Any:
+        if self.refuse and "/history." in path and mode[0] in "wa":
+            raise OSError(errno.EIO, "Input/output error")
+        return super().open(path, mode, **kwargs)
+
+
+def test_the_location_never_holds_a_checkpoint_ahead_of_its_history(tmp_path: Path) -> None:
+    """Found by the script tests killed on new VMs under load: a checkpoint uploaded before the
+    history of its steps, then a kill, left a new VM a history with a gap up to that step."""
+    fs = HistoryRefused()
+    options: dict[str, Any] = {"every": None, "local_dir": tmp_path / "vm1", "timeout": 1}
+    ckpt = cs.Checkpointer(mirrored(tmp_path, fs), close_timeout=0.5, **options)
+    for step in (1, 2, 3):
+        ckpt.save(step, state_at(step), metrics={"loss": 1.0 / step})
+    assert ckpt.sync(0.5) == [1, 2, 3]  # the history did not go up, so neither did they
+    ckpt.close()
+    assert ckpt_steps(tmp_path / "drive") == []
+    fs.refuse = False
+    later = cs.Checkpointer(mirrored(tmp_path, fs), local_dir=tmp_path / "vm1", every=None)
+    assert later.restore() is not None
+    later.save(4, state_at(4), metrics={"loss": 0.25})
+    assert later.sync(10) == []
+    later.close()
+    new_vm = cs.Checkpointer(mirrored(tmp_path), local_dir=tmp_path / "vm2")
+    restored = new_vm.restore()
+    assert restored is not None and restored.step == 4  # noqa: PT018
+    steps = [r["step"] for r in read_history(mirrored(tmp_path), tmp_path / "vm2")]
+    assert steps == [1, 2, 3, 4]
 
 
 # 22.2: restore follows the live lineage, however late the location hears of it ---------------
