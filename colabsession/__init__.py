@@ -20,10 +20,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from . import data, drive, env, hf, keras, torch
-    from ._benchmark import BenchmarkReport, benchmark
-    from ._checkpoint import Checkpoint, Checkpointer
-    from ._clock import SessionClock, clock
-    from ._errors import (
+    from ._core.errors import (
         AcceleratorNotFoundError,
         CheckpointError,
         ColabSessionError,
@@ -40,53 +37,56 @@ if TYPE_CHECKING:
         MountTimeoutError,
         RunNotFoundError,
     )
-    from ._fit import fit
-    from ._history import history, plot_history
-    from ._probe import HardwareReport, probe, require_accelerator
-    from ._runtime import Runtime, runtime
-    from ._strategy import distribution, precision, strategy
+    from ._runtime.benchmark import BenchmarkReport, benchmark
+    from ._runtime.clock import SessionClock, clock
+    from ._runtime.probe import HardwareReport, probe, require_accelerator
+    from ._runtime.runtime import Runtime, runtime
+    from ._runtime.strategy import distribution, precision, strategy
+    from ._storage.checkpointer import Checkpoint, Checkpointer
+    from ._storage.history import history, plot_history
+    from ._training.fit import fit
     from .drive import mount
 
 # public name -> the module that defines it
 _LAZY: dict[str, str] = {
-    "AcceleratorNotFoundError": "._errors",
-    "BenchmarkReport": "._benchmark",
-    "Checkpoint": "._checkpoint",
-    "CheckpointError": "._errors",
-    "Checkpointer": "._checkpoint",
-    "ColabSessionError": "._errors",
-    "ConfigError": "._errors",
-    "DataError": "._errors",
-    "DriveAPIError": "._errors",
-    "DriveAuthError": "._errors",
-    "DriveError": "._errors",
-    "DriveQuotaError": "._errors",
-    "EnvError": "._errors",
-    "HardwareReport": "._probe",
-    "LeaseError": "._errors",
-    "MissingDependencyError": "._errors",
-    "MountError": "._errors",
-    "MountTimeoutError": "._errors",
-    "Runtime": "._runtime",
-    "RunNotFoundError": "._errors",
-    "SessionClock": "._clock",
-    "benchmark": "._benchmark",
-    "clock": "._clock",
+    "AcceleratorNotFoundError": "._core.errors",
+    "BenchmarkReport": "._runtime.benchmark",
+    "Checkpoint": "._storage.checkpointer",
+    "CheckpointError": "._core.errors",
+    "Checkpointer": "._storage.checkpointer",
+    "ColabSessionError": "._core.errors",
+    "ConfigError": "._core.errors",
+    "DataError": "._core.errors",
+    "DriveAPIError": "._core.errors",
+    "DriveAuthError": "._core.errors",
+    "DriveError": "._core.errors",
+    "DriveQuotaError": "._core.errors",
+    "EnvError": "._core.errors",
+    "HardwareReport": "._runtime.probe",
+    "LeaseError": "._core.errors",
+    "MissingDependencyError": "._core.errors",
+    "MountError": "._core.errors",
+    "MountTimeoutError": "._core.errors",
+    "Runtime": "._runtime.runtime",
+    "RunNotFoundError": "._core.errors",
+    "SessionClock": "._runtime.clock",
+    "benchmark": "._runtime.benchmark",
+    "clock": "._runtime.clock",
     "data": ".data",
-    "distribution": "._strategy",
+    "distribution": "._runtime.strategy",
     "drive": ".drive",
     "env": ".env",
-    "fit": "._fit",
-    "history": "._history",
+    "fit": "._training.fit",
+    "history": "._storage.history",
     "hf": ".hf",
     "keras": ".keras",
     "mount": ".drive",
-    "plot_history": "._history",
-    "precision": "._strategy",
-    "probe": "._probe",
-    "require_accelerator": "._probe",
-    "runtime": "._runtime",
-    "strategy": "._strategy",
+    "plot_history": "._storage.history",
+    "precision": "._runtime.strategy",
+    "probe": "._runtime.probe",
+    "require_accelerator": "._runtime.probe",
+    "runtime": "._runtime.runtime",
+    "strategy": "._runtime.strategy",
     "torch": ".torch",
 }
 

@@ -9,7 +9,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._errors import ColabSessionError, ConfigError
+from colabsession._core.errors import ColabSessionError, ConfigError
+
 from ._version import __version__
 
 Handler = Callable[[argparse.Namespace], int]
@@ -32,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(str(exc))
         return 1
     except OSError as exc:  # a path or disk fault the command met: one line, not a traceback
-        from ._storage import reason
+        from colabsession._core.files import reason
 
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         _error(f"{where}{reason(exc)}")
@@ -75,7 +76,7 @@ def _positive_int(text: str) -> int:
 
 
 def _duration(text: str) -> str:
-    from ._units import parse_duration
+    from colabsession._core.units import parse_duration
 
     if text.strip().startswith("-"):
         raise argparse.ArgumentTypeError(f"must be positive, not {text!r}")
@@ -349,15 +350,15 @@ def _version(args: argparse.Namespace) -> int:
 
 
 def _runtime(args: argparse.Namespace) -> int:
-    from ._runtime import runtime
+    from colabsession._runtime.runtime import runtime
 
     _print(runtime().to_dict(), args.json)
     return 0
 
 
 def _clock(args: argparse.Namespace) -> int:
-    from ._clock import SessionClock
-    from ._units import format_duration
+    from colabsession._core.units import format_duration
+    from colabsession._runtime.clock import SessionClock
 
     data = SessionClock(max_session=args.max_session).to_dict()
     if not args.json:
@@ -368,12 +369,12 @@ def _clock(args: argparse.Namespace) -> int:
 
 
 def _probe(args: argparse.Namespace) -> int:
-    from ._probe import probe
+    from colabsession._runtime.probe import probe
 
     report = probe(frameworks=args.frameworks)
     bench = None
     if args.benchmark:
-        from ._benchmark import benchmark
+        from colabsession._runtime.benchmark import benchmark
 
         bench = benchmark()
     if args.json:
@@ -392,9 +393,9 @@ def _probe(args: argparse.Namespace) -> int:
 
 
 def _ckpt_list(args: argparse.Namespace) -> int:
-    from ._checkpoint import Checkpointer
-    from ._history import for_display
-    from ._storage import require_run
+    from colabsession._storage.checkpointer import Checkpointer
+    from colabsession._storage.history import for_display
+    from colabsession._storage.runs import require_run
 
     ckpt = Checkpointer(args.location, every=None)
     found = ckpt.checkpoints()
@@ -431,8 +432,8 @@ def _ckpt_list(args: argparse.Namespace) -> int:
 
 
 def _ckpt_verify(args: argparse.Namespace) -> int:
-    from ._checkpoint import Checkpointer
-    from ._storage import require_run
+    from colabsession._storage.checkpointer import Checkpointer
+    from colabsession._storage.runs import require_run
 
     ckpt = Checkpointer(args.location, every=None)
     results = ckpt.verify()
@@ -449,7 +450,7 @@ def _ckpt_verify(args: argparse.Namespace) -> int:
 
 
 def _ckpt_history(args: argparse.Namespace) -> int:
-    from ._history import existing_history, for_display, metric_names
+    from colabsession._storage.history import existing_history, for_display, metric_names
 
     records = for_display(existing_history(args.location))
     if args.json:
@@ -470,13 +471,13 @@ def _ckpt_history(args: argparse.Namespace) -> int:
 def _ckpt_plot(args: argparse.Namespace) -> int:
     import os
 
-    from ._optional import require
+    from colabsession._core.optional import require
 
     matplotlib = require("matplotlib", extra="plot", purpose="colabsession ckpt plot")
     matplotlib.use("Agg")  # a file, no window
     from matplotlib.figure import Figure
 
-    from ._history import plot_history
+    from colabsession._storage.history import plot_history
 
     # Checked before the history is read: a typo in -o should not cost a Drive round trip.
     folder = os.path.dirname(os.path.abspath(args.output))
@@ -500,8 +501,8 @@ def _ckpt_plot(args: argparse.Namespace) -> int:
 
 
 def _ckpt_takeover(args: argparse.Namespace) -> int:
-    from ._checkpoint import Checkpointer
-    from ._storage import require_run
+    from colabsession._storage.checkpointer import Checkpointer
+    from colabsession._storage.runs import require_run
 
     ckpt = Checkpointer(args.location, every=None)
     held_by = ckpt.revoke_lease()
@@ -547,8 +548,9 @@ def _env_restore(args: argparse.Namespace) -> int:
 
 
 def _env_list(args: argparse.Namespace) -> int:
+    from colabsession._core.units import format_bytes
+
     from . import env
-    from ._units import format_bytes
 
     found = env.list(args.location)
     if args.json:
@@ -596,8 +598,9 @@ def _data_stage(args: argparse.Namespace) -> int:
 def _data_ls(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
+    from colabsession._core.units import format_bytes
+
     from . import data
-    from ._units import format_bytes
 
     if args.location is None:
         staged = data.staged()

@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
-from ._optional import require
+from colabsession._core.optional import require
 
 __all__ = ["digits_data", "digits_model", "run"]
 
@@ -91,8 +91,7 @@ def run(
     """Probe the hardware, then train (or resume) the digits CNN; returns the History.
     *restart* starts the run over (its earlier checkpoints are set aside, not deleted)."""
     import colabsession as cs
-
-    from ._runtime import run_again
+    from colabsession._runtime.runtime import run_again
 
     # TensorFlow's C++ start-up lines (no CUDA, CPU instructions, oneDNN) come twice, from two
     # of its libraries, and some before its log level is read; the probe table says it all.

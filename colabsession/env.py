@@ -34,15 +34,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, ClassVar, overload
 
-from . import _archive
-from ._errors import ColabSessionError, ConfigError, EnvError
-from ._records import InvalidRecord, Record, parse_record, read_json
-from ._runtime import home_dir
-from ._say import say
-from ._storage import reason, sha256_file
-from ._store import Store
-from ._units import format_bytes, format_duration
-from .drive import Location, resolve
+from colabsession._core.errors import ColabSessionError, ConfigError, EnvError
+from colabsession._core.files import reason, sha256_file
+from colabsession._core.records import InvalidRecord, Record, parse_record, read_json
+from colabsession._core.say import say
+from colabsession._core.units import format_bytes, format_duration
+from colabsession._data import archive as _archive
+from colabsession._drive.location import Location, resolve
+from colabsession._runtime.runtime import home_dir
+from colabsession._storage.store import Store
 
 __all__ = ["EnvInfo", "install", "list", "local_path", "remove", "restore"]
 

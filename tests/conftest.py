@@ -12,8 +12,9 @@ import pytest
 from pytest_mock import MockerFixture
 
 import colabsession as cs
-from colabsession import _gdrive, _runtime, drive
-from colabsession import drive as drive_module
+from colabsession._drive import api as _gdrive
+from colabsession._drive import mount as drive_module
+from colabsession._runtime import runtime as _runtime
 
 from . import isolation
 from .fake_colab_drive import FakeColabDrive, MessageError, install
@@ -41,8 +42,8 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(_runtime, "MOUNT_TABLE", str(tmp_path / "mounts"))
     (tmp_path / "mounts").write_text("proc /proc proc rw 0 0\n")
     monkeypatch.setattr(_gdrive, "current", None)
-    monkeypatch.setattr(drive, "_said_local", False)
-    monkeypatch.setattr(drive, "_notice", True)
+    monkeypatch.setattr(drive_module, "_said_local", False)
+    monkeypatch.setattr(drive_module, "_notice", True)
     return home
 
 

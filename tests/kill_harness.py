@@ -86,9 +86,9 @@ elif kind == "torch-save":
 if table := os.environ.get("CS_TEST_MOUNT_TABLE"):
     # The folder that stands in for Drive, seen as a FUSE mount: colabsession keeps a local
     # mirror of it under COLABSESSION_HOME, so a fresh home is a new VM.
-    import colabsession._runtime
+    import colabsession._runtime.runtime
 
-    colabsession._runtime.MOUNT_TABLE = table
+    colabsession._runtime.runtime.MOUNT_TABLE = table
 
 script = sys.argv[1]
 sys.argv = sys.argv[1:]

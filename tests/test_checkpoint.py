@@ -17,8 +17,8 @@ import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
 import colabsession as cs
-from colabsession import _layout
-from colabsession._history import read_history
+from colabsession._storage import layout as _layout
+from colabsession._storage.history import read_history
 from colabsession.drive import Location
 
 
@@ -185,7 +185,7 @@ def _rewrite_manifest(path: Path, change: Any) -> None:
 
 
 def cs_crc(data: bytes) -> int:
-    from colabsession._serialize import crc32c
+    from colabsession._storage.serialize import crc32c
 
     return crc32c(data)
 
@@ -480,7 +480,7 @@ def test_silent_writer_loses_the_lease(tmp_path: Path) -> None:
 def test_crashed_kernel_on_this_machine_releases_at_once(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from colabsession._lease import LeaseRecord
+    from colabsession._storage.lease import LeaseRecord
 
     lease = LeaseRecord(
         owner="gone",

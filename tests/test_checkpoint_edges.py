@@ -20,9 +20,9 @@ import pytest
 from fsspec.implementations.local import LocalFileSystem
 
 import colabsession as cs
-from colabsession import _layout
-from colabsession._history import read_history
-from colabsession._serialize import crc32c
+from colabsession._storage import layout as _layout
+from colabsession._storage.history import read_history
+from colabsession._storage.serialize import crc32c
 from colabsession.drive import Location
 
 from .test_checkpoint import assert_state, ckpt_file, ckpt_steps, state_at, steps_in
@@ -444,7 +444,7 @@ class _Listed:
 
 def _live(entries: list[_Listed], head: _layout.Lineage | None = None) -> list[str]:
     """The live entries as "step:branch" ("-": no lineage)."""
-    from colabsession._lineage import split_live
+    from colabsession._storage.lineage import split_live
 
     return [
         f"{e.step}:{e.manifest.lineage.branch if e.manifest.lineage else '-'}"

@@ -19,10 +19,10 @@ from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
 import colabsession as cs
-from colabsession import _layout
-from colabsession._history import read_history
-from colabsession._lease import Lease
-from colabsession._store import Store
+from colabsession._storage import layout as _layout
+from colabsession._storage.history import read_history
+from colabsession._storage.lease import Lease
+from colabsession._storage.store import Store
 from colabsession.drive import Location
 
 from .fake_drive_api import user_credentials
@@ -463,7 +463,7 @@ def test_an_error_in_the_loop_saves_nothing(tmp_path: Path) -> None:
 
 
 def test_one_rule_for_run_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from colabsession._runtime import default_drive_root
+    from colabsession._runtime.runtime import default_drive_root
 
     monkeypatch.chdir(tmp_path)
     runs = default_drive_root() / "checkpoints"

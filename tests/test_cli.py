@@ -12,7 +12,7 @@ import pytest
 
 import colabsession as cs
 from colabsession._cli import main
-from colabsession._optional import installed
+from colabsession._core.optional import installed
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,7 +7,7 @@ import pytest
 from pytest_mock import MockerFixture
 
 import colabsession as cs
-from colabsession import _clock
+from colabsession._runtime import clock as _clock
 
 
 class FakeTime:

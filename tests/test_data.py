@@ -21,7 +21,10 @@ from typing import Any, ClassVar
 import pytest
 
 import colabsession as cs
-from colabsession import _archive, _stage, _store, _walk
+from colabsession._data import archive as _archive
+from colabsession._data import stage as _stage
+from colabsession._data import walk as _walk
+from colabsession._storage import store as _store
 from colabsession.drive import Location
 
 DRIVE = "drive:datasets/flowers"
@@ -102,7 +105,7 @@ def test_pack_and_stage_round_trip(flowers: Path, drive_root: Path, compression:
 
 
 def _pack_key(path: str) -> str:
-    from colabsession._pack import key
+    from colabsession._data.pack import key
 
     return key(path)
 
@@ -252,7 +255,7 @@ def test_a_kill_at_any_moment_of_staging_leaves_a_complete_folder_or_none(
     script = textwrap.dedent(
         f"""
         import time, colabsession as cs
-        from colabsession import _store
+        from colabsession._storage import store as _store
         real = _store.Store.fetch_file
         def slow(self, *a, **k):
             time.sleep(0.05)
@@ -496,7 +499,7 @@ def test_a_disk_that_fills_up_while_unpacking(
     flowers: Path, monkeypatch: pytest.MonkeyPatch, isolated: Path
 ) -> None:
     cs.data.pack(DRIVE, shard_size="40KiB")
-    from colabsession._storage import write_fd as real
+    from colabsession._core.files import write_fd as real
 
     written = []
 
@@ -506,12 +509,12 @@ def test_a_disk_that_fills_up_while_unpacking(
             raise OSError(errno.ENOSPC, "No space left on device")
         real(path, *args, **kwargs)
 
-    monkeypatch.setattr("colabsession._archive.write_fd", fills_up)
+    monkeypatch.setattr("colabsession._data.archive.write_fd", fills_up)
     with pytest.raises(cs.DataError, match=r"filled up .* not copied again"):
         cs.data.stage(DRIVE)
     assert not list((isolated / "datasets").glob(".flowers-*unpacking*"))
     assert list(_stage.downloads().glob("*.tar.zst"))  # kept for the next try
-    monkeypatch.setattr("colabsession._archive.write_fd", real)
+    monkeypatch.setattr("colabsession._data.archive.write_fd", real)
     assert tree(cs.data.stage(DRIVE)) == tree(flowers)
 
 
@@ -643,7 +646,7 @@ def test_a_mount_that_hangs_never_hangs_the_caller(
 def test_a_folder_never_packed_is_copied_in_parallel_and_advice_given_once(
     flowers: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from colabsession import data
+    from colabsession._data import api as data
 
     monkeypatch.setattr(data, "_advised", set())
     local = cs.data.stage(DRIVE)
@@ -659,7 +662,7 @@ def test_a_folder_never_packed_is_copied_in_parallel_and_advice_given_once(
         copied.append(item.path)
         return real(loc, item, target)
 
-    monkeypatch.setattr("colabsession._stage.copy_file", counted)
+    monkeypatch.setattr("colabsession._data.stage.copy_file", counted)
     assert cs.data.stage(DRIVE) == local
     assert copied == ["roses/new.jpg"]  # the unchanged files were not copied again
     assert tree(local) == tree(flowers)
@@ -678,7 +681,7 @@ def test_a_folder_copy_cut_short_resumes(flowers: Path, monkeypatch: pytest.Monk
             raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
         return real(loc, item, target)
 
-    monkeypatch.setattr("colabsession._stage.copy_file", fails_midway)
+    monkeypatch.setattr("colabsession._data.stage.copy_file", fails_midway)
     with pytest.raises(cs.DataError, match="copied so far are kept"):
         cs.data.stage(DRIVE, workers=1)
     first = len(copied)

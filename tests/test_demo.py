@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from colabsession._optional import installed
+from colabsession._core.optional import installed
 
 
 def _needs_demo_extra() -> None:

@@ -14,13 +14,14 @@ from pytest_mock import MockerFixture
 
 import colabsession as cs
 from colabsession import drive
+from colabsession._drive import mount as drive_mount
 
 COLAB_ROOT = Path("/content/drive/MyDrive")
 
 
 @pytest.fixture
 def no_sleep(mocker: MockerFixture) -> Any:
-    return mocker.patch.object(drive, "_sleep")
+    return mocker.patch.object(drive_mount, "_sleep")
 
 
 def _mounted(mount_table: Path, mountpoint: str = "/content/drive") -> None:
@@ -35,7 +36,7 @@ def test_already_mounted_returns_at_once(
     fake_colab: types.SimpleNamespace, mount_table: Path, mocker: MockerFixture
 ) -> None:
     _mounted(mount_table)
-    mocker.patch.object(drive, "_stat")  # My Drive answers
+    mocker.patch.object(drive_mount, "_stat")  # My Drive answers
     assert cs.mount() == COLAB_ROOT
     fake_colab.drive.mount.assert_not_called()
 
@@ -46,7 +47,7 @@ def test_a_dropped_mount_is_never_reused(
     """Listed in the mount table but answering "Transport endpoint is not connected": the
     first file read would fail, so it is mounted again, forced."""
     _mounted(mount_table)
-    mocker.patch.object(drive, "_stat", side_effect=OSError(errno.ENOTCONN, "not connected"))
+    mocker.patch.object(drive_mount, "_stat", side_effect=OSError(errno.ENOTCONN, "not connected"))
     assert cs.mount() == COLAB_ROOT
     assert fake_colab.drive.mount.call_args.kwargs["force_remount"] is True
     assert "dropped" in caplog.text
@@ -57,7 +58,7 @@ def test_mounting_is_bounded_in_all_and_says_so(
 ) -> None:
     """Each try waits at most what is left of max_wait, and no pause outlasts it."""
     clock = [0.0]
-    mocker.patch.object(drive, "_monotonic", side_effect=lambda: clock[0])
+    mocker.patch.object(drive_mount, "_monotonic", side_effect=lambda: clock[0])
 
     def slow_timeout(*args: Any, **kwargs: Any) -> None:
         clock[0] += kwargs["timeout_ms"] / 1000
@@ -67,7 +68,7 @@ def test_mounting_is_bounded_in_all_and_says_so(
         clock[0] += seconds
 
     fake_colab.drive.mount.side_effect = slow_timeout
-    mocker.patch.object(drive, "_sleep", side_effect=sleep)
+    mocker.patch.object(drive_mount, "_sleep", side_effect=sleep)
     with pytest.raises(cs.MountTimeoutError, match="gave up after 5m, the max_wait of 5m"):
         cs.mount(timeout="120s", retries=5, max_wait="5min")
     waits = [c.kwargs["timeout_ms"] for c in fake_colab.drive.mount.call_args_list]
@@ -217,7 +218,7 @@ def test_ensure_mounts_again_read_only(
 ) -> None:
     _mounted(mount_table)
     dropped = OSError(errno.ENOTCONN, "Transport endpoint is not connected")
-    mocker.patch.object(drive, "_stat", side_effect=[dropped, None])
+    mocker.patch.object(drive_mount, "_stat", side_effect=[dropped, None])
     cs.drive.ensure(readonly=True)
     assert fake_colab.drive.mount.call_args.kwargs["readonly"] is True
 
@@ -240,19 +241,21 @@ def test_healthy_local(isolated: Path) -> None:
 
 def test_dropped_mount(mocker: MockerFixture, tmp_path: Path) -> None:
     mocker.patch.object(
-        drive, "_stat", side_effect=OSError(errno.ENOTCONN, "Transport endpoint is not connected")
+        drive_mount,
+        "_stat",
+        side_effect=OSError(errno.ENOTCONN, "Transport endpoint is not connected"),
     )
     assert not cs.drive.healthy(tmp_path)
-    assert "mount dropped" in (drive._problem(tmp_path, 1.0) or "")
+    assert "mount dropped" in (drive_mount._problem(tmp_path, 1.0) or "")
 
 
 def test_io_error(mocker: MockerFixture, tmp_path: Path) -> None:
-    mocker.patch.object(drive, "_stat", side_effect=OSError(errno.EIO, "Input/output error"))
+    mocker.patch.object(drive_mount, "_stat", side_effect=OSError(errno.EIO, "Input/output error"))
     assert not cs.drive.healthy(tmp_path)
 
 
 def test_hanging_stat_does_not_block(mocker: MockerFixture, tmp_path: Path) -> None:
-    mocker.patch.object(drive, "_stat", side_effect=lambda path: time.sleep(3))
+    mocker.patch.object(drive_mount, "_stat", side_effect=lambda path: time.sleep(3))
     start = time.monotonic()
     assert not cs.drive.healthy(tmp_path, timeout=0.2)
     assert time.monotonic() - start < 1.5
@@ -295,7 +298,7 @@ def test_ensure_mounts_when_not_mounted(fake_colab: types.SimpleNamespace, tmp_p
 
 
 def test_ensure_gives_up_clearly(colab_mount: types.SimpleNamespace, mocker: MockerFixture) -> None:
-    mocker.patch.object(drive, "_stat", side_effect=OSError(errno.ENOTCONN, "not connected"))
+    mocker.patch.object(drive_mount, "_stat", side_effect=OSError(errno.ENOTCONN, "not connected"))
     with pytest.raises(cs.MountError, match="still does not answer"):
         cs.drive.ensure(colab_mount.point)
 
@@ -424,7 +427,7 @@ def test_resolve_drive_in_colab(
     fake_colab: types.SimpleNamespace, mount_table: Path, mocker: MockerFixture
 ) -> None:
     _mounted(mount_table)
-    mocker.patch.object(drive, "_stat")
+    mocker.patch.object(drive_mount, "_stat")
     loc = cs.drive.resolve("drive:checkpoints/run-1")
     assert loc.path == "/content/drive/MyDrive/checkpoints/run-1"
     fake_colab.drive.mount.assert_not_called()

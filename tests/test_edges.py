@@ -23,10 +23,15 @@ import pytest
 from fsspec.implementations.local import LocalFileSystem
 
 import colabsession as cs
-from colabsession import _archive, _layout, _stage, _store, _walk, env
-from colabsession._history import read_history
-from colabsession._serialize import crc32c
-from colabsession._store import Store
+from colabsession import env
+from colabsession._data import archive as _archive
+from colabsession._data import stage as _stage
+from colabsession._data import walk as _walk
+from colabsession._storage import layout as _layout
+from colabsession._storage import store as _store
+from colabsession._storage.history import read_history
+from colabsession._storage.serialize import crc32c
+from colabsession._storage.store import Store
 from colabsession.drive import Location
 from colabsession.env import EnvInfo
 
@@ -129,7 +134,7 @@ def test_deeply_nested_env_and_dataset_manifests_are_damaged_not_raw_errors(
 
 def test_deeply_nested_credentials_and_drive_answers_are_refused_in_words(tmp_path: Path) -> None:
     pytest.importorskip("google.auth")  # the drive extra
-    from colabsession import _gdrive
+    from colabsession._drive import api as _gdrive
 
     key = tmp_path / "key.json"
     key.write_bytes(b'{"type": ' + DEEP + b"}")
@@ -158,7 +163,7 @@ def test_clock_skew_between_two_writers_bounds_the_wait_by_the_own_ttl(tmp_path:
 
 
 def test_a_huge_ttl_in_the_lease_file_is_bounded_by_the_own_ttl(tmp_path: Path) -> None:
-    from colabsession._lease import LeaseRecord
+    from colabsession._storage.lease import LeaseRecord
 
     now = [time.time()]
     record = LeaseRecord(
@@ -355,7 +360,7 @@ def test_two_stagings_of_one_dataset_to_two_destinations(
     root = cs.mount()
     flowers = make_dataset(root, files=30)
     cs.data.pack(DRIVE, shard_size="8KiB", compression="none")
-    from colabsession._say import say as real_say
+    from colabsession._core.say import say as real_say
 
     real_unpack = _stage._unpack_shard
     other: list[BaseException | Path] = []

@@ -19,7 +19,7 @@ import pytest
 from fsspec.implementations.local import LocalFileSystem
 
 import colabsession as cs
-from colabsession import _archive
+from colabsession._data import archive as _archive
 from colabsession.drive import Location
 
 pytestmark = pytest.mark.usefixtures("clean_interpreter")

@@ -15,10 +15,10 @@ import pytest
 from pytest_mock import MockerFixture
 
 import colabsession as cs
-from colabsession._history import read_history
-from colabsession._optional import installed
-from colabsession._probe import CPUInfo, GPUInfo, HardwareReport, OSInfo, TPUInfo
-from colabsession._strategy import choose_precision, choose_strategy
+from colabsession._core.optional import installed
+from colabsession._runtime.probe import CPUInfo, GPUInfo, HardwareReport, OSInfo, TPUInfo
+from colabsession._runtime.strategy import choose_precision, choose_strategy
+from colabsession._storage.history import read_history
 
 pytestmark = pytest.mark.tensorflow  # TensorFlow in-process: see isolation.py
 
@@ -579,7 +579,7 @@ def test_batch_size_is_global_under_a_jax_distribution(tmp_path: Path) -> None:
 
 
 def test_model_outside_strategy_scope(keras: Any, tmp_path: Path, mocker: MockerFixture) -> None:
-    from colabsession import _strategy
+    from colabsession._runtime import strategy as _strategy
 
     mocker.patch.object(_strategy, "last_strategy", object())
     x, y = data()
@@ -611,7 +611,7 @@ def test_notify_failure_is_only_logged(
 ) -> None:
     import requests
 
-    from colabsession._notify import notify
+    from colabsession._core.notify import notify
 
     mocker.patch("requests.post", side_effect=requests.ConnectionError("down"))
     notify("https://hooks.example/T0/B0/secret", "finished", run="x")

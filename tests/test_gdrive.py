@@ -270,7 +270,7 @@ def test_overwrites_under_lagging_listings_read_the_newest(fs: Any, fake_drive: 
 
 
 def test_a_title_listed_twice_is_one_name(fs: Any, fake_drive: FakeDrive) -> None:
-    from colabsession._store import Store
+    from colabsession._storage.store import Store
 
     fake_drive.lag, fake_drive.doubles = 2, True
     fs.pipe_file("root/run/ckpt.bin", b"x")
@@ -445,7 +445,7 @@ def test_fields_trim_answers(fs: Any, fake_drive: FakeDrive) -> None:
 
 
 def test_transport_gives_up_after_its_tries_with_a_clear_error() -> None:
-    from colabsession._gdrive import Transport
+    from colabsession._drive.api import Transport
 
     class Busy:
         calls = 0

@@ -19,8 +19,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
-from colabsession import hf  # noqa: E402
-from colabsession._history import read_history  # noqa: E402
+from colabsession._storage.history import read_history  # noqa: E402
+from colabsession._training import hf  # noqa: E402
 
 WORKER = Path(__file__).with_name("hf_worker.py")
 
@@ -143,7 +143,7 @@ def hf_history(tmp_path: Path) -> Path:
 def test_the_trainers_epochs_are_shown_as_it_logs_them(tmp_path: Path) -> None:
     """The Trainer logs its epoch as progress from the start (0.5, ..., 3.0): shown so, not
     shifted by one as Keras' 0-based epoch index is (the last evaluation read "epoch 4" of 3)."""
-    from colabsession._history import for_display, read_history
+    from colabsession._storage.history import for_display, read_history
 
     records = for_display(read_history(hf_history(tmp_path)))
     evaluations = [r for r in records if "eval_loss" in r]
@@ -176,7 +176,7 @@ def test_the_tutorial_killed_on_new_vms_ends_with_the_same_best_model(
     output_dir and local mirror), then run to the end on another. The best checkpoint is kept
     on Drive and comes back, so the final weights equal an uninterrupted run's bit for bit;
     output_dir keeps save_total_limit folders; the history holds each step once."""
-    from colabsession._history import read_history
+    from colabsession._storage.history import read_history
     from tests.script_runs import fuse_mount_line, run_script
 
     def run(n: int, drive: str, kill_at: str | None = None) -> Any:

@@ -79,7 +79,7 @@ def test_a_package_installed_without_its_extra_is_named(
 ) -> None:
     """Colab ships PyDrive2 without its fsspec extra: `import pydrive2.fs` fails on funcy, and
     the message must name funcy, not claim PyDrive2 is missing."""
-    from colabsession._optional import require
+    from colabsession._core.optional import require
 
     package = tmp_path / "cs_fake_pydrive"
     package.mkdir()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from colabsession._optional import installed
+from colabsession._core.optional import installed
 
 HERE = Path(__file__).resolve().parent
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import colabsession as cs
-from colabsession._optional import installed
+from colabsession._core.optional import installed
 
 jax = pytest.importorskip("jax")
 jnp = pytest.importorskip("jax.numpy")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from colabsession._history import read_history
+from colabsession._storage.history import read_history
 
 HERE = Path(__file__).parent
 SCRIPT = str(HERE / "keras_mnist_convnet.py")

@@ -15,7 +15,7 @@ import pytest
 from pytest_mock import MockerFixture
 
 import colabsession as cs
-from colabsession import _probe
+from colabsession._runtime import probe as _probe
 
 T4 = "0, Tesla T4, 15360, 0, 15101, 550.54.15, 0, 44, 7.5\n"
 A100 = "0, NVIDIA A100-SXM4-40GB, 40960, 3, 40523, 535.104.05, 0, 32, 8.0\n"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import colabsession as cs
-from colabsession import _runtime
+from colabsession._runtime import runtime as _runtime
 
 
 def test_local_by_default(isolated: Path) -> None:

@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 
 import colabsession as cs
-from colabsession._optional import installed
+from colabsession._core.optional import installed
 
 torch = pytest.importorskip("torch")
 
+from colabsession._training.torch import epoch_order  # noqa: E402
 from colabsession.torch import (  # noqa: E402
     ResumableLoader,
     TrainingState,
-    epoch_order,
     precision,
     rng_state,
     set_rng_state,
@@ -140,8 +140,8 @@ def test_restore_puts_tensors_on_the_device_asked_for(
 def test_saved_device_missing_here_falls_back_with_a_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from colabsession import _frameworks
-    from colabsession._serialize import FrameworkArray
+    from colabsession._storage import frameworks as _frameworks
+    from colabsession._storage.frameworks import FrameworkArray
 
     stored = FrameworkArray("torch", np.arange(3, dtype=np.float32), "float32", "cuda:7")
     got = _frameworks.to_frameworks({"a": stored, "b": stored}, device="saved")
@@ -165,7 +165,7 @@ def test_a_tensor_stored_in_the_other_byte_order_comes_back_right(
     monkeypatch: pytest.MonkeyPatch, roundtrip: Callable[..., Any]
 ) -> None:
     """A checkpoint written on a big-endian machine (">f4", valid checksums) restores."""
-    from colabsession import _frameworks
+    from colabsession._storage import frameworks as _frameworks
 
     native = _frameworks.host_view
     monkeypatch.setattr(
@@ -209,7 +209,7 @@ def test_nested_tensors_and_dtensors_are_refused_with_advice(tmp_path: Path) -> 
 
 
 def test_hostile_framework_records_are_refused() -> None:
-    from colabsession._serialize import check_tree
+    from colabsession._storage.serialize import check_tree
 
     for bad in (
         {"framework": "pickle", "array": 0, "dtype": "float32"},
@@ -223,8 +223,8 @@ def test_hostile_framework_records_are_refused() -> None:
 
 
 def test_a_dtype_name_that_is_not_a_dtype_is_refused() -> None:
-    from colabsession import _frameworks
-    from colabsession._serialize import FrameworkArray
+    from colabsession._storage import frameworks as _frameworks
+    from colabsession._storage.frameworks import FrameworkArray
 
     stored = FrameworkArray("torch", np.zeros(2, np.float32), "nn", None)  # torch.nn: a module
     with pytest.raises(cs.CheckpointError, match=r"torch\.nn"):
@@ -232,8 +232,8 @@ def test_a_dtype_name_that_is_not_a_dtype_is_refused() -> None:
 
 
 def test_a_tensor_stored_with_the_wrong_size_is_damaged() -> None:
-    from colabsession import _frameworks
-    from colabsession._serialize import FrameworkArray
+    from colabsession._storage import frameworks as _frameworks
+    from colabsession._storage.frameworks import FrameworkArray
 
     stored = FrameworkArray("torch", np.zeros(2, np.float64), "bfloat16", None)
     with pytest.raises(cs.CheckpointError, match="damaged"):
@@ -576,6 +576,6 @@ def test_the_mnist_example_killed_anywhere_ends_bit_identical(
     monkeypatch.setenv("COLABSESSION_DRIVE", str(drive))
     with mount_table.open("a") as table:
         table.write(fuse_mount_line(drive))
-    from colabsession._history import read_history
+    from colabsession._storage.history import read_history
 
     assert sorted(r["step"] for r in read_history("mnist")) == list(range(1, 64))

@@ -5,7 +5,7 @@ from datetime import timedelta
 import pytest
 
 from colabsession import ConfigError
-from colabsession._units import format_bytes, format_duration, parse_duration
+from colabsession._core.units import format_bytes, format_duration, parse_duration
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,138 @@
+"""How long this runtime has been up and how long it has left before Colab reclaims it."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from colabsession._core.units import Duration, format_duration, parse_duration
+from colabsession._runtime.runtime import RuntimeKind, detect_kind
+
+ENV_MAX_SESSION = "COLABSESSION_MAX_SESSION"
+ENV_IDLE_LIMIT = "COLABSESSION_IDLE_LIMIT"
+DEFAULT_MAX_SESSION = 12 * 3600.0  # free Colab; paid tiers get up to 24 h, never guaranteed
+DEFAULT_IDLE_LIMIT = 90 * 60.0  # the commonly quoted figure, not an official one
+DEFAULT_MARGIN = 10 * 60.0
+
+
+class SessionClock:
+    """The session's start, its limit, and the time left.
+
+    On Colab, Kaggle and in containers the runtime starts with PID 1, which survives kernel
+    restarts just as Colab's session limit does; elsewhere the clock starts with this
+    interpreter. Both can be overridden.
+
+    The idle limit is only recorded: the kernel cannot see whether the browser tab is idle, so
+    nothing here can tell how close an idle runtime is to being recycled.
+
+    >>> clock = SessionClock(max_session="24h")
+    >>> clock.should_stop(margin="15min")
+    False
+
+    Args:
+        started: when the session began (a datetime, or seconds since the epoch).
+        max_session: the session limit; default ``$COLABSESSION_MAX_SESSION``, else 12 h.
+        idle_limit: how long an idle runtime lives; default ``$COLABSESSION_IDLE_LIMIT``,
+            else 90 min.
+        now: the time source, seconds since the epoch (tests pass a fake).
+    """
+
+    def __init__(
+        self,
+        *,
+        started: datetime | float | None = None,
+        max_session: Duration | None = None,
+        idle_limit: Duration | None = None,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self._now = now
+        if isinstance(started, datetime):
+            self.started = started.timestamp()
+        else:
+            self.started = float(started) if started is not None else session_start()
+        self.max_session = _setting(
+            max_session, ENV_MAX_SESSION, DEFAULT_MAX_SESSION, "max_session"
+        )
+        self.idle_limit = _setting(idle_limit, ENV_IDLE_LIMIT, DEFAULT_IDLE_LIMIT, "idle_limit")
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the session started."""
+        return max(0.0, self._now() - self.started)
+
+    @property
+    def remaining(self) -> float:
+        """Seconds left before the session limit (never negative)."""
+        return max(0.0, self.started + self.max_session - self._now())
+
+    @property
+    def deadline(self) -> datetime:
+        """When the session limit is reached, in local time."""
+        return datetime.fromtimestamp(self.started + self.max_session, timezone.utc).astimezone()
+
+    def should_stop(self, margin: Duration = DEFAULT_MARGIN) -> bool:
+        """True once no more than *margin* is left before the session limit."""
+        return self.remaining <= parse_duration(margin, name="margin")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "started": datetime.fromtimestamp(self.started, timezone.utc)
+            .astimezone()
+            .isoformat(timespec="seconds"),
+            "max_session": self.max_session,
+            "idle_limit": self.idle_limit,
+            "elapsed": self.elapsed,
+            "remaining": self.remaining,
+            "deadline": self.deadline.isoformat(timespec="seconds"),
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"SessionClock(elapsed={format_duration(self.elapsed)}, "
+            f"remaining={format_duration(self.remaining)}, "
+            f"deadline={self.deadline:%Y-%m-%d %H:%M %Z}, "
+            f"max_session={format_duration(self.max_session)})"
+        )
+
+
+def clock(**kwargs: Any) -> SessionClock:
+    """This session's clock; keyword arguments as for :class:`SessionClock`.
+
+    >>> import colabsession as cs
+    >>> cs.clock().remaining > 0
+    True
+    """
+    return SessionClock(**kwargs)
+
+
+def session_start(kind: RuntimeKind | None = None) -> float:
+    """When this runtime started, in seconds since the epoch."""
+    import psutil
+
+    if (kind or detect_kind()) != "local" or in_container():
+        try:
+            return psutil.Process(1).create_time()
+        except (psutil.Error, OSError):  # PID 1 hidden (macOS, some sandboxes): use our own start
+            pass
+    return psutil.Process().create_time()
+
+
+def in_container() -> bool:
+    """Best effort: a Docker, Podman or Kubernetes container, whose PID 1 starts with it."""
+    return (
+        Path("/.dockerenv").exists()
+        or Path("/run/.containerenv").exists()
+        or "KUBERNETES_SERVICE_HOST" in os.environ
+    )
+
+
+def _setting(value: Duration | None, env: str, default: float, name: str) -> float:
+    if value is not None:
+        return parse_duration(value, name=name)
+    if raw := os.environ.get(env):
+        return parse_duration(raw, name=env)
+    return default

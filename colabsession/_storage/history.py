@@ -1,0 +1,445 @@
+"""A run's loss history across sessions: one record per logged step, as a table or a plot.
+
+On the local disk the history is ``history.jsonl``, only ever appended to (a new file renamed
+over it when a resume drops the records past the restored step). At the location it is kept in
+numbered revisions, ``history.000004.jsonl``: each session writes a new revision whole, then
+appends to it where the file system can append (the Drive mount) or writes the next revision
+whole where it cannot (the Drive API). A revision starts with a header saying how many records it
+was written with; a revision cut short holds fewer and is never read, so a kill mid-write can
+never replace a longer history with a shorter one. Lines that are not valid UTF-8 JSON records
+are skipped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from colabsession._core.errors import CheckpointError, ConfigError
+from colabsession._core.files import reason
+from colabsession._core.optional import installed, require
+from colabsession._core.records import InvalidRecord, NotJSON, read_json
+from colabsession._drive.location import Location
+from colabsession._storage.runs import require_run, run_stores
+from colabsession._storage.store import Store
+
+logger = logging.getLogger(__name__)
+
+LOCAL = "history.jsonl"
+KIND = "colabsession-history"
+RESERVED = ("step", "time", "session", "attempt")
+MAX_LINE = 1 << 20  # bytes of one history line read back; a record of metrics is far smaller
+_REVISION = re.compile(r"history\.(\d{6,})\.jsonl")
+
+Record = dict[str, Any]
+
+
+def history(location: str | os.PathLike[str] | Location) -> Any:
+    """Every logged record of the run, oldest first: a pandas DataFrame (columns ``step``,
+    ``time``, ``session``, ``attempt``, ``epoch`` where the run logs it (a Keras epoch counted
+    from 1 as Keras prints it, the Trainer's progress in epochs as it logs it: see
+    :func:`for_display`), and one per metric) when pandas is installed, else a list of dicts.
+    A run that does not exist is a RunNotFoundError that lists the runs that do.
+
+    >>> cs.history("my-run").plot(x="step", y="loss")  # doctest: +SKIP
+    """
+    records = for_display(existing_history(location))
+    if not installed("pandas"):
+        return records
+    import pandas as pd
+
+    frame = pd.DataFrame.from_records(records)
+    if "time" in frame:
+        frame["time"] = pd.to_datetime(frame["time"], unit="s", utc=True)
+    return frame
+
+
+def for_display(records: list[Record]) -> list[Record]:
+    """Records as people read them. The stored ``epoch`` says by its type how it counts:
+
+    - an integer is an epoch's index as Keras' callbacks count it, from 0: shown from 1, as
+      Keras prints "Epoch 1/20" (``cs.fit`` and ``cs.keras`` write these);
+    - a float is training progress in epochs as the transformers Trainer logs it, already
+      counted from the start (0.5 halfway through the first epoch, 3.0 at the end of the
+      third): shown as it is (``cs.hf`` writes these).
+
+    >>> [r["epoch"] for r in for_display([{"epoch": 0}, {"epoch": 2.5}])]
+    [1, 2.5]
+    """
+    shown = []
+    for record in records:
+        if is_epoch_index(record.get("epoch")):
+            record = {**record, "epoch": record["epoch"] + 1}
+        shown.append(record)
+    return shown
+
+
+def is_epoch_index(value: Any) -> bool:
+    """Whether a stored ``epoch`` is an epoch's index counted from 0 (an integer), not the
+    Trainer's progress in epochs (a float); see :func:`for_display`."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# The Trainer's timing and throughput figures: they say how fast, not how well.
+_NOT_PLOTTED = re.compile(r".*(_runtime|_samples_per_second|_steps_per_second)|total_flos")
+_TWIN_PREFIXES = ("val_", "eval_")  # Keras' validation metrics, the Trainer's evaluation ones
+
+
+def _group(name: str) -> str:
+    for prefix in _TWIN_PREFIXES:
+        if name.startswith(prefix):
+            return name.removeprefix(prefix)
+    return name
+
+
+def _is_twin(name: str) -> bool:
+    return name.startswith(_TWIN_PREFIXES)
+
+
+def metric_names(records: list[Record]) -> list[str]:
+    """The metrics in *records*, in first-seen order (the record fields and epoch left out)."""
+    names: dict[str, None] = {}
+    for record in records:
+        for key, value in record.items():
+            if key not in (*RESERVED, "epoch") and isinstance(value, (int, float)):
+                names.setdefault(key)
+    return list(names)
+
+
+def plot_history(
+    location: str | os.PathLike[str] | Location,
+    metrics: list[str] | None = None,
+    *,
+    ax: Any = None,
+) -> list[Any]:
+    """Draw the run's history with matplotlib: one labelled panel per metric, with its
+    validation twin (Keras' ``val_loss``, the Trainer's ``eval_loss``, with ``loss``), loss
+    first; epochs on the x axis when the run counts whole epochs (Keras), else steps (a plain
+    loop, the Trainer, whose fractional epochs would stack points); timing figures
+    (``*_runtime``, ``*_per_second``, ``total_flos``) left out unless named in *metrics*; a
+    dashed line where a new runtime took over and a dotted one where the run resumed on the
+    same runtime (a re-run cell, a restarted kernel). Returns the panels' Axes (one Axes given
+    as *ax* gets every metric).
+
+    >>> cs.plot_history("my-run")  # doctest: +SKIP
+    """
+    plt = require(
+        "matplotlib.pyplot", extra="plot", purpose="cs.plot_history()", package="matplotlib"
+    )
+    stored = existing_history(location)
+    by_epoch = any(is_epoch_index(r.get("epoch")) for r in stored)
+    records = for_display(stored)
+    if by_epoch:  # records saved mid-epoch have running means: the epochs' own values are shown
+        records = [r for r in records if "epoch" in r]
+    x_name = "epoch" if by_epoch else "step"
+    names = metrics or [n for n in metric_names(records) if not _NOT_PLOTTED.fullmatch(n)]
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(_group(name), []).append(name)
+    order = sorted(groups, key=lambda g: (g != "loss", g))
+    if ax is not None:
+        axes = [ax] * max(1, len(order))
+    else:
+        _, grid = plt.subplots(
+            max(1, len(order)),
+            1,
+            figsize=(8, 2.6 * max(1, len(order)) + 0.6),
+            sharex=True,
+            squeeze=False,
+        )
+        axes = list(grid[:, 0])
+    for panel, group in zip(axes, order, strict=False):
+        for name in sorted(groups[group], key=_is_twin):
+            points = [
+                (r[x_name], r[name]) for r in records if isinstance(r.get(name), (int, float))
+            ]
+            if points:
+                xs, ys = zip(*points, strict=True)
+                style = "--" if _is_twin(name) else "-"
+                label = "training"
+                if _is_twin(name):
+                    label = "evaluation" if name.startswith("eval_") else "validation"
+                panel.plot(
+                    xs,
+                    ys,
+                    style,
+                    marker="o" if len(xs) < 30 else None,
+                    markersize=3,
+                    label=f"{label} {group}" if ax is not None else label,
+                )
+        if ax is None:
+            panel.set_ylabel(group)
+    _mark_resumes(axes if ax is None else [ax], records, x_name)
+    for panel in axes if ax is None else [ax]:
+        panel.grid(alpha=0.3)
+        if panel.get_legend_handles_labels()[0]:
+            panel.legend(loc="best", fontsize="small")
+    if by_epoch:
+        from matplotlib.ticker import MaxNLocator
+
+        axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[-1].set_xlabel(x_name)
+    axes[0].set_title(f"{location}")
+    if ax is None:
+        axes[0].figure.tight_layout()
+    return axes if ax is None else [ax]
+
+
+def _mark_resumes(axes: list[Any], records: list[Record], x_name: str) -> None:
+    """A dashed line where another runtime took over, a dotted one where the run resumed on
+    the same runtime; each kind in the first panel's legend once."""
+    labelled: set[str] = set()
+    for before, after in itertools.pairwise(records):
+        if after.get("session") != before.get("session"):
+            kind, style = "new runtime", "--"
+        elif after.get("attempt") != before.get("attempt"):
+            kind, style = "resumed", ":"
+        else:
+            continue
+        where = (before[x_name] + after[x_name]) / 2
+        for index, panel in enumerate(axes):
+            label = kind if index == 0 and kind not in labelled else None
+            panel.axvline(where, color="grey", linestyle=style, linewidth=1, label=label)
+        labelled.add(kind)
+
+
+def existing_history(location: str | os.PathLike[str] | Location) -> list[Record]:
+    """The run's history; RunNotFoundError (naming the runs there are) if nothing of the run
+    exists. The look for the run comes only when the history is empty."""
+    records = read_history(location)
+    if not records:
+        require_run(location)
+    return records
+
+
+def read_history(
+    location: str | os.PathLike[str] | Location,
+    local_dir: str | os.PathLike[str] | None = None,
+    *,
+    timeout: float = 30.0,
+) -> list[Record]:
+    """The run's history records: the location's or its local mirror's, whichever is newer. A
+    location that does not answer within *timeout* seconds leaves the local copy."""
+    local, remote = run_stores(location, local_dir, timeout=timeout)
+    return HistoryLog(local, remote, session="").newest()
+
+
+def make_record(
+    step: int, session: str, metrics: dict[str, Any], attempt: str | None = None
+) -> Record:
+    """A history record; a metric may not take a record field's name. *attempt* tells one
+    resume of the run on the same runtime from the next."""
+    check_metric_names(metrics)
+    record: Record = {"step": step, "time": time.time(), "session": session}
+    if attempt is not None:
+        record["attempt"] = attempt
+    return {**record, **metrics}
+
+
+def check_metric_names(names: Iterable[str]) -> None:
+    """Refuse metric names the history keeps for its own fields."""
+    clash = [name for name in names if name in RESERVED]
+    if clash:
+        raise ConfigError(
+            f"a metric may not be called {clash[0]!r}: the history uses {', '.join(RESERVED)} "
+            f"for its own fields. Rename it (e.g. {clash[0]}_metric)"
+        )
+
+
+def parse_records(data: bytes) -> tuple[list[Record], dict[str, Any] | None]:
+    """The records in *data* (JSON lines) and its revision header, if any. A line that is not
+    valid UTF-8 JSON, or not a record, is skipped; consecutive records of one step and session
+    (a log() and a save() of the same step) merge into one."""
+    records: list[Record] = []
+    header = None
+    bad = torn = 0
+    for line in data.split(b"\n"):
+        if not line.strip():
+            continue
+        try:
+            record = read_json(line, what="a history line", max_bytes=MAX_LINE, constants=True)
+        except NotJSON:
+            torn += 1  # a line torn by a kill mid-append: expected, not damage
+            continue
+        except InvalidRecord:
+            bad += 1
+            continue
+        if not isinstance(record, dict):
+            bad += 1
+        elif record.get("kind") == KIND and header is None and not records:
+            header = record
+        elif _is_record(record):
+            last = records[-1] if records else None
+            if last and (last["step"], last["session"]) == (record["step"], record["session"]):
+                last.update(record)
+            else:
+                records.append(record)
+        else:
+            bad += 1
+    if bad:
+        logger.warning("colabsession: skipping %d damaged line(s) of the history", bad)
+    if torn:
+        logger.debug("colabsession: skipped %d history line(s) cut short", torn)
+    return records, header
+
+
+def _is_record(record: dict[str, Any]) -> bool:
+    step = record.get("step")
+    return (
+        isinstance(step, int)
+        and not isinstance(step, bool)
+        and isinstance(record.get("session"), str)
+        and isinstance(record.get("time"), (int, float))
+    )
+
+
+def encode(records: Iterable[Record]) -> bytes:
+    return b"".join(json.dumps(r, allow_nan=True).encode() + b"\n" for r in records)
+
+
+def _last_time(records: list[Record]) -> float:
+    return max((float(r["time"]) for r in records), default=0.0)
+
+
+class HistoryLog:
+    """The history of one run: its local file (in *local*) and its revisions at *remote*."""
+
+    def __init__(self, local: Store, remote: Store | None, *, session: str) -> None:
+        self.local, self.remote, self.session = local, remote, session
+        self.records: list[Record] = []
+        self._revision: int | None = None  # the revision this session writes at the remote
+        self._uploaded = 0  # records of self.records already in that revision
+        self._dirty: int | None = None  # the first record changed in place during a sync
+        self._lock = threading.Lock()  # the training thread appends, the replicator syncs
+
+    # Reading ---------------------------------------------------------------------------------
+
+    def read_local(self) -> list[Record]:
+        try:
+            return parse_records(self.local.read(LOCAL))[0]
+        except FileNotFoundError:
+            return []
+
+    def read_remote(self) -> tuple[list[Record], int]:
+        """The newest complete revision at the location: (records, revision)."""
+        assert self.remote is not None
+        names = self.remote.names()
+        for revision in sorted(_revisions(names), reverse=True):
+            name = _name(revision)
+            try:
+                records, header = parse_records(self.remote.read(name))
+            except FileNotFoundError:
+                continue
+            base = header.get("base") if header else None
+            if isinstance(base, int) and len(records) >= base:
+                return records, revision
+            logger.warning(
+                "colabsession: the history revision %s on %s is incomplete (a write was cut "
+                "short): using the one before it",
+                name,
+                self.remote,
+            )
+        if LOCAL in names:  # the single file of colabsession 0.1
+            return parse_records(self.remote.read(LOCAL))[0], 0
+        return [], 0
+
+    def newest(self) -> list[Record]:
+        """The local history, or the location's when that one is newer (another runtime wrote
+        it since); the longer one when both end at the same time."""
+        local = self.read_local()
+        if self.remote is None:
+            return local
+        try:
+            remote, _ = self.read_remote()
+        except (OSError, TimeoutError) as exc:
+            logger.warning(
+                "colabsession: cannot read the history on %s (%s): using the local copy",
+                self.remote,
+                reason(exc),
+            )
+            return local
+        return max((local, remote), key=lambda r: (_last_time(r), len(r)))
+
+    # Writing ---------------------------------------------------------------------------------
+
+    def start(self, keep_through: int | None, truncate: bool) -> None:
+        """Begin writing: take the newest history and, if *truncate*, drop the records past
+        *keep_through* (the restored step; None: all) into a ``parked-history...`` file beside
+        it. The local file is written anew."""
+        records = self.newest()
+        dropped: list[Record] = []
+        if truncate:
+            limit = -1 if keep_through is None else keep_through
+            dropped = [r for r in records if r["step"] > limit]
+            records = [r for r in records if r["step"] <= limit]
+        self.records = records
+        self.local.makedirs()
+        if dropped:  # set aside like the checkpoints they belong to, never deleted
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+            self.local.write(f"parked-history.{stamp}.{os.getpid()}.jsonl", encode(dropped))
+        self.local.replace(LOCAL, encode(records))
+
+    def append(self, record: Record) -> None:
+        """Add *record* to the local file (merged with the last one when it is of the same step
+        and session: the reader merges them the same way)."""
+        with self._lock:
+            last = self.records[-1] if self.records else None
+            if last and (last["step"], last["session"]) == (record["step"], record["session"]):
+                last.update(record)
+                index = len(self.records) - 1  # changed in place: it goes up again
+                self._uploaded = min(self._uploaded, index)
+                self._dirty = index if self._dirty is None else min(self._dirty, index)
+            else:
+                self.records.append(record)
+            try:
+                self.local.append(LOCAL, encode([record]))
+            except OSError as exc:  # a full disk: a fault the caller can act on, said so
+                raise CheckpointError(
+                    f"cannot add step {record['step']} to the history in {self.local} "
+                    f"({reason(exc)}): free disk space (!df -h), then log or save again; the "
+                    "records so far are kept"
+                ) from None
+
+    def sync(self) -> None:
+        """Bring the location's history up to date with this session's records."""
+        with self._lock:
+            if self.remote is None or (self._uploaded == len(self.records) and self._revision):
+                return
+            records = [dict(r) for r in self.records]
+            start, self._dirty = self._uploaded, None
+        if self._revision is None or not self.remote.local:
+            self._write_revision(records)
+        else:
+            # A leading newline: a line torn by an append cut short (by us or anyone) never
+            # swallows the first record of this one.
+            self.remote.append(_name(self._revision), b"\n" + encode(records[start:]))
+        with self._lock:  # a record merged during the upload goes up at the next sync
+            self._uploaded = len(records) if self._dirty is None else min(len(records), self._dirty)
+
+    def _write_revision(self, records: list[Record]) -> None:
+        assert self.remote is not None
+        previous = self._revision
+        if previous is None:
+            previous = max(_revisions(self.remote.names()), default=0)
+        header = {"kind": KIND, "version": 1, "revision": previous + 1, "base": len(records)}
+        self.remote.write(_name(previous + 1), encode([header, *records]))
+        self._revision = previous + 1
+        # Older revisions go once the new one is whole; the one before stays as a fallback.
+        for revision in _revisions(self.remote.names()):
+            if revision < previous:
+                self.remote.remove(_name(revision))
+
+
+def _revisions(names: list[str]) -> list[int]:
+    return [int(m.group(1)) for name in names if (m := _REVISION.fullmatch(name))]
+
+
+def _name(revision: int) -> str:
+    return f"history.{revision:06d}.jsonl"

@@ -1,0 +1,159 @@
+"""A checkpoint on disk: one file, named by its step and a unique id, that commits itself.
+
+``ckpt-000000001200.3f9a1c2b7d4e.ckpt`` holds, in order::
+
+    the state's arrays          raw bytes, each at a 64-byte boundary (see _serialize)
+    the manifest                JSON: step, time, session, metrics, the state's tree, where each
+                                array lies, the arrays' size and CRC32C, and its lineage (the
+                                branch of saves it belongs to and where that branch began:
+                                see :mod:`._lineage`)
+    a 20-byte trailer           the manifest's length, its CRC32C and the magic b"CSCKPT01"
+
+The trailer is written last, so a file cut short anywhere has no valid trailer and does not count:
+no separate commit marker, no rename needed where there is none (Drive's API), and a single file
+per checkpoint (each file costs several round trips on the Drive mount). Locally the file is also
+written under a temporary name, fsynced and renamed into place. Every structural fault of a file
+(trailer, manifest, tree, sizes, checksums) makes it invalid: it is skipped with a warning.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import struct
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import IO, Any, ClassVar
+
+from colabsession._core.records import InvalidRecord, Record, parse_record
+from colabsession._storage.serialize import (
+    ArrayInfo,
+    check_tree,
+    crc32c,
+    read_arrays,
+    unflatten,
+    uses_frameworks,
+    write_arrays,
+)
+
+SUFFIX = ".ckpt"
+PARKED = "parked-"
+MAGIC = b"CSCKPT01"
+TRAILER = struct.Struct("<QI8s")  # manifest length, manifest CRC32C, magic
+_NAME = re.compile(r"ckpt-(\d{12,18})\.([0-9a-f]{12})\.ckpt")
+
+Metric = float | int | str | bool | None
+
+
+class Damaged(Exception):
+    """A checkpoint file that must not be loaded; the message says why."""
+
+
+class CutShort(Damaged):
+    """A checkpoint file whose write stopped before its trailer: an upload cut short (a kill, a
+    dropped mount). Nothing can be read from it; a whole copy replaces it."""
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Which line of saves a checkpoint belongs to. Each writer that starts writing (after
+    :meth:`Checkpointer.restore`, or afresh) begins a *branch*, at wall-clock time *started*,
+    that continues from the checkpoint (*fork_branch*, *fork_step*) it restored; *fork_step*
+    None: from nothing (a new or restarted run), unless *follows* (the writer restored
+    nothing and continues whatever came before it). *fork_branch* None names checkpoints
+    written before lineages existed."""
+
+    branch: str
+    started: float
+    fork_branch: str | None = None
+    fork_step: int | None = None
+    follows: bool = False
+
+
+@dataclass(frozen=True)
+class Manifest(Record):
+    """What a checkpoint file holds, as its trailer's manifest records it."""
+
+    KIND: ClassVar[str] = "colabsession-checkpoint"
+    VERSION: ClassVar[int] = 2  # 2: framework arrays (PyTorch, JAX) in the tree
+    step: int
+    time: float
+    session: str
+    metrics: dict[str, Metric]
+    tree: Any
+    arrays: list[ArrayInfo]
+    size: int
+    crc32c: int
+    lineage: Lineage | None = None  # None: written by an older colabsession
+
+    @property
+    def created(self) -> datetime:
+        return datetime.fromtimestamp(self.time, timezone.utc)
+
+
+def file_name(step: int, uid: str | None = None) -> str:
+    """The name of a new checkpoint file of *step*."""
+    return f"ckpt-{step:012d}.{uid or secrets.token_hex(6)}{SUFFIX}"
+
+
+def parse_name(name: str) -> int | None:
+    """The step of a checkpoint file's name, or None for any other name."""
+    match = _NAME.fullmatch(name)
+    return int(match.group(1)) if match else None
+
+
+def write(f: IO[bytes], arrays: list[Any], **fields: Any) -> Manifest:
+    """Write a whole checkpoint file to *f*; *fields* are the manifest's (step, time, ...)."""
+    infos, size, crc = write_arrays(f, arrays)
+    # Format 1 where it suffices, so that older releases still read plain checkpoints.
+    version = 2 if uses_frameworks(fields.get("tree")) else 1
+    manifest = Manifest(arrays=infos, size=size, crc32c=crc, version=version, **fields)
+    body = manifest.to_json()
+    f.write(body)
+    f.write(TRAILER.pack(len(body), crc32c(body), MAGIC))
+    return manifest
+
+
+def read_manifest(read_tail: Any, file_size: int, name: str) -> Manifest:
+    """The manifest of the checkpoint file *name* of *file_size* bytes; ``read_tail(n)`` returns
+    its last *n* bytes. Raises :class:`Damaged`."""
+    step = parse_name(name)
+    if step is None:
+        raise Damaged(f"{name} is not a checkpoint file's name")
+    if file_size < TRAILER.size:
+        raise CutShort(f"it has {file_size} bytes: the save was cut short")
+    tail = read_tail(min(file_size, 64 << 10))
+    length, crc, magic = TRAILER.unpack(tail[-TRAILER.size :])
+    if magic != MAGIC:
+        raise CutShort("it has no trailer: the save was cut short")
+    if length > file_size - TRAILER.size:
+        raise Damaged("its trailer is damaged")
+    if length + TRAILER.size > len(tail):
+        tail = read_tail(length + TRAILER.size)
+    body = bytes(tail[-TRAILER.size - length : -TRAILER.size])
+    if crc32c(body) != crc:
+        raise Damaged("its manifest does not match its checksum")
+    try:
+        manifest = parse_record(Manifest, body, what="its manifest")
+        check_tree(manifest.tree, len(manifest.arrays))
+    except (InvalidRecord, ValueError) as exc:
+        raise Damaged(str(exc)) from None
+    if manifest.step != step:
+        raise Damaged(f"its manifest says step {manifest.step}, its name step {step}")
+    if manifest.size != file_size - TRAILER.size - length:
+        raise Damaged(f"its manifest says {manifest.size} bytes of arrays, the file has other")
+    return manifest
+
+
+def load(buffer: bytearray, manifest: Manifest) -> Any:
+    """The state in a checkpoint file read whole into *buffer*, verified. Raises Damaged."""
+    if len(buffer) < manifest.size:
+        raise Damaged(f"it has {len(buffer)} bytes, its manifest needs {manifest.size}")
+    view = memoryview(buffer)[: manifest.size]
+    if crc32c(view) != manifest.crc32c:
+        raise Damaged("its arrays do not match their checksum")
+    try:
+        arrays = read_arrays(buffer, manifest.arrays)
+    except ValueError as exc:
+        raise Damaged(str(exc)) from None
+    return unflatten(manifest.tree, arrays)

@@ -1,0 +1,360 @@
+"""A checkpoint's state: a JSON tree plus one file of raw array bytes.
+
+The tree keeps the state's structure exactly: dicts (string or integer keys), lists, tuples,
+numbers, strings, booleans, None, and arrays, which it names by their index in the arrays file.
+PyTorch tensors and JAX arrays are arrays that remember their framework, dtype and device
+(``{"$x": {...}}``), so that a restore can give them back as they were (:mod:`._frameworks`);
+neither framework is imported unless the state holds its objects.
+Keys that begin with the tree's own marker (``$``) are escaped, so no user dict is ever read back
+as something else. Arrays are stored raw, each at a 64-byte boundary, with their dtype by name:
+every dtype numpy knows and those of ml_dtypes (bfloat16, float8_*, int4, ...) round-trip exactly.
+Loading never runs code (no pickle).
+
+The arrays file's CRC32C is computed while it is written, in one pass.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO, Any
+
+from colabsession._core.errors import CheckpointError
+from colabsession._storage.frameworks import FrameworkArray
+
+MARK = "$"
+FRAMEWORKS = ("torch", "jax")
+ALIGN = 64
+CHUNK = 16 << 20  # hash each chunk right after writing it, while it is in the CPU cache
+
+
+@dataclass(frozen=True)
+class ArrayInfo:
+    """Where one array lies in the arrays file."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int
+    nbytes: int
+
+
+def flatten(
+    state: Any, reuse: list[Any] | None = None, *, copy: bool = True
+) -> tuple[Any, list[Any]]:
+    """Split *state* into a JSON tree and its arrays.
+
+    Arrays (numpy, torch tensors, JAX arrays, anything with ``__array__``) are copied now, so
+    the caller may go on changing (or donating) its own; *reuse* holds the copies of an earlier
+    call that nothing uses any more: arrays of the same place, shape and dtype are copied into
+    them, which spares allocating (and page-faulting) hundreds of megabytes on every save. GPU
+    tensors are copied into pinned buffers without waiting (see :mod:`._frameworks`); TensorFlow
+    tensors, which nothing changes or deletes, are kept as they are and converted in the
+    background by :func:`host_arrays`. Without *copy* (a synchronous save,
+    during which the caller waits) arrays are taken as they are.
+    """
+    import numpy as np
+
+    from colabsession._storage import frameworks as _frameworks
+
+    leaves: list[Any] = []
+    spares = reuse or []
+    torch = _frameworks.loaded_torch()
+    devices: set[int] = set()  # the GPUs whose streams copy into host buffers
+
+    def tensor(node: Any, where: str) -> dict[str, Any]:
+        index = len(leaves)
+        spare = spares[index] if index < len(spares) else None
+        leaf, device = _frameworks.stage_tensor(node, where, _frameworks.unwrap(spare), copy)
+        if device is not None:
+            devices.add(device)
+        leaves.append(leaf)
+        return {f"{MARK}x": _frameworks.describe(node, index)}
+
+    def array(node: Any, where: str) -> int:
+        index = len(leaves)
+        if _immutable(node):
+            leaves.append(node)
+            return index
+        source = np.asarray(node)
+        if source.dtype.hasobject or source.dtype.fields is not None:
+            raise CheckpointError(
+                f"state{where} is an array of {source.dtype}, which cannot be saved without "
+                "pickle: convert it to a plain numeric array"
+            )
+        if not copy:
+            leaves.append(source)
+            return index
+        spare = spares[index] if index < len(spares) else None
+        if isinstance(spare, np.ndarray) and (spare.shape, spare.dtype) == (
+            source.shape,
+            source.dtype,
+        ):
+            np.copyto(spare, source)
+            leaves.append(spare)
+        else:
+            leaves.append(np.array(source, copy=True, order="C"))
+        return index
+
+    def visit(node: Any, where: str) -> Any:
+        if isinstance(node, dict):
+            if all(isinstance(k, str) for k in node):
+                return {_escape(k): visit(v, f"{where}[{k!r}]") for k, v in node.items()}
+            items = []
+            for key, value in node.items():
+                if not isinstance(key, (str, int)) or isinstance(key, bool):
+                    raise CheckpointError(
+                        f"state{where} has the key {key!r}: keys must be strings or integers"
+                    )
+                items.append([key, visit(value, f"{where}[{key!r}]")])
+            return {f"{MARK}d": items}
+        if isinstance(node, list):
+            return [visit(v, f"{where}[{i}]") for i, v in enumerate(node)]
+        if isinstance(node, tuple):
+            return {f"{MARK}t": [visit(v, f"{where}[{i}]") for i, v in enumerate(node)]}
+        if node is None or isinstance(node, (bool, str)):
+            return node
+        if isinstance(node, (int, float)) and not isinstance(node, np.generic):
+            if isinstance(node, float) and not math.isfinite(node):
+                return {f"{MARK}f": repr(node)}  # JSON has no nan or inf
+            return int(node) if isinstance(node, int) else float(node)
+        if isinstance(node, np.generic):
+            return {f"{MARK}s": array(node, where)}
+        if torch is not None and isinstance(node, torch.Tensor):
+            return tensor(node, where)
+        if _frameworks.is_jax_array(node):
+            if node.is_deleted():
+                raise CheckpointError(
+                    f"state{where} is a JAX array that was deleted (donated to a jitted step): "
+                    "save the arrays the step returned"
+                )
+            return {f"{MARK}x": _frameworks.describe(node, array(node, where))}
+        if hasattr(node, "__array__"):
+            return {f"{MARK}a": array(node, where)}
+        children = _frameworks.pytree_children(node)  # a flax struct, say: restore(like=...)
+        if children is not None:
+            return {f"{MARK}t": [visit(v, f"{where}[{i}]") for i, v in enumerate(children)]}
+        raise CheckpointError(
+            f"state{where} is a {type(node).__name__}: a checkpoint holds arrays, numbers, "
+            "strings, booleans, None, and lists, tuples and dicts of them"
+        )
+
+    tree = visit(state, "")
+    if devices:  # copies from GPU memory run on its streams: the writer waits for them
+        leaves = _frameworks.after_device_copies(leaves, devices)
+    return tree, leaves
+
+
+def host_arrays(leaves: list[Any]) -> list[Any]:
+    """The leaves of :func:`flatten` as C-contiguous numpy arrays (device arrays fetched now,
+    copies from GPU memory waited for)."""
+    import numpy as np
+
+    from colabsession._storage import frameworks as _frameworks
+
+    # (np.ascontiguousarray would make 0-d arrays 1-d)
+    return [np.asarray(_frameworks.host_view(leaf), order="C") for leaf in leaves]
+
+
+def uses_frameworks(tree: Any) -> bool:
+    """Whether *tree* holds framework arrays (a newer manifest format than plain arrays)."""
+    if isinstance(tree, list):
+        return any(uses_frameworks(v) for v in tree)
+    if isinstance(tree, dict):
+        return f"{MARK}x" in tree or any(uses_frameworks(v) for v in tree.values())
+    return False
+
+
+def unflatten(tree: Any, arrays: list[Any]) -> Any:
+    """The state that :func:`flatten` split, from its tree and arrays (framework arrays as
+    :class:`FrameworkArray`)."""
+    if isinstance(tree, list):
+        return [unflatten(v, arrays) for v in tree]
+    if not isinstance(tree, dict):
+        return tree
+    if len(tree) == 1:
+        ((key, value),) = tree.items()
+        if key == f"{MARK}a":
+            return arrays[value]
+        if key == f"{MARK}s":
+            return arrays[value][()]
+        if key == f"{MARK}f":
+            return float(value)
+        if key == f"{MARK}x":
+            return FrameworkArray(
+                value["framework"], arrays[value["array"]], value["dtype"], value.get("device")
+            )
+        if key == f"{MARK}t":
+            return tuple(unflatten(v, arrays) for v in value)
+        if key == f"{MARK}d":
+            return {k: unflatten(v, arrays) for k, v in value}
+    return {_unescape(k): unflatten(v, arrays) for k, v in tree.items()}
+
+
+def check_tree(tree: Any, count: int) -> None:
+    """Raise ValueError unless *tree* is a well-formed tree over *count* arrays."""
+    if isinstance(tree, list):
+        for value in tree:
+            check_tree(value, count)
+        return
+    if tree is None or isinstance(tree, (bool, int, float, str)):
+        return
+    if not isinstance(tree, dict):
+        raise ValueError(f"a {type(tree).__name__} in the tree")
+    if len(tree) == 1:
+        ((key, value),) = tree.items()
+        if key in (f"{MARK}a", f"{MARK}s"):
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < count:
+                raise ValueError(f"the array reference {value!r} is out of range")
+            return
+        if key == f"{MARK}f":
+            if value not in ("nan", "inf", "-inf"):
+                raise ValueError(f"{value!r} is not a non-finite float")
+            return
+        if key == f"{MARK}x":
+            _check_framework_node(value, count)
+            return
+        if key == f"{MARK}t":
+            if not isinstance(value, list):
+                raise ValueError("a tuple that is not a list")
+            check_tree(value, count)
+            return
+        if key == f"{MARK}d":
+            if not isinstance(value, list) or not all(
+                isinstance(p, list)
+                and len(p) == 2
+                and isinstance(p[0], (int, str))
+                and not isinstance(p[0], bool)
+                for p in value
+            ):
+                raise ValueError("a dict of integer keys that is not a list of pairs")
+            for _, item in value:
+                check_tree(item, count)
+            return
+    for key, value in tree.items():
+        if key.startswith(MARK) and not key.startswith(MARK * 2):
+            raise ValueError(f"the unknown marker {key!r}")
+        check_tree(value, count)
+
+
+def _check_framework_node(value: Any, count: int) -> None:
+    if not isinstance(value, dict) or not {"framework", "array", "dtype"} <= set(value):
+        raise ValueError("a framework array without its framework, array and dtype")
+    index, device = value["array"], value.get("device")
+    if value["framework"] not in FRAMEWORKS:
+        raise ValueError(f"the unknown framework {value['framework']!r}")
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < count:
+        raise ValueError(f"the array reference {index!r} is out of range")
+    # Names only: they are looked up as attributes of the framework, never evaluated.
+    if not isinstance(value["dtype"], str) or not value["dtype"].isidentifier():
+        raise ValueError(f"the framework dtype {value['dtype']!r} is not a name")
+    if device is not None and (not isinstance(device, str) or len(device) > 64):
+        raise ValueError(f"the device {device!r} is not a device's name")
+
+
+def dtype_name(dtype: Any) -> str:
+    """A dtype's name that :func:`dtype_of` turns back into it."""
+    if dtype.type.__module__.startswith("ml_dtypes"):
+        return str(dtype.name)  # their .str is a bare void ("<V2") and would lose them
+    return str(dtype.str)
+
+
+def dtype_of(name: str) -> Any:
+    """The dtype :func:`dtype_name` named (ml_dtypes' own imported only when needed)."""
+    import numpy as np
+
+    try:
+        dtype = np.dtype(name)
+    except Exception:  # an untrusted name: numpy raises TypeError, ValueError or worse
+        try:
+            import ml_dtypes
+        except ImportError:
+            raise CheckpointError(
+                f"this checkpoint holds {name} arrays, which need the ml_dtypes package: "
+                "pip install ml_dtypes (TensorFlow and JAX install it)"
+            ) from None
+        kind = getattr(ml_dtypes, name, None) if name.isidentifier() else None
+        if not isinstance(kind, type):
+            raise ValueError(f"unknown dtype {name!r}") from None
+        dtype = np.dtype(kind)
+    if dtype.hasobject or dtype.fields is not None:
+        raise ValueError(f"dtype {name!r} is not allowed in a checkpoint")
+    if dtype.kind == "V" and not dtype.type.__module__.startswith("ml_dtypes"):
+        raise ValueError(f"dtype {name!r} is not allowed in a checkpoint")
+    return dtype
+
+
+def write_arrays(f: IO[bytes], arrays: list[Any]) -> tuple[list[ArrayInfo], int, int]:
+    """Write *arrays* to *f*, each at a 64-byte boundary. Returns where each one lies, the
+    file's size and its CRC32C, computed while writing."""
+    import google_crc32c
+
+    infos: list[ArrayInfo] = []
+    offset, crc = 0, 0
+    for array in arrays:
+        pad = -offset % ALIGN
+        if pad:
+            zeros = bytes(pad)
+            f.write(zeros)
+            crc = google_crc32c.extend(crc, zeros)
+            offset += pad
+        for chunk in _chunks(array):
+            f.write(chunk)
+            crc = google_crc32c.extend(crc, chunk)
+        infos.append(ArrayInfo(dtype_name(array.dtype), tuple(array.shape), offset, array.nbytes))
+        offset += array.nbytes
+    return infos, offset, crc
+
+
+def read_arrays(buffer: bytearray, infos: list[ArrayInfo]) -> list[Any]:
+    """The arrays that :func:`write_arrays` wrote, as writable views of *buffer*."""
+    import numpy as np
+
+    arrays = []
+    for info in infos:
+        dtype = dtype_of(info.dtype)
+        count = math.prod(info.shape)
+        fits = min(info.shape, default=0) >= 0 and 0 <= info.offset <= len(buffer) - info.nbytes
+        if count * dtype.itemsize != info.nbytes or not fits:
+            raise ValueError(f"an array of {info.dtype} {info.shape} does not fit its place")
+        if count == 0:
+            arrays.append(np.empty(info.shape, dtype))
+            continue
+        flat = np.frombuffer(buffer, dtype=dtype, count=count, offset=info.offset)
+        arrays.append(flat.reshape(info.shape))
+    return arrays
+
+
+def crc32c(data: Any, crc: int = 0) -> int:
+    """The CRC32C of *data* (bytes, bytearray or a numpy array), continuing from *crc*."""
+    import google_crc32c
+    import numpy as np
+
+    view = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) else data
+    for chunk in _chunks(view):
+        crc = google_crc32c.extend(crc, chunk)
+    return int(crc)
+
+
+def _chunks(array: Any) -> Iterator[Any]:
+    flat = array.reshape(-1).view("uint8")
+    for start in range(0, flat.size, CHUNK):
+        chunk = flat[start : start + CHUNK]
+        chunk.flags.writeable = False  # google_crc32c takes read-only buffers only
+        yield chunk
+
+
+def _immutable(node: Any) -> bool:
+    """TensorFlow tensors (not variables) never change in place. JAX arrays do not either, but
+    a jitted step may donate their buffers (Keras on JAX does), which deletes them: they are
+    copied at once like mutable arrays."""
+    kind = type(node)
+    return kind.__module__.startswith("tensorflow") and kind.__name__ == "EagerTensor"
+
+
+def _escape(key: str) -> str:
+    return MARK + key if key.startswith(MARK) else key
+
+
+def _unescape(key: str) -> str:
+    return key[1:] if key.startswith(MARK * 2) else key
