@@ -13,7 +13,6 @@ import pytest
 from pytest_mock import MockerFixture
 
 import colabsession as cs
-from colabsession import drive
 from colabsession._drive import mount as drive_mount
 
 COLAB_ROOT = Path("/content/drive/MyDrive")
