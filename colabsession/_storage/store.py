@@ -53,7 +53,8 @@ class Store:
     disk); each operation also takes a *timeout* of its own (None: the store's), scaled up for
     a transfer by its size.
 
-    >>> store = Store.local_disk("/tmp/run-1")
+    >>> from fsspec.implementations.memory import MemoryFileSystem
+    >>> store = Store(Location(MemoryFileSystem(), "/run-1", "memory://run-1"), timeout=30)
     >>> store.write("notes.txt", b"hello", timeout=5)
     >>> store.read("notes.txt")
     b'hello'
