@@ -1,12 +1,12 @@
-"""How a :class:`~._store.Store` reaches its files: one small class per kind of file system.
+"""How a :class:`~.store.Store` reaches its files: one small class per kind of file system.
 
 A backend does plain blocking file operations on full paths; the store names the files, caches
 their manifests and bounds every call by a timeout. What differs between the kinds:
 
 - :class:`ObjectStore` (the Drive API, a bucket, any fsspec file system that is not the local
-  disk): files are written whole under their final name and cannot be renamed over or
-  appended to; a listing gives sizes for free, and the end of a file is read by a ranged
-  request (opening it would download it whole).
+  disk): files are written whole under their final name (nothing is renamed over or appended
+  to: the Drive API can do neither); a listing gives sizes for free, and the end of a file is
+  read by a ranged request (opening it would download it whole).
 - :class:`LocalDisk`: a new file is written under a temporary name and renamed into place,
   fsynced when *durable* (the local mirror); files can be appended to; the end of a file is
   read by seeking.
@@ -47,7 +47,7 @@ T = TypeVar("T")
 
 
 class Backend(ABC):
-    """A file system as a :class:`~._store.Store` uses it. Subclasses implement the abstract
+    """A file system as a :class:`~.store.Store` uses it. Subclasses implement the abstract
     primitives; the rest have defaults built on them, which a backend overrides where its file
     system does better (a ranged read, a rename, an append)."""
 
@@ -294,7 +294,8 @@ class LocalDisk(FileSystem):
 class Mount(LocalDisk):
     """A FUSE mount (Drive's in Colab): the local disk's semantics, with copies and appends as
     bare system calls (each fstat or lseek that Python's file objects add is a round trip to
-    the mount's daemon)."""
+    the mount's daemon). A run's location there is not *durable*: the mount uploads later
+    anyway, and an fsync is one more round trip."""
 
     def write_chunks(self, path: str, chunks: Iterable[bytes]) -> None:
         write_fd(path, chunks, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)

@@ -2,9 +2,9 @@
 
 A :class:`Store` lists, reads, commits and deletes checkpoint files and keeps the run's small files
 (history, lease). Nothing in it is rewritten in place: a checkpoint is a new file under a unique
-name, committed the way its file system allows (see :mod:`._backends`: on the local disk and the
+name, committed the way its file system allows (see :mod:`.backends`: on the local disk and the
 Drive mount under a temporary name renamed into place; elsewhere, the Drive API or a bucket,
-under its final name, committed by its trailer: see :mod:`._layout`). Every operation is bounded
+under its final name, committed by its trailer: see :mod:`.layout`). Every operation is bounded
 by a timeout, the store's or the caller's: a stuck Drive mount or a silent API server raises
 TimeoutError instead of hanging its caller.
 """
@@ -48,7 +48,7 @@ class Entry:
 
 class Store:
     """The folder *location* of a run, reached through *backend* (by default the one
-    :func:`~._backends.backend_for` picks for the location; *durable*: fsync what is written,
+    :func:`~.backends.backend_for` picks for the location; *durable*: fsync what is written,
     for the local mirror). *timeout* bounds every operation (None: unbounded, for the local
     disk); each operation also takes a *timeout* of its own (None: the store's), scaled up for
     a transfer by its size.
