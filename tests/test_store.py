@@ -292,7 +292,7 @@ def test_each_backend_honours_the_timeout_of_one_call(
     assert store.read("notes.txt") == b"hello"  # the store is unharmed: it answers again
 
 
-def test_a_call_without_a_timeout_of_its_own_has_the_store_s(tmp_path: Path) -> None:
+def test_a_call_without_a_timeout_of_its_own_has_the_store_s() -> None:
     fs = HangingMemory()
     store = Store(Location(fs, "/run", "memory"), timeout=0.05)
     try:
