@@ -53,7 +53,7 @@ from colabsession._storage.retention import AnyOf, BestN, EveryInterval, LatestN
 from colabsession._storage.runs import run_location, run_stores
 from colabsession._storage.save_policy import SavePolicy
 from colabsession._storage.serialize import host_arrays
-from colabsession._storage.store import Entry, Store
+from colabsession._storage.store import Entry
 
 logger = logging.getLogger(__name__)
 
@@ -196,11 +196,9 @@ class Checkpointer:
         self.attempt = uuid.uuid4().hex[:8]  # tells a resume on the same runtime in the history
         self.policy = self._policy()
         self.history = HistoryLog(self.local, self.remote, session=self.session)
-        lease_where = self.remote or self.local
         self._lease = Lease(
-            Store(lease_where.location, timeout=min(self.timeout, LEASE_TIMEOUT), durable=True)
-            if self.remote is not None
-            else self.local,
+            self.remote or self.local,
+            timeout=min(self.timeout, LEASE_TIMEOUT) if self.remote is not None else None,
             owner=f"{self.session}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
             session=self.session,
             ttl=self.lease_ttl,

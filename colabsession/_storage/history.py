@@ -414,7 +414,7 @@ class HistoryLog:
                 return
             records = [dict(r) for r in self.records]
             start, self._dirty = self._uploaded, None
-        if self._revision is None or not self.remote.local:
+        if self._revision is None or not self.remote.appends:
             self._write_revision(records)
         else:
             # A leading newline: a line torn by an append cut short (by us or anyone) never

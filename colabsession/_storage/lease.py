@@ -46,7 +46,9 @@ class LeaseRecord(Record):
 class Lease:
     """The lease of the run in *store*, held as *owner*.
 
-    *now* and *sleep* are the wall clock and the pause (tests pass fakes)."""
+    Every operation on *store* is bounded by *timeout* seconds (None: the store's own), shorter
+    than the store's where a save waits for the lease. *now* and *sleep* are the wall clock and
+    the pause (tests pass fakes)."""
 
     def __init__(
         self,
@@ -57,12 +59,13 @@ class Lease:
         ttl: float,
         takeover: bool,
         what: str,
+        timeout: float | None = None,
         now: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.store, self.owner, self.session = store, owner, session
         self.ttl, self.takeover, self.what = ttl, takeover, what
-        self.now, self.sleep = now, sleep
+        self.timeout, self.now, self.sleep = timeout, now, sleep
         self.lost: str | None = None
         self.held = False
         self._mark: tuple[object, ...] | None = None  # the lease file as our last write left it
@@ -73,7 +76,7 @@ class Lease:
         """The lease as it stands; None when nobody holds it. Raises OSError or TimeoutError
         when the store does not answer."""
         try:
-            data = self.store.read(NAME, limit=MAX_BYTES)
+            data = self.store.read(NAME, limit=MAX_BYTES, timeout=self.timeout)
         except FileNotFoundError:
             return None
         try:
@@ -104,7 +107,7 @@ class Lease:
     def _info(self) -> dict[str, Any] | None:
         """The lease file's size, times and identity as the store reports them; None if absent."""
         try:
-            return dict(self.store.io("look up", lambda: self.store.fs.info(self.store.path(NAME))))
+            return self.store.info(NAME, timeout=self.timeout)
         except FileNotFoundError:
             return None
 
@@ -182,7 +185,7 @@ class Lease:
             heartbeat=0.0,  # long expired: the next writer need not wait
             ttl=self.ttl,
         )
-        self.store.replace(NAME, revoked.to_json())
+        self.store.replace(NAME, revoked.to_json(), timeout=self.timeout)
         return lease
 
     def write(self) -> None:
@@ -194,8 +197,8 @@ class Lease:
             heartbeat=self.now(),
             ttl=self.ttl,
         )
-        self.store.makedirs()
-        self.store.replace(NAME, record.to_json())
+        self.store.makedirs(timeout=self.timeout)
+        self.store.replace(NAME, record.to_json(), timeout=self.timeout)
         self._mark = self._stat()
 
     def _stat(self) -> tuple[object, ...] | None:
@@ -257,7 +260,7 @@ class Lease:
         try:
             lease = self.read()
             if lease and lease.owner == self.owner:
-                self.store.remove(NAME)
+                self.store.remove(NAME, timeout=self.timeout)
         except (OSError, TimeoutError):
             pass  # it expires by itself
 

@@ -6,10 +6,10 @@ there. A file at the location counts as there only once it is whole: its size ma
 copy's and its trailer's manifest the local one's (a cheap check: one listing with sizes, then
 the last bytes of a file whose size matches). A copy cut short (a kill or a dropped mount during
 the upload) is sent again, and retention removes those that no local copy will replace. What is
-kept and set aside follows the live lineage (see :mod:`._lineage`), so checkpoints of a branch
+kept and set aside follows the live lineage (see :mod:`.lineage`), so checkpoints of a branch
 abandoned while the location did not answer are set aside as soon as it answers.
 
-Every operation on the location is bounded (see :class:`._store.Store`), so a stuck or dropped
+Every operation on the location is bounded (see :class:`.store.Store`), so a stuck or dropped
 mount or a silent API server delays replication only: the user is told which steps are not yet
 on Drive, and it tries again with a growing pause.
 """

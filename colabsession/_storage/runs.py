@@ -6,11 +6,11 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 from colabsession._core.errors import ConfigError, RunNotFoundError
 from colabsession._drive.location import Location, resolve
 from colabsession._runtime.runtime import home_dir, mount_type
+from colabsession._storage.store import Store
 
 RUNS = "drive:checkpoints"
 
@@ -44,12 +44,10 @@ def run_stores(
     local_dir: str | os.PathLike[str] | None,
     *,
     timeout: float,
-) -> tuple[Any, Any]:
+) -> tuple[Store, Store | None]:
     """The run's local store (its folder, or its mirror under the home) and its location's
     store (None when the location is a plain local folder, written directly), whose every
     operation is bounded by *timeout* seconds."""
-    from colabsession._storage.store import Store
-
     loc = run_location(location)
     if is_direct(loc) and local_dir is None:
         return Store(loc, timeout=None, durable=True), None
@@ -82,8 +80,6 @@ def require_run(
 def known_runs(*, timeout: float = 30.0) -> list[str]:
     """The run names kept in ``drive:checkpoints`` (top level), sorted; empty when that folder
     does not exist or does not answer."""
-    from colabsession._storage.store import Store
-
     store = Store(resolve(RUNS), timeout=timeout, durable=False)
 
     def folders() -> list[str]:
