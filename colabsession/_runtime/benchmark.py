@@ -26,6 +26,13 @@ class BenchmarkResult:
 
 @dataclass(frozen=True)
 class BenchmarkReport:
+    """What :func:`benchmark` measured: one result per device, the CPU's first, and a note
+    on what it could not measure (a TPU); printing it prints :meth:`table`.
+
+    >>> report = cs.benchmark()  # doctest: +SKIP
+    >>> conv, matmul = report.speedup("GPU:0")  # doctest: +SKIP
+    """
+
     results: tuple[BenchmarkResult, ...]
     note: str | None = None
 
@@ -38,6 +45,7 @@ class BenchmarkReport:
         return next(r for r in self.results if r.device == device)
 
     def table(self) -> str:
+        """The results as a table: seconds per run, matmul TFLOP/s and speedups."""
         lines = [
             f"{'device':<8} {'conv (s)':>10} {'matmul (s)':>11} {'TFLOP/s':>8} {'speedup':>14}"
         ]

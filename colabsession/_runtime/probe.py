@@ -143,6 +143,7 @@ class HardwareReport:
 
     @property
     def accelerator(self) -> Accelerator:
+        """The accelerator attached: ``"tpu"``, ``"gpu"``, or ``"cpu"`` where there is none."""
         return "tpu" if self.tpu else "gpu" if self.gpus else "cpu"
 
     def to_dict(self) -> dict[str, Any]:
