@@ -480,7 +480,7 @@ def test_a_second_interrupt_stops_at_once_without_saving_a_torn_step(tmp_path: P
 
 def test_the_deadline_saves_and_stops(tmp_path: Path) -> None:
     now = [0.0]
-    clock = cs.SessionClock(started=0.0, max_session=3600, now=lambda: now[0])
+    clock = cs.SessionClock(started=0.0, max_session=3600, _now=lambda: now[0])
     state, ckpt = make_loop(tmp_path, clock)
 
     def time_passes(step: int) -> None:
