@@ -579,3 +579,13 @@ def test_the_mnist_example_killed_anywhere_ends_bit_identical(
     from colabsession._storage.history import read_history
 
     assert sorted(r["step"] for r in read_history("mnist")) == list(range(1, 64))
+
+
+def test_the_loaders_stop_hook_is_private_and_its_old_name_deprecated() -> None:
+    data = torch.utils.data.TensorDataset(torch.arange(10.0))
+    loader = ResumableLoader(data, batch_size=3)
+    with pytest.warns(DeprecationWarning, match=r"ResumableLoader\.should_stop.*Checkpointer"):
+        loader.should_stop = lambda: True
+    assert len(list(loader)) == 1  # the old hook still ends the epoch after a batch
+    with pytest.warns(DeprecationWarning, match=r"ResumableLoader\.should_stop"):
+        assert loader.should_stop() is True
