@@ -703,7 +703,7 @@ def test_session_checkpoint_takes_run_a_checkpointer_or_its_options(
     keras: Any, tmp_path: Path
 ) -> None:
     with pytest.warns(DeprecationWarning, match=r"run_or_location=.*use run="):
-        old = cs.keras.SessionCheckpoint(run_or_location=tmp_path / "a", keep_last=1)
+        old = cs.keras.SessionCheckpoint(run_or_location=tmp_path / "a", keep_last=1)  # type: ignore[call-arg]
     assert (old.location.path, old.ckpt.keep_last) == (str(tmp_path / "a"), 1)
     assert old.ckpt.every == 600.0  # Checkpointer's default
     assert old.ckpt.save_on_interrupt is False
