@@ -41,7 +41,8 @@ class SessionCheckpoint(_Callback):  # type: ignore[misc]
     deadline the epochs' times did not foresee) saves nothing: the run resumes after its last
     saved epoch, and no batch is trained twice. ``cs.fit`` saves and resumes at the exact batch.
 
-    >>> model.fit(x, y, epochs=20, callbacks=[SessionCheckpoint("my-run", every="5min")])
+    >>> callback = SessionCheckpoint("my-run", every="5min")  # doctest: +SKIP
+    >>> model.fit(x, y, epochs=20, callbacks=[callback])  # doctest: +SKIP
 
     Args:
         run: the run: a name (stored at ``drive:checkpoints/<name>``) or a location, as for
