@@ -593,6 +593,49 @@ def test_notify(keras: Any, tmp_path: Path, mocker: MockerFixture) -> None:
     assert post.call_args.kwargs["timeout"] == 10
 
 
+def test_fit_takes_a_checkpointer_as_its_run(keras: Any, tmp_path: Path) -> None:
+    x, y = data()
+    mine = cs.Checkpointer(tmp_path, every=None, keep_last=1)
+    history = cs.fit(small_model(keras), x, y, run=mine, epochs=2, batch_size=32, verbose=0)
+    assert history.epoch == [0, 1]
+    assert mine.closed  # closed at the end, as cs.fit's own
+    assert mine.steps() == [4]  # its keep_last=1
+    assert mine.save_on_interrupt is False  # cs.fit saves the exact batch at a Ctrl-C itself
+    with pytest.raises(cs.ConfigError, match="Checkpointer and Checkpointer options"):
+        cs.fit(small_model(keras), x, y, run=mine, epochs=2, keep_last=2)
+
+
+def test_fit_location_is_a_deprecated_alias_of_run(keras: Any, tmp_path: Path) -> None:
+    x, y = data()
+    with pytest.warns(DeprecationWarning, match=r"cs\.fit\(location=\.\.\.\).*use run="):
+        history = cs.fit(
+            small_model(keras), x, y, run="label", location=tmp_path, epochs=1, verbose=0
+        )
+    assert history.epoch == [0]
+    assert cs.Checkpointer(tmp_path).latest_step() == 2  # kept at the location, as before
+
+
+def test_session_checkpoint_takes_run_a_checkpointer_or_its_options(
+    keras: Any, tmp_path: Path
+) -> None:
+    with pytest.warns(DeprecationWarning, match=r"run_or_location=.*use run="):
+        old = cs.keras.SessionCheckpoint(run_or_location=tmp_path / "a", keep_last=1)  # type: ignore[call-arg]
+    assert (old.location.path, old.ckpt.keep_last) == (str(tmp_path / "a"), 1)
+    assert old.ckpt.every == 600.0  # Checkpointer's default
+    assert old.ckpt.save_on_interrupt is False
+    old.ckpt.close()
+    mine = cs.Checkpointer(tmp_path / "b", every=None)
+    callback = cs.keras.SessionCheckpoint(mine, verbose=False)
+    assert callback.ckpt is mine
+    assert callback.clock is mine.clock
+    x, y = data()
+    small_model(keras).fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[callback])
+    assert mine.closed
+    assert mine.steps() == [2]
+    with pytest.raises(cs.CheckpointError, match="give the callback a new Checkpointer"):
+        small_model(keras).fit(x, y, epochs=1, verbose=0, callbacks=[callback])
+
+
 def test_notify_failure_is_only_logged(
     caplog: pytest.LogCaptureFixture, mocker: MockerFixture
 ) -> None:
@@ -675,46 +718,3 @@ def test_tpu_vm_strategy_uses_the_local_resolver(keras: Any, mocker: MockerFixtu
 def test_distribution_needs_jax(keras: Any) -> None:
     with pytest.raises(cs.ConfigError, match="JAX backend"):
         cs.distribution()
-
-
-def test_fit_takes_a_checkpointer_as_its_run(keras: Any, tmp_path: Path) -> None:
-    x, y = data()
-    mine = cs.Checkpointer(tmp_path, every=None, keep_last=1)
-    history = cs.fit(small_model(keras), x, y, run=mine, epochs=2, batch_size=32, verbose=0)
-    assert history.epoch == [0, 1]
-    assert mine.closed  # closed at the end, as cs.fit's own
-    assert mine.steps() == [4]  # its keep_last=1
-    assert mine.save_on_interrupt is False  # cs.fit saves the exact batch at a Ctrl-C itself
-    with pytest.raises(cs.ConfigError, match="Checkpointer and Checkpointer options"):
-        cs.fit(small_model(keras), x, y, run=mine, epochs=2, keep_last=2)
-
-
-def test_fit_location_is_a_deprecated_alias_of_run(keras: Any, tmp_path: Path) -> None:
-    x, y = data()
-    with pytest.warns(DeprecationWarning, match=r"cs\.fit\(location=\.\.\.\).*use run="):
-        history = cs.fit(
-            small_model(keras), x, y, run="label", location=tmp_path, epochs=1, verbose=0
-        )
-    assert history.epoch == [0]
-    assert cs.Checkpointer(tmp_path).latest_step() == 2  # kept at the location, as before
-
-
-def test_session_checkpoint_takes_run_a_checkpointer_or_its_options(
-    keras: Any, tmp_path: Path
-) -> None:
-    with pytest.warns(DeprecationWarning, match=r"run_or_location=.*use run="):
-        old = cs.keras.SessionCheckpoint(run_or_location=tmp_path / "a", keep_last=1)  # type: ignore[call-arg]
-    assert (old.location.path, old.ckpt.keep_last) == (str(tmp_path / "a"), 1)
-    assert old.ckpt.every == 600.0  # Checkpointer's default
-    assert old.ckpt.save_on_interrupt is False
-    old.ckpt.close()
-    mine = cs.Checkpointer(tmp_path / "b", every=None)
-    callback = cs.keras.SessionCheckpoint(mine, verbose=False)
-    assert callback.ckpt is mine
-    assert callback.clock is mine.clock
-    x, y = data()
-    small_model(keras).fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[callback])
-    assert mine.closed
-    assert mine.steps() == [2]
-    with pytest.raises(cs.CheckpointError, match="give the callback a new Checkpointer"):
-        small_model(keras).fit(x, y, epochs=1, verbose=0, callbacks=[callback])
