@@ -100,9 +100,9 @@ def _command(
     return parser
 
 
-_LOCATION_HELP = (
-    "a run name (kept at drive:checkpoints/NAME), or a location: drive:PATH, an fsspec URL, or "
-    "a path that starts with /, ./, ../ or ~"
+_RUN_HELP = (
+    "the run: a name (kept at drive:checkpoints/NAME) or a location: drive:PATH, an fsspec URL, "
+    "or a path that starts with /, ./, ../ or ~"
 )
 _DATA_SOURCE_HELP = "a folder: drive:PATH, an fsspec URL or a local path"
 _ENV_LOCATION_HELP = (
@@ -271,11 +271,15 @@ def _parser() -> argparse.ArgumentParser:
         "Train a small CNN on scikit-learn's digits with cs.fit, checkpointing as it goes. "
         "Interrupt it (Ctrl-C) and run it again: it resumes where it stopped.",
     )
-    cmd.add_argument("--run", default="digits-cnn", help="the run's name (default: digits-cnn)")
+    cmd.add_argument(
+        "--run",
+        default="digits-cnn",
+        help="the run: a name (kept at drive:checkpoints/NAME) or a location (default: digits-cnn)",
+    )
     cmd.add_argument(
         "--epochs", type=_positive_int, default=20, help="how many epochs in all (default: 20)"
     )
-    cmd.add_argument("--location", help="where to keep the run (default: drive:checkpoints/RUN)")
+    cmd.add_argument("--location", help=argparse.SUPPRESS)  # deprecated: --run takes locations
     cmd.add_argument(
         "--restart",
         action="store_true",
@@ -307,7 +311,7 @@ def _parser() -> argparse.ArgumentParser:
         ),
     ):
         cmd = _command(actions, name, help_text)
-        cmd.add_argument("location", metavar="RUN_OR_LOCATION", help=_LOCATION_HELP)
+        cmd.add_argument("run", metavar="RUN", help=_RUN_HELP)
         if name in ("list", "verify", "history"):
             _add_json(cmd)
         if name == "plot":
@@ -397,7 +401,7 @@ def _ckpt_list(args: argparse.Namespace) -> int:
     from colabsession._storage.history import for_display
     from colabsession._storage.runs import require_run
 
-    ckpt = Checkpointer(args.location, every=None)
+    ckpt = Checkpointer(args.run, every=None)
     found = ckpt.checkpoints()
     if not found:
         require_run(ckpt.location)  # nothing there at all is a typo: it names the runs there are
@@ -435,7 +439,7 @@ def _ckpt_verify(args: argparse.Namespace) -> int:
     from colabsession._storage.checkpointer import Checkpointer
     from colabsession._storage.runs import require_run
 
-    ckpt = Checkpointer(args.location, every=None)
+    ckpt = Checkpointer(args.run, every=None)
     results = ckpt.verify()
     if not results:
         require_run(ckpt.location)
@@ -452,12 +456,12 @@ def _ckpt_verify(args: argparse.Namespace) -> int:
 def _ckpt_history(args: argparse.Namespace) -> int:
     from colabsession._storage.history import existing_history, for_display, metric_names
 
-    records = for_display(existing_history(args.location))
+    records = for_display(existing_history(args.run))
     if args.json:
         print(json.dumps(records, indent=2))
         return 0
     if not records:
-        print(f"no history in {args.location} yet")
+        print(f"no history in {args.run} yet")
         return 0
     epochs = any("epoch" in r for r in records)
     names = (["epoch"] if epochs else []) + metric_names(records)
@@ -494,7 +498,7 @@ def _ckpt_plot(args: argparse.Namespace) -> int:
             + (f"{suffix!r} is not an image format" if suffix else "the name has no extension")
             + f" matplotlib writes; use one of .{', .'.join(sorted(formats))}"
         )
-    axes = plot_history(args.location)
+    axes = plot_history(args.run)
     axes[0].figure.savefig(args.output, dpi=120, bbox_inches="tight")
     print(f"wrote {args.output}")
     return 0
@@ -504,14 +508,14 @@ def _ckpt_takeover(args: argparse.Namespace) -> int:
     from colabsession._storage.checkpointer import Checkpointer
     from colabsession._storage.runs import require_run
 
-    ckpt = Checkpointer(args.location, every=None)
+    ckpt = Checkpointer(args.run, every=None)
     held_by = ckpt.revoke_lease()
     if held_by is None:
         require_run(ckpt.location)
-        print(f"nobody holds {args.location}: the next notebook that trains it writes it")
+        print(f"nobody holds {args.run}: the next notebook that trains it writes it")
     else:
         print(
-            f"took {args.location} from {held_by}: the next notebook that trains it writes it "
+            f"took {args.run} from {held_by}: the next notebook that trains it writes it "
             "(that one, if still running, stops at its next save)"
         )
     return 0
@@ -520,7 +524,13 @@ def _ckpt_takeover(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run
 
-    run(name=args.run, epochs=args.epochs, location=args.location, restart=args.restart)
+    if args.location is not None:
+        print(
+            "colabsession: --location is deprecated and will be removed in the next release: "
+            "give the location as --run",
+            file=sys.stderr,
+        )
+    run(run=args.location or args.run, epochs=args.epochs, restart=args.restart)
     return 0
 
 

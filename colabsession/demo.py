@@ -81,17 +81,29 @@ def digits_model() -> Any:
 
 def run(
     *,
-    name: str = "digits-cnn",
+    run: str = "digits-cnn",
     epochs: int = 20,
-    location: str | None = None,
     every: str = "5s",
     verbose: Any = 2,
     restart: bool = False,
+    **renamed: Any,
 ) -> Any:
     """Probe the hardware, then train (or resume) the digits CNN; returns the History.
-    *restart* starts the run over (its earlier checkpoints are set aside, not deleted)."""
+    *run* is the run: a name (``drive:checkpoints/<name>``) or a location, as for
+    ``cs.Checkpointer``. *restart* starts the run over (its earlier checkpoints are set aside,
+    not deleted). ``name=`` and ``location=`` are the deprecated names of *run*."""
     import colabsession as cs
+    from colabsession._core.deprecation import warn_renamed
     from colabsession._runtime.runtime import run_again
+    from colabsession._storage.runs import run_location
+
+    unknown = sorted(set(renamed) - {"name", "location"})
+    if unknown:
+        raise TypeError(f"run() got an unexpected keyword argument {unknown[0]!r}")
+    for old in ("name", "location"):  # location last: it placed the run that name= named
+        if renamed.get(old) is not None:
+            warn_renamed(f"colabsession.demo.run({old}=...)", "run=")
+            run = renamed[old]
 
     # TensorFlow's C++ start-up lines (no CUDA, CPU instructions, oneDNN) come twice, from two
     # of its libraries, and some before its log level is read; the probe table says it all.
@@ -112,8 +124,7 @@ def run(
         model,
         x,
         y,
-        run=name,
-        location=location,
+        run=run,
         epochs=epochs,
         batch_size=64,
         validation_data=(x_val, y_val),
@@ -122,12 +133,12 @@ def run(
         verbose=verbose,
         restart=restart,
     )
-    where = location or name
+    where = run
     done = len(history.epoch)
     if history.epoch:
         last = {k: round(v[-1], 4) for k, v in history.history.items()}
         print(f"\n{min(done, epochs)} of {epochs} epochs done; last epoch: {last}")
-    loc = cs.drive.resolve(location or f"drive:checkpoints/{name}")
+    loc = run_location(run)
     print(f"checkpoints and history: {loc}" + (f" ({loc.path})" if str(loc) != loc.path else ""))
     if done >= epochs:
         print(

@@ -63,7 +63,7 @@ def ckpt_file(path: Path, step: int) -> Path:
 class FakeClock(cs.SessionClock):
     def __init__(self, remaining: float) -> None:
         self.now_value = 0.0
-        super().__init__(started=0.0, max_session=remaining, now=lambda: self.now_value)
+        super().__init__(started=0.0, max_session=remaining, _now=lambda: self.now_value)
 
 
 class FlakyFS(MemoryFileSystem):  # type: ignore[misc]
@@ -371,7 +371,7 @@ def test_every_steps(tmp_path: Path) -> None:
 
 def test_every_interval(tmp_path: Path) -> None:
     now = [0.0]
-    ckpt = cs.Checkpointer(tmp_path, every="5min", async_save=False, monotonic=lambda: now[0])
+    ckpt = cs.Checkpointer(tmp_path, every="5min", async_save=False, _monotonic=lambda: now[0])
     saved = []
     for step in range(120):  # a step every 10 s
         now[0] = 10.0 * step
@@ -386,12 +386,12 @@ def test_a_short_run_is_saved_early_and_a_resume_waits_its_interval(tmp_path: Pa
     """A notebook run shorter than ``every`` and killed before its end has checkpoints to
     resume from (issue 21.3); a resumed run does not save again at its first step."""
     now = [0.0]
-    ckpt = cs.Checkpointer(tmp_path, monotonic=lambda: now[0])  # every="10min", the default
+    ckpt = cs.Checkpointer(tmp_path, _monotonic=lambda: now[0])  # every="10min", the default
     for step in range(41):  # 41 epochs of 5 s each, then the runtime dies
         now[0] = 5.0 * step
         ckpt.maybe_save(step, state_at(step))
     ckpt.wait()
-    again = cs.Checkpointer(tmp_path, monotonic=lambda: now[0])
+    again = cs.Checkpointer(tmp_path, _monotonic=lambda: now[0])
     restored = again.restore()
     assert restored is not None
     assert restored.step >= 20  # not started over: at most about half the work is lost

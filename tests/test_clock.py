@@ -19,7 +19,7 @@ class FakeTime:
 
 
 def test_defaults_twelve_hours_and_ninety_minutes() -> None:
-    clock = cs.SessionClock(started=1000.0, now=FakeTime(1000.0))
+    clock = cs.SessionClock(started=1000.0, _now=FakeTime(1000.0))
     assert clock.max_session == 12 * 3600
     assert clock.idle_limit == 90 * 60
     assert clock.elapsed == 0
@@ -28,7 +28,7 @@ def test_defaults_twelve_hours_and_ninety_minutes() -> None:
 
 def test_elapsed_remaining_deadline() -> None:
     fake = FakeTime(0.0)
-    clock = cs.SessionClock(started=0.0, max_session="2h", now=fake)
+    clock = cs.SessionClock(started=0.0, max_session="2h", _now=fake)
     fake.now = 1800.0
     assert clock.elapsed == 1800
     assert clock.remaining == 5400
@@ -39,7 +39,7 @@ def test_elapsed_remaining_deadline() -> None:
 
 def test_should_stop_with_margin() -> None:
     fake = FakeTime(0.0)
-    clock = cs.SessionClock(started=0.0, max_session="1h", now=fake)
+    clock = cs.SessionClock(started=0.0, max_session="1h", _now=fake)
     assert not clock.should_stop("10min")
     fake.now = 3000.0  # 10 min left
     assert clock.should_stop("10min")
@@ -49,14 +49,14 @@ def test_should_stop_with_margin() -> None:
 
 def test_started_as_datetime() -> None:
     start = datetime(2026, 1, 1, tzinfo=timezone.utc)
-    clock = cs.SessionClock(started=start, now=FakeTime(start.timestamp() + 60))
+    clock = cs.SessionClock(started=start, _now=FakeTime(start.timestamp() + 60))
     assert clock.elapsed == 60
 
 
 def test_limits_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COLABSESSION_MAX_SESSION", "24h")
     monkeypatch.setenv("COLABSESSION_IDLE_LIMIT", "30min")
-    clock = cs.clock(started=0.0, now=FakeTime(0.0))
+    clock = cs.clock(started=0.0, _now=FakeTime(0.0))
     assert clock.max_session == 24 * 3600
     assert clock.idle_limit == 30 * 60
     assert cs.clock(started=0.0, max_session=3600).max_session == 3600  # argument wins

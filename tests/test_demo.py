@@ -31,7 +31,7 @@ def _default_sigint() -> None:
 def test_demo_interrupted_and_resumed(tmp_path: Path) -> None:
     _needs_demo_extra()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "colabsession", "demo", "--location", str(tmp_path / "run")]
+    command = [sys.executable, "-m", "colabsession", "demo", "--run", str(tmp_path / "run")]
     proc = subprocess.Popen(
         [*command, "--epochs", "200"],
         stdout=subprocess.PIPE,
@@ -71,7 +71,7 @@ def test_demo_checks_the_location_before_training(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    command = [sys.executable, "-m", "colabsession", "demo", "--location", str(blocker / "run")]
+    command = [sys.executable, "-m", "colabsession", "demo", "--run", str(blocker / "run")]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 1
     assert "Epoch" not in result.stdout  # refused before an epoch was spent

@@ -138,8 +138,7 @@ def test_fit_returns_history_and_resumes_finished_run(keras: Any, tmp_path: Path
         small_model(keras),
         x,
         y,
-        run="r",
-        location=tmp_path / "r",
+        run=tmp_path / "r",
         epochs=2,
         batch_size=16,
         seed=0,
@@ -148,9 +147,7 @@ def test_fit_returns_history_and_resumes_finished_run(keras: Any, tmp_path: Path
     assert h.epoch == [0, 1]
     assert len(h.history["loss"]) == 2
     model = small_model(keras)
-    again = cs.fit(
-        model, x, y, run="r", location=tmp_path / "r", epochs=3, batch_size=16, seed=0, verbose=0
-    )
+    again = cs.fit(model, x, y, run=tmp_path / "r", epochs=3, batch_size=16, seed=0, verbose=0)
     assert again.epoch == [0, 1, 2]  # one more epoch, the first two from the earlier session
 
 
@@ -173,7 +170,7 @@ def _stopped_at(keras: Any, batch: int, x: Any, y: Any, model: Any = None, **arg
     """``cs.fit(model, x, y, **args)`` stopped at its *batch*-th batch as by the stop button;
     *model* is a fresh ``small_model`` unless given.
 
-    Example: ``_stopped_at(keras, 6, x, y, run="r", location=tmp_path, epochs=2, verbose=0)``."""
+    Example: ``_stopped_at(keras, 6, x, y, run=tmp_path, epochs=2, verbose=0)``."""
     model = small_model(keras) if model is None else model
     with pytest.raises(KeyboardInterrupt):
         cs.fit(model, x, y, callbacks=[_raise_at(keras, batch, KeyboardInterrupt())], **args)
@@ -184,8 +181,7 @@ def test_resume_output_reads_as_the_run_not_the_call(
 ) -> None:
     x, y = data()  # 64 rows, batch 16: 4 batches an epoch
     args: dict[str, Any] = {
-        "run": "r",
-        "location": tmp_path / "r",
+        "run": tmp_path / "r",
         "epochs": 3,
         "batch_size": 16,
         "seed": 0,
@@ -243,18 +239,18 @@ def test_a_resumed_epoch_of_an_older_checkpoint_averages_by_sample(
     is the uninterrupted one's though the last batch is partial (60 rows: 16, 16, 16, 12)."""
     x, y = data()
     x, y = x[:60], y[:60]
-    args: dict[str, Any] = {"run": "r", "epochs": 2, "batch_size": 16, "seed": 0, "verbose": 0}
+    args: dict[str, Any] = {"epochs": 2, "batch_size": 16, "seed": 0, "verbose": 0}
     keras.utils.set_random_seed(0)
-    reference = cs.fit(small_model(keras), x, y, location=tmp_path / "ref", **args)
+    reference = cs.fit(small_model(keras), x, y, run=tmp_path / "ref", **args)
     keras.utils.set_random_seed(0)
-    _stopped_at(keras, 6, x, y, location=tmp_path / "new", **args)
+    _stopped_at(keras, 6, x, y, run=tmp_path / "new", **args)
     saved = cs.Checkpointer(tmp_path / "new").restore()
     assert saved is not None
     assert saved.step == 6
     older = {k: v for k, v in saved.state.items() if k != "metrics"}
     with cs.Checkpointer(tmp_path / "old", every=None) as ckpt:
         ckpt.save(saved.step, older, metrics=saved.metrics)
-    resumed = cs.fit(small_model(keras), x, y, location=tmp_path / "old", **args)
+    resumed = cs.fit(small_model(keras), x, y, run=tmp_path / "old", **args)
     assert resumed.epoch == [1]  # (the history of epoch 0 stayed in "new")
     assert resumed.history["loss"][0] == pytest.approx(reference.history["loss"][1], rel=1e-6)
 
@@ -292,9 +288,9 @@ def test_plain_fit_stops_at_the_last_epoch_end_before_the_deadline(
         def on_train_batch_end(self, index: int, logs: Any = None) -> None:
             now[0] += 10.0
 
-    clock = cs.SessionClock(started=0, max_session=170, now=lambda: now[0])
+    clock = cs.SessionClock(started=0, max_session=170, _now=lambda: now[0])
     callback = cs.keras.SessionCheckpoint(
-        tmp_path, every=None, clock=clock, monotonic=lambda: now[0], verbose=True
+        tmp_path, every=None, clock=clock, _monotonic=lambda: now[0], verbose=True
     )
     x, y = data()
     history = small_model(keras).fit(
@@ -335,7 +331,7 @@ def test_plain_fit_refuses_a_checkpoint_from_inside_an_epoch(keras: Any, tmp_pat
     """cs.fit saved inside an epoch; model.fit cannot go on from there without training
     batches twice, and says what to do."""
     x, y = data()
-    _stopped_at(keras, 6, x, y, run="r", location=tmp_path, epochs=2, batch_size=16, verbose=0)
+    _stopped_at(keras, 6, x, y, run=tmp_path, epochs=2, batch_size=16, verbose=0)
     model = small_model(keras)
     before = [v.numpy().copy() for v in model.variables]
     callback = cs.keras.SessionCheckpoint(tmp_path, verbose=False)
@@ -353,14 +349,12 @@ def test_a_run_of_another_api_is_a_clear_error(keras: Any, tmp_path: Path) -> No
         ckpt.save(3, {"params": {"w": np.ones(3)}, "step": 3})
     x, y = data()
     with pytest.raises(cs.CheckpointError, match=r"another API.*restart=True"):
-        cs.fit(small_model(keras), x, y, run="r", location=tmp_path, epochs=1, verbose=0)
+        cs.fit(small_model(keras), x, y, run=tmp_path, epochs=1, verbose=0)
     callback = cs.keras.SessionCheckpoint(tmp_path, verbose=False)
     with pytest.raises(cs.CheckpointError, match="another API"):
         callback.restore(small_model(keras))
     callback.ckpt.close()
-    history = cs.fit(
-        small_model(keras), x, y, run="r", location=tmp_path, epochs=1, restart=True, verbose=0
-    )
+    history = cs.fit(small_model(keras), x, y, run=tmp_path, epochs=1, restart=True, verbose=0)
     assert history.epoch == [0]
 
 
@@ -371,8 +365,7 @@ def test_validation_split_holds_out_the_last_rows(keras: Any, tmp_path: Path) ->
         model,
         x,
         y,
-        run="r",
-        location=tmp_path,
+        run=tmp_path,
         epochs=2,
         batch_size=16,
         seed=0,
@@ -390,11 +383,9 @@ def test_validation_split_needs_arrays(keras: Any, tmp_path: Path) -> None:
     x, y = data()
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
     with pytest.raises(cs.ConfigError, match="validation_data="):
-        cs.fit(
-            small_model(keras), dataset, run="r", location=tmp_path, epochs=1, validation_split=0.1
-        )
+        cs.fit(small_model(keras), dataset, run=tmp_path, epochs=1, validation_split=0.1)
     with pytest.raises(cs.ConfigError, match="between 0 and 1"):
-        cs.fit(small_model(keras), x, y, run="r", location=tmp_path, epochs=1, validation_split=1.5)
+        cs.fit(small_model(keras), x, y, run=tmp_path, epochs=1, validation_split=1.5)
     assert not (tmp_path / "history.jsonl").exists()  # refused before anything ran
 
 
@@ -431,24 +422,23 @@ def test_bfloat16_model_resumes(keras: Any, tmp_path: Path) -> None:
 
 def test_changed_model_is_a_clear_error(keras: Any, tmp_path: Path) -> None:
     x, y = data()
-    cs.fit(small_model(keras), x, y, run="r", location=tmp_path, epochs=1, verbose=0)
+    cs.fit(small_model(keras), x, y, run=tmp_path, epochs=1, verbose=0)
     other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
     other.compile("adam", "mse")
     with pytest.raises(cs.CheckpointError, match="new run name"):
-        cs.fit(other, x, y, run="r", location=tmp_path, epochs=2, verbose=0)
+        cs.fit(other, x, y, run=tmp_path, epochs=2, verbose=0)
 
 
 def test_deadline_saves_and_stops(
     keras: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     x, y = data()
-    clock = cs.SessionClock(started=0, max_session=3600, now=lambda: 3600 - 30.0)  # 30 s left
+    clock = cs.SessionClock(started=0, max_session=3600, _now=lambda: 3600 - 30.0)  # 30 s left
     history = cs.fit(
         small_model(keras),
         x,
         y,
-        run="r",
-        location=tmp_path,
+        run=tmp_path,
         epochs=5,
         batch_size=16,
         clock=clock,
@@ -466,7 +456,7 @@ def test_epoch_estimate_line(
     keras: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     x, y = data()
-    cs.fit(small_model(keras), x, y, run="r", location=tmp_path, epochs=2, verbose=2)
+    cs.fit(small_model(keras), x, y, run=tmp_path, epochs=2, verbose=2)
     out = capsys.readouterr().out
     assert "epoch 1/2 took" in out
     assert "left in this session" in out
@@ -475,7 +465,7 @@ def test_epoch_estimate_line(
 def test_fit_refuses_its_own_arguments(keras: Any, tmp_path: Path) -> None:
     x, y = data()
     with pytest.raises(cs.ConfigError, match="shuffle"):
-        cs.fit(small_model(keras), x, y, run="r", location=tmp_path, epochs=1, shuffle=True)
+        cs.fit(small_model(keras), x, y, run=tmp_path, epochs=1, shuffle=True)
 
 
 def test_dataset_input_resumes_at_epoch_start(
@@ -485,8 +475,8 @@ def test_dataset_input_resumes_at_epoch_start(
 
     x, y = data()
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
-    cs.fit(small_model(keras), dataset, run="r", location=tmp_path, epochs=1, verbose=0)
-    history = cs.fit(small_model(keras), dataset, run="r", location=tmp_path, epochs=2, verbose=0)
+    cs.fit(small_model(keras), dataset, run=tmp_path, epochs=1, verbose=0)
+    history = cs.fit(small_model(keras), dataset, run=tmp_path, epochs=2, verbose=0)
     assert history.epoch == [0, 1]
     assert "not arrays" in caplog.text
 
@@ -502,9 +492,7 @@ def test_mirrored_strategy_over_two_cpus(keras: Any, tmp_path: Path) -> None:
     with strategy.scope():
         model = small_model(keras)
     x, y = data()
-    history = cs.fit(
-        model, x, y, run="m", location=tmp_path, epochs=2, batch_size=8, seed=1, verbose=0
-    )
+    history = cs.fit(model, x, y, run=tmp_path, epochs=2, batch_size=8, seed=1, verbose=0)
     assert history.epoch == [0, 1]
     restored = cs.Checkpointer(tmp_path).restore()
     assert restored is not None
@@ -515,7 +503,7 @@ def test_mirrored_strategy_over_two_cpus(keras: Any, tmp_path: Path) -> None:
 
     # Stopped inside an epoch (the 3rd batch of the 2nd) and resumed under the strategy: the
     # optimizer is built in its scope, and the metrics' totals go back into the replicas.
-    args: dict[str, Any] = {"run": "m", "location": tmp_path / "cut", "epochs": 2, "seed": 1}
+    args: dict[str, Any] = {"run": tmp_path / "cut", "epochs": 2, "seed": 1}
     keras.utils.set_random_seed(0)  # the model of the first run
     with strategy.scope():
         model = small_model(keras)
@@ -534,7 +522,7 @@ def test_a_run_keeps_the_batch_size_it_started_with(
     """As a run started when batch_size meant per replica (16 stored for 8 over 2 replicas):
     it resumes with its stored global batch, exactly, and says so."""
     x, y = data()
-    args: dict[str, Any] = {"run": "r", "location": tmp_path, "epochs": 2, "seed": 0, "verbose": 0}
+    args: dict[str, Any] = {"run": tmp_path, "epochs": 2, "seed": 0, "verbose": 0}
     _stopped_at(keras, 2, x, y, batch_size=16, **args)
     model = small_model(keras)
     cs.fit(model, x, y, batch_size=8, **args)
@@ -556,7 +544,7 @@ def test_batch_size_is_global_under_a_jax_distribution(tmp_path: Path) -> None:
         model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
         model.compile("sgd", "mse")
         x = np.random.default_rng(0).random((72, 4), dtype=np.float32)
-        cs.fit(model, x, x.sum(1), run="d", location=sys.argv[1], epochs=2, batch_size=16,
+        cs.fit(model, x, x.sum(1), run=sys.argv[1], epochs=2, batch_size=16,
                seed=0, verbose=0)
         print("steps", int(model.optimizer.iterations.numpy()))
     """
@@ -584,7 +572,7 @@ def test_model_outside_strategy_scope(keras: Any, tmp_path: Path, mocker: Mocker
     mocker.patch.object(_strategy, "last_strategy", object())
     x, y = data()
     with pytest.raises(cs.ConfigError, match=r"strategy\.scope\(\)"):
-        cs.fit(small_model(keras), x, y, run="r", location=tmp_path, epochs=1, verbose=0)
+        cs.fit(small_model(keras), x, y, run=tmp_path, epochs=1, verbose=0)
 
 
 def test_notify(keras: Any, tmp_path: Path, mocker: MockerFixture) -> None:
@@ -594,16 +582,58 @@ def test_notify(keras: Any, tmp_path: Path, mocker: MockerFixture) -> None:
         small_model(keras),
         x,
         y,
-        run="n",
-        location=tmp_path,
+        run=tmp_path,
         epochs=1,
         verbose=0,
         notify="https://hooks.example/secret",
     )
     payload = post.call_args.kwargs["json"]
     assert payload["event"] == "finished"
-    assert payload["run"] == "n"
+    assert payload["run"] == str(tmp_path)
     assert post.call_args.kwargs["timeout"] == 10
+
+
+def test_fit_takes_a_checkpointer_as_its_run(keras: Any, tmp_path: Path) -> None:
+    x, y = data()
+    mine = cs.Checkpointer(tmp_path, every=None, keep_last=1)
+    history = cs.fit(small_model(keras), x, y, run=mine, epochs=2, batch_size=32, verbose=0)
+    assert history.epoch == [0, 1]
+    assert mine.closed  # closed at the end, as cs.fit's own
+    assert mine.steps() == [4]  # its keep_last=1
+    assert mine.save_on_interrupt is False  # cs.fit saves the exact batch at a Ctrl-C itself
+    with pytest.raises(cs.ConfigError, match="Checkpointer and Checkpointer options"):
+        cs.fit(small_model(keras), x, y, run=mine, epochs=2, keep_last=2)
+
+
+def test_fit_location_is_a_deprecated_alias_of_run(keras: Any, tmp_path: Path) -> None:
+    x, y = data()
+    with pytest.warns(DeprecationWarning, match=r"cs\.fit\(location=\.\.\.\).*use run="):
+        history = cs.fit(
+            small_model(keras), x, y, run="label", location=tmp_path, epochs=1, verbose=0
+        )
+    assert history.epoch == [0]
+    assert cs.Checkpointer(tmp_path).latest_step() == 2  # kept at the location, as before
+
+
+def test_session_checkpoint_takes_run_a_checkpointer_or_its_options(
+    keras: Any, tmp_path: Path
+) -> None:
+    with pytest.warns(DeprecationWarning, match=r"run_or_location=.*use run="):
+        old = cs.keras.SessionCheckpoint(run_or_location=tmp_path / "a", keep_last=1)  # type: ignore[call-arg]
+    assert (old.location.path, old.ckpt.keep_last) == (str(tmp_path / "a"), 1)
+    assert old.ckpt.every == 600.0  # Checkpointer's default
+    assert old.ckpt.save_on_interrupt is False
+    old.ckpt.close()
+    mine = cs.Checkpointer(tmp_path / "b", every=None)
+    callback = cs.keras.SessionCheckpoint(mine, verbose=False)
+    assert callback.ckpt is mine
+    assert callback.clock is mine.clock
+    x, y = data()
+    small_model(keras).fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[callback])
+    assert mine.closed
+    assert mine.steps() == [2]
+    with pytest.raises(cs.CheckpointError, match="give the callback a new Checkpointer"):
+        small_model(keras).fit(x, y, epochs=1, verbose=0, callbacks=[callback])
 
 
 def test_notify_failure_is_only_logged(

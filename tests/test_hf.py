@@ -244,3 +244,57 @@ def test_the_best_checkpoint_is_kept_by_the_trainers_metric(
     assert (ckpt.keep_best, ckpt.monitor, ckpt.mode) == (1, "eval_accuracy", "max")
     assert hf.best_metric_name(Args()) == "eval_accuracy"
     assert "save_total_limit=2" in capsys.readouterr().out
+
+
+class _FakeTrainer:
+    """Just what cs.hf.train reads of a Trainer: its args, its callbacks and train()."""
+
+    def __init__(self, output_dir: Path, metric: str | None = None) -> None:
+        from types import SimpleNamespace
+
+        self.args = SimpleNamespace(
+            output_dir=str(output_dir),
+            save_total_limit=2,
+            metric_for_best_model=metric,
+            greater_is_better=True,
+        )
+        self.callbacks: list[Any] = []
+        self.seen: list[Any] = []
+
+    def add_callback(self, callback: Any) -> None:
+        self.callbacks.append(callback)
+        self.seen.append(callback)
+
+    def remove_callback(self, callback: Any) -> None:
+        self.callbacks.remove(callback)
+
+    def train(self, resume_from_checkpoint: Any = None, **kwargs: Any) -> Any:
+        return kwargs
+
+
+def test_train_takes_the_checkpointers_keyword_arguments_with_its_defaults(
+    tmp_path: Path,
+) -> None:
+    trainer = _FakeTrainer(tmp_path / "out", metric="accuracy")
+    assert hf.train(trainer, tmp_path / "run", every=None, trial="t") == {"trial": "t"}
+    ckpt = trainer.seen[-1].ckpt
+    assert ckpt.keep_last == 3  # Checkpointer's default (2 before this release)
+    assert (ckpt.keep_best, ckpt.monitor, ckpt.mode) == (1, "eval_accuracy", "max")
+    assert ckpt.every is None
+    hf.train(trainer, tmp_path / "run", keep_last=1, monitor="eval_loss", mode="min")
+    ckpt = trainer.seen[-1].ckpt
+    assert (ckpt.keep_last, ckpt.keep_best, ckpt.monitor) == (1, None, "eval_loss")
+
+
+def test_train_takes_a_checkpointer_as_its_run_and_ckpt_is_deprecated(tmp_path: Path) -> None:
+    trainer = _FakeTrainer(tmp_path / "out")
+    mine = cs.Checkpointer(tmp_path / "run", every=None, keep_last=1)
+    hf.train(trainer, mine)
+    assert trainer.seen[-1].ckpt is mine
+    assert mine.closed  # the wrapper closes it at the end, as its own
+    again = cs.Checkpointer(tmp_path / "run", every=None)
+    with pytest.warns(DeprecationWarning, match=r"cs\.hf\.train\(ckpt=\.\.\.\).*run="):
+        hf.train(trainer, ckpt=again)  # type: ignore[call-arg]
+    assert trainer.seen[-1].ckpt is again
+    with pytest.raises(cs.ConfigError, match="Checkpointer and Checkpointer options"):
+        hf.train(trainer, cs.Checkpointer(tmp_path / "run"), keep_last=2)

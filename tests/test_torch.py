@@ -480,7 +480,7 @@ def test_a_second_interrupt_stops_at_once_without_saving_a_torn_step(tmp_path: P
 
 def test_the_deadline_saves_and_stops(tmp_path: Path) -> None:
     now = [0.0]
-    clock = cs.SessionClock(started=0.0, max_session=3600, now=lambda: now[0])
+    clock = cs.SessionClock(started=0.0, max_session=3600, _now=lambda: now[0])
     state, ckpt = make_loop(tmp_path, clock)
 
     def time_passes(step: int) -> None:
@@ -579,3 +579,13 @@ def test_the_mnist_example_killed_anywhere_ends_bit_identical(
     from colabsession._storage.history import read_history
 
     assert sorted(r["step"] for r in read_history("mnist")) == list(range(1, 64))
+
+
+def test_the_loaders_stop_hook_is_private_and_its_old_name_deprecated() -> None:
+    data = torch.utils.data.TensorDataset(torch.arange(10.0))
+    loader = ResumableLoader(data, batch_size=3)
+    with pytest.warns(DeprecationWarning, match=r"ResumableLoader\.should_stop.*Checkpointer"):
+        loader.should_stop = lambda: True
+    assert len(list(loader)) == 1  # the old hook still ends the epoch after a batch
+    with pytest.warns(DeprecationWarning, match=r"ResumableLoader\.should_stop"):
+        assert loader.should_stop() is True

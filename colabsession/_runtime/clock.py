@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from colabsession._core.deprecation import renamed_arguments
 from colabsession._core.units import Duration, format_duration, parse_duration
 from colabsession._runtime.runtime import RuntimeKind, detect_kind
 
@@ -38,18 +39,18 @@ class SessionClock:
         max_session: the session limit; default ``$COLABSESSION_MAX_SESSION``, else 12 h.
         idle_limit: how long an idle runtime lives; default ``$COLABSESSION_IDLE_LIMIT``,
             else 90 min.
-        now: the time source, seconds since the epoch (tests pass a fake).
     """
 
+    @renamed_arguments("cs.SessionClock", now="_now")
     def __init__(
         self,
         *,
         started: datetime | float | None = None,
         max_session: Duration | None = None,
         idle_limit: Duration | None = None,
-        now: Callable[[], float] = time.time,
+        _now: Callable[[], float] = time.time,  # a test seam: seconds since the epoch
     ) -> None:
-        self._now = now
+        self._now = _now
         if isinstance(started, datetime):
             self.started = started.timestamp()
         else:

@@ -34,6 +34,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
+from colabsession._core.deprecation import renamed_arguments, warn_renamed
 from colabsession._core.errors import CheckpointError, ColabSessionError, ConfigError, LeaseError
 from colabsession._core.files import reason
 from colabsession._core.units import Duration, format_duration, parse_duration
@@ -58,6 +59,10 @@ from colabsession._storage.store import Entry
 logger = logging.getLogger(__name__)
 
 LEASE_TIMEOUT = 10.0  # the first save waits at most this long for the location's lease
+
+
+RunLike = str | os.PathLike[str] | Location
+"""A run, as every API takes it: a run name (``drive:checkpoints/<name>``) or a location."""
 
 
 @dataclass(frozen=True)
@@ -113,8 +118,10 @@ class Checkpointer:
     ...             break
 
     Args:
-        location: a run name (stored at ``drive:checkpoints/<name>``) or a location: ``drive:...``,
-            an fsspec URL, or a path that starts with ``/``, ``./``, ``../`` or ``~``.
+        run: the run: a name (stored at ``drive:checkpoints/<name>``) or a location
+            (``drive:...``, an fsspec URL, a ``Path``, or a path that starts with ``/``, ``./``,
+            ``../`` or ``~``). Every API that takes a run takes it so: ``cs.fit(run=...)``,
+            ``cs.hf.train``, ``SessionCheckpoint``, ``cs.history``, ``colabsession ckpt``.
         every: save this often (a duration) once the run is under way; None for step-based
             saving only. The first ``maybe_save`` of a run with nothing saved or restored saves
             at once, and while the run is young the wait is shorter (30 s, 30 s, 1 min, 2 min,
@@ -137,12 +144,15 @@ class Checkpointer:
         timeout: the longest any one operation on the location may take (longer for large
             transfers); past it the operation counts as failed and is retried later.
         close_timeout: how long ``close()`` waits for the location to receive what is local.
-        monotonic: the monotonic clock for intervals and retries (tests pass a fake).
+
+    The wrappers (``cs.fit``, ``cs.keras.SessionCheckpoint``, ``cs.hf.train``) take these same
+    keyword arguments, with these defaults, or a Checkpointer made beforehand as their run.
     """
 
+    @renamed_arguments("cs.Checkpointer", location="run", monotonic="_monotonic")
     def __init__(
         self,
-        location: str | os.PathLike[str] | Location,
+        run: RunLike,
         *,
         every: Duration | None = "10min",
         every_steps: int | None = None,
@@ -160,7 +170,7 @@ class Checkpointer:
         save_on_interrupt: bool = True,
         timeout: Duration = "60s",
         close_timeout: Duration = "2min",
-        monotonic: Callable[[], float] = time.monotonic,
+        _monotonic: Callable[[], float] = time.monotonic,  # a test seam: the clock of intervals
     ) -> None:
         if keep_last < 1:
             raise ConfigError("keep_last must be at least 1: the newest checkpoint is always kept")
@@ -170,7 +180,7 @@ class Checkpointer:
             raise ConfigError("every_steps must be a positive number of steps")
         if keep_best is not None and keep_best < 1:
             raise ConfigError("keep_best must be a positive number of checkpoints, or None")
-        self.location = run_location(location)
+        self.location = run_location(run)
         self.every = None if every is None else parse_duration(every, name="every")
         self.every_steps = every_steps
         self.keep_last = keep_last
@@ -188,7 +198,7 @@ class Checkpointer:
         self.save_on_interrupt = save_on_interrupt
         self.timeout = parse_duration(timeout, name="timeout")
         self.close_timeout = parse_duration(close_timeout, name="close_timeout")
-        self._monotonic = monotonic
+        self._monotonic = monotonic = _monotonic
 
         self.local, self.remote = run_stores(self.location, local_dir, timeout=self.timeout)
         self.local_dir = Path(self.local.root)
@@ -219,7 +229,7 @@ class Checkpointer:
             else None
         )
 
-        self.should_stop = False
+        self._stopped = False
         self.save_policy = SavePolicy(
             every=self.every,
             every_steps=every_steps,
@@ -301,7 +311,7 @@ class Checkpointer:
             now = self._monotonic()
             self.save_policy.step_seen(now)
             self._last_call = (step, state, metrics)
-            if self.should_stop:
+            if self._stopped:
                 return False
             if self.save_policy.final_due():
                 why = (
@@ -312,7 +322,7 @@ class Checkpointer:
                 logger.warning("colabsession: %s: saving step %d and stopping", why, step)
                 self.save(step, _gather(state), metrics=metrics)
                 self.wait()
-                self.should_stop = True
+                self._stopped = True
                 return True
             if self.save_policy.interval_due(step, now):
                 self.save(step, _gather(state), metrics=metrics)
@@ -330,19 +340,35 @@ class Checkpointer:
             self._begin_writing()
 
     @property
-    def stop_due(self) -> bool:
-        """Whether the next :meth:`maybe_save` saves and stops: the session deadline is near,
-        SIGTERM came, or :meth:`request_stop` was called."""
-        return not self.should_stop and not self._closed and self.save_policy.final_due()
+    def should_stop(self) -> bool:
+        """Whether the loop should end now: :meth:`maybe_save` has made the final save, because
+        the session deadline is near, SIGTERM came, or :meth:`request_stop` asked for it. The
+        one word a loop reads (with ``maybe_save``); :meth:`request_stop` is the one that asks.
+        """
+        return self._stopped
 
-    def due(self, step: int) -> bool:
-        """Whether ``maybe_save(step, ...)`` would save now: the interval has passed, the
-        session deadline is near, or SIGTERM came. Lets a caller gather what only a save needs
-        (metrics for the checkpoint list, say) only then."""
-        if self.should_stop or self._closed:
-            return False
+    @property
+    def stop_due(self) -> bool:
+        """Deprecated: ``ckpt.due(step) == "final"`` says the same."""
+        warn_renamed("Checkpointer.stop_due", 'Checkpointer.due(step) == "final"')
+        return not self._stopped and not self._closed and self.save_policy.final_due()
+
+    def due(self, step: int) -> Literal["save", "final"] | None:
+        """What ``maybe_save(step, ...)`` would do now: ``"final"``, save and stop (the session
+        deadline is near, SIGTERM came, or :meth:`request_stop` was called); ``"save"``, save
+        (the interval has passed); None, nothing. For code that saves by itself (the Trainer's
+        callback) or gathers what only a save needs (metrics for the checkpoint list); a plain
+        loop needs only ``maybe_save`` and :attr:`should_stop`.
+
+        >>> if ckpt.due(step):  # doctest: +SKIP
+        ...     ckpt.maybe_save(step, state, metrics=expensive_metrics())
+        """
+        if self._stopped or self._closed:
+            return None
         policy = self.save_policy
-        return policy.final_due() or policy.interval_due(step, self._monotonic())
+        if policy.final_due():
+            return "final"
+        return "save" if policy.interval_due(step, self._monotonic()) else None
 
     def restart(self) -> None:
         """Start the run over instead of resuming it. At the first save every checkpoint of
@@ -780,6 +806,55 @@ class Checkpointer:
             f"Checkpointer({str(self.location)!r}, every={self.every}, "
             f"keep_last={self.keep_last}, local_dir={str(self.local_dir)!r})"
         )
+
+
+# The wrappers' one way to configure a run ---------------------------------------------------
+
+OPTIONS = frozenset(
+    {
+        "every",
+        "every_steps",
+        "keep_last",
+        "keep_every",
+        "keep_best",
+        "monitor",
+        "mode",
+        "async_save",
+        "clock",
+        "local_dir",
+        "lease_ttl",
+        "takeover",
+        "margin_floor",
+        "save_on_interrupt",
+        "timeout",
+        "close_timeout",
+        "_monotonic",
+    }
+)
+"""The keyword arguments of :class:`Checkpointer`, which the wrappers pass on to it."""
+
+
+def split_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the Checkpointer's keyword arguments in *kwargs*, the others): for a wrapper whose other
+    keyword arguments go to what it wraps (``model.fit``, ``trainer.train``)."""
+    options = {k: v for k, v in kwargs.items() if k in OPTIONS}
+    return options, {k: v for k, v in kwargs.items() if k not in OPTIONS}
+
+
+def checkpointer_for(
+    run: RunLike | Checkpointer, options: dict[str, Any], *, who: str
+) -> Checkpointer:
+    """The Checkpointer a wrapper (*who*) trains with: *run* itself when it is one, else a new
+    one for the run with *options* (Checkpointer's keyword arguments, with its defaults). A
+    Checkpointer and options both is a ConfigError: the options belong to the Checkpointer."""
+    if isinstance(run, Checkpointer):
+        if options:
+            raise ConfigError(
+                f"{who} got a Checkpointer and Checkpointer options too "
+                f"({', '.join(sorted(options))}): give those to the Checkpointer"
+            )
+        return run
+    return Checkpointer(run, **options)
 
 
 # Helpers -------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from colabsession._core.deprecation import renamed_arguments
 from colabsession._core.errors import CheckpointError, ConfigError
 from colabsession._core.files import reason
 from colabsession._core.optional import installed, require
@@ -41,8 +42,10 @@ _REVISION = re.compile(r"history\.(\d{6,})\.jsonl")
 Record = dict[str, Any]
 
 
-def history(location: str | os.PathLike[str] | Location) -> Any:
-    """Every logged record of the run, oldest first: a pandas DataFrame (columns ``step``,
+@renamed_arguments("cs.history", location="run")
+def history(run: str | os.PathLike[str] | Location) -> Any:
+    """Every logged record of the *run* (a run name or a location, as for ``cs.Checkpointer``),
+    oldest first: a pandas DataFrame (columns ``step``,
     ``time``, ``session``, ``attempt``, ``epoch`` where the run logs it (a Keras epoch counted
     from 1 as Keras prints it, the Trainer's progress in epochs as it logs it: see
     :func:`for_display`), and one per metric) when pandas is installed, else a list of dicts.
@@ -50,7 +53,7 @@ def history(location: str | os.PathLike[str] | Location) -> Any:
 
     >>> cs.history("my-run").plot(x="step", y="loss")  # doctest: +SKIP
     """
-    records = for_display(existing_history(location))
+    records = for_display(existing_history(run))
     if not installed("pandas"):
         return records
     import pandas as pd
@@ -113,27 +116,28 @@ def metric_names(records: list[Record]) -> list[str]:
     return list(names)
 
 
+@renamed_arguments("cs.plot_history", location="run")
 def plot_history(
-    location: str | os.PathLike[str] | Location,
+    run: str | os.PathLike[str] | Location,
     metrics: list[str] | None = None,
     *,
     ax: Any = None,
 ) -> list[Any]:
-    """Draw the run's history with matplotlib: one labelled panel per metric, with its
-    validation twin (Keras' ``val_loss``, the Trainer's ``eval_loss``, with ``loss``), loss
-    first; epochs on the x axis when the run counts whole epochs (Keras), else steps (a plain
-    loop, the Trainer, whose fractional epochs would stack points); timing figures
-    (``*_runtime``, ``*_per_second``, ``total_flos``) left out unless named in *metrics*; a
-    dashed line where a new runtime took over and a dotted one where the run resumed on the
-    same runtime (a re-run cell, a restarted kernel). Returns the panels' Axes (one Axes given
-    as *ax* gets every metric).
+    """Draw the *run*'s history (a run name or a location) with matplotlib: one labelled panel
+    per metric, with its validation twin (Keras' ``val_loss``, the Trainer's ``eval_loss``,
+    with ``loss``), loss first; epochs on the x axis when the run counts whole epochs (Keras),
+    else steps (a plain loop, the Trainer, whose fractional epochs would stack points); timing
+    figures (``*_runtime``, ``*_per_second``, ``total_flos``) left out unless named in
+    *metrics*; a dashed line where a new runtime took over and a dotted one where the run
+    resumed on the same runtime (a re-run cell, a restarted kernel). Returns the panels' Axes
+    (one Axes given as *ax* gets every metric).
 
     >>> cs.plot_history("my-run")  # doctest: +SKIP
     """
     plt = require(
         "matplotlib.pyplot", extra="plot", purpose="cs.plot_history()", package="matplotlib"
     )
-    stored = existing_history(location)
+    stored = existing_history(run)
     by_epoch = any(is_epoch_index(r.get("epoch")) for r in stored)
     records = for_display(stored)
     if by_epoch:  # records saved mid-epoch have running means: the epochs' own values are shown
@@ -186,7 +190,7 @@ def plot_history(
 
         axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[-1].set_xlabel(x_name)
-    axes[0].set_title(f"{location}")
+    axes[0].set_title(f"{run}")
     if ax is None:
         axes[0].figure.tight_layout()
     return axes if ax is None else [ax]

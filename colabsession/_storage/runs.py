@@ -15,19 +15,20 @@ from colabsession._storage.store import Store
 RUNS = "drive:checkpoints"
 
 
-def run_location(run_or_location: str | os.PathLike[str] | Location) -> Location:
-    """Where a run lives, by one rule everywhere (``cs.Checkpointer``, ``cs.fit``,
-    ``SessionCheckpoint``, ``cs.history``, ``colabsession ckpt``):
+def run_location(run: str | os.PathLike[str] | Location) -> Location:
+    """Where a run lives, by one rule everywhere a run is taken (the ``run`` argument of
+    ``cs.Checkpointer``, ``cs.fit``, ``SessionCheckpoint``, ``cs.hf.train``, ``cs.history``,
+    ``cs.plot_history``, and ``colabsession ckpt ... RUN``):
 
     - ``drive:...``, a URL with a scheme (``gs://...``, ``gdrive://...``), a path that starts
       with ``/``, ``./``, ``../`` or ``~``, and a ``pathlib.Path`` are locations;
     - anything else is a run name, stored at ``drive:checkpoints/<name>`` (``"exp/v2"`` too).
     """
-    if isinstance(run_or_location, Location):
-        return run_or_location
-    if not isinstance(run_or_location, str):
-        return resolve(run_or_location)
-    text = run_or_location
+    if isinstance(run, Location):
+        return run
+    if not isinstance(run, str):
+        return resolve(run)
+    text = run
     if text.startswith(("drive:", "/", "./", "../", "~")) or "://" in text or text in (".", ".."):
         return resolve(text)
     parts = PurePosixPath(text).parts

@@ -8,14 +8,13 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from colabsession._core.deprecation import warn_renamed
 from colabsession._core.errors import ConfigError
 from colabsession._core.notify import notify as post
 from colabsession._core.optional import require
 from colabsession._core.say import say
-from colabsession._core.units import Duration
-from colabsession._drive.location import Location
-from colabsession._runtime.clock import SessionClock
 from colabsession._runtime.runtime import run_again
+from colabsession._storage.checkpointer import Checkpointer, RunLike, split_options
 
 logger = logging.getLogger("colabsession")
 
@@ -25,26 +24,26 @@ def fit(
     x: Any = None,
     y: Any = None,
     *,
-    run: str,
+    run: RunLike | Checkpointer,
     epochs: int,
     batch_size: int | None = None,
     validation_split: float = 0.0,
     validation_data: Any = None,
     seed: int | None = None,
-    every: Duration | None = "10min",
-    every_steps: int | None = None,
-    location: str | os.PathLike[str] | Location | None = None,
-    clock: SessionClock | None = None,
     callbacks: Sequence[Any] = (),
     notify: str | None = None,
-    keep_last: int = 3,
     verbose: Any = "auto",
     restart: bool = False,
-    takeover: bool = False,
-    **fit_kwargs: Any,
+    **kwargs: Any,
 ) -> Any:
-    """Train *model* like ``model.fit``, checkpointing to ``drive:checkpoints/<run>`` (or
-    *location*) and resuming there when the same cell runs again after a disconnect.
+    """Train *model* like ``model.fit``, checkpointing the *run* and resuming it when the same
+    cell runs again after a disconnect.
+
+    *run* is a run name (stored at ``drive:checkpoints/<run>``) or a location, as for
+    ``cs.Checkpointer``, or a Checkpointer made beforehand. Keyword arguments that are
+    Checkpointer's (``every``, ``every_steps``, ``keep_last``, ``keep_best``, ``clock``,
+    ``takeover``, ...) configure the run's Checkpointer, with its defaults (save every 10 min,
+    keep the last 3); any other goes to ``model.fit``.
 
     With arrays as *x* and *y*, cs.fit draws each epoch's order from (*seed*, epoch) and a
     resumed run skips the batches already done, so a run killed at any step ends with the same
@@ -60,7 +59,7 @@ def fit(
     cs.fit saves, stops, and says how to continue. Returns a keras History with every epoch of
     every session of the run; a run that already has all its *epochs* returns it at once.
     *restart* starts the run over (its earlier checkpoints and history are set aside, never
-    deleted); *takeover* takes the run from another notebook whose lease has not expired.
+    deleted); ``takeover=True`` takes the run from another notebook whose lease has not expired.
 
     >>> history = cs.fit(model, x, y, run="digits-cnn", epochs=50, batch_size=64, seed=0)
     """
@@ -69,6 +68,11 @@ def fit(
         raise ConfigError(f"epochs must be a positive whole number, not {epochs!r}")
     from colabsession._training.keras import SessionCheckpoint
 
+    label = run if isinstance(run, str) else None
+    if "location" in kwargs:  # the old way: run= named it, location= put it elsewhere
+        warn_renamed("cs.fit(location=...)", "run= (a run name or a location)")
+        run = kwargs.pop("location")
+    options, fit_kwargs = split_options(kwargs)
     if fit_kwargs.keys() & {"initial_epoch", "shuffle", "steps_per_epoch", "sample_weight"}:
         bad = sorted(
             fit_kwargs.keys() & {"initial_epoch", "shuffle", "steps_per_epoch", "sample_weight"}
@@ -81,21 +85,13 @@ def fit(
     arrays = _is_arrays(x) and (y is None or _is_arrays(y))
     if validation_split:
         x, y, validation_data = _split(x, y, validation_split, validation_data, arrays)
-    callback = SessionCheckpoint(
-        location if location is not None else run,
-        every=every,
-        every_steps=every_steps,
-        keep_last=keep_last,
-        clock=clock,
-        verbose=verbose != 0,
-        restart=restart,
-        takeover=takeover,
-    )
+    callback = SessionCheckpoint(run, verbose=verbose != 0, restart=restart, **options)
+    name = label or str(callback.location)
     callback.total_epochs = epochs
     callback.exact = arrays  # cs.fit orders arrays itself: their runs resume inside an epoch
     callback.close_on_train_end = False  # cs.fit may call model.fit twice; it closes at the end
     global_batch = batch_size or 32  # global, as model.fit's, under any strategy
-    details = {"run": run, "location": str(callback.location), "epochs": epochs}
+    details = {"run": name, "location": str(callback.location), "epochs": epochs}
     try:
         with callback.ckpt:  # SIGTERM: save at the next batch and stop
             try:
@@ -107,7 +103,7 @@ def fit(
                     callback,
                     epochs=epochs,
                     seed=seed,
-                    run=run,
+                    run=name,
                     global_batch=global_batch,
                     replicas=_replicas(keras, model),
                     validation_data=validation_data,

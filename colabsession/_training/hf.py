@@ -12,14 +12,19 @@ from typing import Any
 
 import numpy as np
 
+from colabsession._core.deprecation import renamed_arguments
 from colabsession._core.errors import CheckpointError, ConfigError
 from colabsession._core.files import reason, replace_folder
 from colabsession._core.optional import require
 from colabsession._core.say import say
-from colabsession._core.units import Duration
 from colabsession._data.archive import is_plain
 from colabsession._runtime.interrupt import stop_at_boundary
-from colabsession._storage.checkpointer import Checkpointer
+from colabsession._storage.checkpointer import (
+    Checkpointer,
+    RunLike,
+    checkpointer_for,
+    split_options,
+)
 
 transformers: Any = require("transformers", extra="hf", purpose="colabsession.hf")
 
@@ -44,12 +49,11 @@ class SessionCallback(transformers.TrainerCallback):  # type: ignore[misc]
         self.monitor = monitor  # the Trainer's eval_<metric_for_best_model>, saved with each
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        step = state.global_step
-        if self.ckpt.stop_due:
+        due = self.ckpt.due(state.global_step)
+        if due:
             control.should_save = True
+        if due == "final":
             control.should_training_stop = True
-        elif self.ckpt.due(step):
-            control.should_save = True
         return control
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> Any:
@@ -76,7 +80,7 @@ class SessionCallback(transformers.TrainerCallback):  # type: ignore[misc]
         self.ckpt.save(
             state.global_step, read_folder(folder), metrics=self._evaluation(state, args)
         )
-        if self.ckpt.stop_due:
+        if self.ckpt.due(state.global_step) == "final":
             self.ckpt.wait()
             control.should_training_stop = True
             say(
@@ -164,37 +168,40 @@ def write_folder(state: Any, folder: Path) -> Path:
     return folder
 
 
+@renamed_arguments("cs.hf.train", ckpt="run")
 def train(
     trainer: Any,
-    run: str | os.PathLike[str] | None = None,
+    run: RunLike | Checkpointer,
     *,
-    every: Duration | None = "10min",
-    keep_last: int = 2,
     restart: bool = False,
-    takeover: bool = False,
-    ckpt: Checkpointer | None = None,
-    **train_kwargs: Any,
+    **kwargs: Any,
 ) -> Any:
     """Run ``trainer.train()`` so that it survives the session: resume from the run's newest
-    valid checkpoint, keep each checkpoint the Trainer writes (and one every *every*), and stop
-    cleanly before the deadline. Returns what ``trainer.train`` returns (a finished run
+    valid checkpoint, keep each checkpoint the Trainer writes (and one every ``every``), and
+    stop cleanly before the deadline. Returns what ``trainer.train`` returns (a finished run
     trains no further steps).
+
+    >>> cs.hf.train(trainer, "bert-imdb", keep_last=2)  # doctest: +SKIP
 
     Args:
         trainer: a ``transformers.Trainer`` (or subclass) whose ``output_dir`` is on the local
             disk (``/content/...``): colabsession copies its checkpoints to Drive itself.
-        run: the run's name (``drive:checkpoints/<run>``) or location.
-        every: also save at most this often, whatever ``save_steps`` says.
-        keep_last: how many of the Trainer's checkpoints to keep in the run; with
-            ``metric_for_best_model`` (``load_best_model_at_end`` sets it) the best one by it
-            is kept too, and comes back with the newest on a new runtime, so that
-            ``load_best_model_at_end`` loads the same weights as a run never interrupted.
+        run: the run: a name (``drive:checkpoints/<run>``) or a location, as for
+            ``cs.Checkpointer``; or a Checkpointer made beforehand (then give no options; give
+            it ``keep_best=1, monitor="eval_<metric>"`` to keep the best checkpoint).
         restart: start the run over (its checkpoints are set aside, never deleted).
-        takeover: take the run from another notebook whose lease has not expired.
-        ckpt: a Checkpointer of your own instead of *run*, *every*, *keep_last* (give it
-            ``keep_best=1, monitor="eval_<metric>"`` to keep the best checkpoint).
-        **train_kwargs: for ``trainer.train`` (not ``resume_from_checkpoint``).
+        **kwargs: Checkpointer's keyword arguments configure the run, with its defaults:
+            ``every`` (also save at most this often, whatever ``save_steps`` says),
+            ``keep_last`` (how many of the Trainer's checkpoints the run keeps: each is a whole
+            Trainer folder, the model and the optimizer's state, about three times the model's
+            size with Adam, kept on the local disk and at the location: pass ``keep_last=2``
+            or 1 for a large model), ``takeover``, ... With ``metric_for_best_model``
+            (``load_best_model_at_end`` sets it) the best checkpoint by it is kept too
+            (``keep_best=1``), and comes back with the newest on a new runtime, so that
+            ``load_best_model_at_end`` loads the same weights as a run never interrupted. The
+            other keyword arguments go to ``trainer.train`` (not ``resume_from_checkpoint``).
     """
+    options, train_kwargs = split_options(kwargs)
     if "resume_from_checkpoint" in train_kwargs:
         raise ConfigError("cs.hf.train resumes by itself: leave out resume_from_checkpoint")
     output_dir = Path(trainer.args.output_dir)
@@ -211,14 +218,10 @@ def train(
             "None), which can fill the runtime's disk: TrainingArguments(save_total_limit=2) "
             "keeps the newest and the best there; the run keeps its own copies"
         )
-    if ckpt is None:
-        if run is None:
-            raise ConfigError("cs.hf.train needs run= (a name, or a location) or ckpt=")
-        best: dict[str, Any] = {}
-        if monitor is not None:
-            mode = "max" if trainer.args.greater_is_better else "min"
-            best = {"keep_best": 1, "monitor": monitor, "mode": mode}
-        ckpt = Checkpointer(run, every=every, keep_last=keep_last, takeover=takeover, **best)
+    if monitor is not None and not isinstance(run, Checkpointer) and "monitor" not in options:
+        mode = "max" if trainer.args.greater_is_better else "min"
+        options = {"keep_best": 1, "monitor": monitor, "mode": mode, **options}
+    ckpt = checkpointer_for(run, options, who="cs.hf.train")
     callback = SessionCallback(ckpt, monitor)
     trainer.add_callback(callback)
     try:

@@ -5,20 +5,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import time
 from typing import Any
 
+from colabsession._core.deprecation import renamed_arguments
 from colabsession._core.errors import CheckpointError
 from colabsession._core.optional import require
 from colabsession._core.say import say
-from colabsession._core.units import Duration, format_duration
-from colabsession._drive.location import Location
-from colabsession._runtime.clock import SessionClock
+from colabsession._core.units import format_duration
 from colabsession._runtime.runtime import run_again
-from colabsession._storage.checkpointer import Checkpoint, Checkpointer
+from colabsession._storage.checkpointer import (
+    Checkpoint,
+    Checkpointer,
+    RunLike,
+    checkpointer_for,
+)
 from colabsession._storage.history import metric_names, read_history
-from colabsession._storage.runs import run_location
 
 keras = require("keras", extra="tensorflow", purpose="colabsession.keras")
 _Callback: Any = keras.callbacks.Callback
@@ -39,45 +41,41 @@ class SessionCheckpoint(_Callback):  # type: ignore[misc]
     deadline the epochs' times did not foresee) saves nothing: the run resumes after its last
     saved epoch, and no batch is trained twice. ``cs.fit`` saves and resumes at the exact batch.
 
+    >>> callback = SessionCheckpoint("my-run", every="5min")  # doctest: +SKIP
+    >>> model.fit(x, y, epochs=20, callbacks=[callback])  # doctest: +SKIP
+
     Args:
-        run_or_location: a run name (stored at ``drive:checkpoints/<name>``) or a location.
-        every: how often to save (a duration), or None.
-        every_steps: also save every this many batches.
-        keep_last: how many checkpoints to keep.
-        clock: the session clock; default ``cs.clock()``.
+        run: the run: a name (stored at ``drive:checkpoints/<name>``) or a location, as for
+            :class:`colabsession.Checkpointer`; or a Checkpointer made beforehand (then give no
+            options). The callback closes it when training ends.
         verbose: print the resume and the per-epoch time estimate.
         restart: start the run over instead of resuming it: its checkpoints and history so far
             are set aside (renamed ``parked-...``), never deleted.
-        **checkpointer_options: passed to :class:`colabsession.Checkpointer`.
+        **options: :class:`colabsession.Checkpointer`'s keyword arguments (``every``,
+            ``every_steps`` (batches here), ``keep_last``, ``clock``, ...), with its defaults.
+            Its ``save_on_interrupt`` is off under this callback: ``cs.fit`` saves the exact
+            batch at a Ctrl-C itself, and plain ``model.fit`` saves only at epoch ends.
     """
 
+    @renamed_arguments("cs.keras.SessionCheckpoint", run_or_location="run")
     def __init__(
         self,
-        run_or_location: str | os.PathLike[str] | Location,
+        run: RunLike | Checkpointer,
         *,
-        every: Duration | None = "10min",
-        every_steps: int | None = None,
-        keep_last: int = 3,
-        clock: SessionClock | None = None,
         verbose: bool = True,
         restart: bool = False,
-        **checkpointer_options: Any,
+        **options: Any,
     ) -> None:
         super().__init__()
         self.restart = restart
-        self.location = run_location(run_or_location)
-        self.clock = clock or SessionClock()
         self.verbose = verbose
-        self._options = dict(
-            every=every,
-            every_steps=every_steps,
-            keep_last=keep_last,
-            clock=self.clock,
-            save_on_interrupt=False,
-            **checkpointer_options,
-        )
-        self._monotonic = checkpointer_options.get("monotonic", time.monotonic)
-        self.ckpt = Checkpointer(self.location, **self._options)
+        self._given = isinstance(run, Checkpointer)
+        self._options = {**options, "save_on_interrupt": False}
+        self._monotonic = options.get("_monotonic", time.monotonic)
+        self.ckpt = checkpointer_for(run, options, who="SessionCheckpoint")
+        self.ckpt.save_on_interrupt = False  # see Args
+        self.location = self.ckpt.location
+        self.clock = self.ckpt.clock
         self.close_on_train_end = True
         # cs.fit sets these: whether it controls the data order (then mid-epoch states resume
         # exactly), the batches and samples of its epochs, the run's epochs when a fit() call
@@ -187,6 +185,12 @@ class SessionCheckpoint(_Callback):  # type: ignore[misc]
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         if self.ckpt.closed:  # a second fit() with the same callback
+            if self._given:
+                raise CheckpointError(
+                    "the Checkpointer given to this SessionCheckpoint was closed at the end of "
+                    "the last fit(): give the callback a new Checkpointer, or the run's name "
+                    "and options (then it makes a new one for each fit)"
+                )
             self.ckpt = Checkpointer(self.location, **self._options)
         self.stopped_for_deadline = False
         self._stopped_inside_epoch = False
@@ -233,7 +237,7 @@ class SessionCheckpoint(_Callback):  # type: ignore[misc]
             # inside the epoch (SIGTERM, a deadline the epoch times did not foresee) drops the
             # epoch's batches; the run resumes after its last saved epoch.
             last = self._batches_done == self._per_epoch()
-            if self.ckpt.stop_due and not last:
+            if self.ckpt.due(self._step()) == "final" and not last:
                 self._stopped_inside_epoch = True
                 self.stopped_for_deadline = True
                 self.model.stop_training = True
@@ -263,8 +267,9 @@ class SessionCheckpoint(_Callback):  # type: ignore[misc]
             self.ckpt.maybe_save(step, self._state, metrics=metrics)
             stop = self.ckpt.should_stop
         else:
-            stop = self.ckpt.stop_due or self._next_epoch_ends_too_late(epoch)
-            if stop or self.ckpt.due(step):
+            due = self.ckpt.due(step)
+            stop = due == "final" or self._next_epoch_ends_too_late(epoch)
+            if stop or due:
                 self.ckpt.save(step, self._state(), metrics=metrics)
                 if stop:
                     self.ckpt.wait()

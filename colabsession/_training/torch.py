@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from colabsession._core.deprecation import warn_renamed
 from colabsession._core.errors import CheckpointError, ColabSessionError, ConfigError
 from colabsession._core.optional import require
 from colabsession._core.records import InvalidRecord, Record, parse_record
@@ -118,7 +119,9 @@ class ResumableLoader:
         self.drop_last = drop_last
         self.epoch = 0
         self.position = 0  # batches of the current epoch already given out
-        self.should_stop: Callable[[], bool] = _never
+        # Whether to end the epoch early, after the batch just given: TrainingState.epochs
+        # sets it to its Checkpointer's should_stop.
+        self._stop_when: Callable[[], bool] = _never
         self._generator = torch.Generator()
         self.loader = torch.utils.data.DataLoader(
             dataset,
@@ -151,9 +154,20 @@ class ResumableLoader:
             for batch in self.loader:
                 self.position += 1
                 yield batch
-                if self.should_stop():
+                if self._stop_when():
                     return
         self.end_epoch()
+
+    @property
+    def should_stop(self) -> Callable[[], bool]:
+        """Deprecated: the hook is TrainingState.epochs' own; loops read ``ckpt.should_stop``."""
+        warn_renamed("ResumableLoader.should_stop", "Checkpointer.should_stop")
+        return self._stop_when
+
+    @should_stop.setter
+    def should_stop(self, check: Callable[[], bool]) -> None:
+        warn_renamed("ResumableLoader.should_stop", "Checkpointer.should_stop")
+        self._stop_when = check
 
     def end_epoch(self) -> None:
         """Start the next epoch at its first batch."""
@@ -398,7 +412,7 @@ class TrainingState:
             return ckpt is not None and ckpt.should_stop
 
         if self.loader is not None:
-            self.loader.should_stop = stop
+            self.loader._stop_when = stop  # the loader is this module's own class
         try:
             with (
                 stop_at_boundary(ckpt, self._torn) if ckpt is not None else contextlib.nullcontext()
@@ -414,7 +428,7 @@ class TrainingState:
                         self.loader.end_epoch()
         finally:
             if self.loader is not None:
-                self.loader.should_stop = _never
+                self.loader._stop_when = _never
         if ckpt is not None and not ckpt.should_stop:
             say(f"all {total} epochs are done (step {self.step})")
 
