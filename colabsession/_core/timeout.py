@@ -9,7 +9,7 @@ import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 if TYPE_CHECKING:
@@ -117,16 +117,23 @@ def _result(future: Future[U], timeout: float, what: str) -> U:
         raise TimeoutError(f"{what} did not finish within {timeout:g} s") from None
 
 
-def run_command(argv: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
+def run_command(
+    argv: Sequence[str], timeout: float, *, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run *argv* (never through a shell) and capture its output; on timeout kill its whole
     process group, so a hung helper's children cannot hold the pipes open, and raise
-    ``subprocess.TimeoutExpired``."""
+    ``subprocess.TimeoutExpired``. *env*: the child's environment (default: this process's).
+
+    >>> run_command(["echo", "hi"], timeout=30).stdout
+    'hi\\n'
+    """
     with subprocess.Popen(
         list(argv),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env=None if env is None else dict(env),
         start_new_session=True,
     ) as process:
         try:
