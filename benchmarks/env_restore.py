@@ -64,7 +64,8 @@ def main() -> None:
     os.environ["COLABSESSION_HOME"] = args.home or str(tmp / "home")
     os.environ["COLABSESSION_DRIVE"] = str(tmp / "drive")
     import colabsession as cs
-    from colabsession.env import _uv, local_path
+    from colabsession._env.build import find_uv
+    from colabsession.env import local_path
 
     start = time.perf_counter()
     info = cs.env.install(*args.packages, name="bench", installer="pip")
@@ -106,7 +107,7 @@ def main() -> None:
     fresh["pip, no cache"] = timed([*pip, str(tmp / "t1"), "--no-cache-dir", *pins])
     fresh["pip resolve + install"] = resolve + fresh["pip, no cache"]
     fresh["pip, warm cache"] = timed([*pip, str(tmp / "t2"), *pins])
-    uv = _uv()
+    uv = find_uv()
     if uv:
         uv_cmd = [uv, "pip", "install", "--python", sys.executable, "--no-deps", "--target"]
         fresh["uv pip, no cache"] = timed([*uv_cmd, str(tmp / "t3"), "--no-cache", *pins])

@@ -23,10 +23,11 @@ import pytest
 from fsspec.implementations.local import LocalFileSystem
 
 import colabsession as cs
-from colabsession import env
 from colabsession._data import archive as _archive
 from colabsession._data import stage as _stage
 from colabsession._data import walk as _walk
+from colabsession._env import build as _env_build
+from colabsession._env import persist as _env_persist
 from colabsession._storage import layout as _layout
 from colabsession._storage import store as _store
 from colabsession._storage.history import read_history
@@ -221,7 +222,7 @@ def test_an_oauth_client_without_its_endpoints_is_refused_in_words(missing: str)
 def test_env_restore_and_list_on_a_mount_that_stops_answering(
     tmp_path: Path, faulty: HangingFS, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(env, "TIMEOUT", 0.2)
+    monkeypatch.setattr(_env_persist, "TIMEOUT", 0.2)
     faulty.hang.set()
     location = Location(faulty, str(tmp_path / "envs"), "drive:envs")
     with pytest.raises(cs.EnvError, match="did not answer in time"):
@@ -466,7 +467,7 @@ def test_an_install_that_another_overtook_says_so_and_saves_nothing(
     isolated: Path, pip_args: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cs.env.install("cs-demo-c", pip_args=pip_args)
-    real_compile = env._compile
+    real_compile = _env_build.compile_layer
     overtaken = [False]
 
     def compile_while_another_installs(layer: Path) -> None:
@@ -475,7 +476,7 @@ def test_an_install_that_another_overtook_says_so_and_saves_nothing(
             cs.env.install("cs-demo-b==1.0", pip_args=pip_args)
         real_compile(layer)
 
-    monkeypatch.setattr(env, "_compile", compile_while_another_installs)
+    monkeypatch.setattr(_env_build, "compile_layer", compile_while_another_installs)
     with pytest.raises(cs.EnvError, match=r"another install .* while this one was building"):
         cs.env.install("cs-demo-a", pip_args=pip_args)
     (info,) = cs.env.list()
