@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 import colabsession as cs
+from colabsession._env import build as _build
 from colabsession.env import EnvInfo, local_path
 
 from .test_env import env_folder, manifest_of
@@ -273,3 +274,67 @@ def test_install_and_restore_through_the_drive_api(
     import cs_demo_c  # type: ignore[import-not-found]
 
     assert cs_demo_c.VERSION == "1.0"
+
+
+# A pip, uv or compileall that hangs is stopped at its timeout -----------------------------------
+
+HUNG = """
+import os, subprocess, sys, time
+if __name__ == "__main__":
+    # A child that holds the pipes open too: only killing the whole group ends the wait.
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    with open(os.environ["CS_HUNG_PIDS"], "a") as pids:
+        pids.write(f"{os.getpid()}\\n")
+    time.sleep(600)
+"""
+
+
+def _hanging(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, module: str) -> Path:
+    """A *module* (run as ``python -m module``) that hangs, ahead of the real one on the path
+    of every Python the build starts; returns the file its processes write their ids to."""
+    folder = tmp_path / "hanging"
+    (folder / module).mkdir(parents=True)
+    (folder / module / "__init__.py").write_text("")
+    (folder / module / "__main__.py").write_text(HUNG)
+    pids = tmp_path / "pids"
+    monkeypatch.setenv("PYTHONPATH", str(folder))
+    monkeypatch.setenv("CS_HUNG_PIDS", str(pids))
+    return pids
+
+
+def _assert_killed(pids: Path) -> None:
+    # Under heavy load the timeout can come before the process wrote its id.
+    for pid in pids.read_text().split() if pids.exists() else []:
+        with pytest.raises(ProcessLookupError):  # killed and reaped
+            os.kill(int(pid), 0)
+
+
+def test_a_hung_pip_is_killed_at_its_timeout(
+    isolated: Path, pip_args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pids = _hanging(tmp_path, monkeypatch, "pip")
+    monkeypatch.setattr(_build, "PIP_TIMEOUT", 0.5)
+    before = list(sys.path)
+    with pytest.raises(
+        cs.EnvError,
+        match=r"pip did not resolve the requirements within 500ms and was stopped; nothing "
+        r"was changed. Check that the package index answers",
+    ):
+        cs.env.install("cs-demo-a", pip_args=pip_args)
+    _assert_killed(pids)
+    assert not env_folder(isolated).exists()
+    assert sys.path == before
+
+
+def test_a_hung_compile_is_killed_at_its_timeout(
+    isolated: Path, pip_args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    installed("cs-demo-c", pip_args=pip_args)
+    before = sorted(p.name for p in env_folder(isolated).iterdir())
+    pids = _hanging(tmp_path, monkeypatch, "compileall")
+    monkeypatch.setattr(_build, "COMPILE_TIMEOUT", 0.5)
+    with pytest.raises(cs.EnvError, match=r"compiling the packages did not finish within"):
+        # pip itself compiles through compileall's functions, which the stand-in lacks
+        cs.env.install("cs-demo-a", pip_args=[*pip_args, "--no-compile"])
+    _assert_killed(pids)
+    assert sorted(p.name for p in env_folder(isolated).iterdir()) == before  # nothing saved

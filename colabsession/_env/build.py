@@ -1,5 +1,6 @@
 """Building a layer: resolving the requirements against the base environment with pip, then
-installing only what the base lacks into a folder of its own with pip or uv, and compiling it."""
+installing only what the base lacks into a folder of its own with pip or uv, and compiling it.
+Every pip, uv and compileall runs through the one bounded runner, and is stopped at its timeout."""
 
 from __future__ import annotations
 
@@ -13,8 +14,12 @@ from pathlib import Path
 
 from colabsession._core.errors import ConfigError, EnvError
 from colabsession._core.say import say
+from colabsession._core.timeout import run_command
+from colabsession._core.units import format_duration
 from colabsession._env.local import local_root
 
+PIP_TIMEOUT = 3600.0  # seconds one pip or uv step (a resolution, an install) may take
+COMPILE_TIMEOUT = 1800.0  # seconds compiling a layer may take
 UV_CONSTRAINTS = ("UV_CONSTRAINT", "UV_BUILD_CONSTRAINT")
 
 
@@ -217,7 +222,18 @@ def base_env() -> dict[str, str]:
 
 
 def _run(command: Sequence[str], env: dict[str, str], what: str, *, program: str = "pip") -> str:
-    result = subprocess.run(list(command), capture_output=True, text=True, env=env)
+    """The output of *command*; EnvError when it fails, or when it runs past PIP_TIMEOUT (a
+    package index that stopped answering, a build that hangs): it is then killed."""
+    try:
+        result = run_command(command, PIP_TIMEOUT, env=env)
+    except subprocess.TimeoutExpired:
+        raise EnvError(
+            f"{program} did not {what} within {format_duration(PIP_TIMEOUT, precise=True)} and "
+            "was stopped; nothing was changed. Check that the package index answers (or give "
+            "another with pip_args=['--index-url', ...]) and try again"
+        ) from None
+    except OSError as exc:
+        raise EnvError(f"{program} could not be started ({exc}); nothing was changed") from None
     if result.returncode != 0:
         lines = [
             line
@@ -225,14 +241,21 @@ def _run(command: Sequence[str], env: dict[str, str], what: str, *, program: str
             if line.strip() and "Location 'file" not in line
         ]
         detail = "\n  ".join(lines[-8:]) or f"exit status {result.returncode}"
-        raise EnvError(f"pip could not {what}; nothing was changed:\n  {detail}")
+        raise EnvError(f"{program} could not {what}; nothing was changed:\n  {detail}")
     return result.stdout
 
 
 def compile_layer(layer: Path) -> None:
     """Ship compiled files for this interpreter, checked by nothing but their presence: a layer
     is never edited, and its files' times change when it is unpacked. In a process of its own:
-    compileall's workers fork, and forking a process that runs threads can deadlock."""
+    compileall's workers fork, and forking a process that runs threads can deadlock. A file
+    that does not compile is left as it is (the import would say why)."""
     command = [sys.executable, "-m", "compileall", "-q", "-q", "-f", "-j", "0"]
     command += ["--invalidation-mode", "unchecked-hash", str(layer)]
-    subprocess.run(command, capture_output=True, env=base_env(), timeout=1800, check=False)
+    try:
+        run_command(command, COMPILE_TIMEOUT, env=base_env())
+    except subprocess.TimeoutExpired:
+        raise EnvError(
+            f"compiling the packages did not finish within "
+            f"{format_duration(COMPILE_TIMEOUT)} and was stopped; nothing was changed. Try again"
+        ) from None
