@@ -6,6 +6,7 @@ import logging
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -452,13 +453,17 @@ def test_second_writer_is_refused(tmp_path: Path) -> None:
     first.save(1, state_at(1))
     first.wait()
     second = cs.Checkpointer(tmp_path, every=None)
-    with pytest.raises(cs.LeaseError, match=r"another notebook.*takeover=True"):
+    with pytest.raises(cs.LeaseError, match=r"another notebook.*takeover=True") as refused:
         second.save(2, state_at(2))
+    assert refused.value.holder == f"host {socket.gethostname()}, pid {os.getpid()}"
+    assert refused.value.run == str(tmp_path)
     taker = cs.Checkpointer(tmp_path, every=None, takeover=True)
     taker.save(2, state_at(2))
     taker.wait()
-    with pytest.raises(cs.LeaseError, match="taken over"):  # a stat of the lease: at once
+    with pytest.raises(cs.LeaseError, match="taken over") as lost:  # a stat of the lease: at once
         first.save(3, state_at(3))
+    assert lost.value.holder is not None
+    assert lost.value.run == str(tmp_path)
     assert cs.Checkpointer(tmp_path).steps() == [1, 2]  # the usurped writer wrote nothing
     taker.close()
     with cs.Checkpointer(tmp_path, every=None) as last:  # released on close

@@ -378,7 +378,8 @@ class Transport:
                     f"the Drive API still answered {resp.status} {reason} after {attempt} tries: "
                     "Drive is overloaded or throttling this account. Try again in a few minutes "
                     "(a Checkpointer keeps what it saves on the local disk and tries again by "
-                    "itself)"
+                    "itself)",
+                    status=resp.status,
                 )
             delay = backoff.failed()
             logger.debug("Drive API: %s %s, retrying in %.1f s", resp.status, reason, delay)
@@ -411,20 +412,26 @@ def quota_error(status: int, reason: str, message: str, account: str | None) -> 
             "Drive's daily upload limit is reached (750 GB a day per account): Drive takes no "
             "more uploads from this account for up to 24 hours. What is saved stays on this "
             "machine's disk, not yet on Drive; save less (a longer every=, a smaller keep_last) "
-            "or upload with another account"
+            "or upload with another account",
+            status=status,
+            reason=reason,
         )
     if reason == "storageQuotaExceeded" and account:
         return DriveQuotaError(
             f"service accounts own no storage, so {account} cannot upload into a folder of "
             "someone's My Drive (403 storageQuotaExceeded). Use a shared drive (add "
             f"{account} to it as Content manager and pass a folder in it: "
-            "cs.drive.connect(folder=...)), or sign in as yourself: cs.drive.sign_in()"
+            "cs.drive.connect(folder=...)), or sign in as yourself: cs.drive.sign_in()",
+            status=status,
+            reason=reason,
         )
     if reason == "storageQuotaExceeded":
         return DriveQuotaError(
             "your Google Drive is full (403 storageQuotaExceeded): empty its trash or free "
             "space at drive.google.com, or buy more storage. What is saved stays on this "
-            "machine's disk meanwhile"
+            "machine's disk meanwhile",
+            status=status,
+            reason=reason,
         )
     return None
 
@@ -540,7 +547,8 @@ def _check_folder(fs: Any, folder: str, account: str | None) -> str:
     if (item.get("labels") or {}).get("trashed"):
         raise DriveAPIError(
             f"the Drive folder {folder!r} is in the trash: restore it at drive.google.com, or "
-            "pass another folder"
+            "pass another folder",
+            path=folder,
         )
     if account and not item.get("driveId"):
         logger.warning(
@@ -727,7 +735,8 @@ def _translate(exc: Exception, what: str) -> Exception:
                 ". Share the folder with the service account, or check its permissions"
                 if code == 403
                 else ""
-            )
+            ),
+            status=code or None,
         )
     if type(exc) is PermissionError and not str(exc):
         # pydrive2's answer to a folder id that these credentials cannot see

@@ -486,7 +486,8 @@ class Checkpointer:
             lease = self._lease.revoke()
         except (OSError, TimeoutError) as exc:
             raise CheckpointError(
-                f"cannot take {self.location} over ({reason(exc)}): try again when it answers"
+                f"cannot take {self.location} over ({reason(exc)}): try again when it answers",
+                path=str(self.location),
             ) from None
         if lease is None:
             return None
@@ -538,7 +539,8 @@ class Checkpointer:
                 raise CheckpointError(
                     f"no checkpoint of step {step} in {self.location}; available: "
                     f"{available or 'none'}"
-                    + (" (a checkpoint of that step is on an abandoned branch)" if left else "")
+                    + (" (a checkpoint of that step is on an abandoned branch)" if left else ""),
+                    path=str(self.location),
                 )
         self._restore_called = True
         self._writing = False  # the next write takes up from the restored step afresh
@@ -569,7 +571,8 @@ class Checkpointer:
             )
         if step is not None:
             raise CheckpointError(
-                f"checkpoint step {step} in {self.location} is damaged everywhere"
+                f"checkpoint step {step} in {self.location} is damaged everywhere",
+                path=str(self.location),
             )
         self._restored_step = None
         self._restored_lineage = None
@@ -662,7 +665,8 @@ class Checkpointer:
         except OSError as exc:
             raise CheckpointError(
                 f"cannot write to {self.local_dir} ({reason(exc)}): pass a location (or "
-                "local_dir=) in a folder you can write to"
+                "local_dir=) in a folder you can write to",
+                path=str(self.local_dir),
             ) from None
         try:
             self._lease.acquire()
@@ -670,7 +674,8 @@ class Checkpointer:
             if self.remote is None:
                 raise CheckpointError(
                     f"cannot write the lease of {self.location} ({reason(exc)}): free disk "
-                    "space or choose another location"
+                    "space or choose another location",
+                    path=str(self.location),
                 ) from None
             logger.warning(
                 "colabsession: %s does not answer (%s): saving locally in %s; copying to it "
@@ -688,7 +693,8 @@ class Checkpointer:
             self._lease.release()
             raise CheckpointError(
                 f"cannot write the history in {self.local_dir} ({reason(exc)}): free disk space "
-                "(!df -h) or pass local_dir= elsewhere"
+                "(!df -h) or pass local_dir= elsewhere",
+                path=str(self.local_dir),
             ) from None
         self._writing = True
 
@@ -766,16 +772,17 @@ class Checkpointer:
                 raise error
             raise CheckpointError(
                 f"saving to the local folder {self.local_dir} failed ({reason(error)}). Training "
-                "state is not protected: free disk space (!df -h) or pass local_dir= elsewhere"
+                "state is not protected: free disk space (!df -h) or pass local_dir= elsewhere",
+                path=str(self.local_dir),
             ) from error
         if self._lease.lost:
-            raise LeaseError(self._lease.lost)
+            raise self._lease.error()
 
     def _check_open(self) -> None:
         if self._closed:
             raise CheckpointError("this Checkpointer is closed: create a new one to save again")
         if self._lease.lost:
-            raise LeaseError(self._lease.lost)
+            raise self._lease.error()
 
     def __repr__(self) -> str:
         return (
