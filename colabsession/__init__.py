@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from ._runtime.probe import HardwareReport, probe, require_accelerator
     from ._runtime.runtime import Runtime, runtime
     from ._runtime.strategy import distribution, precision, strategy
-    from ._storage.checkpointer import Checkpoint, Checkpointer
+    from ._storage.checkpointer import Checkpoint, Checkpointer, CheckpointInfo, CheckpointStatus
     from ._storage.history import history, plot_history
     from ._training.fit import fit
     from .drive import mount
@@ -53,6 +53,8 @@ _LAZY: dict[str, str] = {
     "BenchmarkReport": "._runtime.benchmark",
     "Checkpoint": "._storage.checkpointer",
     "CheckpointError": "._core.errors",
+    "CheckpointInfo": "._storage.checkpointer",
+    "CheckpointStatus": "._storage.checkpointer",
     "Checkpointer": "._storage.checkpointer",
     "ColabSessionError": "._core.errors",
     "ConfigError": "._core.errors",
@@ -95,6 +97,8 @@ __all__ = [
     "BenchmarkReport",
     "Checkpoint",
     "CheckpointError",
+    "CheckpointInfo",
+    "CheckpointStatus",
     "Checkpointer",
     "ColabSessionError",
     "ConfigError",

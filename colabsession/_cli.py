@@ -440,13 +440,13 @@ def _ckpt_verify(args: argparse.Namespace) -> int:
     if not results:
         require_run(ckpt.location)
     if args.json:
-        print(json.dumps([{"step": s, "where": w, "problem": p} for s, w, p in results], indent=2))
+        print(json.dumps([r._asdict() for r in results], indent=2))
     else:
-        for step, where, problem in results:
-            print(f"{step:>10}  {'ok' if problem is None else 'DAMAGED: ' + problem}  {where}")
+        for r in results:
+            print(f"{r.step:>10}  {'ok' if r.ok else f'DAMAGED: {r.problem}'}  {r.where}")
         if not results:
             print(f"no checkpoints in {ckpt.location} yet (only its history)")
-    return 1 if any(problem for _, _, problem in results) else 0
+    return 0 if all(r.ok for r in results) else 1
 
 
 def _ckpt_history(args: argparse.Namespace) -> int:

@@ -257,6 +257,11 @@ def test_verify_reports_damage(three: Path) -> None:
         (3, True),
     ]
     assert "checksum" in (results[1][2] or "")
+    assert [r.ok for r in results] == [True, False, True]
+    assert isinstance(results[1], cs.CheckpointStatus)
+    assert results[1].step == 2
+    assert results[1].where.endswith(ckpt_file(three, 2).name)
+    assert "checksum" in (results[1].problem or "")
 
 
 # Retention ------------------------------------------------------------------------------------
@@ -316,7 +321,12 @@ def test_remote_location_and_fresh_machine(tmp_path: Path) -> None:
     restored = fresh.restore()
     assert restored is not None
     assert restored.step == 2
-    assert restored.source.startswith("memory://")
+    assert restored.where.startswith("memory://")
+    (listed,) = [c for c in fresh.checkpoints() if c.step == 2]
+    assert isinstance(listed, cs.CheckpointInfo)
+    assert listed.where == restored.where
+    with pytest.warns(DeprecationWarning, match="Checkpoint.where"):
+        assert restored.source == restored.where
     assert_state(restored.state, 2)
     assert [r["step"] for r in read_history(location, tmp_path / "vm2")] == [1, 2]
 
