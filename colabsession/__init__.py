@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     )
     from ._runtime.benchmark import BenchmarkReport, benchmark
     from ._runtime.clock import SessionClock, clock
+    from ._runtime.precision import Precision
     from ._runtime.probe import HardwareReport, probe, require_accelerator
     from ._runtime.runtime import Runtime, runtime
     from ._runtime.strategy import distribution, precision, strategy
@@ -65,6 +66,7 @@ _LAZY: dict[str, str] = {
     "DriveQuotaError": "._core.errors",
     "EnvError": "._core.errors",
     "HardwareReport": "._runtime.probe",
+    "Precision": "._runtime.precision",
     "LeaseError": "._core.errors",
     "MissingDependencyError": "._core.errors",
     "MountError": "._core.errors",
@@ -113,6 +115,7 @@ __all__ = [
     "MissingDependencyError",
     "MountError",
     "MountTimeoutError",
+    "Precision",
     "RunNotFoundError",
     "Runtime",
     "SessionClock",

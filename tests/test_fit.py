@@ -669,8 +669,15 @@ def test_strategy_and_precision_on_this_cpu(keras: Any) -> None:
     strategy = cs.strategy(report())
     assert strategy.num_replicas_in_sync == 1
     try:
-        assert cs.precision(report=report(["7.5"])) == "mixed_float16"
+        chosen = cs.precision(report=report(["7.5"]))
+        assert isinstance(chosen, cs.Precision)
+        assert chosen.policy == "mixed_float16"
+        assert "7.5" in chosen.why
+        assert chosen.device is None
+        with pytest.warns(DeprecationWarning, match="policy"):
+            assert chosen == "mixed_float16"  # the old string result still compares
         assert keras.mixed_precision.global_policy().name == "mixed_float16"
+        assert cs.precision("float32").why == "asked for"
     finally:
         keras.mixed_precision.set_global_policy("float32")
 
