@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from ._runtime.runtime import Runtime, runtime
     from ._runtime.strategy import distribution, precision, strategy
     from ._storage.checkpointer import Checkpoint, Checkpointer, CheckpointInfo, CheckpointStatus
-    from ._storage.history import history, plot_history
+    from ._storage.history import History, history, plot_history
     from ._training.fit import fit
     from .drive import mount
 
@@ -66,6 +66,7 @@ _LAZY: dict[str, str] = {
     "DriveQuotaError": "._core.errors",
     "EnvError": "._core.errors",
     "HardwareReport": "._runtime.probe",
+    "History": "._storage.history",
     "Precision": "._runtime.precision",
     "LeaseError": "._core.errors",
     "MissingDependencyError": "._core.errors",
@@ -111,6 +112,7 @@ __all__ = [
     "DriveQuotaError",
     "EnvError",
     "HardwareReport",
+    "History",
     "LeaseError",
     "MissingDependencyError",
     "MountError",

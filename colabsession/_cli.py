@@ -450,17 +450,17 @@ def _ckpt_verify(args: argparse.Namespace) -> int:
 
 
 def _ckpt_history(args: argparse.Namespace) -> int:
-    from colabsession._storage.history import existing_history, for_display, metric_names
+    from colabsession._storage.history import history
 
-    records = for_display(existing_history(args.location))
+    records = history(args.location)
     if args.json:
-        print(json.dumps(records, indent=2))
+        print(json.dumps(records.rows, indent=2))
         return 0
     if not records:
         print(f"no history in {args.location} yet")
         return 0
     epochs = any("epoch" in r for r in records)
-    names = (["epoch"] if epochs else []) + metric_names(records)
+    names = (["epoch"] if epochs else []) + records.metrics
     print("  ".join(["step".rjust(10), *(n.rjust(12) for n in names), "session"]))
     for r in records:
         cells = [f"{r[n]:.6g}" if isinstance(r.get(n), float) else str(r.get(n, "")) for n in names]

@@ -18,6 +18,7 @@ import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
 import colabsession as cs
+from colabsession._core.optional import installed
 from colabsession._storage import layout as _layout
 from colabsession._storage.history import read_history
 from colabsession.drive import Location
@@ -550,12 +551,26 @@ def test_cs_history_and_plot(tmp_path: Path) -> None:
     with cs.Checkpointer(tmp_path, every=None, every_steps=1) as ckpt:
         for step in range(3):
             ckpt.maybe_save(step, state_at(step), metrics={"loss": 1.0 / (step + 1)})
-    frame = cs.history(tmp_path)
-    if isinstance(frame, list):
-        assert [r["step"] for r in frame] == [0, 1, 2]
-    else:
+    found = cs.history(tmp_path)
+    assert isinstance(found, cs.History)
+    assert [r["step"] for r in found] == [0, 1, 2]
+    assert found.column("step") == [0, 1, 2]
+    assert [r["step"] for r in found.rows] == [0, 1, 2]
+    assert found.metrics == ["loss"]
+    assert found[-1]["loss"] == pytest.approx(1 / 3)
+    assert len(found) == 3
+    assert "3 records" in repr(found)
+    if installed("pandas"):
+        frame = found.to_pandas()
         assert list(frame["step"]) == [0, 1, 2]
-        assert "loss" in frame.columns
+        assert str(frame["time"].dtype).startswith("datetime64")
+        # The DataFrame it returned before 1.0, for a release: its columns and methods warn.
+        with pytest.warns(DeprecationWarning, match=r"to_pandas\(\)\['step'\]"):
+            assert list(found["step"]) == [0, 1, 2]
+        with pytest.warns(DeprecationWarning, match=r"to_pandas\(\)\.columns"):
+            assert "loss" in found.columns
+        with pytest.raises(AttributeError):
+            found.no_such_attribute  # noqa: B018
     pytest.importorskip("matplotlib")
     import matplotlib
 
@@ -629,6 +644,26 @@ def test_cli(three: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path) ->
     assert out.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_history_is_the_same_type_without_pandas(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from colabsession._storage import history as history_module
+
+    with cs.Checkpointer(tmp_path, every=None) as ckpt:
+        ckpt.log(1, loss=0.5)
+        ckpt.log(2, loss=0.25)
+    monkeypatch.setattr(
+        history_module, "installed", lambda module: module != "pandas" and installed(module)
+    )
+    found = cs.history(tmp_path)
+    assert isinstance(found, cs.History)
+    assert found.column("loss") == [0.5, 0.25]
+    with pytest.warns(DeprecationWarning, match="History.column"):
+        assert found["loss"] == [0.5, 0.25]  # a column, as the DataFrame gave it
+    with pytest.raises(AttributeError):
+        found.columns  # noqa: B018
+
+
 def test_state_given_as_a_function_is_gathered_only_when_saving(tmp_path: Path) -> None:
     calls = []
 
@@ -672,6 +707,5 @@ def test_plot_panels_and_every_resume_marked(tmp_path: Path) -> None:
     marks = [line for line in axes[1].get_lines() if line.get_linestyle() == ":"]
     assert len(marks) == 1  # the resume, in every panel
     assert "resumed" in [t.get_text() for t in axes[0].get_legend().get_texts()]
-    frame_or_records = cs.history(tmp_path)
-    epochs = list(frame_or_records["epoch"]) if hasattr(frame_or_records, "columns") else []
-    assert epochs in ([], [1, 2])
+    epochs = [e for e in cs.history(tmp_path).column("epoch") if e is not None]
+    assert epochs == [1, 2]
