@@ -23,10 +23,10 @@ class Precision:
     sets Keras' global policy). ``str()`` of it is the policy.
 
     >>> p = cs.torch.precision()                         # doctest: +SKIP
-    >>> p.policy, p.device
+    >>> p.policy, p.device                               # doctest: +SKIP
     ('mixed_float16', device(type='cuda'))
-    >>> scaler = p.scaler()
-    >>> with p.autocast():
+    >>> scaler = p.scaler()                              # doctest: +SKIP
+    >>> with p.autocast():                               # doctest: +SKIP
     ...     loss = loss_fn(model(x.to(p.device)), y.to(p.device))
     """
 

@@ -67,7 +67,7 @@ class Checkpoint:
     was read from (the same value as :attr:`CheckpointInfo.where`).
 
     >>> restored = ckpt.restore()                        # doctest: +SKIP
-    >>> restored.step, restored.where
+    >>> restored.step, restored.where                    # doctest: +SKIP
     (1200, '/content/checkpoints/my-run/ckpt-000000001200.3f9a1c2b7d4e.ckpt')
     """
 

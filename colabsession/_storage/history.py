@@ -48,11 +48,11 @@ class History:
     ``attempt``, ``epoch`` where the run logs it, and one key per metric), oldest first.
 
     >>> h = cs.history("my-run")                         # doctest: +SKIP
-    >>> len(h), h.metrics, h[-1]["loss"]
+    >>> len(h), h.metrics, h[-1]["loss"]                 # doctest: +SKIP
     (120, ['loss', 'val_loss'], 0.31)
-    >>> h.column("loss")[:3]
+    >>> h.column("loss")[:3]                             # doctest: +SKIP
     [0.92, 0.71, 0.64]
-    >>> h.to_pandas().plot(x="step", y="loss")          # with pandas installed
+    >>> h.to_pandas().plot(x="step", y="loss")           # doctest: +SKIP
     """
 
     def __init__(self, rows: Iterable[Record]) -> None:
