@@ -39,11 +39,12 @@ if TYPE_CHECKING:
     )
     from ._runtime.benchmark import BenchmarkReport, benchmark
     from ._runtime.clock import SessionClock, clock
+    from ._runtime.precision import Precision
     from ._runtime.probe import HardwareReport, probe, require_accelerator
     from ._runtime.runtime import Runtime, runtime
     from ._runtime.strategy import distribution, precision, strategy
-    from ._storage.checkpointer import Checkpoint, Checkpointer
-    from ._storage.history import history, plot_history
+    from ._storage.checkpointer import Checkpoint, Checkpointer, CheckpointInfo, CheckpointStatus
+    from ._storage.history import History, history, plot_history
     from ._training.fit import fit
     from .drive import mount
 
@@ -53,6 +54,8 @@ _LAZY: dict[str, str] = {
     "BenchmarkReport": "._runtime.benchmark",
     "Checkpoint": "._storage.checkpointer",
     "CheckpointError": "._core.errors",
+    "CheckpointInfo": "._storage.checkpointer",
+    "CheckpointStatus": "._storage.checkpointer",
     "Checkpointer": "._storage.checkpointer",
     "ColabSessionError": "._core.errors",
     "ConfigError": "._core.errors",
@@ -63,6 +66,8 @@ _LAZY: dict[str, str] = {
     "DriveQuotaError": "._core.errors",
     "EnvError": "._core.errors",
     "HardwareReport": "._runtime.probe",
+    "History": "._storage.history",
+    "Precision": "._runtime.precision",
     "LeaseError": "._core.errors",
     "MissingDependencyError": "._core.errors",
     "MountError": "._core.errors",
@@ -95,6 +100,8 @@ __all__ = [
     "BenchmarkReport",
     "Checkpoint",
     "CheckpointError",
+    "CheckpointInfo",
+    "CheckpointStatus",
     "Checkpointer",
     "ColabSessionError",
     "ConfigError",
@@ -105,10 +112,12 @@ __all__ = [
     "DriveQuotaError",
     "EnvError",
     "HardwareReport",
+    "History",
     "LeaseError",
     "MissingDependencyError",
     "MountError",
     "MountTimeoutError",
+    "Precision",
     "RunNotFoundError",
     "Runtime",
     "SessionClock",

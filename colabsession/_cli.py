@@ -444,27 +444,27 @@ def _ckpt_verify(args: argparse.Namespace) -> int:
     if not results:
         require_run(ckpt.location)
     if args.json:
-        print(json.dumps([{"step": s, "where": w, "problem": p} for s, w, p in results], indent=2))
+        print(json.dumps([r._asdict() for r in results], indent=2))
     else:
-        for step, where, problem in results:
-            print(f"{step:>10}  {'ok' if problem is None else 'DAMAGED: ' + problem}  {where}")
+        for r in results:
+            print(f"{r.step:>10}  {'ok' if r.ok else f'DAMAGED: {r.problem}'}  {r.where}")
         if not results:
             print(f"no checkpoints in {ckpt.location} yet (only its history)")
-    return 1 if any(problem for _, _, problem in results) else 0
+    return 0 if all(r.ok for r in results) else 1
 
 
 def _ckpt_history(args: argparse.Namespace) -> int:
-    from colabsession._storage.history import existing_history, for_display, metric_names
+    from colabsession._storage.history import history
 
-    records = for_display(existing_history(args.run))
+    records = history(args.run)
     if args.json:
-        print(json.dumps(records, indent=2))
+        print(json.dumps(records.rows, indent=2))
         return 0
     if not records:
         print(f"no history in {args.run} yet")
         return 0
     epochs = any("epoch" in r for r in records)
-    names = (["epoch"] if epochs else []) + metric_names(records)
+    names = (["epoch"] if epochs else []) + records.metrics
     print("  ".join(["step".rjust(10), *(n.rjust(12) for n in names), "session"]))
     for r in records:
         cells = [f"{r[n]:.6g}" if isinstance(r.get(n), float) else str(r.get(n, "")) for n in names]

@@ -22,8 +22,8 @@ CPU and CUDA generators); each epoch's DataLoader workers are seeded from ``(see
 from torch's global generator, so starting a DataLoader does not shift the model's randomness.
 """
 
+from colabsession._runtime.precision import Precision
 from colabsession._training.torch import (
-    Precision,
     ResumableLoader,
     TrainingState,
     precision,

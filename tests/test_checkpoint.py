@@ -6,6 +6,7 @@ import logging
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
 import colabsession as cs
+from colabsession._core.optional import installed
 from colabsession._storage import layout as _layout
 from colabsession._storage.history import read_history
 from colabsession.drive import Location
@@ -256,6 +258,11 @@ def test_verify_reports_damage(three: Path) -> None:
         (3, True),
     ]
     assert "checksum" in (results[1][2] or "")
+    assert [r.ok for r in results] == [True, False, True]
+    assert isinstance(results[1], cs.CheckpointStatus)
+    assert results[1].step == 2
+    assert results[1].where.endswith(ckpt_file(three, 2).name)
+    assert "checksum" in (results[1].problem or "")
 
 
 # Retention ------------------------------------------------------------------------------------
@@ -315,7 +322,12 @@ def test_remote_location_and_fresh_machine(tmp_path: Path) -> None:
     restored = fresh.restore()
     assert restored is not None
     assert restored.step == 2
-    assert restored.source.startswith("memory://")
+    assert restored.where.startswith("memory://")
+    (listed,) = [c for c in fresh.checkpoints() if c.step == 2]
+    assert isinstance(listed, cs.CheckpointInfo)
+    assert listed.where == restored.where
+    with pytest.warns(DeprecationWarning, match="Checkpoint.where"):
+        assert restored.source == restored.where
     assert_state(restored.state, 2)
     assert [r["step"] for r in read_history(location, tmp_path / "vm2")] == [1, 2]
 
@@ -452,13 +464,17 @@ def test_second_writer_is_refused(tmp_path: Path) -> None:
     first.save(1, state_at(1))
     first.wait()
     second = cs.Checkpointer(tmp_path, every=None)
-    with pytest.raises(cs.LeaseError, match=r"another notebook.*takeover=True"):
+    with pytest.raises(cs.LeaseError, match=r"another notebook.*takeover=True") as refused:
         second.save(2, state_at(2))
+    assert refused.value.holder == f"host {socket.gethostname()}, pid {os.getpid()}"
+    assert refused.value.run == str(tmp_path)
     taker = cs.Checkpointer(tmp_path, every=None, takeover=True)
     taker.save(2, state_at(2))
     taker.wait()
-    with pytest.raises(cs.LeaseError, match="taken over"):  # a stat of the lease: at once
+    with pytest.raises(cs.LeaseError, match="taken over") as lost:  # a stat of the lease: at once
         first.save(3, state_at(3))
+    assert lost.value.holder is not None
+    assert lost.value.run == str(tmp_path)
     assert cs.Checkpointer(tmp_path).steps() == [1, 2]  # the usurped writer wrote nothing
     taker.close()
     with cs.Checkpointer(tmp_path, every=None) as last:  # released on close
@@ -535,12 +551,26 @@ def test_cs_history_and_plot(tmp_path: Path) -> None:
     with cs.Checkpointer(tmp_path, every=None, every_steps=1) as ckpt:
         for step in range(3):
             ckpt.maybe_save(step, state_at(step), metrics={"loss": 1.0 / (step + 1)})
-    frame = cs.history(tmp_path)
-    if isinstance(frame, list):
-        assert [r["step"] for r in frame] == [0, 1, 2]
-    else:
+    found = cs.history(tmp_path)
+    assert isinstance(found, cs.History)
+    assert [r["step"] for r in found] == [0, 1, 2]
+    assert found.column("step") == [0, 1, 2]
+    assert [r["step"] for r in found.rows] == [0, 1, 2]
+    assert found.metrics == ["loss"]
+    assert found[-1]["loss"] == pytest.approx(1 / 3)
+    assert len(found) == 3
+    assert "3 records" in repr(found)
+    if installed("pandas"):
+        frame = found.to_pandas()
         assert list(frame["step"]) == [0, 1, 2]
-        assert "loss" in frame.columns
+        assert str(frame["time"].dtype).startswith("datetime64")
+        # The DataFrame it returned before 1.0, for a release: its columns and methods warn.
+        with pytest.warns(DeprecationWarning, match=r"to_pandas\(\)\['step'\]"):
+            assert list(found["step"]) == [0, 1, 2]
+        with pytest.warns(DeprecationWarning, match=r"to_pandas\(\)\.columns"):
+            assert "loss" in found.columns
+        with pytest.raises(AttributeError):
+            found.no_such_attribute  # noqa: B018
     pytest.importorskip("matplotlib")
     import matplotlib
 
@@ -614,6 +644,26 @@ def test_cli(three: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path) ->
     assert out.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_history_is_the_same_type_without_pandas(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from colabsession._storage import history as history_module
+
+    with cs.Checkpointer(tmp_path, every=None) as ckpt:
+        ckpt.log(1, loss=0.5)
+        ckpt.log(2, loss=0.25)
+    monkeypatch.setattr(
+        history_module, "installed", lambda module: module != "pandas" and installed(module)
+    )
+    found = cs.history(tmp_path)
+    assert isinstance(found, cs.History)
+    assert found.column("loss") == [0.5, 0.25]
+    with pytest.warns(DeprecationWarning, match="History.column"):
+        assert found["loss"] == [0.5, 0.25]  # a column, as the DataFrame gave it
+    with pytest.raises(AttributeError):
+        found.columns  # noqa: B018
+
+
 def test_state_given_as_a_function_is_gathered_only_when_saving(tmp_path: Path) -> None:
     calls = []
 
@@ -657,6 +707,5 @@ def test_plot_panels_and_every_resume_marked(tmp_path: Path) -> None:
     marks = [line for line in axes[1].get_lines() if line.get_linestyle() == ":"]
     assert len(marks) == 1  # the resume, in every panel
     assert "resumed" in [t.get_text() for t in axes[0].get_legend().get_texts()]
-    frame_or_records = cs.history(tmp_path)
-    epochs = list(frame_or_records["epoch"]) if hasattr(frame_or_records, "columns") else []
-    assert epochs in ([], [1, 2])
+    epochs = [e for e in cs.history(tmp_path).column("epoch") if e is not None]
+    assert epochs == [1, 2]

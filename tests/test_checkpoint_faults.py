@@ -277,7 +277,7 @@ def test_drive_api_round_trip(tmp_path: Path, drive_api: Any) -> None:
     restored = fresh.restore()
     assert restored is not None
     assert restored.step == 3
-    assert restored.source.startswith("drive:checkpoints/run (Drive API)")
+    assert restored.where.startswith("drive:checkpoints/run (Drive API)")
     assert [r["step"] for r in read_history(location, tmp_path / "vm2")] == [0, 1, 2, 3]
     fresh.close()
 

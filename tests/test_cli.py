@@ -157,8 +157,11 @@ def test_missing_run_lists_the_runs_that_exist(capsys: pytest.CaptureFixture[str
         ckpt.log(1, loss=1.0)
     assert main(["ckpt", "history", "digits-cn"]) == 1
     assert "runs in drive:checkpoints: digits-cnn" in capsys.readouterr().err
-    with pytest.raises(cs.RunNotFoundError, match="digits-cnn"):
+    with pytest.raises(cs.RunNotFoundError, match="digits-cnn") as info:
         cs.history("digits-cn")
+    assert (info.value.run, info.value.runs) == ("digits-cn", ("digits-cnn",))
+    assert info.value.path is not None
+    assert info.value.path.endswith("checkpoints/digits-cn")
 
 
 def test_ckpt_commands_on_a_saved_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

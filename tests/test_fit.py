@@ -226,9 +226,9 @@ def test_callback_with_plain_model_fit(keras: Any, tmp_path: Path) -> None:
     assert history.epoch == [2]  # resumed after the two saved epochs
     for a, b in zip(model.variables[:2], fresh.variables[:2], strict=True):
         assert a.shape == b.shape
-    frame = cs.history(tmp_path / "plain")
+    epochs = cs.history(tmp_path / "plain").column("epoch")
     # Counted from 1, as Keras prints them; mid-epoch saves add rows of running means, no epoch.
-    assert frame["epoch"].dropna().astype(int).tolist() == [1, 2, 3]
+    assert [e for e in epochs if e is not None] == [1, 2, 3]
 
 
 def test_a_resumed_epoch_of_an_older_checkpoint_averages_by_sample(
@@ -699,8 +699,15 @@ def test_strategy_and_precision_on_this_cpu(keras: Any) -> None:
     strategy = cs.strategy(report())
     assert strategy.num_replicas_in_sync == 1
     try:
-        assert cs.precision(report=report(["7.5"])) == "mixed_float16"
+        chosen = cs.precision(report=report(["7.5"]))
+        assert isinstance(chosen, cs.Precision)
+        assert chosen.policy == "mixed_float16"
+        assert "7.5" in chosen.why
+        assert chosen.device is None
+        with pytest.warns(DeprecationWarning, match="policy"):
+            assert chosen == "mixed_float16"  # the old string result still compares
         assert keras.mixed_precision.global_policy().name == "mixed_float16"
+        assert cs.precision("float32").why == "asked for"
     finally:
         keras.mixed_precision.set_global_policy("float32")
 

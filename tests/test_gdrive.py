@@ -354,8 +354,13 @@ def test_service_account_in_my_drive_gets_the_right_advice(
     with pytest.raises(cs.DriveQuotaError, match=r"shared drive.*sign_in") as info:
         fs.pipe_file(f"{shared}/runs/a.txt", b"a")
     assert "trainer@test-project" in str(info.value)
+    assert (info.value.status, info.value.reason) == (403, "storageQuotaExceeded")
     team = fake_drive.shared_drive()
-    fs = cs.drive.connect(service_account=key_file, folder=team, api_endpoint=fake_drive.endpoint)
+    with pytest.raises(cs.ConfigError, match="timeout"):
+        cs.drive.connect(service_account=key_file, folder=team, timeout="soon")
+    fs = cs.drive.connect(
+        service_account=key_file, folder=team, api_endpoint=fake_drive.endpoint, timeout="30s"
+    )
     fs.pipe_file(f"{team}/runs/a.txt", b"a")
     assert fs.cat_file(f"{team}/runs/a.txt") == b"a"
 
@@ -535,8 +540,10 @@ def test_sign_in_failures_are_clear_and_never_echo_secrets(isolated: Path, tmp_p
     def gave_up(flow: Any) -> Any:
         raise AttributeError("'NoneType' object has no attribute 'replace'")  # a timeout
 
-    with pytest.raises(cs.DriveAuthError, match="did not finish"):
+    with pytest.raises(cs.DriveAuthError, match=r"did not finish.*it has 5s"):
         cs.drive.sign_in(CLIENT, run_flow=gave_up, timeout=5)
+    with pytest.raises(cs.DriveAuthError, match="it has 2m"):  # one duration type everywhere
+        cs.drive.sign_in(CLIENT, run_flow=gave_up, timeout="2min")
     token = isolated / "drive-token.json"
     token.parent.mkdir(parents=True, exist_ok=True)
     token.write_text('{"refresh_token": "SECRET-REFRESH"')  # cut short

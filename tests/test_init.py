@@ -91,6 +91,7 @@ def test_a_package_installed_without_its_extra_is_named(
     ) as info:
         require("cs_fake_pydrive.fs", extra="drive", purpose="the Drive API", package="pydrive2")
     assert "colabsession[drive]" in str(info.value)
+    assert (info.value.package, info.value.extra) == ("cs_missing_funcy", "drive")
     with pytest.raises(cs.MissingDependencyError, match="needs cs_absent, which is not installed"):
         require("cs_absent.fs", extra="drive", purpose="the Drive API")
 

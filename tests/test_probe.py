@@ -344,6 +344,7 @@ def test_require_accelerator_local_message(no_nvml: None, monkeypatch: pytest.Mo
     monkeypatch.setenv("PATH", "")
     with pytest.raises(cs.AcceleratorNotFoundError, match="needs a TPU") as info:
         cs.require_accelerator("tpu")
+    assert (info.value.wanted, info.value.found) == ("tpu", "cpu")
     assert isinstance(info.value, cs.ColabSessionError)
     with pytest.raises(cs.ConfigError):
         cs.require_accelerator("npu")

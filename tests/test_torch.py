@@ -499,7 +499,10 @@ def test_training_state_refuses_parts_without_state_dicts() -> None:
 
 def test_precision_on_the_cpu_is_float32(capsys: pytest.CaptureFixture[str]) -> None:
     chosen = precision(cs.probe())
+    assert isinstance(chosen, cs.Precision)
     assert chosen.device.type == "cpu"
+    assert chosen.policy == "float32"
+    assert str(chosen) == "float32"
     assert chosen.dtype is None
     assert "training on" in capsys.readouterr().out
     with chosen.autocast():
@@ -589,3 +592,20 @@ def test_the_loaders_stop_hook_is_private_and_its_old_name_deprecated() -> None:
     assert len(list(loader)) == 1  # the old hook still ends the epoch after a batch
     with pytest.warns(DeprecationWarning, match=r"ResumableLoader\.should_stop"):
         assert loader.should_stop() is True
+
+
+def test_precision_is_one_record_for_keras_and_torch() -> None:
+    import torch
+
+    cuda = cs.Precision("mixed_float16", "T4: float16 autocast", torch.device("cuda"))
+    assert cuda.dtype is torch.float16
+    assert cs.torch.Precision is cs.Precision
+    assert cuda == cs.Precision("mixed_float16", "T4: float16 autocast", torch.device("cuda"))
+    keras_side = cs.Precision("mixed_bfloat16", "a TPU")
+    assert keras_side.dtype is torch.bfloat16
+    with pytest.raises(cs.ConfigError, match=r"cs\.torch\.precision"):
+        keras_side.autocast()
+    with pytest.warns(DeprecationWarning, match=r"\.policy"):
+        assert keras_side == "mixed_bfloat16"
+    with pytest.raises(cs.ConfigError, match="unknown precision policy"):
+        cs.Precision("float8", "no")  # type: ignore[arg-type]

@@ -26,7 +26,10 @@ def require(module: str, *, extra: str, purpose: str, package: str | None = None
             raise MissingDependencyError(
                 f"{purpose} needs {missing} for {module}: {package or top} is installed, but "
                 f'without {missing}. Run `pip install "colabsession[{extra}] @ {INSTALL_URL}"`, '
-                "which adds what is missing and changes nothing installed"
+                "which adds what is missing and changes nothing installed",
+                package=missing,
+                extra=extra,
+                name=exc.name,
             ) from exc
         raise MissingDependencyError(
             f"{purpose} needs {package or top}, which is not installed here: "
@@ -36,7 +39,10 @@ def require(module: str, *, extra: str, purpose: str, package: str | None = None
                 "TensorFlow, and PyPI's cannot drive a TPU: train with Keras on JAX there)"
                 if extra == "tensorflow"
                 else ""
-            )
+            ),
+            package=package or top,
+            extra=extra,
+            name=exc.name or module,
         ) from exc
 
 

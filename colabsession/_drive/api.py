@@ -27,6 +27,7 @@ from colabsession._core.optional import require
 from colabsession._core.records import read_json
 from colabsession._core.say import say
 from colabsession._core.timeout import Backoff, call_with_timeout
+from colabsession._core.units import Duration, format_duration, parse_duration
 from colabsession._runtime.runtime import detect_kind, home_dir
 
 logger = logging.getLogger("colabsession.drive")
@@ -39,13 +40,13 @@ ENV_API_ENDPOINT = "COLABSESSION_DRIVE_API_ENDPOINT"  # another API root (a prox
 TRANSIENT_403 = ("rateLimitExceeded", "userRateLimitExceeded")
 FOLDER_MIME = "application/vnd.google-apps.folder"
 HTTP_TIMEOUT = 60.0  # seconds a Drive API request may wait for an answer
-CHECK_TIMEOUT = 20.0  # seconds connect() waits for Drive to confirm the folder
+CHECK_TIMEOUT = "20s"  # how long connect() waits for Drive to confirm the folder
 
 
 ENV_CLIENT_SECRETS = "COLABSESSION_CLIENT_SECRETS"  # an OAuth client's JSON, for sign_in()
 CLIENT_FIELDS = ("client_id", "client_secret", "auth_uri", "token_uri")  # of an OAuth client
 TOKEN_FILE = "drive-token.json"  # a person's saved sign-in, under colabsession's home
-SIGN_IN_TIMEOUT = 300.0  # seconds the browser sign-in may take
+SIGN_IN_TIMEOUT = "5min"  # how long the browser sign-in may take
 
 
 def configured() -> bool:
@@ -94,7 +95,7 @@ def sign_in(
     client_secrets: str | os.PathLike[str] | Mapping[str, Any] | None = None,
     *,
     open_browser: bool = True,
-    timeout: float = SIGN_IN_TIMEOUT,
+    timeout: Duration = SIGN_IN_TIMEOUT,
     run_flow: Callable[[Any], Any] | None = None,
 ) -> Any:
     """Sign in to Google as yourself for the Drive API (local Jupyter, scripts: no service
@@ -105,7 +106,8 @@ def sign_in(
     *client_secrets*: the JSON of an OAuth client of the "Desktop app" kind (Google Cloud
     console > APIs & Services > Credentials), its path, or ``$COLABSESSION_CLIENT_SECRETS``.
     A browser opens on Google's consent page (with *open_browser* False, the address is
-    printed instead); giving up after *timeout* seconds. *run_flow* runs the flow (tests).
+    printed instead); giving up after *timeout* (a duration: ``"5min"``, ``"90s"`` or seconds).
+    *run_flow* runs the flow (tests).
 
     >>> cs.drive.sign_in("client_secret.json")  # doctest: +SKIP
     """
@@ -117,6 +119,7 @@ def sign_in(
     )
     from google_auth_oauthlib.flow import InstalledAppFlow
 
+    seconds = parse_duration(timeout, name="timeout")
     config = _client_config(client_secrets)
     try:
         flow = InstalledAppFlow.from_client_config(config, scopes=list(SCOPES))
@@ -131,12 +134,13 @@ def sign_in(
             credentials = run_flow(flow)
         else:
             credentials = flow.run_local_server(
-                port=0, open_browser=open_browser, timeout_seconds=timeout
+                port=0, open_browser=open_browser, timeout_seconds=seconds
             )
     except Exception as exc:
         raise DriveAuthError(
-            f"signing in to Google did not finish ({type(exc).__name__}): it has {timeout:.0f} s "
-            "to complete in the browser on this machine; run cs.drive.sign_in() again"
+            f"signing in to Google did not finish ({type(exc).__name__}): it has "
+            f"{format_duration(seconds)} to complete in the browser on this machine; run "
+            "cs.drive.sign_in() again"
         ) from None
     if credentials is None or not getattr(credentials, "refresh_token", None):
         raise DriveAuthError(
@@ -378,7 +382,8 @@ class Transport:
                     f"the Drive API still answered {resp.status} {reason} after {attempt} tries: "
                     "Drive is overloaded or throttling this account. Try again in a few minutes "
                     "(a Checkpointer keeps what it saves on the local disk and tries again by "
-                    "itself)"
+                    "itself)",
+                    status=resp.status,
                 )
             delay = backoff.failed()
             logger.debug("Drive API: %s %s, retrying in %.1f s", resp.status, reason, delay)
@@ -411,20 +416,26 @@ def quota_error(status: int, reason: str, message: str, account: str | None) -> 
             "Drive's daily upload limit is reached (750 GB a day per account): Drive takes no "
             "more uploads from this account for up to 24 hours. What is saved stays on this "
             "machine's disk, not yet on Drive; save less (a longer every=, a smaller keep_last) "
-            "or upload with another account"
+            "or upload with another account",
+            status=status,
+            reason=reason,
         )
     if reason == "storageQuotaExceeded" and account:
         return DriveQuotaError(
             f"service accounts own no storage, so {account} cannot upload into a folder of "
             "someone's My Drive (403 storageQuotaExceeded). Use a shared drive (add "
             f"{account} to it as Content manager and pass a folder in it: "
-            "cs.drive.connect(folder=...)), or sign in as yourself: cs.drive.sign_in()"
+            "cs.drive.connect(folder=...)), or sign in as yourself: cs.drive.sign_in()",
+            status=status,
+            reason=reason,
         )
     if reason == "storageQuotaExceeded":
         return DriveQuotaError(
             "your Google Drive is full (403 storageQuotaExceeded): empty its trash or free "
             "space at drive.google.com, or buy more storage. What is saved stays on this "
-            "machine's disk meanwhile"
+            "machine's disk meanwhile",
+            status=status,
+            reason=reason,
         )
     return None
 
@@ -469,14 +480,14 @@ def connect(
     folder: str | None = None,
     api_endpoint: str | None = None,
     use_for_drive: bool = True,
-    timeout: float = CHECK_TIMEOUT,
+    timeout: Duration = CHECK_TIMEOUT,
 ) -> Any:
     """Reach Drive through its API (Kaggle, local Jupyter, scripts); returns an fsspec file
     system whose paths start with the id of *folder* (default ``$COLABSESSION_DRIVE_FOLDER``,
     else ``"root"``, My Drive). With *use_for_drive*, ``drive:`` locations use it from now on.
     The folder is checked at once (an unshared folder is a DriveAuthError); where Drive does not
-    answer within *timeout* seconds, the check is skipped with a warning, so that training
-    starts anyway and copies to Drive once it answers.
+    answer within *timeout* (a duration: ``"20s"``, or seconds), the check is skipped with a
+    warning, so that training starts anyway and copies to Drive once it answers.
 
     Credentials: *credentials* (google-auth), else *service_account* (a key file's path, its
     JSON, or the parsed key), else ``$COLABSESSION_SERVICE_ACCOUNT``, else in Colab the
@@ -487,6 +498,7 @@ def connect(
     >>> cs.drive.resolve("drive:checkpoints")  # now through the API  # doctest: +SKIP
     """
     global current
+    seconds = parse_duration(timeout, name="timeout")
     require("pydrive2.fs", extra="drive", purpose="the Drive API", package="pydrive2")
     credentials = credentials or load_credentials(service_account)
     endpoint = api_endpoint or os.environ.get(ENV_API_ENDPOINT) or None
@@ -499,7 +511,7 @@ def connect(
     try:
         fs.root_id = call_with_timeout(
             lambda: _check_folder(fs, root, _account(credentials)),
-            timeout,
+            seconds,
             what="check the Drive folder",
         )
     except OSError as exc:  # no answer (TimeoutError, a refused connection), never a refusal
@@ -540,7 +552,8 @@ def _check_folder(fs: Any, folder: str, account: str | None) -> str:
     if (item.get("labels") or {}).get("trashed"):
         raise DriveAPIError(
             f"the Drive folder {folder!r} is in the trash: restore it at drive.google.com, or "
-            "pass another folder"
+            "pass another folder",
+            path=folder,
         )
     if account and not item.get("driveId"):
         logger.warning(
@@ -727,7 +740,8 @@ def _translate(exc: Exception, what: str) -> Exception:
                 ". Share the folder with the service account, or check its permissions"
                 if code == 403
                 else ""
-            )
+            ),
+            status=code or None,
         )
     if type(exc) is PermissionError and not str(exc):
         # pydrive2's answer to a folder id that these credentials cannot see

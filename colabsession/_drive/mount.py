@@ -83,7 +83,8 @@ def mount(
     except ImportError:
         raise MountError(
             "this looks like Colab, but google.colab cannot be imported: restart the runtime "
-            "(Runtime > Restart session) and run the cell again"
+            "(Runtime > Restart session) and run the cell again",
+            path=str(point),
         ) from None
     backoff = Backoff(initial=5.0, maximum=3600.0, factor=3.0)
     started = _monotonic()
@@ -110,7 +111,9 @@ def mount(
             if _monotonic() - started + pause + 1.0 > budget:
                 raise MountTimeoutError(
                     f"{error} (gave up after {format_duration(_monotonic() - started)}, the "
-                    f"max_wait of {format_duration(budget)})"
+                    f"max_wait of {format_duration(budget)})",
+                    path=str(point),
+                    timeout=budget,
                 ) from exc
             logger.warning(
                 "colabsession: Drive did not answer while mounting (attempt %d of %d); trying "
@@ -131,35 +134,41 @@ def _mount_error(exc: Exception, point: Path, seconds: float) -> MountError:
         return MountError(
             f"this runtime cannot mount Drive ({message}). Reach Drive through its API "
             "instead: cs.drive.connect(service_account='key.json', folder='FOLDER_ID'), see "
-            "docs/drive.md"
+            "docs/drive.md",
+            path=str(point),
         )
     if "must not contain a space" in lowered:
         return MountError(
             f"cannot mount Drive at {str(point)!r}: Colab refuses a mountpoint with a space. "
-            "Use cs.mount('/content/drive')"
+            "Use cs.mount('/content/drive')",
+            path=str(point),
         )
     if "credential propagation" in lowered:
         return MountError(
             f"Colab could not get permission to your Google Drive ({message}): the permission "
             "window was closed or denied, or your Workspace administrator does not allow it. "
             "Run the cell again and allow access (with several Google accounts, choose the one "
-            "whose Drive you want)"
+            "whose Drive you want)",
+            path=str(point),
         )
     if "domain policy has disabled drive file stream" in lowered:
         return MountError(
             f"your Google Workspace administrator has turned off Drive for desktop, which the "
             f"Colab mount uses ({message}). Ask them to allow it, use a personal Google "
-            "account, or reach Drive through its API: cs.drive.connect(...)"
+            "account, or reach Drive through its API: cs.drive.connect(...)",
+            path=str(point),
         )
     if "must be in a directory that exists" in lowered:
         return MountError(
             f"cannot mount Drive at {point}: its folder {point.parent} does not exist. Create "
-            f"it (`!mkdir -p {point.parent}`) or mount at /content/drive"
+            f"it (`!mkdir -p {point.parent}`) or mount at /content/drive",
+            path=str(point),
         )
     if "must either be a directory or not exist" in lowered:
         return MountError(
             f"cannot mount Drive at {point}: it is a file. Move it away (`!mv {point} "
-            f"{point}-old`) or mount elsewhere: cs.mount('/content/gdrive')"
+            f"{point}-old`) or mount elsewhere: cs.mount('/content/gdrive')",
+            path=str(point),
         )
     if type(exc).__name__ == "TIMEOUT":  # pexpect's, when the Drive process never answers
         message = f"the Drive process did not answer ({message.splitlines()[0][:200]})"
@@ -168,26 +177,31 @@ def _mount_error(exc: Exception, point: Path, seconds: float) -> MountError:
         return MountError(
             f"cannot mount Drive at {point}: the folder already holds files ({message}). Move "
             f"them away (`!mv {point} {point}-old`), or mount elsewhere: "
-            "cs.mount('/content/gdrive')"
+            "cs.mount('/content/gdrive')",
+            path=str(point),
         )
     if "must not be a symlink" in lowered:
         return MountError(
             f"cannot mount Drive at {point}: it is a symbolic link ({message}). Remove the link "
-            f"(`!rm {point}`) or mount elsewhere: cs.mount('/content/gdrive')"
+            f"(`!rm {point}`) or mount elsewhere: cs.mount('/content/gdrive')",
+            path=str(point),
         )
     if "timeout" in lowered or "timed out" in lowered:
         return MountTimeoutError(
             f"Drive did not answer within {format_duration(seconds)} while mounting ({message}). "
             "Drive may be slow right now, or My Drive's top folder holds very many files: try "
-            "again with a longer timeout, cs.mount(timeout='300s'), or move files into subfolders"
+            "again with a longer timeout, cs.mount(timeout='300s'), or move files into subfolders",
+            path=str(point),
+            timeout=seconds,
         )
     if "mount failed" in lowered:
         return MountError(
             f"mounting Drive failed ({message}). Run the cell again; if it keeps failing, choose "
             "Runtime > Disconnect and delete runtime and mount again, and make sure you allowed "
-            "this notebook to access your Google Drive"
+            "this notebook to access your Google Drive",
+            path=str(point),
         )
-    return MountError(f"mounting Drive failed: {message}")
+    return MountError(f"mounting Drive failed: {message}", path=str(point))
 
 
 def local_notice(enabled: bool) -> None:
@@ -265,7 +279,8 @@ def ensure(
         raise MountError(
             f"Drive was remounted but still does not answer ({problem}). Choose Runtime > "
             "Restart session and mount again; files written to Drive in the last minutes may "
-            "not have been uploaded"
+            "not have been uploaded",
+            path=str(point),
         )
     return root
 
@@ -293,7 +308,8 @@ def flush_and_unmount(timeout: Duration = "24h") -> None:
         raise MountError(
             f"this Colab runtime cannot flush and unmount Drive ({exc}): files written to "
             "Drive are uploaded in the background; wait a few minutes before you end the "
-            "session, and check them on drive.google.com"
+            "session, and check them on drive.google.com",
+            path=str(COLAB_MOUNTPOINT),
         ) from None
     except Exception as exc:  # colabtools raises a bare ValueError('flush_and_unmount failed')
         raise MountError(
@@ -301,5 +317,6 @@ def flush_and_unmount(timeout: Duration = "24h") -> None:
             f"{format_duration(seconds)} ({exc or type(exc).__name__}): files written to "
             "Drive in the last minutes may not be uploaded yet. Keep this runtime, check them "
             "on drive.google.com, and call cs.drive.flush_and_unmount() again (remount with "
-            "cs.drive.ensure() to keep working)"
+            "cs.drive.ensure() to keep working)",
+            path=str(COLAB_MOUNTPOINT),
         ) from None

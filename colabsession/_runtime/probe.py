@@ -300,7 +300,9 @@ def require_accelerator(kind: str, report: HardwareReport | None = None) -> Hard
     raise AcceleratorNotFoundError(
         f"this code needs a {kind.upper()}, but this runtime has {found}"
         + (f" ({why})" if why else "")
-        + f". {fix}."
+        + f". {fix}.",
+        wanted=kind,
+        found=report.accelerator,
     )
 
 

@@ -9,12 +9,12 @@ from typing import Any, Literal
 
 from colabsession._core.errors import ConfigError
 from colabsession._core.optional import require
+from colabsession._runtime.precision import POLICIES, Policy, Precision
 from colabsession._runtime.probe import HardwareReport, probe
 
 logger = logging.getLogger("colabsession")
 
 StrategyKind = Literal["tpu", "tpu-node", "mirrored", "one-device", "default"]
-Policy = Literal["float32", "mixed_float16", "mixed_bfloat16"]
 last_strategy: Any = None  # what cs.strategy() returned, for cs.fit's scope check
 
 
@@ -96,21 +96,43 @@ def choose_precision(report: HardwareReport, *, bfloat16: bool = False) -> Polic
 
 def precision(
     policy: Policy | None = None, *, bfloat16: bool = False, report: HardwareReport | None = None
-) -> str:
-    """Pick and apply the Keras mixed-precision policy for this runtime; returns its name.
+) -> Precision:
+    """Pick and apply the Keras mixed-precision policy for this runtime; returns the
+    :class:`Precision` chosen (its ``policy`` the name, its ``why`` the reason).
 
     Call it before building the model. Mixed float16 pays off on tensor cores (compute
     capability 7.0+: T4, V100, A100, L4); bfloat16 needs 8.0+ on GPUs (``bfloat16=True`` asks for
     it there) and is native on TPUs.
+
+    >>> cs.precision().policy                            # doctest: +SKIP
+    'mixed_float16'
     """
     keras = require("keras", extra="tensorflow", purpose="cs.precision()")
-    name = policy or choose_precision(report or probe(), bfloat16=bfloat16)
-    if name not in ("float32", "mixed_float16", "mixed_bfloat16"):
+    if policy is not None and policy not in POLICIES:
         raise ConfigError(
-            f"unknown precision policy {name!r}: use float32, mixed_float16 or mixed_bfloat16"
+            f"unknown precision policy {policy!r}: use float32, mixed_float16 or mixed_bfloat16",
+            name="policy",
         )
-    keras.mixed_precision.set_global_policy(name)
-    return name
+    if policy is not None:
+        chosen = Precision(policy, "asked for")
+    else:
+        chosen = _chosen(report or probe(), bfloat16=bfloat16)
+    keras.mixed_precision.set_global_policy(chosen.policy)
+    return chosen
+
+
+def _chosen(report: HardwareReport, *, bfloat16: bool) -> Precision:
+    """:func:`choose_precision` with its reason."""
+    name = choose_precision(report, bfloat16=bfloat16)
+    if report.tpu is not None:
+        return Precision(name, "a TPU: bfloat16 is native")
+    gpus = [g for g in report.gpus if g.capability is not None]
+    if not report.gpus:
+        return Precision(name, "no GPU: float32")
+    if not gpus:
+        return Precision(name, "no GPU whose compute capability is known: float32")
+    weakest = min(gpus, key=lambda g: g.capability or (0, 0))
+    return Precision(name, f"{weakest.name} (compute capability {weakest.compute_capability})")
 
 
 def distribution() -> Any:

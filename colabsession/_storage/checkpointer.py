@@ -27,12 +27,13 @@ import os
 import socket
 import time
 import uuid
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from colabsession._core.deprecation import renamed_arguments, warn_renamed
 from colabsession._core.errors import CheckpointError, ColabSessionError, ConfigError, LeaseError
@@ -67,31 +68,72 @@ RunLike = str | os.PathLike[str] | Location
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A restored checkpoint: ``state`` as saved, ``metrics`` given with it, and where from."""
+    """A restored checkpoint: ``state`` as saved, ``metrics`` given with it, and ``where`` it
+    was read from (the same value as :attr:`CheckpointInfo.where`).
+
+    >>> restored = ckpt.restore()                        # doctest: +SKIP
+    >>> restored.step, restored.where                    # doctest: +SKIP
+    (1200, '/content/checkpoints/my-run/ckpt-000000001200.3f9a1c2b7d4e.ckpt')
+    """
 
     step: int
     state: Any
     metrics: dict[str, Any]
     created: datetime
     session: str
-    source: str
+    where: str
+
+    @property
+    def source(self) -> str:
+        """Deprecated: the old name of :attr:`where`."""
+        warnings.warn(
+            "Checkpoint.source is deprecated: use Checkpoint.where (the name CheckpointInfo "
+            "uses too)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.where
 
     def __repr__(self) -> str:
         return (
             f"Checkpoint(step={self.step}, metrics={self.metrics}, "
-            f"created={self.created:%Y-%m-%d %H:%M:%S}, source={self.source!r})"
+            f"created={self.created:%Y-%m-%d %H:%M:%S}, where={self.where!r})"
         )
 
 
 @dataclass(frozen=True)
 class CheckpointInfo:
-    """A committed checkpoint as listed (not loaded): its step, where it is, when and what."""
+    """A committed checkpoint as listed by :meth:`Checkpointer.checkpoints` (not loaded): its
+    step, where it is, when and what.
+
+    >>> [(c.step, c.metrics["loss"]) for c in ckpt.checkpoints()]  # doctest: +SKIP
+    [(1000, 0.31), (1200, 0.29)]
+    """
 
     step: int
     where: str
     created: datetime
     metrics: dict[str, Any]
     session: str
+
+
+class CheckpointStatus(NamedTuple):
+    """One checkpoint file as :meth:`Checkpointer.verify` found it: ``problem`` is None when it
+    is whole, else why not. A tuple still, so ``for step, where, problem in ckpt.verify()``
+    reads it as before.
+
+    >>> [c.where for c in ckpt.verify() if not c.ok]     # doctest: +SKIP
+    []
+    """
+
+    step: int
+    where: str
+    problem: str | None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the file is whole (its checksums match)."""
+        return self.problem is None
 
 
 def session_id(clock: SessionClock | None = None) -> str:
@@ -510,7 +552,8 @@ class Checkpointer:
             lease = self._lease.revoke()
         except (OSError, TimeoutError) as exc:
             raise CheckpointError(
-                f"cannot take {self.location} over ({reason(exc)}): try again when it answers"
+                f"cannot take {self.location} over ({reason(exc)}): try again when it answers",
+                path=str(self.location),
             ) from None
         if lease is None:
             return None
@@ -562,7 +605,8 @@ class Checkpointer:
                 raise CheckpointError(
                     f"no checkpoint of step {step} in {self.location}; available: "
                     f"{available or 'none'}"
-                    + (" (a checkpoint of that step is on an abandoned branch)" if left else "")
+                    + (" (a checkpoint of that step is on an abandoned branch)" if left else ""),
+                    path=str(self.location),
                 )
         self._restore_called = True
         self._writing = False  # the next write takes up from the restored step afresh
@@ -589,11 +633,12 @@ class Checkpointer:
                 metrics=dict(manifest.metrics),
                 created=manifest.created,
                 session=manifest.session,
-                source=entry.where,
+                where=entry.where,
             )
         if step is not None:
             raise CheckpointError(
-                f"checkpoint step {step} in {self.location} is damaged everywhere"
+                f"checkpoint step {step} in {self.location} is damaged everywhere",
+                path=str(self.location),
             )
         self._restored_step = None
         self._restored_lineage = None
@@ -640,21 +685,22 @@ class Checkpointer:
             )
         ]
 
-    def verify(self) -> list[tuple[int, str, str | None]]:
-        """Check every checkpoint file: (step, where, None if valid else why not)."""
-        results: list[tuple[int, str, str | None]] = []
+    def verify(self) -> list[CheckpointStatus]:
+        """Check every checkpoint file, local and at the location, by step: a
+        :class:`CheckpointStatus` each, whose ``problem`` says why a damaged one is."""
+        results: list[CheckpointStatus] = []
         for entry in self._entries():
             try:
                 entry.store.load(entry)
-                results.append((entry.step, entry.where, None))
+                results.append(CheckpointStatus(entry.step, entry.where, None))
             except (Damaged, OSError, TimeoutError) as exc:
-                results.append((entry.step, entry.where, str(exc)))
+                results.append(CheckpointStatus(entry.step, entry.where, str(exc)))
         for store in (self.local, self.remote):
             for name, why in store.damaged() if store is not None else []:
                 step = _layout.parse_name(name)
                 if step is not None:
-                    results.append((step, f"{store}/{name}", why))
-        return sorted(results)
+                    results.append(CheckpointStatus(step, f"{store}/{name}", why))
+        return sorted(results, key=lambda r: (r.step, r.where))
 
     def _entries(self) -> list[Entry]:
         """Committed checkpoints, newest first; of one file in both places, the local one."""
@@ -686,7 +732,8 @@ class Checkpointer:
         except OSError as exc:
             raise CheckpointError(
                 f"cannot write to {self.local_dir} ({reason(exc)}): pass a location (or "
-                "local_dir=) in a folder you can write to"
+                "local_dir=) in a folder you can write to",
+                path=str(self.local_dir),
             ) from None
         try:
             self._lease.acquire()
@@ -694,7 +741,8 @@ class Checkpointer:
             if self.remote is None:
                 raise CheckpointError(
                     f"cannot write the lease of {self.location} ({reason(exc)}): free disk "
-                    "space or choose another location"
+                    "space or choose another location",
+                    path=str(self.location),
                 ) from None
             logger.warning(
                 "colabsession: %s does not answer (%s): saving locally in %s; copying to it "
@@ -712,7 +760,8 @@ class Checkpointer:
             self._lease.release()
             raise CheckpointError(
                 f"cannot write the history in {self.local_dir} ({reason(exc)}): free disk space "
-                "(!df -h) or pass local_dir= elsewhere"
+                "(!df -h) or pass local_dir= elsewhere",
+                path=str(self.local_dir),
             ) from None
         self._writing = True
 
@@ -790,16 +839,17 @@ class Checkpointer:
                 raise error
             raise CheckpointError(
                 f"saving to the local folder {self.local_dir} failed ({reason(error)}). Training "
-                "state is not protected: free disk space (!df -h) or pass local_dir= elsewhere"
+                "state is not protected: free disk space (!df -h) or pass local_dir= elsewhere",
+                path=str(self.local_dir),
             ) from error
         if self._lease.lost:
-            raise LeaseError(self._lease.lost)
+            raise self._lease.error()
 
     def _check_open(self) -> None:
         if self._closed:
             raise CheckpointError("this Checkpointer is closed: create a new one to save again")
         if self._lease.lost:
-            raise LeaseError(self._lease.lost)
+            raise self._lease.error()
 
     def __repr__(self) -> str:
         return (

@@ -19,8 +19,9 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterable
-from typing import Any
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, overload
 
 from colabsession._core.deprecation import renamed_arguments
 from colabsession._core.errors import CheckpointError, ConfigError
@@ -42,26 +43,100 @@ _REVISION = re.compile(r"history\.(\d{6,})\.jsonl")
 Record = dict[str, Any]
 
 
-@renamed_arguments("cs.history", location="run")
-def history(run: str | os.PathLike[str] | Location) -> Any:
-    """Every logged record of the *run* (a run name or a location, as for ``cs.Checkpointer``),
-    oldest first: a pandas DataFrame (columns ``step``,
-    ``time``, ``session``, ``attempt``, ``epoch`` where the run logs it (a Keras epoch counted
-    from 1 as Keras prints it, the Trainer's progress in epochs as it logs it: see
-    :func:`for_display`), and one per metric) when pandas is installed, else a list of dicts.
-    A run that does not exist is a RunNotFoundError that lists the runs that do.
+class History:
+    """A run's history as :func:`history` returns it, the same whatever is installed: a sequence
+    of records (dicts with ``step``, ``time`` in seconds since the epoch, ``session``,
+    ``attempt``, ``epoch`` where the run logs it, and one key per metric), oldest first.
 
-    >>> cs.history("my-run").plot(x="step", y="loss")  # doctest: +SKIP
+    >>> h = cs.history("my-run")                         # doctest: +SKIP
+    >>> len(h), h.metrics, h[-1]["loss"]                 # doctest: +SKIP
+    (120, ['loss', 'val_loss'], 0.31)
+    >>> h.column("loss")[:3]                             # doctest: +SKIP
+    [0.92, 0.71, 0.64]
+    >>> h.to_pandas().plot(x="step", y="loss")           # doctest: +SKIP
     """
-    records = for_display(existing_history(run))
-    if not installed("pandas"):
-        return records
-    import pandas as pd
 
-    frame = pd.DataFrame.from_records(records)
-    if "time" in frame:
-        frame["time"] = pd.to_datetime(frame["time"], unit="s", utc=True)
-    return frame
+    def __init__(self, rows: Iterable[Record]) -> None:
+        self._rows = list(rows)
+
+    @property
+    def rows(self) -> list[Record]:
+        """The records, oldest first (a new list: changing it changes nothing here)."""
+        return list(self._rows)
+
+    @property
+    def metrics(self) -> list[str]:
+        """The metrics logged, in first-seen order (the record fields and epoch left out)."""
+        return metric_names(self._rows)
+
+    def column(self, name: str) -> list[Any]:
+        """One field of every record, None where a record lacks it."""
+        return [r.get(name) for r in self._rows]
+
+    def to_pandas(self) -> Any:
+        """A pandas DataFrame, one row a record, ``time`` as UTC datetimes; needs pandas."""
+        pd = require("pandas", extra="plot", purpose="History.to_pandas()")
+        frame = pd.DataFrame.from_records(self._rows)
+        if "time" in frame:
+            frame["time"] = pd.to_datetime(frame["time"], unit="s", utc=True)
+        return frame
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __iter__(self) -> Iterator[Record]:
+        return iter(self._rows)
+
+    @overload
+    def __getitem__(self, key: int) -> Record: ...
+    @overload
+    def __getitem__(self, key: slice) -> list[Record]: ...
+    @overload
+    def __getitem__(self, key: str) -> Any: ...
+    def __getitem__(self, key: int | slice | str) -> Any:
+        if isinstance(key, str):  # a DataFrame's column, as cs.history() returned before 1.0
+            return self._deprecated(f"[{key!r}]", lambda frame: frame[key], self.column(key))
+        return self._rows[key]
+
+    def __getattr__(self, name: str) -> Any:
+        # A DataFrame's methods and columns (frame.tail(), frame.loss), as cs.history()
+        # returned a DataFrame before 1.0 where pandas was installed.
+        if name.startswith("_") or not installed("pandas"):
+            raise AttributeError(f"'History' object has no attribute {name!r}")
+        import pandas as pd
+
+        if not hasattr(pd.DataFrame, name) and name not in self._columns():
+            raise AttributeError(f"'History' object has no attribute {name!r}")
+        return self._deprecated(f".{name}", lambda frame: getattr(frame, name), None)
+
+    def _columns(self) -> set[str]:
+        return {key for record in self._rows for key in record}
+
+    def _deprecated(self, use: str, on_frame: Callable[[Any], Any], otherwise: Any) -> Any:
+        warnings.warn(
+            f"cs.history() returns a History now, not a DataFrame: write "
+            f"cs.history(...).to_pandas(){use}, or use History.rows / History.column()",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        return on_frame(self.to_pandas()) if installed("pandas") else otherwise
+
+    def __repr__(self) -> str:
+        return f"History({len(self._rows)} records, metrics: {', '.join(self.metrics) or '-'})"
+
+
+@renamed_arguments("cs.history", location="run")
+def history(run: str | os.PathLike[str] | Location) -> History:
+    """Every logged record of the *run* (a run name or a location, as for ``cs.Checkpointer``),
+    oldest first, as a :class:`History` (the same type
+    whether pandas is installed or not: ``.rows`` as dicts, ``.to_pandas()`` for a DataFrame).
+    A Keras ``epoch`` is counted from 1 as Keras prints it, the Trainer's as it logs it (see
+    :func:`for_display`). A run that does not exist is a RunNotFoundError that lists the runs
+    that do.
+
+    >>> cs.history("my-run").to_pandas().plot(x="step", y="loss")  # doctest: +SKIP
+    """
+    return History(for_display(existing_history(run)))
 
 
 def for_display(records: list[Record]) -> list[Record]:

@@ -66,7 +66,8 @@ class Lease:
         self.store, self.owner, self.session = store, owner, session
         self.ttl, self.takeover, self.what = ttl, takeover, what
         self.timeout, self.now, self.sleep = timeout, now, sleep
-        self.lost: str | None = None
+        self.lost: str | None = None  # why this writer lost the lease, once it has
+        self.lost_to: str | None = None  # who took it (as LeaseError.holder)
         self.held = False
         self._mark: tuple[object, ...] | None = None  # the lease file as our last write left it
         self._stop = threading.Event()
@@ -167,7 +168,9 @@ class Lease:
             f"{self.what} is being written by another notebook ({_who(lease)}, heard of "
             f"{format_duration(self._silence(lease)[0])} ago). Two writers would overwrite "
             "each other's checkpoints: stop the other one, or take the run over (takeover=True, "
-            "or `colabsession ckpt takeover RUN` from a shell)"
+            "or `colabsession ckpt takeover RUN` from a shell)",
+            holder=_who(lease),
+            run=self.what,
         )
 
     def revoke(self) -> LeaseRecord | None:
@@ -211,7 +214,7 @@ class Lease:
         """Raise LeaseError if the run was taken over: a look at the lease file's size and time
         (one round trip), and a read only when someone else wrote it since our last write."""
         if self.lost:
-            raise LeaseError(self.lost)
+            raise self.error()
         if self._mark is None or self._stat() != self._mark:
             self.check()
 
@@ -219,14 +222,21 @@ class Lease:
         """Raise LeaseError if another writer took the run over (a store that does not answer
         raises OSError or TimeoutError)."""
         if self.lost:
-            raise LeaseError(self.lost)
+            raise self.error()
         lease = self.read()
         if lease and lease.owner != self.owner:
+            self.lost_to = _who(lease)
             self.lost = (
-                f"{self.what} was taken over by another notebook ({_who(lease)}); this one no "
+                f"{self.what} was taken over by another notebook ({self.lost_to}); this one no "
                 "longer writes to it. Its checkpoints so far are kept"
             )
-            raise LeaseError(self.lost)
+            raise self.error()
+
+    def error(self) -> LeaseError:
+        """The LeaseError saying that this writer lost the run (after :meth:`check` found it)."""
+        return LeaseError(
+            self.lost or f"{self.what}: lease lost", holder=self.lost_to, run=self.what
+        )
 
     def _start_heartbeat(self) -> None:
         if self._thread is not None:

@@ -111,6 +111,7 @@ class Replicator:
                 self._round()
             except LeaseError as exc:
                 self.lease.lost = self.lease.lost or str(exc)
+                self.lease.lost_to = self.lease.lost_to or exc.holder
                 self._idle.set()
                 return
             except (OSError, TimeoutError, DriveError) as exc:
@@ -126,7 +127,7 @@ class Replicator:
 
     def _round(self) -> None:
         if self.lease.lost:
-            raise LeaseError(self.lease.lost)
+            raise self.lease.error()
         if not self.lease.held:
             self.lease.acquire()  # deferred: the location did not answer at the first save
         else:
@@ -147,7 +148,7 @@ class Replicator:
             if entry.name in self._whole:
                 continue
             if self.lease.lost:
-                raise LeaseError(self.lease.lost)
+                raise self.lease.error()
             try:
                 if self._is_whole(entry):
                     self._whole.add(entry.name)

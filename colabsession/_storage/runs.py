@@ -75,7 +75,12 @@ def require_run(
             return loc
     known = known_runs(timeout=timeout)
     hint = f"runs in {RUNS}: {', '.join(known)}" if known else f"no runs in {RUNS} yet"
-    raise RunNotFoundError(f"no run at {loc}: nothing was saved there (a typo?); {hint}")
+    raise RunNotFoundError(
+        f"no run at {loc}: nothing was saved there (a typo?); {hint}",
+        path=str(loc),
+        run=str(location),
+        runs=tuple(known),
+    )
 
 
 def known_runs(*, timeout: float = 30.0) -> list[str]:

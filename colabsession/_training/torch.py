@@ -18,6 +18,7 @@ from colabsession._core.optional import require
 from colabsession._core.records import InvalidRecord, Record, parse_record
 from colabsession._core.say import say
 from colabsession._runtime.interrupt import stop_at_boundary
+from colabsession._runtime.precision import Precision
 
 if TYPE_CHECKING:
     from colabsession._runtime.probe import HardwareReport
@@ -493,31 +494,6 @@ def _few(names: list[str]) -> str:
 # Device and precision -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Precision:
-    """The device and the mixed precision :func:`precision` chose.
-
-    >>> p = precision()                                  # doctest: +SKIP
-    >>> scaler = p.scaler()
-    >>> with p.autocast():
-    ...     loss = loss_fn(model(x.to(p.device)), y.to(p.device))
-    """
-
-    device: Any
-    dtype: Any  # torch.bfloat16, torch.float16, or None for float32
-    why: str
-
-    def autocast(self) -> Any:
-        """``torch.autocast`` for the device and dtype (a no-op context for float32)."""
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
-
-    def scaler(self) -> Any:
-        """A GradScaler, enabled only for float16 (bfloat16 needs none)."""
-        return torch.amp.GradScaler(self.device.type, enabled=self.dtype is torch.float16)
-
-
 def precision(report: HardwareReport | None = None, *, announce: bool = True) -> Precision:
     """The device to train on and its mixed precision, from ``cs.probe()``: CUDA with bfloat16 on
     GPUs of compute capability 8.0 or more (A100, L4, H100), float16 with a GradScaler on 7.x
@@ -535,19 +511,19 @@ def precision(report: HardwareReport | None = None, *, announce: bool = True) ->
         weakest = min(capabilities) if capabilities else torch.cuda.get_device_capability(0)
         name = torch.cuda.get_device_name(0)
         if weakest >= (8, 0):
-            chosen = Precision(device, torch.bfloat16, f"{name}: bfloat16 autocast")
+            chosen = Precision("mixed_bfloat16", f"{name}: bfloat16 autocast", device)
         elif weakest >= (7, 0):
-            chosen = Precision(device, torch.float16, f"{name}: float16 autocast with GradScaler")
+            chosen = Precision("mixed_float16", f"{name}: float16 autocast with GradScaler", device)
         else:
-            chosen = Precision(device, None, f"{name}: float32 (no tensor cores)")
+            chosen = Precision("float32", f"{name}: float32 (no tensor cores)", device)
     elif report.tpu is not None:
         chosen = Precision(
-            torch.device("cpu"),
-            None,
+            "float32",
             "a TPU runtime: PyTorch runs on its CPU here (TPUs take JAX: Keras on JAX, cs.fit)",
+            torch.device("cpu"),
         )
     else:
-        chosen = Precision(torch.device("cpu"), None, "no GPU: the CPU, float32")
+        chosen = Precision("float32", "no GPU: the CPU, float32", torch.device("cpu"))
     if announce:
         say(f"training on {chosen.why}")
     return chosen
