@@ -39,7 +39,8 @@ def test_write_read_list_remove(fs: Any, fake_drive: FakeDrive) -> None:
     )
     fs.rm_file("root/runs/a/weights.bin")
     assert not fs.exists("root/runs/a/weights.bin")
-    assert fake_drive.find("weights.bin", trashed=True)  # moved to the trash, not destroyed
+    assert not fake_drive.find("weights.bin", trashed=True)  # colabsession's: gone for good
+    assert fake_drive.used() == (0, 0)
     assert fake_drive.count("uploadType=resumable") >= 1
 
 
@@ -266,7 +267,8 @@ def test_overwrites_under_lagging_listings_read_the_newest(fs: Any, fake_drive: 
     fake_drive.lag = 0
     assert len(fake_drive.find("lease.json")) == 2
     fs.rm_file("root/lease.json")
-    assert fake_drive.find("lease.json") == []  # every file of the name went to the trash
+    assert fake_drive.find("lease.json") == []  # every file of the name went
+    assert fake_drive.find("lease.json", trashed=True) == []  # for good: they were ours
 
 
 def test_a_title_listed_twice_is_one_name(fs: Any, fake_drive: FakeDrive) -> None:
@@ -308,7 +310,8 @@ def test_an_upload_that_fails_after_creating_leaves_one_file(
     fs.pipe_file("root/manifest.json", b"whole")
     (live,) = fake_drive.find("manifest.json")
     assert fake_drive.read(live["id"]) == b"whole"
-    assert len(fake_drive.find("manifest.json", trashed=True)) == 1  # the twin, trashed
+    assert fake_drive.find("manifest.json", trashed=True) == []  # the twin, deleted for good
+    assert fake_drive.used() == (5, 0)
 
 
 def test_429_is_retried(fs: Any, fake_drive: FakeDrive) -> None:
@@ -581,3 +584,46 @@ def test_the_fake_counts_storage_as_drive_does(fs: Any, fake_drive: FakeDrive) -
     team = fake_drive.shared_drive()
     fake_drive.file("t.bin", b"t" * 80, parent=team)  # a shared drive's bytes are not the user's
     assert fake_drive.used() == (50, 0)
+
+
+def test_only_what_colabsession_wrote_is_deleted_for_good(
+    fs: Any, fake_drive: FakeDrive, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its own files (marked at upload) skip the Trash; the user's, folders, and files of the
+    same name that colabsession did not write go to the Trash, whence they can be restored."""
+    fs.pipe_file("root/run/ours.bin", b"o" * 10)
+    (ours,) = fake_drive.find("ours.bin")
+    assert {"key": "colabsession", "value": "1"}.items() <= ours["properties"][0].items()
+    (run,) = fake_drive.find("run")
+    theirs = fake_drive.file("theirs.bin", b"t" * 20, parent=run["id"])
+    # A property of another app, or the mark's name with another visibility, is not the mark.
+    fake_drive.file("lookalike.bin", b"l" * 30, run["id"], [{"key": "colabsession", "value": "1"}])
+    fs.rm_file("root/run/ours.bin")
+    fs.rm_file("root/run/theirs.bin")
+    fs.rm_file("root/run/lookalike.bin")
+    assert fake_drive.find("ours.bin", trashed=True) == []
+    assert [f["id"] for f in fake_drive.find("theirs.bin", trashed=True)] == [theirs]
+    assert len(fake_drive.find("lookalike.bin", trashed=True)) == 1
+    assert fake_drive.used() == (50, 50)
+    # A write that replaces the user's file of a name trashes it, and deletes its own.
+    fake_drive.file("notes.txt", b"user's", parent=run["id"])
+    fs.pipe_file("root/run/notes.txt", b"first")
+    fs.pipe_file("root/run/notes.txt", b"second")
+    assert [fake_drive.read(f["id"]) for f in fake_drive.find("notes.txt", trashed=True)] == [
+        b"user's"
+    ]
+    # A folder goes to the Trash (deleting it for good would take what the user put in it).
+    fs.rm("root/run", recursive=True)
+    assert fake_drive.find("run", trashed=True)
+    assert fake_drive.find("notes.txt") == []
+    assert [fake_drive.read(f["id"]) for f in fake_drive.find("notes.txt", trashed=True)] == [
+        b"user's"  # what colabsession wrote in it went first, for good
+    ]
+    # Where the account may trash but not delete, colabsession's files go to the Trash too.
+    fake_drive.trash_only = True
+    with caplog.at_level(logging.WARNING, "colabsession"):
+        for n in range(2):
+            fs.pipe_file(f"root/team/{n}.bin", b"x")
+            fs.rm_file(f"root/team/{n}.bin")
+    assert len(fake_drive.find("0.bin", trashed=True) + fake_drive.find("1.bin", trashed=True)) == 2
+    assert caplog.text.count("trash but not delete") == 1
