@@ -4,6 +4,7 @@ Drive API server on 127.0.0.1."""
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import types
@@ -627,3 +628,66 @@ def test_only_what_colabsession_wrote_is_deleted_for_good(
             fs.rm_file(f"root/team/{n}.bin")
     assert len(fake_drive.find("0.bin", trashed=True) + fake_drive.find("1.bin", trashed=True)) == 2
     assert caplog.text.count("trash but not delete") == 1
+
+
+def _rotating_run(
+    fs: Any, fake_drive: FakeDrive, local: Path, saves: int
+) -> tuple[list[int], int | None]:
+    """A run that saves a tiny checkpoint *saves* times with ``keep_last=3``, each copied to
+    Drive through the API before the next: the bytes counting against the Drive's quota after
+    each save, and the first step that Drive refused (None: none was)."""
+    import numpy as np
+
+    location = cs.drive.Location(fs, "root/checkpoints/run", "drive:checkpoints/run (API)")
+    used: list[int] = []
+    with cs.Checkpointer(
+        location, every=None, keep_last=3, async_save=False, local_dir=local, close_timeout=1
+    ) as ckpt:
+        for step in range(saves):
+            ckpt.save(step, {"w": np.full(250, step, np.float32)})
+            left = ckpt.sync(timeout=30)
+            used.append(fake_drive.used()[0])
+            if left:
+                return used, step
+    return used, None
+
+
+def _checkpoints(fake_drive: FakeDrive) -> list[dict[str, Any]]:
+    """The checkpoint files on the fake Drive, trashed ones too."""
+    return [f for f in fake_drive.state.files.values() if f["title"].endswith(".ckpt")]
+
+
+def test_rotation_does_not_fill_the_drive(
+    tmp_path: Path, fs: Any, fake_drive: FakeDrive, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 23: 200 saves with keep_last=3 keep about 3 checkpoints' worth of the quota,
+    where the Trash grew by one checkpoint a save; a Drive with room for 10 never fills."""
+    fake_drive.quota = 10 * 1500  # ten checkpoints (of about 1.4 kB each)
+    with caplog.at_level(logging.WARNING, "colabsession"):
+        used, refused = _rotating_run(fs, fake_drive, tmp_path / "vm", 200)
+    assert refused is None, caplog.text
+    kept = _checkpoints(fake_drive)
+    assert len(kept) == 3
+    assert len(used) == 200
+    size = max(int(f["fileSize"]) for f in kept)
+    assert max(used) < 4 * size  # three checkpoints and the run's small files
+    assert fake_drive.used()[1] == 0  # nothing in the Trash
+    assert "Drive is full" not in caplog.text
+
+
+def test_rotation_through_the_trash_fills_the_drive(
+    tmp_path: Path, fs: Any, fake_drive: FakeDrive, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Why: rotated checkpoints sent to the Trash (as before, and as where the account may only
+    trash) keep counting, one more each save, until Drive refuses the next upload."""
+    fs.permanent_delete = False
+    fake_drive.quota = 10 * 1500
+    with caplog.at_level(logging.WARNING, "colabsession"):
+        used, refused = _rotating_run(fs, fake_drive, tmp_path / "vm", 200)
+    size = min(int(f["fileSize"]) for f in _checkpoints(fake_drive))
+    assert refused is not None
+    assert refused < 12
+    grown = [later - earlier for earlier, later in itertools.pairwise(used[:refused])]
+    assert all(growth >= size for growth in grown)  # a checkpoint more with each save
+    assert fake_drive.used()[1] >= (refused - 3) * size
+    assert "Drive is full" in caplog.text
