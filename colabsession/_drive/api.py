@@ -708,7 +708,7 @@ def _filesystem_class() -> type:
                             "colabsession: Drive lets this account trash but not delete its "
                             "old files (%s: in a shared drive, deleting needs the Manager "
                             "role), so they go to the Trash, where they count against the "
-                            "storage until it is emptied",
+                            "storage for 30 days unless the Trash is emptied",
                             exc.GetField("reason") or "403",
                         )
                     return False
