@@ -24,7 +24,20 @@ Switches (attributes of :class:`FakeDrive`), off by default:
 - ``rate_limit(n)``: the next *n* requests answer 403 userRateLimitExceeded with the per-minute
   quota's wording; ``fail(n, 429, ...)`` the documented 429;
 - ``chunk_limit``: bytes a resumable PUT persists at most; ``expire_uploads(n)``: the next *n*
-  upload sessions expire after their first chunk.
+  upload sessions expire after their first chunk;
+- ``quota``: the bytes the user may store (Drive's free 15 GB: ``15 * 10**9``; None, unlimited).
+  Every byte of the user's files counts (``quotaBytesUsed`` in ``about``), the trashed ones too
+  (``quotaBytesUsedInTrash``) until purged: by ``files.delete`` (a folder with everything in
+  it) or by emptying the trash (``DELETE files/trash``, or :meth:`FakeDrive.empty_trash`). An
+  upload past it answers ``403 storageQuotaExceeded`` "The user's Drive storage quota has been
+  exceeded."; files in shared drives count against no user's quota, and old revisions are not
+  kept (nothing here updates a file's content in place);
+- ``trash_only``: the caller may trash but not delete for good (a shared drive's Content
+  manager): ``files.delete`` answers ``403 insufficientFilePermissions``.
+
+Files keep the ``properties`` set at upload or by ``patch`` (``key``, ``value``,
+``visibility``: ``PRIVATE`` unless told ``PUBLIC``, as in v2); every caller here is one app, so
+private ones are seen by all.
 """
 
 from __future__ import annotations
@@ -53,6 +66,8 @@ DAILY_CAP_MESSAGE = "User rate limit exceeded."
 RATE_MESSAGE = (
     "User Rate Limit Exceeded. Rate of requests for user exceed configured project quota."
 )
+STORAGE_MESSAGE = "The user's Drive storage quota has been exceeded."
+DELETE_FORBIDDEN_MESSAGE = "The user does not have sufficient permissions for this file."
 SA_QUOTA_MESSAGE = (
     "Service Accounts do not have storage quota. Leverage shared drives "
     "(https://developers.google.com/workspace/drive/api/guides/about-shareddrives), or use "
@@ -89,6 +104,8 @@ class DriveState:
     uploaded: int = 0
     chunk_limit: int | None = None
     expiring: int = 0
+    quota: int | None = None
+    trash_only: bool = False
     # Eventual consistency: id -> (the listing from which the change is seen, the old view)
     listings: int = 0
     unseen: dict[str, tuple[int, dict[str, Any] | None]] = field(default_factory=dict)
@@ -157,6 +174,8 @@ class FakeDrive:
     doubles = _Switch()
     upload_cap = _Switch()
     chunk_limit = _Switch()
+    quota = _Switch()
+    trash_only = _Switch()
 
     def fail(
         self,
@@ -223,6 +242,32 @@ class FakeDrive:
 
     def read(self, file_id: str) -> bytes:
         return self.state.content.get(file_id, b"")
+
+    def file(
+        self,
+        title: str,
+        content: bytes,
+        parent: str = ROOT_ID,
+        properties: list[dict[str, str]] | None = None,
+    ) -> str:
+        """A file that the user put there (no properties unless given); its id."""
+        with self.state.lock:
+            file_id = f"id{next(self.state.ids):06d}"
+            self.state.files[file_id] = _item(file_id, title, "application/octet-stream", [parent])
+            if properties is not None:
+                self.state.files[file_id]["properties"] = _properties(properties, [])
+            _set_content(self.state, file_id, content)
+        return file_id
+
+    def used(self) -> tuple[int, int]:
+        """The bytes that count against the user's quota: (all, of them in the trash)."""
+        with self.state.lock:
+            return _used(self.state)
+
+    def empty_trash(self) -> None:
+        """Purge every trashed file, as the user's "Empty trash" does."""
+        with self.state.lock:
+            _empty_trash(self.state)
 
     def count(self, needle: str) -> int:
         return sum(needle in r for r in self.state.requests)
@@ -291,9 +336,64 @@ def _drive_of(state: DriveState, item: dict[str, Any]) -> str | None:
     return None
 
 
+def _set_content(state: DriveState, file_id: str, content: bytes) -> None:
+    state.content[file_id] = content
+    item = state.files[file_id]
+    item["fileSize"] = str(len(content))
+    item["md5Checksum"] = hashlib.md5(content).hexdigest()
+    item["modifiedDate"] = _now()
+
+
+def _used(state: DriveState) -> tuple[int, int]:
+    """Bytes of the user's files outside shared drives: (all, of them trashed)."""
+    used = trashed = 0
+    for file_id, content in state.content.items():
+        item = state.files.get(file_id)
+        if item is None or _drive_of(state, item):
+            continue
+        used += len(content)
+        if _trashed(state, item):
+            trashed += len(content)
+    return used, trashed
+
+
+def _purge(state: DriveState, file_id: str) -> None:
+    """Delete *file_id* for good, and everything in it if it is a folder (as Drive does)."""
+    doomed = {file_id} | {
+        f["id"] for f in state.files.values() if file_id in set(_ancestors(state, f))
+    }
+    for gone in doomed:
+        state.files.pop(gone, None)
+        state.content.pop(gone, None)
+
+
+def _empty_trash(state: DriveState) -> None:
+    for file_id in [i for i, f in state.files.items() if f["labels"]["trashed"]]:
+        _purge(state, file_id)
+
+
+def _properties(given: Any, old: list[dict[str, str]]) -> list[dict[str, str]]:
+    """*old* updated with the properties *given* (v2: a list of key, value, visibility)."""
+    if not isinstance(given, list):
+        raise ValueError("properties must be a list")
+    merged = {(p["key"], p["visibility"]): p for p in old}
+    for prop in given:
+        if not isinstance(prop, dict) or not isinstance(prop.get("key"), str):
+            raise ValueError(f"bad property {prop!r}")
+        visibility = prop.get("visibility", "PRIVATE")
+        merged[(prop["key"], visibility)] = {
+            "kind": "drive#property",
+            "key": prop["key"],
+            "value": str(prop.get("value", "")),
+            "visibility": visibility,
+        }
+    return list(merged.values())
+
+
 class _Handler(BaseHTTPRequestHandler):
     state: DriveState
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # else each answer waits for a delayed ACK (40 ms)
 
     def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
         pass
@@ -348,6 +448,7 @@ class _Handler(BaseHTTPRequestHandler):
             ("PUT", r"/drive/v2/files/([^/]+)", self._update_metadata),
             ("PATCH", r"/drive/v2/files/([^/]+)", self._update_metadata),
             ("POST", r"/drive/v2/files/([^/]+)/trash", self._trash),
+            ("DELETE", r"/drive/v2/files/trash", self._empty_trash),
             ("DELETE", r"/drive/v2/files/([^/]+)", self._delete),
         ]
         for verb, pattern, route in routes:
@@ -479,20 +580,30 @@ class _Handler(BaseHTTPRequestHandler):
             if parent is None or not self._visible(parent):
                 self._error(404, "notFound", f"File not found: {parent_id}.")
                 return None
+        try:
+            properties = _properties(metadata.get("properties", []), [])
+        except ValueError as exc:
+            self._error(400, "invalid", str(exc))
+            return None
         mime = metadata.get("mimeType", "application/octet-stream")
         if not self._may_store(parents, mime, content):
             return None
         file_id = f"id{next(self.state.ids):06d}"
         item = _item(file_id, metadata.get("title", "Untitled"), mime, parents)
+        if properties:
+            item["properties"] = properties
         self._changing(None, file_id)
         self.state.files[file_id] = item
         if content is not None or mime != FOLDER:
-            self._set_content(file_id, content or b"")
+            _set_content(self.state, file_id, content or b"")
         return item
 
-    def _may_store(self, parents: list[str], mime: str, content: bytes | None) -> bool:
+    def _may_store(
+        self, parents: list[str], mime: str, content: bytes | None, replacing: str | None = None
+    ) -> bool:
         """Drive's quotas: a service account owns no bytes outside a shared drive; a user may
-        upload *upload_cap* bytes a day."""
+        upload *upload_cap* bytes a day and store *quota* bytes, the trash included (the
+        content of *replacing* gives its bytes back)."""
         state = self.state
         if mime == FOLDER:
             return True
@@ -504,15 +615,13 @@ class _Handler(BaseHTTPRequestHandler):
         if state.upload_cap is not None and state.uploaded + size > state.upload_cap:
             self._error(403, "userRateLimitExceeded", DAILY_CAP_MESSAGE)
             return False
+        if state.quota is not None and not in_shared_drive:
+            freed = len(state.content.get(replacing, b"")) if replacing else 0
+            if _used(state)[0] - freed + size > state.quota:
+                self._error(403, "storageQuotaExceeded", STORAGE_MESSAGE)
+                return False
         state.uploaded += size
         return True
-
-    def _set_content(self, file_id: str, content: bytes) -> None:
-        self.state.content[file_id] = content
-        item = self.state.files[file_id]
-        item["fileSize"] = str(len(content))
-        item["md5Checksum"] = hashlib.md5(content).hexdigest()
-        item["modifiedDate"] = _now()
 
     def _list(self, query: dict[str, str], body: bytes) -> None:
         q = query.get("q", "").replace("'root' in parents", f"'{self._resolve('root')}' in parents")
@@ -532,7 +641,20 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(data)
 
     def _about(self, query: dict[str, str], body: bytes) -> None:
-        self._json({"kind": "drive#about", "rootFolderId": ROOT_ID, "name": "Test User"})
+        used, trashed = _used(self.state)
+        quota = self.state.quota
+        about = {
+            "kind": "drive#about",
+            "rootFolderId": ROOT_ID,
+            "name": "Test User",
+            "quotaType": "UNLIMITED" if quota is None else "LIMITED",
+            "quotaBytesUsed": str(used),
+            "quotaBytesUsedAggregate": str(used),
+            "quotaBytesUsedInTrash": str(trashed),
+        }
+        if quota is not None:
+            about["quotaBytesTotal"] = str(quota)
+        self._json(about)
 
     def _get(self, query: dict[str, str], body: bytes, file_id: str) -> None:
         item = self._item_or_404(file_id)
@@ -589,11 +711,12 @@ class _Handler(BaseHTTPRequestHandler):
             metadata, content = self._multipart(body)
         else:
             metadata, content = {}, body
-        if not self._may_store([p["id"] for p in item["parents"]], item["mimeType"], content):
+        parents = [p["id"] for p in item["parents"]]
+        if not self._may_store(parents, item["mimeType"], content, replacing=item["id"]):
             return
         self._changing(item, item["id"])
         item.update({k: v for k, v in metadata.items() if k in ("title", "mimeType")})
-        self._set_content(item["id"], content)
+        _set_content(self.state, item["id"], content)
         self._created(item)
 
     def _start_resumable(self, body: bytes, file_id: str | None) -> None:
@@ -640,11 +763,11 @@ class _Handler(BaseHTTPRequestHandler):
         if upload["file_id"]:
             item = self.state.files[upload["file_id"]]
             parents = [p["id"] for p in item["parents"]]
-            if not self._may_store(parents, item["mimeType"], upload["data"]):
+            if not self._may_store(parents, item["mimeType"], upload["data"], replacing=item["id"]):
                 return
             self._changing(item, item["id"])
             item.update({k: v for k, v in upload["metadata"].items() if k in ("title",)})
-            self._set_content(item["id"], upload["data"])
+            _set_content(self.state, item["id"], upload["data"])
         else:
             new = self._new(upload["metadata"], upload["data"])
             if new is None:
@@ -664,8 +787,12 @@ class _Handler(BaseHTTPRequestHandler):
         item = self._item_or_404(file_id)
         if item is None:
             return
-        self._changing(item, item["id"])
         changes = json.loads(body or b"{}")
+        try:
+            properties = _properties(changes.get("properties", []), item.get("properties", []))
+        except ValueError as exc:
+            return self._error(400, "invalid", str(exc))
+        self._changing(item, item["id"])
         for key in ("title", "mimeType"):
             if key in changes:
                 item[key] = changes[key]
@@ -673,6 +800,8 @@ class _Handler(BaseHTTPRequestHandler):
             item["parents"] = [{"id": self._resolve(p["id"])} for p in changes["parents"]]
         if "labels" in changes:
             item["labels"].update(changes["labels"])
+        if "properties" in changes:
+            item["properties"] = properties
         for parent in (query.get("addParents") or "").split(","):
             if parent:
                 item["parents"].append({"id": self._resolve(parent)})
@@ -690,11 +819,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _delete(self, query: dict[str, str], body: bytes, file_id: str) -> None:
         item = self._item_or_404(file_id)
-        if item is not None:
-            self._changing(item, item["id"])
-            self.state.files.pop(item["id"])
-            self.state.content.pop(item["id"], None)
-            self._send(204)
+        if item is None:
+            return
+        if self.state.trash_only:
+            return self._error(403, "insufficientFilePermissions", DELETE_FORBIDDEN_MESSAGE)
+        self._changing(item, item["id"])
+        _purge(self.state, item["id"])
+        self._send(204)
+
+    def _empty_trash(self, query: dict[str, str], body: bytes) -> None:
+        _empty_trash(self.state)
+        self._send(204)
 
 
 def _trim(data: Any, fields: str) -> Any:

@@ -696,10 +696,19 @@ def test_a_folder_copy_cut_short_resumes(flowers: Path, monkeypatch: pytest.Monk
 # Through the Drive API (the fake server) --------------------------------------------------------
 
 
-def test_pack_and_stage_through_the_drive_api(flowers: Path, drive_api: Any) -> None:
+def test_pack_and_stage_through_the_drive_api(
+    flowers: Path, drive_api: Any, fake_drive: Any
+) -> None:
     fs = drive_api
     remote = Location(fs, f"{fs.root}/datasets/flowers.packed", "drive:datasets/flowers.packed")
-    cs.data.pack(DRIVE, remote, shard_size="64KiB")
+    (flowers / "0-new.jpg").write_bytes(b"new" * 100)
+    first = cs.data.pack(DRIVE, remote, shard_size="64KiB")
+    (flowers / "0-new.jpg").unlink()  # a shard's files changed: it goes, as do old manifests
+    again = cs.data.pack(DRIVE, remote, shard_size="64KiB")
+    gone = {s.name for s in first.shards} - {s.name for s in again.shards}
+    assert gone
+    assert fake_drive.count("DELETE ") >= len(gone)
+    assert fake_drive.used()[1] == 0  # deleted for good, not sent to the Trash (issue 23)
     local = cs.data.stage(remote)
     assert tree(local) == tree(flowers)
     # A folder on the Drive API that was never packed: listed with sizes, copied file by file.

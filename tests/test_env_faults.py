@@ -256,7 +256,7 @@ def test_uv_install_with_colabs_constraints_set(
 
 
 def test_install_and_restore_through_the_drive_api(
-    isolated: Path, pip_args: list[str], drive_api: Any
+    isolated: Path, pip_args: list[str], drive_api: Any, fake_drive: Any
 ) -> None:
     from colabsession.drive import Location
 
@@ -268,6 +268,7 @@ def test_install_and_restore_through_the_drive_api(
     assert len(names) == 2  # one manifest, one archive: the first ones went after the commit
     assert second.archive in names
     assert first.archive not in names
+    assert fake_drive.used()[1] == 0  # deleted for good, not sent to the Trash (issue 23)
     shutil.rmtree(isolated / "envs")
     restored = cs.env.restore("my_env", location=location)
     assert restored.sequence == second.sequence

@@ -4,6 +4,7 @@ Drive API server on 127.0.0.1."""
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import types
@@ -39,7 +40,8 @@ def test_write_read_list_remove(fs: Any, fake_drive: FakeDrive) -> None:
     )
     fs.rm_file("root/runs/a/weights.bin")
     assert not fs.exists("root/runs/a/weights.bin")
-    assert fake_drive.find("weights.bin", trashed=True)  # moved to the trash, not destroyed
+    assert not fake_drive.find("weights.bin", trashed=True)  # colabsession's: gone for good
+    assert fake_drive.used() == (0, 0)
     assert fake_drive.count("uploadType=resumable") >= 1
 
 
@@ -80,7 +82,7 @@ def test_permanent_error_is_clear(fs: Any, fake_drive: FakeDrive) -> None:
     fake_drive.fail(1, 403, "insufficientPermissions", match="/upload/")
     with pytest.raises(cs.DriveAPIError, match=r"403 insufficientPermissions.*Share the folder"):
         fs.pipe_file("root/d.txt", b"no")
-    assert fake_drive.count("/upload/") == 1  # not retried
+    assert fake_drive.count("/upload/") <= 2  # one session, one refused chunk: not retried
 
 
 def test_missing_file(fs: Any) -> None:
@@ -266,7 +268,8 @@ def test_overwrites_under_lagging_listings_read_the_newest(fs: Any, fake_drive: 
     fake_drive.lag = 0
     assert len(fake_drive.find("lease.json")) == 2
     fs.rm_file("root/lease.json")
-    assert fake_drive.find("lease.json") == []  # every file of the name went to the trash
+    assert fake_drive.find("lease.json") == []  # every file of the name went
+    assert fake_drive.find("lease.json", trashed=True) == []  # for good: they were ours
 
 
 def test_a_title_listed_twice_is_one_name(fs: Any, fake_drive: FakeDrive) -> None:
@@ -308,7 +311,8 @@ def test_an_upload_that_fails_after_creating_leaves_one_file(
     fs.pipe_file("root/manifest.json", b"whole")
     (live,) = fake_drive.find("manifest.json")
     assert fake_drive.read(live["id"]) == b"whole"
-    assert len(fake_drive.find("manifest.json", trashed=True)) == 1  # the twin, trashed
+    assert fake_drive.find("manifest.json", trashed=True) == []  # the twin, deleted for good
+    assert fake_drive.used() == (5, 0)
 
 
 def test_429_is_retried(fs: Any, fake_drive: FakeDrive) -> None:
@@ -561,3 +565,136 @@ def test_a_sign_in_that_cannot_be_kept_is_a_clear_error(
     with pytest.raises(cs.DriveAuthError, match="cannot be kept") as info:
         cs.drive.sign_in(CLIENT, run_flow=_user_flow())
     assert "SECRET" not in str(info.value)
+
+
+def test_the_fake_counts_storage_as_drive_does(fs: Any, fake_drive: FakeDrive) -> None:
+    """Trashed files count against the quota until purged; a full quota refuses uploads."""
+    files = fs.client.auth.service.files()
+    fake_drive.quota = 100
+    runs = fake_drive.folder("runs")
+    inside = fake_drive.file("a.bin", b"a" * 30, parent=runs)
+    loose = fake_drive.file("b.bin", b"b" * 30)
+    about = fs.client.auth.service.about().get().execute()
+    assert (about["quotaBytesUsed"], about["quotaBytesUsedInTrash"]) == ("60", "0")
+    assert about["quotaBytesTotal"] == "100"
+    files.trash(fileId=loose).execute()
+    files.trash(fileId=runs).execute()
+    assert fake_drive.used() == (60, 60)  # trashed: still counted
+    with pytest.raises(cs.DriveQuotaError, match="Drive is full"):
+        fs.pipe_file("root/c.bin", b"c" * 50)
+    assert fake_drive.count("/upload/") <= 2  # one session, one refused chunk: not retried
+    files.delete(fileId=runs).execute()  # for good, with what is in it
+    assert fake_drive.used() == (30, 30)
+    assert inside not in fake_drive.state.files
+    files.emptyTrash().execute()
+    assert fake_drive.used() == (0, 0)
+    fs.pipe_file("root/c.bin", b"c" * 50)
+    team = fake_drive.shared_drive()
+    fake_drive.file("t.bin", b"t" * 80, parent=team)  # a shared drive's bytes are not the user's
+    assert fake_drive.used() == (50, 0)
+
+
+def test_only_what_colabsession_wrote_is_deleted_for_good(
+    fs: Any, fake_drive: FakeDrive, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its own files (marked at upload) skip the Trash; the user's, folders, and files of the
+    same name that colabsession did not write go to the Trash, whence they can be restored."""
+    fs.pipe_file("root/run/ours.bin", b"o" * 10)
+    (ours,) = fake_drive.find("ours.bin")
+    assert {"key": "colabsession", "value": "1"}.items() <= ours["properties"][0].items()
+    (run,) = fake_drive.find("run")
+    theirs = fake_drive.file("theirs.bin", b"t" * 20, parent=run["id"])
+    # A property of another app, or the mark's name with another visibility, is not the mark.
+    fake_drive.file("lookalike.bin", b"l" * 30, run["id"], [{"key": "colabsession", "value": "1"}])
+    fs.rm_file("root/run/ours.bin")
+    fs.rm_file("root/run/theirs.bin")
+    fs.rm_file("root/run/lookalike.bin")
+    assert fake_drive.find("ours.bin", trashed=True) == []
+    assert [f["id"] for f in fake_drive.find("theirs.bin", trashed=True)] == [theirs]
+    assert len(fake_drive.find("lookalike.bin", trashed=True)) == 1
+    assert fake_drive.used() == (50, 50)
+    # A write that replaces the user's file of a name trashes it, and deletes its own.
+    fake_drive.file("notes.txt", b"user's", parent=run["id"])
+    fs.pipe_file("root/run/notes.txt", b"first")
+    fs.pipe_file("root/run/notes.txt", b"second")
+    assert [fake_drive.read(f["id"]) for f in fake_drive.find("notes.txt", trashed=True)] == [
+        b"user's"
+    ]
+    # A folder goes to the Trash (deleting it for good would take what the user put in it).
+    fs.rm("root/run", recursive=True)
+    assert fake_drive.find("run", trashed=True)
+    assert fake_drive.find("notes.txt") == []
+    assert [fake_drive.read(f["id"]) for f in fake_drive.find("notes.txt", trashed=True)] == [
+        b"user's"  # what colabsession wrote in it went first, for good
+    ]
+    # Where the account may trash but not delete, colabsession's files go to the Trash too.
+    fake_drive.trash_only = True
+    with caplog.at_level(logging.WARNING, "colabsession"):
+        for n in range(2):
+            fs.pipe_file(f"root/team/{n}.bin", b"x")
+            fs.rm_file(f"root/team/{n}.bin")
+    assert len(fake_drive.find("0.bin", trashed=True) + fake_drive.find("1.bin", trashed=True)) == 2
+    assert caplog.text.count("trash but not delete") == 1
+
+
+def _rotating_run(
+    fs: Any, fake_drive: FakeDrive, local: Path, saves: int
+) -> tuple[list[int], int | None]:
+    """A run that saves a tiny checkpoint *saves* times with ``keep_last=3``, each copied to
+    Drive through the API before the next: the bytes counting against the Drive's quota after
+    each save, and the first step that Drive refused (None: none was)."""
+    import numpy as np
+
+    location = cs.drive.Location(fs, "root/checkpoints/run", "drive:checkpoints/run (API)")
+    used: list[int] = []
+    with cs.Checkpointer(
+        location, every=None, keep_last=3, async_save=False, local_dir=local, close_timeout=1
+    ) as ckpt:
+        for step in range(saves):
+            ckpt.save(step, {"w": np.full(250, step, np.float32)})
+            left = ckpt.sync(timeout=30)
+            used.append(fake_drive.used()[0])
+            if left:
+                return used, step
+    return used, None
+
+
+def _checkpoints(fake_drive: FakeDrive) -> list[dict[str, Any]]:
+    """The checkpoint files on the fake Drive, trashed ones too."""
+    return [f for f in fake_drive.state.files.values() if f["title"].endswith(".ckpt")]
+
+
+def test_rotation_does_not_fill_the_drive(
+    tmp_path: Path, fs: Any, fake_drive: FakeDrive, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 23: 200 saves with keep_last=3 keep about 3 checkpoints' worth of the quota,
+    where the Trash grew by one checkpoint a save; a Drive with room for 10 never fills."""
+    fake_drive.quota = 10 * 1500  # ten checkpoints (of about 1.4 kB each)
+    with caplog.at_level(logging.WARNING, "colabsession"):
+        used, refused = _rotating_run(fs, fake_drive, tmp_path / "vm", 200)
+    assert refused is None, caplog.text
+    kept = _checkpoints(fake_drive)
+    assert len(kept) == 3
+    assert len(used) == 200
+    size = max(int(f["fileSize"]) for f in kept)
+    assert max(used) < 4 * size  # three checkpoints and the run's small files
+    assert fake_drive.used()[1] == 0  # nothing in the Trash
+    assert "Drive is full" not in caplog.text
+
+
+def test_rotation_through_the_trash_fills_the_drive(
+    tmp_path: Path, fs: Any, fake_drive: FakeDrive, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Why: rotated checkpoints sent to the Trash (as before, and as where the account may only
+    trash) keep counting, one more each save, until Drive refuses the next upload."""
+    fs.permanent_delete = False
+    fake_drive.quota = 10 * 1500
+    with caplog.at_level(logging.WARNING, "colabsession"):
+        used, refused = _rotating_run(fs, fake_drive, tmp_path / "vm", 200)
+    size = min(int(f["fileSize"]) for f in _checkpoints(fake_drive))
+    assert refused is not None
+    assert refused < 12
+    grown = [later - earlier for earlier, later in itertools.pairwise(used[:refused])]
+    assert all(growth >= size for growth in grown)  # a checkpoint more with each save
+    assert fake_drive.used()[1] >= (refused - 3) * size
+    assert "Drive is full" in caplog.text

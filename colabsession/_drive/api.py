@@ -574,6 +574,23 @@ def disconnect() -> None:
 
 
 UPLOAD_RESTARTS = 2  # times an upload starts again after its session expired
+#: The property (Drive v2's ``properties``) on every file colabsession uploads through the API:
+#: only files that bear it are ever deleted for good (the rest go to the Trash). Public, so that
+#: every way colabsession signs in (Colab's account, sign_in(), a service account) sees it.
+MARK = {"key": "colabsession", "value": "1", "visibility": "PUBLIC"}
+
+
+def marked(properties: Any) -> bool:
+    """Whether a file's ``properties`` (as Drive answers them: untrusted) hold :data:`MARK`."""
+    return isinstance(properties, list) and any(
+        isinstance(p, dict)
+        and p.get("key") == MARK["key"]
+        and p.get("value") == MARK["value"]
+        and p.get("visibility", "PRIVATE") == MARK["visibility"]
+        for p in properties
+    )
+
+
 _FS_CLASS: type | None = None
 
 
@@ -583,14 +600,25 @@ def _filesystem_class() -> type:
     if _FS_CLASS is None:
         from pydrive2.files import ApiRequestError
         from pydrive2.fs import GDriveFileSystem
+        from pydrive2.fs.spec import _gdrive_retry
 
         class DriveFileSystem(GDriveFileSystem):  # type: ignore[misc]
             """pydrive2's file system where a name may stand for several files (Drive allows
             that, and a listing may lag or repeat): a path reads the newest file of its name,
-            and a write trashes the older ones once the new one is whole."""
+            and a write removes the older ones once the new one is whole.
+
+            Every file it uploads carries colabsession's mark (:data:`MARK`, a property);
+            removing a file (:meth:`rm_file`, an older copy a write replaced) deletes a
+            marked one for good, by ``files.delete``: in the Trash it would count against the
+            Drive's quota for 30 days, and a run rotating its checkpoints would fill the Drive.
+            Anything else (the user's files, folders, files colabsession wrote before it
+            marked them) goes to the Trash, as does everything where the account may trash but
+            not delete (a shared drive's Content manager), and everything once
+            *permanent_delete* is False."""
 
             protocol = "gdrive"
             root_id: str | None = None  # the real id behind the "root" alias (see connect)
+            permanent_delete = True  # False: colabsession's own files go to the Trash too
 
             def upload_fobj(self, stream: Any, rpath: str, callback: Any = None, **kw: Any) -> Any:
                 # A resumable upload creates its file only once whole, so the new file can take
@@ -606,7 +634,20 @@ def _filesystem_class() -> type:
                         logger.debug("Drive API: upload session expired; %s starts again", rpath)
                 for old in self._ids_of(rpath):
                     if old != item["id"]:
-                        self._trash_quietly(old)
+                        self._remove(old)
+                return item
+
+            @_gdrive_retry  # type: ignore[untyped-decorator]
+            def _gdrive_upload_fobj(
+                self, title: str, parent_id: str, stream: Any, callback: Any = None
+            ) -> Any:
+                # pydrive2's, with the mark: the file is created whole and marked at once, so
+                # no unmarked copy of colabsession's is ever left behind.
+                item = self.client.CreateFile(
+                    {"title": title, "parents": [{"id": parent_id}], "properties": [dict(MARK)]}
+                )
+                item.content = stream
+                item.Upload()
                 return item
 
             def cat_file(
@@ -643,7 +684,7 @@ def _filesystem_class() -> type:
                 if not item_ids:
                     raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
                 for item_id in item_ids:
-                    self._trash_quietly(item_id)
+                    self._remove(item_id)
 
             def _ids_of(self, path: str) -> list[str]:
                 parent, name = posixpath.split(path)
@@ -653,12 +694,40 @@ def _filesystem_class() -> type:
                     return []
                 return self._get_remote_item_ids(parent_ids, parent, name) or []
 
-            def _trash_quietly(self, item_id: str) -> None:
+            def _remove(self, item_id: str) -> None:
+                """Delete *item_id* for good if colabsession wrote it (it bears the mark),
+                else move it to the Trash; gone already is what was wanted."""
                 try:
-                    self._gdrive_delete_file(item_id)
+                    if self.permanent_delete:
+                        item = self.client.CreateFile({"id": item_id})
+                        item.FetchMetadata(fields="id,properties")
+                        if marked(item.get("properties")) and self._delete(item):
+                            return
+                    self.client.CreateFile({"id": item_id}).Trash()
                 except ApiRequestError as exc:
-                    if exc.error.get("code") != 404:  # already gone: what was wanted
-                        raise _translate(exc, "trash an older copy") from exc
+                    if exc.error.get("code") != 404:
+                        raise _translate(exc, f"remove the file {item_id}") from exc
+
+            def _delete(self, item: Any) -> bool:
+                """``files.delete`` of *item*; False where the account may only trash it."""
+                try:
+                    item.Delete()
+                except ApiRequestError as exc:
+                    if exc.error.get("code") != 403:
+                        raise
+                    if not self._told_trash_only:
+                        self._told_trash_only = True
+                        logger.warning(
+                            "colabsession: Drive lets this account trash but not delete its "
+                            "old files (%s: in a shared drive, deleting needs the Manager "
+                            "role), so they go to the Trash, where they count against the "
+                            "storage for 30 days unless the Trash is emptied",
+                            exc.GetField("reason") or "403",
+                        )
+                    return False
+                return True
+
+            _told_trash_only = False
 
             def _get_cached_item_ids(self, path: str, use_cache: bool) -> list[str]:
                 # Items name the root's real id in their parents, never "root".
