@@ -113,7 +113,7 @@ class Checkpointer:
     >>> with ckpt:                           # a normal exit saves the last state given
     ...     for step in range(start, total):
     ...         loss = train_step()
-    ...         ckpt.maybe_save(step, {"w": w}, metrics={"loss": loss})
+    ...         saved = ckpt.maybe_save(step, {"w": w}, metrics={"loss": loss})
     ...         if ckpt.should_stop:
     ...             break
 

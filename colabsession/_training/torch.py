@@ -498,8 +498,8 @@ class Precision:
     """The device and the mixed precision :func:`precision` chose.
 
     >>> p = precision()                                  # doctest: +SKIP
-    >>> scaler = p.scaler()
-    >>> with p.autocast():
+    >>> scaler = p.scaler()                              # doctest: +SKIP
+    >>> with p.autocast():                               # doctest: +SKIP
     ...     loss = loss_fn(model(x.to(p.device)), y.to(p.device))
     """
 
