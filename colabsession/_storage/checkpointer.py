@@ -375,7 +375,7 @@ class Checkpointer:
         the run is set aside (renamed ``parked-...``) and its history so far moved to a
         ``parked-history...`` file: nothing is deleted.
 
-        >>> ckpt = cs.Checkpointer("my-run"); ckpt.restart()  # doctest: +SKIP
+        >>> ckpt = cs.Checkpointer("my-run"); ckpt.restart()
         """
         with self._writer.lock:
             self.wait()
