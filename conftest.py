@@ -1,9 +1,10 @@
 """Every ``>>>`` example in the package runs as a test (the package's modules only: the scripts in
 tests/ import TensorFlow, which must stay out of the main test process; see tests/isolation.py).
 
-The modules whose import brings TensorFlow in (the Keras integration) are not collected: their
-examples need a Keras model and are skipped anyway. A module that starts to import TensorFlow
-fails the collection, naming itself, so that it is added to them.
+A module that needs an optional dependency that is not installed is skipped. The modules whose
+import brings TensorFlow in (the Keras integration) are not collected: their examples need a
+Keras model and are skipped anyway. A module that starts to import TensorFlow fails the
+collection, naming itself, so that it is added to them.
 
 Each example runs in a fresh temporary folder, with colabsession's home in it (so ``drive:`` is
 the local folder that stands in for Drive outside Colab, empty but for a small
@@ -21,6 +22,8 @@ from pathlib import Path
 
 import pytest
 from _pytest.doctest import DoctestItem, DoctestModule
+
+from colabsession._core.errors import MissingDependencyError
 
 PACKAGE = Path(__file__).parent / "colabsession"
 # Relative to the package: importing them imports Keras and TensorFlow.
@@ -44,7 +47,12 @@ class PackageDoctests(DoctestModule):
 
     def collect(self) -> Iterable[DoctestItem]:
         before = "tensorflow" in sys.modules
-        module = self.obj
+        try:
+            module = self.obj
+        except self.CollectError as exc:  # an optional dependency missing: no examples to run
+            if isinstance(exc.__cause__, MissingDependencyError):
+                pytest.skip(str(exc.__cause__))
+            raise
         lazy = module.__dict__.get("__dir__")  # the package lists its lazy names (cs.keras, ...)
         if lazy is not None:
             # pytest looks for fixtures by getattr on each name dir() gives: the names already
