@@ -113,7 +113,8 @@ def test_map_bounded_raises_timeout_when_the_next_result_is_late(gate: threading
     assert next(results) == 0
     with pytest.raises(TimeoutError, match=r"copy did not finish within 0\.05 s"):
         next(results)
-    assert started == [0, 1]  # the one worker is stuck; what waited behind it is cancelled
+    # The one worker is stuck on item 1 (or had not begun it): what waited is cancelled.
+    assert set(started) <= {0, 1}
 
 
 def test_map_bounded_passes_an_error_on_and_stops() -> None:
