@@ -153,7 +153,13 @@ def test_run_command_kills_the_child_and_its_children_on_timeout(tmp_path: Path)
         run_command(["/bin/sh", "-c", script], timeout=1)
     # It returned although the grandchild held the pipes: the whole group was killed.
     if pid_file.exists():  # (else the helper was killed before it started its child)
-        assert not _alive(int(pid_file.read_text()))
+        pid = int(pid_file.read_text())
+        # Its pipes close as it exits, a moment before it is gone: wait for the end of that
+        # moment (a hang detector: a grandchild that was not killed sleeps for two minutes).
+        deadline = time.monotonic() + 30
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not _alive(pid)
 
 
 def _alive(pid: int) -> bool:
