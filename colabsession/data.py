@@ -6,9 +6,9 @@ beside it on Drive; then every session copies the shards to the VM's disk, sever
 verifies them and unpacks them there, in seconds::
 
     >>> import colabsession as cs
-    >>> info = cs.data.pack("drive:datasets/flowers")     # once  # doctest: +ELLIPSIS
+    >>> info = cs.data.pack("drive:datasets/flowers")     # once: drive:datasets/flowers.packed
     colabsession: packed drive:datasets/flowers (8 files, 1.2 KiB) into 1 shard(s) ...
-    >>> path = cs.data.stage("drive:datasets/flowers")    # every session  # doctest: +ELLIPSIS
+    >>> path = cs.data.stage("drive:datasets/flowers")    # every session: a local folder
     colabsession: staged drive:datasets/flowers.packed (8 files, 1.2 KiB) at ...
     >>> ds = keras.utils.image_dataset_from_directory(path, image_size=(180, 180))  # doctest: +SKIP
 

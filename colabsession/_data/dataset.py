@@ -60,7 +60,7 @@ class Shard:
 class DatasetInfo(Record):
     """What a packed dataset's manifest says (validated when read from Drive).
 
-    >>> info = cs.data.pack("drive:datasets/flowers")  # doctest: +ELLIPSIS
+    >>> info = cs.data.pack("drive:datasets/flowers")
     colabsession: packed drive:datasets/flowers (8 files, 1.2 KiB) into 1 shard(s) at ...
     >>> info.files, info.unpacked, len(info.shards)
     (8, 1200, 1)
