@@ -1,7 +1,7 @@
 """Persistent environments: pip installs that survive a runtime restart, restored in seconds.
 
->>> cs.env.install("transformers==4.46.0", "evaluate")   # once: build, persist to Drive, activate
->>> cs.env.restore()                                      # first cell after each restart
+>>> cs.env.install("transformers==4.46.0", "evaluate")  # once: build, persist  # doctest: +SKIP
+>>> cs.env.restore()  # the first cell after each restart  # doctest: +SKIP
 
 An environment is a *layer* over the running interpreter: only what the base environment lacks
 (or what you asked for at another version) goes into it, so Colab's own TensorFlow, NumPy and the

@@ -2,7 +2,8 @@
 resumes it where it stopped. ``import colabsession`` never imports this module (nor Keras);
 ``cs.keras`` loads it on first use.
 
->>> model.fit(x, y, epochs=50, callbacks=[cs.keras.SessionCheckpoint("digits-cnn")])
+>>> callback = cs.keras.SessionCheckpoint("digits-cnn")  # doctest: +SKIP
+>>> model.fit(x, y, epochs=50, callbacks=[callback])  # doctest: +SKIP
 
 With your own ``model.fit`` Keras decides the data order, so the callback keeps only
 epoch-boundary states: it saves at epoch ends, and a run resumes after its last saved epoch.

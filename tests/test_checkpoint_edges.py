@@ -26,7 +26,7 @@ from colabsession._storage.serialize import crc32c
 from colabsession.drive import Location
 
 from .test_checkpoint import assert_state, ckpt_file, ckpt_steps, state_at, steps_in
-from .test_checkpoint_faults import FaultyFS, faulty  # noqa: F401  (a fixture)
+from .test_checkpoint_faults import FailingMountFS, faulty  # noqa: F401  (a fixture)
 
 
 class DroppingMount(LocalFileSystem):  # type: ignore[misc]
@@ -239,7 +239,7 @@ def test_the_location_never_holds_a_checkpoint_ahead_of_its_history(tmp_path: Pa
 # 22.2: restore follows the live lineage, however late the location hears of it ---------------
 
 
-def _branch_while_drive_is_silent(tmp_path: Path, fs: FaultyFS) -> dict[str, Any]:
+def _branch_while_drive_is_silent(tmp_path: Path, fs: FailingMountFS) -> dict[str, Any]:
     """A run saves 5, 10, 15 to ``mirrored(tmp_path, fs)``; restored at 5, it saves 6 and 7
     while Drive does not answer, so they stay local in vm1. Returns the Checkpointer options."""
     location = mirrored(tmp_path, fs)
@@ -260,7 +260,7 @@ def _branch_while_drive_is_silent(tmp_path: Path, fs: FaultyFS) -> dict[str, Any
 
 def test_a_branch_saved_while_drive_was_silent_wins_once_it_answers(
     tmp_path: Path,
-    faulty: FaultyFS,  # noqa: F811
+    faulty: FailingMountFS,  # noqa: F811
 ) -> None:
     _branch_while_drive_is_silent(tmp_path, faulty)
     # A reader that sees both branches: the one begun last is live, the old one abandoned.
@@ -275,7 +275,7 @@ def test_a_branch_saved_while_drive_was_silent_wins_once_it_answers(
 
 def test_the_location_hears_of_a_branch_late_and_sets_the_old_one_aside(
     tmp_path: Path,
-    faulty: FaultyFS,  # noqa: F811
+    faulty: FailingMountFS,  # noqa: F811
 ) -> None:
     options = _branch_while_drive_is_silent(tmp_path, faulty)  # Drive still has 10 and 15
     # The notebook runs again, Drive answers.

@@ -29,7 +29,7 @@ from .fake_drive_api import user_credentials
 from .test_checkpoint import ckpt_steps, state_at, steps_in
 
 
-class FaultyFS(LocalFileSystem):  # type: ignore[misc]
+class FailingMountFS(LocalFileSystem):  # type: ignore[misc]
     """A local file system that can hang (a stuck Drive mount), answer EIO, or be full.
 
     Each switch models one real behaviour: ``hang`` blocks every operation until released
@@ -83,8 +83,8 @@ class FaultyFS(LocalFileSystem):  # type: ignore[misc]
 
 
 @pytest.fixture
-def faulty() -> Iterator[FaultyFS]:
-    fs = FaultyFS()
+def faulty() -> Iterator[FailingMountFS]:
+    fs = FailingMountFS()
     yield fs
     fs.released.set()
 
@@ -188,7 +188,9 @@ def test_empty_lease_counts_as_held_not_free(tmp_path: Path) -> None:
     lease.release()
 
 
-def test_close_after_a_failed_save_releases_the_lease(tmp_path: Path, faulty: FaultyFS) -> None:
+def test_close_after_a_failed_save_releases_the_lease(
+    tmp_path: Path, faulty: FailingMountFS
+) -> None:
     location = Location(faulty, str(tmp_path / "run"), "run")
     ckpt = cs.Checkpointer(location, every=None)
     ckpt.save(1, state_at(1))
@@ -203,7 +205,9 @@ def test_close_after_a_failed_save_releases_the_lease(tmp_path: Path, faulty: Fa
         again.save(3, state_at(3))
 
 
-def test_full_disk_at_the_first_save_is_a_clear_error(tmp_path: Path, faulty: FaultyFS) -> None:
+def test_full_disk_at_the_first_save_is_a_clear_error(
+    tmp_path: Path, faulty: FailingMountFS
+) -> None:
     faulty.full = True
     location = Location(faulty, str(tmp_path / "run"), "run")
     ckpt = cs.Checkpointer(location, every=None)
@@ -217,7 +221,7 @@ def test_full_disk_at_the_first_save_is_a_clear_error(tmp_path: Path, faulty: Fa
 
 
 def test_stuck_mount_never_blocks_saving_or_restoring(
-    tmp_path: Path, faulty: FaultyFS, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, faulty: FailingMountFS, caplog: pytest.LogCaptureFixture
 ) -> None:
     location = Location(faulty, str(tmp_path / "drive"), "drive:run")
     options: dict[str, Any] = {"every": None, "local_dir": tmp_path / "local"}
@@ -495,7 +499,7 @@ def test_unwritable_location_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_eio_on_the_location_is_reported_not_raised(
-    tmp_path: Path, faulty: FaultyFS, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, faulty: FailingMountFS, caplog: pytest.LogCaptureFixture
 ) -> None:
     location = Location(faulty, str(tmp_path / "drive"), "drive:run")
     ckpt = cs.Checkpointer(location, every=None, local_dir=tmp_path / "local", close_timeout=5)

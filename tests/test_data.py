@@ -231,14 +231,14 @@ def test_stage_cut_short_resumes_where_it_stopped(
     (flowers / "big.bin").write_bytes(os.urandom(6 << 20))
     info = cs.data.pack(DRIVE, shard_size="1MiB", compression="none")
     big = max(info.shards, key=lambda s: s.size)
-    opened = FaultyFS.reset(fail_after={big.name: 3 << 20}, exc=KeyboardInterrupt)
-    location = Location(FaultyFS(), str(packed_dir(drive_root)), DRIVE + ".packed")
+    opened = FlakyShardReadsFS.reset(fail_after={big.name: 3 << 20}, exc=KeyboardInterrupt)
+    location = Location(FlakyShardReadsFS(), str(packed_dir(drive_root)), DRIVE + ".packed")
     with pytest.raises(KeyboardInterrupt):
         cs.data.stage(location, workers=1)
     assert not list(isolated.glob("datasets/flowers-*"))  # nothing half staged
     part = _stage.downloads() / f"{big.sha256}.tar.part"
     assert part.stat().st_size >= 3 << 20
-    FaultyFS.reset()
+    FlakyShardReadsFS.reset()
     local = cs.data.stage(location, workers=1)
     assert tree(local) == tree(flowers)
     read = sum(opened.read.values())
@@ -341,8 +341,8 @@ def test_a_shard_damaged_in_transit_is_fetched_again(
     flowers: Path, drive_root: Path, caplog: Any
 ) -> None:
     info = cs.data.pack(DRIVE, shard_size="40KiB")
-    FaultyFS.reset(corrupt_once={info.shards[0].name})
-    location = Location(FaultyFS(), str(packed_dir(drive_root)), DRIVE + ".packed")
+    FlakyShardReadsFS.reset(corrupt_once={info.shards[0].name})
+    location = Location(FlakyShardReadsFS(), str(packed_dir(drive_root)), DRIVE + ".packed")
     assert tree(cs.data.stage(location)) == tree(flowers)
     assert "arrived damaged" in caplog.text
 
@@ -521,9 +521,10 @@ def test_a_disk_that_fills_up_while_unpacking(
 # A mount that drops or hangs -------------------------------------------------------------
 
 
-class FaultyFS:
-    """A local file system whose reads fail as the Drive mount's do: after some bytes of a
-    named file (once), with corrupted bytes (once), or never answering."""
+class FlakyShardReadsFS:
+    """A local file system whose reads of a packed dataset's shards (``part-*``) fail as the
+    Drive mount's do: after some bytes of a named shard (once), with corrupted bytes (once), or
+    never answering."""
 
     read: ClassVar[dict[str, int]] = {}
     fail_after: ClassVar[dict[str, int]] = {}
@@ -533,7 +534,7 @@ class FaultyFS:
     exc: ClassVar[Any] = OSError
 
     @classmethod
-    def reset(cls, **switches: Any) -> type[FaultyFS]:
+    def reset(cls, **switches: Any) -> type[FlakyShardReadsFS]:
         cls.read = {}
         cls.fail_after = switches.get("fail_after", {})
         cls.corrupt_once = set(switches.get("corrupt_once", ()))
@@ -553,16 +554,16 @@ class FaultyFS:
                 name = path.rsplit("/", 1)[-1]
                 if "r" not in mode or not name.startswith("part-"):
                     return f
-                return _FaultyFile(f, name, cls)
+                return _FlakyShardFile(f, name, cls)
 
         return Faulty()
 
 
-class _FaultyFile:
-    def __init__(self, raw: Any, name: str, switches: type[FaultyFS]) -> None:
+class _FlakyShardFile:
+    def __init__(self, raw: Any, name: str, switches: type[FlakyShardReadsFS]) -> None:
         self.raw, self.name, self.switches = raw, name, switches
 
-    def __enter__(self) -> _FaultyFile:
+    def __enter__(self) -> _FlakyShardFile:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -599,9 +600,9 @@ def test_a_mount_that_drops_mid_stage_is_retried_and_resumed(
     (flowers / "big.bin").write_bytes(os.urandom(4 << 20))
     info = cs.data.pack(DRIVE, shard_size="1MiB", compression="none")
     big = max(info.shards, key=lambda s: s.size)
-    opened = FaultyFS.reset(fail_after={big.name: 2 << 20})
+    opened = FlakyShardReadsFS.reset(fail_after={big.name: 2 << 20})
     monkeypatch.setattr(_stage, "_sleep", lambda s: None)
-    location = Location(FaultyFS(), str(packed_dir(drive_root)), DRIVE + ".packed")
+    location = Location(FlakyShardReadsFS(), str(packed_dir(drive_root)), DRIVE + ".packed")
     assert tree(cs.data.stage(location)) == tree(flowers)
     assert "not connected" in caplog.text or "dropped" in caplog.text
     assert opened.read[big.name] == big.size  # resumed: no byte of it was read twice
@@ -614,12 +615,12 @@ def test_a_mount_that_stays_down_is_a_clear_error_and_the_next_call_continues(
     info = cs.data.pack(DRIVE, shard_size="1MiB", compression="none")
     big = max(info.shards, key=lambda s: s.size)
     monkeypatch.setattr(_stage, "_sleep", lambda s: None)
-    location = Location(FaultyFS(), str(packed_dir(drive_root)), DRIVE + ".packed")
-    opened = FaultyFS.reset(fail_after={big.name: 1 << 20}, stay=True)
+    location = Location(FlakyShardReadsFS(), str(packed_dir(drive_root)), DRIVE + ".packed")
+    opened = FlakyShardReadsFS.reset(fail_after={big.name: 1 << 20}, stay=True)
     monkeypatch.setattr(_stage, "ATTEMPTS", 2)
     with pytest.raises(cs.DataError, match=r"cs.drive.ensure\(\).*run the same call again"):
         cs.data.stage(location, workers=1)
-    FaultyFS.reset()
+    FlakyShardReadsFS.reset()
     assert tree(cs.data.stage(location, workers=1)) == tree(flowers)
     assert opened.read[big.name] == big.size - (1 << 20)
 
@@ -631,8 +632,8 @@ def test_a_mount_that_hangs_never_hangs_the_caller(
     monkeypatch.setattr(_stage, "_sleep", lambda s: None)
     monkeypatch.setattr(_stage, "ATTEMPTS", 2)
     stuck = threading.Event()
-    FaultyFS.reset(hang=stuck)
-    location = Location(FaultyFS(), str(packed_dir(drive_root)), DRIVE + ".packed")
+    FlakyShardReadsFS.reset(hang=stuck)
+    location = Location(FlakyShardReadsFS(), str(packed_dir(drive_root)), DRIVE + ".packed")
     try:
         with pytest.raises(cs.DataError, match="did not answer in time"):
             cs.data.stage(location, timeout="0.5s")

@@ -37,14 +37,14 @@ from colabsession.drive import Location
 from colabsession.env import EnvInfo
 
 from .test_checkpoint import state_at
-from .test_checkpoint_faults import FaultyFS, clocked_lease, in_thread
+from .test_checkpoint_faults import FailingMountFS, clocked_lease, in_thread
 from .test_data import DRIVE, make_dataset, packed_dir, tree
 
 DEEP = b"[" * 5000 + b"]" * 5000  # a few KB that Python's json cannot read without recursing
 
 
-class HangingFS(FaultyFS):
-    """FaultyFS whose isfile() hangs too, as it does on a FUSE mount whose daemon stopped
+class HangingFS(FailingMountFS):
+    """FailingMountFS whose isfile() hangs too, as it does on a FUSE mount whose daemon stopped
     answering (fsspec's local file system asks the system directly, not through info())."""
 
     def isfile(self, path: str) -> bool:

@@ -9,9 +9,11 @@ followed through the final tree the way the system follows it, must stay inside.
 than *limit* bytes. Unpack into a fresh folder and move it into place only once it is complete and
 the archive verified: a refused or damaged archive leaves nothing behind.
 
+>>> folder = Path("notes"); folder.mkdir(); _ = (folder / "a.txt").write_text("hello")
 >>> stats = pack(folder, Path("layer.tar.zst"))
 >>> with open("layer.tar.zst", "rb") as f:
 ...     unpack(decompress(f, "zstd"), Path("fresh"), limit=stats.unpacked)
+PackStats(files=1, unpacked=5)
 """
 
 from __future__ import annotations
@@ -147,10 +149,15 @@ class Unpacker:
     """Unpacks several archives (a dataset's shards, in order) into one new folder, as one
     tree: a name may appear once in all of them, and a link is checked against all of them.
 
+    >>> for name in ("a", "b"):  # two shards, a file in each
+    ...     Path(name).mkdir(); _ = Path(name, name + ".txt").write_text(name)
+    ...     _ = pack(Path(name), Path(name + ".tar.zst"))
     >>> unpacker = Unpacker(Path("fresh"))
-    >>> for shard in shards:
-    ...     unpacker.add(members(decompress(open(shard, "rb"), "zstd")))
+    >>> for shard in ("a.tar.zst", "b.tar.zst"):
+    ...     with open(shard, "rb") as f:
+    ...         _ = unpacker.add(members(decompress(f, "zstd")))
     >>> unpacker.finish()
+    PackStats(files=2, unpacked=2)
     """
 
     def __init__(

@@ -61,8 +61,9 @@ class DatasetInfo(Record):
     """What a packed dataset's manifest says (validated when read from Drive).
 
     >>> info = cs.data.pack("drive:datasets/flowers")
+    colabsession: packed drive:datasets/flowers (8 files, 1.2 KiB) into 1 shard(s) at ...
     >>> info.files, info.unpacked, len(info.shards)
-    (20000, 524288000, 2)
+    (8, 1200, 1)
     """
 
     KIND: ClassVar[str] = FORMAT

@@ -248,7 +248,7 @@ def probe(*, frameworks: bool = False, timeout: Duration = "3s") -> HardwareRepo
     sub-probe: what cannot be read is left empty, with the reason in ``report.reasons``.
 
     >>> report = cs.probe()  # doctest: +SKIP
-    >>> report.accelerator, report.gpus[0].name, report.ram.total
+    >>> report.accelerator, report.gpus[0].name, report.ram.total  # doctest: +SKIP
     ('gpu', 'Tesla T4', 13605851136)
 
     Args:

@@ -155,7 +155,7 @@ class Checkpointer:
     >>> with ckpt:                           # a normal exit saves the last state given
     ...     for step in range(start, total):
     ...         loss = train_step()
-    ...         ckpt.maybe_save(step, {"w": w}, metrics={"loss": loss})
+    ...         saved = ckpt.maybe_save(step, {"w": w}, metrics={"loss": loss})
     ...         if ckpt.should_stop:
     ...             break
 
@@ -417,7 +417,7 @@ class Checkpointer:
         the run is set aside (renamed ``parked-...``) and its history so far moved to a
         ``parked-history...`` file: nothing is deleted.
 
-        >>> ckpt = cs.Checkpointer("my-run"); ckpt.restart()  # doctest: +SKIP
+        >>> ckpt = cs.Checkpointer("my-run"); ckpt.restart()
         """
         with self._writer.lock:
             self.wait()

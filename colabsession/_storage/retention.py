@@ -1,6 +1,8 @@
 """Which checkpoints to keep: small policies that each name the checkpoints they keep, combined
 by union (orbax's preservation policies are the model). A checkpoint no policy keeps is deleted.
 
+>>> from colabsession._storage.store import Store
+>>> entries = Store.local_disk("my-run").entries()     # its checkpoints, oldest first
 >>> keep = AnyOf([LatestN(3), BestN(1, "val_loss", "min")])
 >>> kept = keep.select(entries)       # the names of the entries to keep
 """

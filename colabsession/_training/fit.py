@@ -61,7 +61,8 @@ def fit(
     *restart* starts the run over (its earlier checkpoints and history are set aside, never
     deleted); ``takeover=True`` takes the run from another notebook whose lease has not expired.
 
-    >>> history = cs.fit(model, x, y, run="digits-cnn", epochs=50, batch_size=64, seed=0)
+    >>> history = cs.fit(model, x, y, run="digits-cnn", epochs=50,  # doctest: +SKIP
+    ...                  batch_size=64, seed=0)
     """
     keras = require("keras", extra="tensorflow", purpose="cs.fit()")
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
