@@ -15,7 +15,6 @@ training loop's weights, step function and number of steps, for Checkpointer's e
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -28,7 +27,6 @@ from colabsession._core.errors import MissingDependencyError
 PACKAGE = Path(__file__).parent / "colabsession"
 # Relative to the package: importing them imports Keras and TensorFlow.
 TENSORFLOW_MODULES = {"keras.py", "_training/keras.py"}
-RUNTIME_VARS = ("COLAB_RELEASE_TAG", "COLAB_GPU", "KAGGLE_KERNEL_RUN_TYPE", "KAGGLE_URL_BASE")
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
@@ -76,22 +74,11 @@ def doctest_sandbox(request: pytest.FixtureRequest) -> None:
     if not isinstance(request.node, DoctestItem):
         return
     import colabsession
-    from colabsession._drive import api as _gdrive
-    from colabsession._drive import mount as _mount
-    from colabsession._runtime import runtime as _runtime
+    from tests.sandbox import isolate
 
     tmp_path: Path = request.getfixturevalue("tmp_path")
     monkeypatch: pytest.MonkeyPatch = request.getfixturevalue("monkeypatch")
-    for name in list(os.environ):
-        if name.startswith("COLABSESSION_") or name in RUNTIME_VARS:
-            monkeypatch.delenv(name)
-    home = tmp_path / "cs-home"
-    monkeypatch.setenv("COLABSESSION_HOME", str(home))
-    monkeypatch.setattr(_runtime, "COLAB_HOSTNAME_FILE", tmp_path / "no-colab-hostname")
-    monkeypatch.setattr(_runtime, "MOUNT_TABLE", str(tmp_path / "mounts"))
-    (tmp_path / "mounts").write_text("proc /proc proc rw 0 0\n")
-    monkeypatch.setattr(_gdrive, "current", None)
-    monkeypatch.setattr(_mount, "_said_local", False)
+    isolate(tmp_path, monkeypatch)
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)

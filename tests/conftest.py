@@ -12,13 +12,13 @@ import pytest
 from pytest_mock import MockerFixture
 
 import colabsession as cs
-from colabsession._drive import api as _gdrive
 from colabsession._drive import mount as drive_module
 from colabsession._runtime import runtime as _runtime
 
 from . import isolation
 from .fake_colab_drive import FakeColabDrive, MessageError, install
 from .fake_drive_api import FakeDrive
+from .sandbox import isolate
 from .wheels import make_wheel
 
 
@@ -27,24 +27,10 @@ def pytest_configure(config: pytest.Config) -> None:
     isolation.configure(config)
 
 
-_RUNTIME_VARS = ("COLAB_RELEASE_TAG", "COLAB_GPU", "KAGGLE_KERNEL_RUN_TYPE", "KAGGLE_URL_BASE")
-
-
 @pytest.fixture(autouse=True)
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test runs as 'local', with colabsession's home in a fresh temporary folder."""
-    for name in list(os.environ):
-        if name.startswith("COLABSESSION_") or name in _RUNTIME_VARS:
-            monkeypatch.delenv(name)
-    home = tmp_path / "cs-home"
-    monkeypatch.setenv("COLABSESSION_HOME", str(home))
-    monkeypatch.setattr(_runtime, "COLAB_HOSTNAME_FILE", tmp_path / "no-colab-hostname")
-    monkeypatch.setattr(_runtime, "MOUNT_TABLE", str(tmp_path / "mounts"))
-    (tmp_path / "mounts").write_text("proc /proc proc rw 0 0\n")
-    monkeypatch.setattr(_gdrive, "current", None)
-    monkeypatch.setattr(drive_module, "_said_local", False)
-    monkeypatch.setattr(drive_module, "_notice", True)
-    return home
+    return isolate(tmp_path, monkeypatch)
 
 
 @pytest.fixture
