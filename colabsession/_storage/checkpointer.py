@@ -420,6 +420,9 @@ class Checkpointer:
         if not self._writing or self._lease.lost or self._replicator is None:
             return
         left = self._replicator.flush(self.close_timeout)
+        states = self._replicator.states()
+        on_mount = [s for s in left if states.get(s) == "mount"]
+        left = [s for s in left if s not in on_mount]
         if left:
             logger.warning(
                 "colabsession: checkpoint steps %s are saved locally in %s but NOT on %s (%s): "
@@ -430,6 +433,25 @@ class Checkpointer:
                 self.location,
                 self._replicator.last_error or "it did not answer in time",
                 run_again(),
+            )
+        if on_mount:
+            logger.warning(
+                "colabsession: checkpoint steps %s are written to the Drive mount but NOT on "
+                "Drive: Drive has not confirmed them (they wait in the mount's cache) and they "
+                "could not be sent through the Drive API. They are lost if this runtime ends "
+                "first: run cs.drive.flush_and_unmount() in a cell, or keep the runtime until "
+                "they show on drive.google.com (saved locally in %s)",
+                on_mount,
+                self.local_dir,
+            )
+        unchecked = sorted(s for s, state in states.items() if state == "unchecked")
+        if unchecked:
+            logger.info(
+                "colabsession: checkpoint steps %s are written to the mount (Drive not "
+                "checked: the mount uploads them in the background; run "
+                "google.colab.auth.authenticate_user() before training to have Drive confirm "
+                "them)",
+                unchecked,
             )
 
     def __enter__(self) -> Checkpointer:

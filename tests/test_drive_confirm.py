@@ -1,0 +1,156 @@
+"""Drive you can trust (issue #23): a checkpoint written to the Colab mount counts as on Drive
+once the Drive API reports it; the API gets it there when the mount's cache does not, and
+carries replication while the mount is dead."""
+
+from __future__ import annotations
+
+import logging
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import colabsession as cs
+from colabsession._drive import api as _gdrive
+from colabsession._drive import companion
+from colabsession._storage import replicate
+from colabsession._storage.layout import file_name
+from colabsession.drive import Location
+
+from .fake_drive_api import FakeDrive
+from .test_checkpoint import FakeClock, assert_state, ckpt_file, state_at
+
+
+@pytest.fixture
+def linked(
+    drive_api: Any,  # first: pydrive2 imports google.* before fake_colab fakes google.colab
+    fake_drive: FakeDrive,
+    fake_colab: types.SimpleNamespace,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Any:
+    """Colab with My Drive mounted and the same Drive through the API (the user ran
+    authenticate_user); a flush's waits for Drive take no time."""
+    fake = fake_colab.fake
+    fake.link(fake_drive)
+    monkeypatch.setattr(companion, "MOUNT_ROOTS", [fake.drive])
+    monkeypatch.setattr(companion, "_views", companion._Views())
+    monkeypatch.setattr(_gdrive, "current", drive_api)
+    waits: list[float] = []
+    monkeypatch.setattr(replicate, "_sleep", waits.append)
+    fake.waits = waits
+    return fake
+
+
+def run_on_mount(fake: Any) -> Location:
+    return Location(
+        fake.filesystem(), str(fake.drive / "checkpoints" / "run"), "drive:checkpoints/run"
+    )
+
+
+def on_drive(fake_drive: FakeDrive, step: int) -> bytes | None:
+    """The content of the checkpoint of *step* that Drive holds (outside the trash)."""
+    prefix = file_name(step).rsplit(".", 2)[0] + "."
+    with fake_drive.state.lock:
+        found = [
+            f["id"]
+            for f in fake_drive.state.files.values()
+            if f["title"].startswith(prefix) and not f["labels"]["trashed"]
+        ]
+    return fake_drive.read(found[0]) if found else None
+
+
+def test_a_write_drive_received_is_confirmed(
+    linked: Any, fake_drive: FakeDrive, tmp_path: Path
+) -> None:
+    ckpt = cs.Checkpointer(run_on_mount(linked), every=None, local_dir=tmp_path / "vm1")
+    ckpt.save(0, state_at(0))
+    assert ckpt.sync(30) == []
+    assert linked.waits == []  # the mount had uploaded it: no wait
+    assert on_drive(fake_drive, 0) == ckpt_file(tmp_path / "vm1", 0).read_bytes()
+    ckpt.close()
+
+
+def test_a_cache_that_never_uploads(
+    linked: Any, fake_drive: FakeDrive, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    linked.uploads = "held"  # written on the mount, never reaching Drive (colabtools #287)
+    location = run_on_mount(linked)
+    ckpt = cs.Checkpointer(location, every=None, local_dir=tmp_path / "vm1", clock=FakeClock(30))
+    fake_drive.fail(
+        100, 400, "badRequest", match="/upload/"
+    )  # the API cannot send it either, for now
+    with caplog.at_level(logging.WARNING), ckpt:
+        assert ckpt.maybe_save(0, state_at(0))  # the deadline is near: save and stop
+        assert ckpt.should_stop
+    assert "written to the Drive mount but NOT on Drive" in caplog.text
+    assert "[0]" in caplog.text
+    assert linked.waits  # it waited for Drive, bounded
+    assert on_drive(fake_drive, 0) is None
+    # The API answers again: the next sync gets it there.
+    fake_drive.state.failures.clear()
+    again = cs.Checkpointer(location, every=None, local_dir=tmp_path / "vm1")
+    again.restore()
+    again.save(1, state_at(1))
+    assert again.sync(30) == []
+    assert on_drive(fake_drive, 1) == ckpt_file(tmp_path / "vm1", 1).read_bytes()
+    again.close()
+    linked.disconnect()  # the runtime ends: the cache never uploaded
+    linked.reset_vm()
+    linked.mount("/content/drive")
+    restored = cs.Checkpointer(location, local_dir=tmp_path / "vm2").restore()
+    assert restored is not None
+    assert restored.step == 1
+    assert_state(restored.state, 1)
+
+
+def test_a_mount_that_dies_mid_run(
+    linked: Any, fake_drive: FakeDrive, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    location = run_on_mount(linked)
+    ckpt = cs.Checkpointer(location, every=None, local_dir=tmp_path / "vm1", keep_last=2)
+    ckpt.save(0, state_at(0))
+    assert ckpt.sync(30) == []
+    linked.drop()  # "Transport endpoint is not connected"
+    with caplog.at_level(logging.WARNING):
+        for step in (1, 2, 3):
+            ckpt.save(step, state_at(step))
+            assert ckpt.sync(30) == []  # on Drive, through the API
+    assert "cs.drive.ensure()" in caplog.text
+    for step in (2, 3):
+        assert on_drive(fake_drive, step) == ckpt_file(tmp_path / "vm1", step).read_bytes()
+    assert on_drive(fake_drive, 1) is None  # rotated away: only what this run sent
+    ckpt.close()
+    # A new VM: a fresh disk, a fresh mount, the newest checkpoint.
+    linked.reset_vm()
+    linked.mount("/content/drive")
+    restored = cs.Checkpointer(location, local_dir=tmp_path / "vm2").restore()
+    assert restored is not None
+    assert restored.step == 3
+    assert_state(restored.state, 3)
+
+
+def test_without_an_api_view_nothing_claims_drive(
+    fake_colab: types.SimpleNamespace,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fake = fake_colab.fake
+    monkeypatch.setattr(companion, "MOUNT_ROOTS", [fake.drive])
+    monkeypatch.setattr(companion, "_views", companion._Views())
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    ckpt = cs.Checkpointer(run_on_mount(fake), every=None, local_dir=tmp_path / "vm1")
+    ckpt.save(0, state_at(0))
+    assert ckpt.sync(30) == []
+    with caplog.at_level(logging.INFO):
+        ckpt.close()
+    assert "written to the mount (Drive not checked" in caplog.text
+
+
+def test_the_view_maps_mount_paths_only() -> None:
+    view = companion.ApiView(None, "/content/drive/MyDrive", "root")
+    assert view.api_path("/content/drive/MyDrive") == "root"
+    assert view.api_path("/content/drive/MyDrive/a/b") == "root/a/b"
+    assert view.api_path("/content/drive/MyDriveX/a") is None
+    assert view.api_path("/tmp/a") is None
