@@ -48,7 +48,7 @@ from colabsession._storage.history import HistoryLog, check_metric_names, make_r
 from colabsession._storage.layout import Damaged, Lineage
 from colabsession._storage.lease import Lease
 from colabsession._storage.lineage import branch_of, split_live
-from colabsession._storage.replicate import Replicator
+from colabsession._storage.replicate import STATES, Replicator, drive_states
 from colabsession._storage.retention import AnyOf, BestN, EveryInterval, LatestN, Policy, split
 from colabsession._storage.runs import run_location, run_stores
 from colabsession._storage.save_policy import SavePolicy
@@ -635,6 +635,31 @@ class Checkpointer:
                 split_live(self._entries())[0], key=lambda e: (e.step, e.store is not self.local)
             )
         ]
+
+    def drive_states(self) -> dict[int, str]:
+        """Where each checkpoint of the run as it goes on now stands with its location, by
+        step, in words: "saved locally only, not yet on Drive", "written to the mount, not yet
+        confirmed by Drive", "written to the mount (Drive not checked)", "on Drive (confirmed
+        by Drive)" (asked of Drive through its API now, where the location is the Colab mount
+        and credentials need no prompt), or "written to the location". Empty for a location
+        written directly (a local folder).
+
+        >>> ckpt.drive_states()  # doctest: +SKIP
+        {1200: 'on Drive (confirmed by Drive)', 1400: 'saved locally only, not yet on Drive'}
+        """
+        if self.remote is None:
+            return {}
+        live = split_live(self._entries())[0]
+        try:
+            remote = self.remote.entries(warn=False)
+        except (OSError, TimeoutError):
+            remote = []
+        wanted = {e.name for e in live}
+        at_location = [e for e in remote if e.name in wanted]
+        names = {e.name for e in at_location}
+        entries = [*at_location, *(e for e in live if e.name not in names)]
+        states = drive_states(self.local, self.remote, entries)
+        return {e.step: STATES[states[e.name]] for e in entries if e.name in states}
 
     def verify(self) -> list[tuple[int, str, str | None]]:
         """Check every checkpoint file: (step, where, None if valid else why not)."""

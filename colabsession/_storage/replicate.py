@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -64,6 +65,91 @@ class _MountDown(Exception):
     def __init__(self, cause: BaseException) -> None:
         super().__init__(reason(cause))
         self.cause = cause
+
+
+class DriveCheck:
+    """Asks Drive, through its API (*view*, *api*: the run's folder there), which checkpoints
+    it holds whole: the size Drive reports, then its md5Checksum against the local copy's in
+    *local* (kept in *md5s*), or, where Drive gives none or there is no local copy, the
+    trailer read back through the API against the checkpoint's manifest."""
+
+    def __init__(
+        self,
+        view: companion.ApiView,
+        api: Store,
+        local: Store | None,
+        md5s: dict[str, str] | None = None,
+    ) -> None:
+        self.view, self.api, self.local = view, api, local
+        self.md5s = md5s if md5s is not None else {}
+
+    def confirmed(self, entries: list[Entry]) -> set[str]:
+        """The names of *entries* that Drive holds whole (one listing, a read per file
+        without an md5)."""
+        if not entries:
+            return set()
+        files = self.view.files(self.api.root, self.api.timeout or 60.0)
+        return {e.name for e in entries if self._whole(e, files.get(e.name))}
+
+    def _whole(self, entry: Entry, found: tuple[int | None, str | None] | None) -> bool:
+        if found is None:
+            return False
+        size, md5 = found
+        if size is None:
+            return False
+        local = self._local_path(entry)
+        if local is not None:
+            try:
+                if size != os.path.getsize(local):
+                    return False
+                if md5 is not None:
+                    return md5 == self._md5(entry.name, local)
+            except FileNotFoundError:
+                pass  # retention removed it locally meanwhile: ask the trailer
+        # No md5 to compare: the trailer read back through the API, at the size Drive reports
+        # (a manifest is valid only at its file's true size).
+        self.api.forget(entry.name)
+        manifest = self.api.manifest(entry.name, warn=False, size=size)
+        return isinstance(manifest, Manifest) and manifest.crc32c == entry.manifest.crc32c
+
+    def _local_path(self, entry: Entry) -> str | None:
+        if self.local is None or not self.local.location.is_local:
+            return None
+        return self.local.path(entry.name)
+
+    def _md5(self, name: str, path: str) -> str:
+        known = self.md5s.get(name)
+        if known is None:
+            digest = hashlib.md5(usedforsecurity=False)
+            with open(path, "rb") as f:
+                while chunk := f.read(8 << 20):
+                    digest.update(chunk)
+            known = self.md5s[name] = digest.hexdigest()
+        return known
+
+
+def drive_states(local: Store, remote: Store | None, entries: list[Entry]) -> dict[str, str]:
+    """Where each of *entries* (checkpoints of the run, local or at the location) stands with
+    Drive, by name: a key of :data:`STATES`, asked of Drive now where the location is the
+    Colab mount and an API view exists (``colabsession ckpt list``)."""
+    if remote is None:
+        return {}
+    at_location = [e for e in entries if e.store is remote]
+    names = {e.name for e in at_location}
+    states = {e.name: "local" for e in entries if e.name not in names}
+    if not companion.under_mount(remote.location):
+        return {**states, **dict.fromkeys(names, "written")}
+    view = companion.view_for(remote.location)
+    where = view.location(remote.location) if view is not None else None
+    if view is None or where is None:
+        return {**states, **dict.fromkeys(names, "unchecked")}
+    api = Store(where, timeout=remote.timeout)
+    try:
+        confirmed = DriveCheck(view, api, local).confirmed(at_location)
+    except (OSError, TimeoutError) as exc:
+        logger.warning("colabsession: cannot ask Drive through its API (%s)", reason(exc))
+        return {**states, **dict.fromkeys(names, "unchecked")}
+    return {**states, **{n: "drive" if n in confirmed else "mount" for n in names}}
 
 
 class Replicator:
@@ -285,44 +371,10 @@ class Replicator:
 
     def _unconfirmed(self, api: Store, entries: list[Entry]) -> list[Entry]:
         """Those of *entries* that Drive does not report whole (one listing)."""
-        if not entries:
-            return []
         assert self._api_view is not None
-        files = self._api_view.files(api.root, api.timeout or 60.0)
-        left = []
-        for entry in entries:
-            if self._on_drive(api, entry, files.get(entry.name)):
-                self._confirmed.add(entry.name)
-            else:
-                left.append(entry)
-        return left
-
-    def _on_drive(
-        self, api: Store, entry: Entry, found: tuple[int | None, str | None] | None
-    ) -> bool:
-        if found is None:
-            return False
-        size, md5 = found
-        try:
-            if size is None or size != self.local.size(entry.name):
-                return False
-            if md5 is not None:
-                return md5 == self._local_md5(entry)
-        except FileNotFoundError:
-            return False
-        api.forget(entry.name)  # no md5 from Drive: read the trailer back through the API
-        manifest = api.manifest(entry.name, warn=False, size=size)
-        return isinstance(manifest, Manifest) and manifest.crc32c == entry.manifest.crc32c
-
-    def _local_md5(self, entry: Entry) -> str:
-        known = self._md5.get(entry.name)
-        if known is None:
-            digest = hashlib.md5(usedforsecurity=False)
-            with open(self.local.path(entry.name), "rb") as f:
-                while chunk := f.read(8 << 20):
-                    digest.update(chunk)
-            known = self._md5[entry.name] = digest.hexdigest()
-        return known
+        confirmed = DriveCheck(self._api_view, api, self.local, self._md5).confirmed(entries)
+        self._confirmed |= confirmed
+        return [e for e in entries if e.name not in confirmed]
 
     def _send_through_api(self, api: Store, entries: list[Entry]) -> None:
         for entry in sorted(entries, key=lambda e: -e.step):
