@@ -154,3 +154,77 @@ def test_the_view_maps_mount_paths_only() -> None:
     assert view.api_path("/content/drive/MyDrive/a/b") == "root/a/b"
     assert view.api_path("/content/drive/MyDriveX/a") is None
     assert view.api_path("/tmp/a") is None
+
+
+def test_states_as_reports_say_them(linked: Any, fake_drive: FakeDrive, tmp_path: Path) -> None:
+    linked.uploads = "held"
+    location = run_on_mount(linked)
+    ckpt = cs.Checkpointer(location, every=None, local_dir=tmp_path / "vm1", keep_last=5)
+    ckpt.save(0, state_at(0))
+    ckpt.wait()
+    assert ckpt.drive_states() == {0: "saved locally only, not yet on Drive"}
+    fake_drive.fail(100, 400, "badRequest", match="/upload/")  # the API cannot send it
+    assert ckpt.sync(30) == [0]
+    assert ckpt.drive_states() == {0: "written to the mount, not yet confirmed by Drive"}
+    linked.upload()  # the cache's upload goes through at last
+    assert ckpt.drive_states() == {0: "on Drive (confirmed by Drive)"}
+    assert ckpt.sync(30) == []
+    ckpt.close()
+    # Another process (colabsession ckpt list) asks Drive itself.
+    other = cs.Checkpointer(location, every=None, local_dir=tmp_path / "elsewhere")
+    assert other.drive_states() == {0: "on Drive (confirmed by Drive)"}
+
+
+def test_rotation_deletes_through_the_api(
+    linked: Any, fake_drive: FakeDrive, tmp_path: Path
+) -> None:
+    ckpt = cs.Checkpointer(
+        run_on_mount(linked), every=None, local_dir=tmp_path / "vm1", keep_last=1
+    )
+    for step in range(3):
+        ckpt.save(step, state_at(step))
+        assert ckpt.sync(30) == []
+    ckpt.close()
+    # Steps 0 and 1 went through the API's deletion (which deletes for good), not the mount's
+    # trash; what Drive holds is the newest.
+    assert on_drive(fake_drive, 2) is not None
+    for step in (0, 1):
+        assert on_drive(fake_drive, step) is None
+        prefix = file_name(step).rsplit(".", 2)[0]
+        (item_id,) = [
+            f["id"] for f in [*fake_drive.state.files.values()] if f["title"].startswith(prefix)
+        ] or [None]
+        if item_id is not None:  # trashed rather than deleted: by the API's own request
+            assert any(
+                f"/files/{item_id}/trash" in r or r.startswith(f"DELETE /drive/v2/files/{item_id}")
+                for r in fake_drive.state.requests
+            )
+    assert linked.waits == []
+
+
+def test_ckpt_list_says_what_drive_holds(
+    linked: Any, fake_drive: FakeDrive, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from colabsession._cli import main
+
+    with (tmp_path / "mounts").open("a") as table:  # the folder is a FUSE mount, as in Colab
+        table.write(f"drive {linked.drive} fuse.drive rw,nosuid 0 0\n")
+    linked.uploads = "held"
+    location = run_on_mount(linked)
+    fake_drive.fail(100, 400, "badRequest", match="/upload/")
+    with cs.Checkpointer(location, every=None, local_dir=tmp_path / "vm1", keep_last=5) as ckpt:
+        ckpt.save(0, state_at(0))
+        ckpt.save(1, state_at(1))
+        assert ckpt.sync(30) == [0, 1]
+    linked.upload()  # they reach Drive at last
+    with cs.Checkpointer(location, every=None, local_dir=tmp_path / "vm1", keep_last=5) as ckpt:
+        ckpt.restore()
+        ckpt.save(2, state_at(2))
+        assert ckpt.sync(30) == [2]  # held in the mount's cache
+    fake_drive.state.failures.clear()
+    capsys.readouterr()
+    assert main(["ckpt", "list", location.path]) == 0
+    out = capsys.readouterr().out
+    assert "0  on Drive (confirmed by Drive)" in out
+    assert "1  on Drive (confirmed by Drive)" in out
+    assert "2  written to the mount, not yet confirmed by Drive" in out
