@@ -312,8 +312,8 @@ class Replicator:
         # past the restored step are dropped on resume, so being ahead is harmless).
         self.history.sync()
         for entry in sorted(wanted, key=lambda e: -e.step):  # the newest matters most
-            if entry.name in self._whole:
-                continue
+            if entry.name in self._whole or entry.name in self._confirmed:
+                continue  # (one Drive holds, sent through the API, shows on the mount later)
             if self.lease.lost:
                 raise LeaseError(self.lease.lost)
             try:
@@ -328,7 +328,16 @@ class Replicator:
             self._remote_sizes[entry.name] = size
             self._whole.add(entry.name)
         self._retain({e.name for e in wanted})
-        self._confirm(wanted)
+        try:
+            self._confirm(wanted)
+        except LeaseError:
+            raise
+        except (OSError, TimeoutError, DriveError) as exc:  # the mount did its part
+            logger.warning(
+                "colabsession: cannot ask Drive through its API whether it holds what was "
+                "written to the mount (%s); asking again at the next round",
+                reason(exc),
+            )
 
     # Drive through its API -------------------------------------------------------------------
 
@@ -416,12 +425,18 @@ class Replicator:
             raise LeaseError(self.lease.lost)
         wanted = self._wanted()
         self._send_through_api(api, self._unconfirmed(api, wanted))
-        keep = {e.name for e in wanted}
-        for name in sorted(self._via_api - keep):  # only files this run sent, by their names
+        self._drop_sent({e.name for e in wanted})
+
+    def _drop_sent(self, keep: set[str]) -> None:
+        """Delete the checkpoints this replicator sent through the API that retention no
+        longer keeps (only those: files it wrote, by their names)."""
+        if self._api is None:
+            return
+        for name in sorted(self._via_api - keep):
             if parse_name(name) is not None:
-                api.remove(name)
-                self._via_api.discard(name)
-                self._confirmed.discard(name)
+                self._api.remove(name)
+            self._via_api.discard(name)
+            self._confirmed.discard(name)
 
     def _is_whole(self, entry: Entry) -> bool:
         """Whether the location's copy of *entry* is whole: its size first (from the listing),
@@ -461,6 +476,7 @@ class Replicator:
                 self._whole.discard(entry.name)
 
     def _retain(self, wanted: set[str]) -> None:
+        self._drop_sent(wanted)
         for entry in split(self._remote_entries(), self.policy)[1]:
             self._delete(entry)
             self._remote_sizes.pop(entry.name, None)
