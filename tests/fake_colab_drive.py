@@ -60,7 +60,8 @@ TIMEOUT.__module__ = "pexpect.exceptions"
 
 class FakeColabDrive:
     """Switches: ``auth`` ("allow", "deny", "no_browser"), ``outcome`` ("ok", "fail",
-    "root_timeout", "domain_policy", "hang"), ``flush`` ("ok", "fail", "unsupported")."""
+    "root_timeout", "domain_policy", "hang"), ``flush`` ("ok", "fail", "unsupported"), and once
+    :meth:`link`-ed to a fake Drive API server, ``uploads`` ("now", "held")."""
 
     def __init__(self, root: Path, hostname: Path, mount_table: Path, drive: Path) -> None:
         self.root, self.hostname, self.mount_table, self.drive = root, hostname, mount_table, drive

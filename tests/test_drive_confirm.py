@@ -228,3 +228,52 @@ def test_ckpt_list_says_what_drive_holds(
     assert "0  on Drive (confirmed by Drive)" in out
     assert "1  on Drive (confirmed by Drive)" in out
     assert "2  written to the mount, not yet confirmed by Drive" in out
+
+
+def test_the_mount_back_takes_over_again(
+    linked: Any, fake_drive: FakeDrive, tmp_path: Path
+) -> None:
+    location = run_on_mount(linked)
+    ckpt = cs.Checkpointer(location, every=None, local_dir=tmp_path / "vm1", keep_last=5)
+    ckpt.save(0, state_at(0), metrics={"loss": 1.0})
+    assert ckpt.sync(30) == []
+    linked.drop()
+    ckpt.save(1, state_at(1), metrics={"loss": 0.5})
+    assert ckpt.sync(30) == []  # through the API; the history waits for the mount
+    linked.mount("/content/drive", force_remount=True)  # cs.drive.ensure() in a cell
+    ckpt.save(2, state_at(2), metrics={"loss": 0.25})
+    assert ckpt.sync(30) == []
+    ckpt.close()
+    run = linked.drive / "checkpoints" / "run"
+    assert {p.name.split(".")[0] for p in run.glob("ckpt-*.ckpt")} == {
+        f"ckpt-{step:012d}" for step in (0, 1, 2)
+    }
+    history = "".join(p.read_text() for p in run.glob("history*.jsonl"))
+    assert all(f'"loss": {loss}' in history for loss in (1.0, 0.5, 0.25))
+    # Drive holds each checkpoint once: the mount did not send again what the API had sent.
+    for step in (0, 1, 2):
+        prefix = f"ckpt-{step:012d}."
+        assert (
+            len([f for f in fake_drive.state.files.values() if f["title"].startswith(prefix)]) == 1
+        )
+
+
+def test_the_fake_mount_and_server_are_one_drive(
+    linked: Any, fake_drive: FakeDrive, drive_api: Any
+) -> None:
+    (linked.drive / "a.txt").write_bytes(b"on the mount")
+    assert drive_api.cat_file("root/a.txt") == b"on the mount"  # uploaded before the request
+    linked.uploads = "held"
+    (linked.drive / "b.txt").write_bytes(b"in the cache")
+    assert not drive_api.exists("root/b.txt")
+    drive_api.pipe_file("root/c.txt", b"through the API")
+    linked.sync()
+    assert (linked.drive / "c.txt").read_bytes() == b"through the API"
+    (linked.drive / "a.txt").unlink()
+    linked.upload()
+    assert fake_drive.find("a.txt", trashed=True)  # a deletion on the mount trashes
+    assert drive_api.cat_file("root/b.txt") == b"in the cache"
+    (linked.drive / "d.txt").write_bytes(b"never uploaded")
+    linked.disconnect()
+    assert not (linked.drive / "d.txt").exists()  # lost with the cache
+    assert (linked.drive / "b.txt").exists()

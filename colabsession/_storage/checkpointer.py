@@ -405,7 +405,10 @@ class Checkpointer:
 
     def sync(self, timeout: Duration | None = None) -> list[int]:
         """Copy what is only local to the location now, waiting up to *timeout* (default
-        ``close_timeout``); return the steps that are still not there (empty: all are).
+        ``close_timeout``); return the steps that are still not there (empty: all are). On the
+        Colab mount, where Drive can be asked through its API, a step is there once Drive
+        confirms it: this waits a bounded while for the mount's uploads, then sends what Drive
+        lacks through the API (see :meth:`drive_states`).
 
         >>> ckpt.sync("30s")  # before something that may end the runtime  # doctest: +SKIP
         []
