@@ -145,10 +145,14 @@ class FakeColabDrive:
                 "group_id=0,allow_other 0 0\n"
             )
         if self.server is not None:  # a new Drive client, with an empty cache
-            for child in list(self.drive.iterdir()):
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
-            self.synced.clear()
-            self.sync()
+            self.dropped.add(mountpoint)  # not there until it shows My Drive
+            try:
+                for child in list(self.drive.iterdir()):
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+                self.synced.clear()
+                self.sync()
+            finally:
+                self.dropped.discard(mountpoint)
         print(f"Mounted at {mountpoint}")
 
     def flush_and_unmount(self, timeout_ms: int = 24 * 60 * 60 * 1000) -> None:

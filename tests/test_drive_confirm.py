@@ -141,8 +141,13 @@ def test_without_an_api_view_nothing_claims_drive(
     monkeypatch.setattr(companion, "_views", companion._Views())
     monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
     ckpt = cs.Checkpointer(run_on_mount(fake), every=None, local_dir=tmp_path / "vm1")
+    fake.drop()
     ckpt.save(0, state_at(0))
+    assert ckpt.sync(30) == [0]
+    assert ckpt.drive_states() == {0: "saved locally only, not yet on Drive"}
+    fake.dropped.clear()
     assert ckpt.sync(30) == []
+    assert ckpt.drive_states() == {0: "written to the mount (Drive not checked)"}
     with caplog.at_level(logging.INFO):
         ckpt.close()
     assert "written to the mount (Drive not checked" in caplog.text
@@ -161,8 +166,6 @@ def test_states_as_reports_say_them(linked: Any, fake_drive: FakeDrive, tmp_path
     location = run_on_mount(linked)
     ckpt = cs.Checkpointer(location, every=None, local_dir=tmp_path / "vm1", keep_last=5)
     ckpt.save(0, state_at(0))
-    ckpt.wait()
-    assert ckpt.drive_states() == {0: "saved locally only, not yet on Drive"}
     fake_drive.fail(100, 400, "badRequest", match="/upload/")  # the API cannot send it
     assert ckpt.sync(30) == [0]
     assert ckpt.drive_states() == {0: "written to the mount, not yet confirmed by Drive"}
@@ -249,7 +252,10 @@ def test_the_mount_back_takes_over_again(
         f"ckpt-{step:012d}" for step in (0, 1, 2)
     }
     history = "".join(p.read_text() for p in run.glob("history*.jsonl"))
-    assert all(f'"loss": {loss}' in history for loss in (1.0, 0.5, 0.25))
+    assert all(f'"loss": {loss}' in history for loss in (1.0, 0.5, 0.25)), (
+        history,
+        sorted(p.name for p in run.iterdir()),
+    )
     # Drive holds each checkpoint once: the mount did not send again what the API had sent.
     for step in (0, 1, 2):
         prefix = f"ckpt-{step:012d}."

@@ -188,7 +188,8 @@ class Replicator:
         self._via_api: set[str] = set()  # checkpoints this replicator sent through the API
         self._md5: dict[str, str] = {}
         self._mount_down = False
-        self._patient = False  # a flush waits for Drive to confirm
+        self._patient = False  # a flush waits for Drive to confirm (the next round)
+        self._round_patient = False  # this round does
         self._flush_budget = 0.0
 
     # The training thread's side ----------------------------------------------------------------
@@ -253,14 +254,16 @@ class Replicator:
             self._wake.clear()
             if self._stop:
                 break
-            on_location = self.backoff.due()
+            on_location = self.backoff.due() or self._patient  # a flush does not wait
+            if not on_location and not self._mount_down:
+                continue
+            # Taken at the round's start: a flush asked for during a round is the next one's.
+            self._round_patient, self._patient = self._patient, False
             try:
                 if on_location:
                     self._round()
-                elif self._mount_down:
-                    self._round_through_api()  # the mount is resting: Drive through its API
                 else:
-                    continue
+                    self._round_through_api()  # the mount is resting: Drive through its API
             except LeaseError as exc:
                 self.lease.lost = self.lease.lost or str(exc)
                 self._idle.set()
@@ -278,10 +281,10 @@ class Replicator:
                     self.backoff.succeeded()
                     self.last_error = None
                     self._mount_down = False
-            finally:
-                self._patient = False
             with self._lock:
-                if self.backoff.failures or not self._wake.is_set():
+                # After a failure a flush waits for nothing more, unless it asked for a round
+                # that has not run yet (this one began before it).
+                if (self.backoff.failures and not self._patient) or not self._wake.is_set():
                     self._idle.set()
 
     def _round(self) -> None:
@@ -362,7 +365,7 @@ class Replicator:
             return
         todo = [e for e in wanted if e.name in self._whole and e.name not in self._confirmed]
         polls = 0
-        if self._patient:
+        if self._round_patient:
             polls = int(min(CONFIRM_WAIT, self._flush_budget / 3) // CONFIRM_POLL)
         for attempt in range(polls + 1):
             todo = self._unconfirmed(api, todo)
@@ -370,7 +373,7 @@ class Replicator:
                 return
             if attempt < polls:
                 _sleep(CONFIRM_POLL)
-        if self._patient:
+        if self._round_patient:
             logger.warning(
                 "colabsession: Drive has not received checkpoint steps %s written to the mount "
                 "(they wait in its cache): sending them through the Drive API",
