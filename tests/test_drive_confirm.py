@@ -283,3 +283,33 @@ def test_the_fake_mount_and_server_are_one_drive(
     linked.disconnect()
     assert not (linked.drive / "d.txt").exists()  # lost with the cache
     assert (linked.drive / "b.txt").exists()
+
+
+def test_the_view_needs_the_mounted_accounts_credentials_without_a_prompt(
+    fake_colab: types.SimpleNamespace, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    fake = fake_colab.fake
+    monkeypatch.setattr(companion, "MOUNT_ROOTS", [fake.drive])
+    monkeypatch.setattr(companion, "_views", companion._Views())
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setenv("COLABSESSION_SERVICE_ACCOUNT", "{}")  # its My Drive is not the mounted one
+    now = [0.0]
+    monkeypatch.setattr(companion, "_monotonic", lambda: now[0])
+    connects: list[int] = []
+    real = companion._connect
+
+    def connect() -> Any:
+        connects.append(1)
+        return real()
+
+    monkeypatch.setattr(companion, "_connect", connect)
+    on_mount = run_on_mount(fake)
+    assert companion.view_for(on_mount) is None  # no prompt: authenticate_user() has not run
+    assert companion.view_for(on_mount) is None
+    assert connects == [1]  # not tried again at once
+    now[0] = companion.RETRY_AFTER + 1
+    assert companion.view_for(on_mount) is None
+    assert connects == [1, 1]
+    elsewhere = Location(on_mount.fs, str(tmp_path / "run"), "./run")
+    assert companion.view_for(elsewhere) is None
+    assert connects == [1, 1]  # not on the mount: nothing to connect

@@ -6,12 +6,13 @@ what Drive holds, so a run replicated through the mount counts as on Drive once 
 its files (see :mod:`colabsession._storage.replicate`), and when the mount dies the API takes
 over. An :class:`ApiView` maps a path under the mount to the API's path of the same file.
 
-It exists only where credentials can be had without a prompt: a connection made with
-``cs.drive.connect()``, a service account in the environment, a saved ``cs.drive.sign_in()``, or,
-in Colab, ``google.colab.auth.authenticate_user()`` run earlier in this runtime (it sets
-``GOOGLE_APPLICATION_CREDENTIALS``). Otherwise :func:`view_for` answers None and everything
-works through the mount alone. It is made lazily, in the replicating thread, bounded by a
-timeout, and a failure is not tried again for a while: training never waits on it.
+It exists only where the mounted account's credentials can be had without a prompt: a
+connection to My Drive made with ``cs.drive.connect()`` in this notebook, or
+``google.colab.auth.authenticate_user()`` run earlier in this runtime (it sets
+``GOOGLE_APPLICATION_CREDENTIALS``); the account should be the one whose Drive is mounted.
+Otherwise :func:`view_for` answers None and everything works through the mount alone. It is
+made lazily, in the replicating thread, bounded by a timeout, and a failure is not tried again
+for a while: training never waits on it.
 
 >>> view = ApiView(fs=None, mount_root="/content/drive/MyDrive", api_root="root")
 >>> view.api_path("/content/drive/MyDrive/checkpoints/run-1")
@@ -173,8 +174,8 @@ def _connect() -> Any:
         return _api.current  # cs.drive.connect() to My Drive
     if not installed("pydrive2.fs") or not installed("google.auth"):
         return None
-    if _api.configured():
-        return _api.connect(use_for_drive=False, folder="root")
+    # Not a service account or a saved sign-in: their My Drive is not the one mounted (a
+    # service account's is its own), so what they report would say nothing of the mount.
     if not os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"):
         return None  # authenticate_user() has not run: it would prompt
     import google.auth
