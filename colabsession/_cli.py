@@ -405,12 +405,14 @@ def _ckpt_list(args: argparse.Namespace) -> int:
     found = ckpt.checkpoints()
     if not found:
         require_run(ckpt.location)  # nothing there at all is a typo: it names the runs there are
+    states = ckpt.drive_states() if found else {}
     rows: list[dict[str, Any]] = [
         {
             "step": info.step,
             "where": info.where,
             "created": info.created.isoformat(timespec="seconds"),
             "metrics": for_display([info.metrics])[0],
+            **({"drive": states[info.step]} if info.step in states else {}),
         }
         for info in found
     ]
@@ -432,6 +434,10 @@ def _ckpt_list(args: argparse.Namespace) -> int:
             f"{row['step']:>10}  {row['created']:<25}  {row['where']:<{width}}  "
             f"{' '.join(shown) or '-'}"
         )
+    if states:
+        print(f"\n{'step':>10}  {ckpt.location}")
+        for step, state in sorted(states.items()):
+            print(f"{step:>10}  {state}")
     return 0
 
 

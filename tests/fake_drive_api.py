@@ -109,6 +109,9 @@ class DriveState:
     # Eventual consistency: id -> (the listing from which the change is seen, the old view)
     listings: int = 0
     unseen: dict[str, tuple[int, dict[str, Any] | None]] = field(default_factory=dict)
+    # Called, with the lock held, before each request: a linked fake mount brings what its
+    # cache uploaded (see fake_colab_drive.FakeColabDrive.link).
+    before: Callable[[], None] | None = None
 
 
 class _Switch:
@@ -423,6 +426,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._fields = query.get("fields")
         request = f"{method} {url.path}?{url.query}"
         with state.lock:
+            if state.before is not None and url.path != "/token":
+                state.before()
             state.requests.append(request)
             failure = next(
                 (f for f in state.failures if f.match in request and not f.after_create), None

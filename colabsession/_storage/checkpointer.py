@@ -50,7 +50,7 @@ from colabsession._storage.history import HistoryLog, check_metric_names, make_r
 from colabsession._storage.layout import Damaged, Lineage
 from colabsession._storage.lease import Lease
 from colabsession._storage.lineage import branch_of, split_live
-from colabsession._storage.replicate import Replicator
+from colabsession._storage.replicate import STATES, Replicator, drive_states
 from colabsession._storage.retention import AnyOf, BestN, EveryInterval, LatestN, Policy, split
 from colabsession._storage.runs import run_location, run_stores
 from colabsession._storage.save_policy import SavePolicy
@@ -473,7 +473,10 @@ class Checkpointer:
 
     def sync(self, timeout: Duration | None = None) -> list[int]:
         """Copy what is only local to the location now, waiting up to *timeout* (default
-        ``close_timeout``); return the steps that are still not there (empty: all are).
+        ``close_timeout``); return the steps that are still not there (empty: all are). On the
+        Colab mount, where Drive can be asked through its API, a step is there once Drive
+        confirms it: this waits a bounded while for the mount's uploads, then sends what Drive
+        lacks through the API (see :meth:`drive_states`).
 
         >>> ckpt.sync("30s")  # before something that may end the runtime  # doctest: +SKIP
         []
@@ -488,6 +491,9 @@ class Checkpointer:
         if not self._writing or self._lease.lost or self._replicator is None:
             return
         left = self._replicator.flush(self.close_timeout)
+        states = self._replicator.states()
+        on_mount = [s for s in left if states.get(s) == "mount"]
+        left = [s for s in left if s not in on_mount]
         if left:
             logger.warning(
                 "colabsession: checkpoint steps %s are saved locally in %s but NOT on %s (%s): "
@@ -498,6 +504,25 @@ class Checkpointer:
                 self.location,
                 self._replicator.last_error or "it did not answer in time",
                 run_again(),
+            )
+        if on_mount:
+            logger.warning(
+                "colabsession: checkpoint steps %s are written to the Drive mount but NOT on "
+                "Drive: Drive has not confirmed them (they wait in the mount's cache) and they "
+                "could not be sent through the Drive API. They are lost if this runtime ends "
+                "first: run cs.drive.flush_and_unmount() in a cell, or keep the runtime until "
+                "they show on drive.google.com (saved locally in %s)",
+                on_mount,
+                self.local_dir,
+            )
+        unchecked = sorted(s for s, state in states.items() if state == "unchecked")
+        if unchecked:
+            logger.info(
+                "colabsession: checkpoint steps %s are written to the mount (Drive not "
+                "checked: the mount uploads them in the background; run "
+                "google.colab.auth.authenticate_user() before training to have Drive confirm "
+                "them)",
+                unchecked,
             )
 
     def __enter__(self) -> Checkpointer:
@@ -684,6 +709,31 @@ class Checkpointer:
                 split_live(self._entries())[0], key=lambda e: (e.step, e.store is not self.local)
             )
         ]
+
+    def drive_states(self) -> dict[int, str]:
+        """Where each checkpoint of the run as it goes on now stands with its location, by
+        step, in words: "saved locally only, not yet on Drive", "written to the mount, not yet
+        confirmed by Drive", "written to the mount (Drive not checked)", "on Drive (confirmed
+        by Drive)" (asked of Drive through its API now, where the location is the Colab mount
+        and credentials need no prompt), or "written to the location". Empty for a location
+        written directly (a local folder).
+
+        >>> ckpt.drive_states()  # doctest: +SKIP
+        {1200: 'on Drive (confirmed by Drive)', 1400: 'saved locally only, not yet on Drive'}
+        """
+        if self.remote is None:
+            return {}
+        live = split_live(self._entries())[0]
+        try:
+            remote = self.remote.entries(warn=False)
+        except (OSError, TimeoutError):
+            remote = []
+        wanted = {e.name for e in live}
+        at_location = [e for e in remote if e.name in wanted]
+        names = {e.name for e in at_location}
+        entries = [*at_location, *(e for e in live if e.name not in names)]
+        states = drive_states(self.local, self.remote, entries)
+        return {e.step: STATES[states[e.name]] for e in entries if e.name in states}
 
     def verify(self) -> list[CheckpointStatus]:
         """Check every checkpoint file, local and at the location, by step: a

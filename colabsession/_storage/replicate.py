@@ -12,11 +12,22 @@ abandoned while the location did not answer are set aside as soon as it answers.
 Every operation on the location is bounded (see :class:`.store.Store`), so a stuck or dropped
 mount or a silent API server delays replication only: the user is told which steps are not yet
 on Drive, and it tries again with a growing pause.
+
+On the Colab mount a finished write is in the Drive client's cache, not yet on Drive. Where the
+API can see the same files (an :class:`~colabsession._drive.companion.ApiView`), a checkpoint
+counts as on Drive only once the API reports it with the local copy's size and md5 (or, where
+Drive gives no md5, its trailer read back through the API); a flush (``sync()``, the deadline
+stop, ``close()``) waits a bounded while for that, then sends what Drive still lacks through the
+API itself. When the mount dies, checkpoints go on reaching Drive through the API (the history
+waits for the mount), and the mount is tried again with a growing pause. Each checkpoint's
+state (:meth:`Replicator.states`) says which of these is true.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +36,7 @@ from colabsession._core.errors import DriveError, LeaseError
 from colabsession._core.files import reason
 from colabsession._core.timeout import Backoff
 from colabsession._core.units import format_duration
+from colabsession._drive import companion
 from colabsession._storage.history import HistoryLog
 from colabsession._storage.layout import CutShort, Lineage, Manifest, parse_name
 from colabsession._storage.lease import Lease
@@ -33,6 +45,111 @@ from colabsession._storage.retention import Policy, split
 from colabsession._storage.store import Entry, Store
 
 logger = logging.getLogger(__name__)
+
+#: What a checkpoint's state means, as reports say it.
+STATES = {
+    "local": "saved locally only, not yet on Drive",
+    "mount": "written to the mount, not yet confirmed by Drive",
+    "unchecked": "written to the mount (Drive not checked)",
+    "written": "written to the location",
+    "drive": "on Drive (confirmed by Drive)",
+}
+CONFIRM_POLL = 3.0  # seconds between two looks through the API while a flush waits for Drive
+CONFIRM_WAIT = 60.0  # the longest a flush waits for the mount's uploads before using the API
+_sleep = time.sleep  # tests replace it
+
+
+class _MountDown(Exception):
+    """The mount failed and the round went through the API instead."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(reason(cause))
+        self.cause = cause
+
+
+class DriveCheck:
+    """Asks Drive, through its API (*view*, *api*: the run's folder there), which checkpoints
+    it holds whole: the size Drive reports, then its md5Checksum against the local copy's in
+    *local* (kept in *md5s*), or, where Drive gives none or there is no local copy, the
+    trailer read back through the API against the checkpoint's manifest."""
+
+    def __init__(
+        self,
+        view: companion.ApiView,
+        api: Store,
+        local: Store | None,
+        md5s: dict[str, str] | None = None,
+    ) -> None:
+        self.view, self.api, self.local = view, api, local
+        self.md5s = md5s if md5s is not None else {}
+
+    def confirmed(self, entries: list[Entry]) -> set[str]:
+        """The names of *entries* that Drive holds whole (one listing, a read per file
+        without an md5)."""
+        if not entries:
+            return set()
+        files = self.view.files(self.api.root, self.api.timeout or 60.0)
+        return {e.name for e in entries if self._whole(e, files.get(e.name))}
+
+    def _whole(self, entry: Entry, found: tuple[int | None, str | None] | None) -> bool:
+        if found is None:
+            return False
+        size, md5 = found
+        if size is None:
+            return False
+        local = self._local_path(entry)
+        if local is not None:
+            try:
+                if size != os.path.getsize(local):
+                    return False
+                if md5 is not None:
+                    return md5 == self._md5(entry.name, local)
+            except FileNotFoundError:
+                pass  # retention removed it locally meanwhile: ask the trailer
+        # No md5 to compare: the trailer read back through the API, at the size Drive reports
+        # (a manifest is valid only at its file's true size).
+        self.api.forget(entry.name)
+        manifest = self.api.manifest(entry.name, warn=False, size=size)
+        return isinstance(manifest, Manifest) and manifest.crc32c == entry.manifest.crc32c
+
+    def _local_path(self, entry: Entry) -> str | None:
+        if self.local is None or not self.local.location.is_local:
+            return None
+        return self.local.path(entry.name)
+
+    def _md5(self, name: str, path: str) -> str:
+        known = self.md5s.get(name)
+        if known is None:
+            digest = hashlib.md5(usedforsecurity=False)
+            with open(path, "rb") as f:
+                while chunk := f.read(8 << 20):
+                    digest.update(chunk)
+            known = self.md5s[name] = digest.hexdigest()
+        return known
+
+
+def drive_states(local: Store, remote: Store | None, entries: list[Entry]) -> dict[str, str]:
+    """Where each of *entries* (checkpoints of the run, local or at the location) stands with
+    Drive, by name: a key of :data:`STATES`, asked of Drive now where the location is the
+    Colab mount and an API view exists (``colabsession ckpt list``)."""
+    if remote is None:
+        return {}
+    at_location = [e for e in entries if e.store is remote]
+    names = {e.name for e in at_location}
+    states = {e.name: "local" for e in entries if e.name not in names}
+    if not companion.under_mount(remote.location):
+        return {**states, **dict.fromkeys(names, "written")}
+    view = companion.view_for(remote.location)
+    where = view.location(remote.location) if view is not None else None
+    if view is None or where is None:
+        return {**states, **dict.fromkeys(names, "unchecked")}
+    api = Store(where, timeout=remote.timeout)
+    try:
+        confirmed = DriveCheck(view, api, local).confirmed(at_location)
+    except (OSError, TimeoutError) as exc:
+        logger.warning("colabsession: cannot ask Drive through its API (%s)", reason(exc))
+        return {**states, **dict.fromkeys(names, "unchecked")}
+    return {**states, **{n: "drive" if n in confirmed else "mount" for n in names}}
 
 
 class Replicator:
@@ -63,6 +180,17 @@ class Replicator:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.last_error: str | None = None
+        # Drive through its API beside the mount (None: none, or not looked for yet)
+        self._api: Store | None = None
+        self._api_view: companion.ApiView | None = None
+        self._api_looked = False
+        self._confirmed: set[str] = set()  # checkpoints Drive itself reports whole
+        self._via_api: set[str] = set()  # checkpoints this replicator sent through the API
+        self._md5: dict[str, str] = {}
+        self._mount_down = False
+        self._patient = False  # a flush waits for Drive to confirm (the next round)
+        self._round_patient = False  # this round does
+        self._flush_budget = 0.0
 
     # The training thread's side ----------------------------------------------------------------
 
@@ -85,13 +213,34 @@ class Replicator:
         """Replicate now and wait up to *timeout* seconds; return the steps still not on the
         location (empty when everything is there)."""
         self.backoff.succeeded()  # no pause: this is the last chance
+        self._patient, self._flush_budget = True, timeout
         self.notify()
         self._idle.wait(timeout)
         return self.pending()
 
     def pending(self) -> list[int]:
-        """Committed local steps (that retention keeps) not yet whole on the location."""
-        return sorted(e.step for e in self._wanted() if e.name not in self._whole)
+        """Committed local steps (that retention keeps) not yet on the location: where Drive
+        can be asked through its API, not yet confirmed by Drive."""
+        return sorted(s for s, state in self.states().items() if state in ("local", "mount"))
+
+    def states(self) -> dict[int, str]:
+        """Each committed local step that retention keeps, and where it is (a key of
+        :data:`STATES`): ``local``, ``mount`` (written to the mount, Drive has not confirmed
+        it), ``unchecked`` (written to the mount, no API view to ask Drive), ``written`` (at a
+        location that is not the mount), ``drive`` (Drive confirmed it)."""
+        on_mount = companion.under_mount(self.remote.location)
+        states = {}
+        for entry in self._wanted():
+            if entry.name in self._confirmed:
+                state = "drive"
+            elif entry.name not in self._whole:
+                state = "local"
+            elif self._api is not None:
+                state = "mount"
+            else:
+                state = "unchecked" if on_mount else "written"
+            states[entry.step] = state
+        return states
 
     def stop(self) -> None:
         self._stop = True
@@ -105,27 +254,49 @@ class Replicator:
             self._wake.clear()
             if self._stop:
                 break
-            if not self.backoff.due():
+            on_location = self.backoff.due() or self._patient  # a flush does not wait
+            if not on_location and not self._mount_down:
                 continue
+            # Taken at the round's start: a flush asked for during a round is the next one's.
+            self._round_patient, self._patient = self._patient, False
             try:
-                self._round()
+                if on_location:
+                    self._round()
+                else:
+                    self._round_through_api()  # the mount is resting: Drive through its API
             except LeaseError as exc:
                 self.lease.lost = self.lease.lost or str(exc)
                 self.lease.lost_to = self.lease.lost_to or exc.holder
                 self._idle.set()
                 return
+            except _MountDown as exc:
+                self._relist = True
+                self.backoff.failed()
+                self.last_error = str(exc)
             except (OSError, TimeoutError, DriveError) as exc:
                 self._failed(exc)
             else:
-                if self.backoff.failures:
-                    logger.warning("colabsession: %s answers again: caught up", self.remote)
-                self.backoff.succeeded()
-                self.last_error = None
+                if on_location:
+                    if self.backoff.failures:
+                        logger.warning("colabsession: %s answers again: caught up", self.remote)
+                    self.backoff.succeeded()
+                    self.last_error = None
+                    self._mount_down = False
             with self._lock:
-                if self.backoff.failures or not self._wake.is_set():
+                # After a failure a flush waits for nothing more, unless it asked for a round
+                # that has not run yet (this one began before it).
+                if (self.backoff.failures and not self._patient) or not self._wake.is_set():
                     self._idle.set()
 
     def _round(self) -> None:
+        try:
+            self._round_on_location()
+        except (OSError, TimeoutError) as exc:
+            if isinstance(exc, DriveError) or not self._fall_back(exc):
+                raise
+            raise _MountDown(exc) from exc
+
+    def _round_on_location(self) -> None:
         if self.lease.lost:
             raise self.lease.error()
         if not self.lease.held:
@@ -145,8 +316,8 @@ class Replicator:
         # past the restored step are dropped on resume, so being ahead is harmless).
         self.history.sync()
         for entry in sorted(wanted, key=lambda e: -e.step):  # the newest matters most
-            if entry.name in self._whole:
-                continue
+            if entry.name in self._whole or entry.name in self._confirmed:
+                continue  # (one Drive holds, sent through the API, shows on the mount later)
             if self.lease.lost:
                 raise self.lease.error()
             try:
@@ -161,6 +332,115 @@ class Replicator:
             self._remote_sizes[entry.name] = size
             self._whole.add(entry.name)
         self._retain({e.name for e in wanted})
+        try:
+            self._confirm(wanted)
+        except LeaseError:
+            raise
+        except (OSError, TimeoutError, DriveError) as exc:  # the mount did its part
+            logger.warning(
+                "colabsession: cannot ask Drive through its API whether it holds what was "
+                "written to the mount (%s); asking again at the next round",
+                reason(exc),
+            )
+
+    # Drive through its API -------------------------------------------------------------------
+
+    def _api_store(self) -> Store | None:
+        """The location's folder through the Drive API, where the location is the Colab mount
+        and credentials can be had without a prompt (looked for once)."""
+        if not self._api_looked:
+            self._api_looked = True
+            view = companion.view_for(self.remote.location)
+            where = view.location(self.remote.location) if view is not None else None
+            if view is not None and where is not None:
+                self._api_view = view
+                self._api = Store(where, timeout=self.remote.timeout)
+        return self._api
+
+    def _confirm(self, wanted: list[Entry]) -> None:
+        """Ask Drive which checkpoints written to the mount it holds whole. In a flush, wait a
+        bounded while for the mount's uploads, then send what Drive still lacks through the
+        API."""
+        api = self._api_store()
+        if api is None:
+            return
+        todo = [e for e in wanted if e.name in self._whole and e.name not in self._confirmed]
+        polls = 0
+        if self._round_patient:
+            polls = int(min(CONFIRM_WAIT, self._flush_budget / 3) // CONFIRM_POLL)
+        for attempt in range(polls + 1):
+            todo = self._unconfirmed(api, todo)
+            if not todo:
+                return
+            if attempt < polls:
+                _sleep(CONFIRM_POLL)
+        if self._round_patient:
+            logger.warning(
+                "colabsession: Drive has not received checkpoint steps %s written to the mount "
+                "(they wait in its cache): sending them through the Drive API",
+                sorted(e.step for e in todo),
+            )
+            self._send_through_api(api, todo)
+
+    def _unconfirmed(self, api: Store, entries: list[Entry]) -> list[Entry]:
+        """Those of *entries* that Drive does not report whole (one listing)."""
+        assert self._api_view is not None
+        confirmed = DriveCheck(self._api_view, api, self.local, self._md5).confirmed(entries)
+        self._confirmed |= confirmed
+        return [e for e in entries if e.name not in confirmed]
+
+    def _send_through_api(self, api: Store, entries: list[Entry]) -> None:
+        for entry in sorted(entries, key=lambda e: -e.step):
+            if self.lease.lost:
+                raise LeaseError(self.lease.lost)
+            api.forget(entry.name)
+            try:
+                api.upload(entry)
+            except FileNotFoundError:
+                continue  # retention removed it locally meanwhile
+            self._via_api.add(entry.name)
+        self._unconfirmed(api, entries)
+
+    def _fall_back(self, exc: BaseException) -> bool:
+        """The mount failed (*exc*): go on through the API if there is a view; whether it
+        did."""
+        api = self._api_store()
+        if api is None:
+            return False
+        if not self._mount_down:
+            self._mount_down = True
+            logger.warning(
+                "colabsession: the Drive mount does not answer (%s): checkpoints go to Drive "
+                "through its API meanwhile, and the mount is tried again now and then. Colab "
+                "cannot remount Drive while a cell runs: when training ends, run "
+                "cs.drive.ensure() in a cell",
+                reason(exc),
+            )
+        self._round_through_api()
+        return True
+
+    def _round_through_api(self) -> None:
+        """Send the wanted checkpoints Drive lacks through the API (the mount is down); drop
+        those this replicator sent that retention no longer keeps."""
+        api = self._api_store()
+        if api is None:
+            return
+        if self.lease.lost:
+            raise LeaseError(self.lease.lost)
+        wanted = self._wanted()
+        self._send_through_api(api, self._unconfirmed(api, wanted))
+        self._drop_sent({e.name for e in wanted})
+
+    def _drop_sent(self, keep: set[str]) -> None:
+        """Delete the checkpoints this replicator sent through the API that retention no
+        longer keeps (only those: files it wrote, by their names)."""
+        if self._api is None:
+            return
+        for name in sorted(self._via_api - keep):
+            if parse_name(name) is not None:
+                self._api.remove(name)
+            self._via_api.discard(name)
+            self._confirmed.discard(name)
 
     def _is_whole(self, entry: Entry) -> bool:
         """Whether the location's copy of *entry* is whole: its size first (from the listing),
@@ -200,16 +480,31 @@ class Replicator:
                 self._whole.discard(entry.name)
 
     def _retain(self, wanted: set[str]) -> None:
+        self._drop_sent(wanted)
         for entry in split(self._remote_entries(), self.policy)[1]:
-            self.remote.delete(entry)
+            self._delete(entry)
             self._remote_sizes.pop(entry.name, None)
             self._whole.discard(entry.name)
+            self._confirmed.discard(entry.name)
         # Copies cut short that no local copy will replace (a kill during an upload on
         # another runtime): nothing can be read from them, and each restore would warn.
         for name in [n for n in self._remote_sizes if parse_name(n) is not None]:
             if name not in wanted and isinstance(self.remote.manifest(name, warn=False), CutShort):
                 self.remote.remove(name)
                 self._remote_sizes.pop(name, None)
+
+    def _delete(self, entry: Entry) -> None:
+        """Delete a checkpoint that retention drops. One Drive holds (confirmed through the
+        API) is deleted through the API, by its own name in the run's folder, so that it does
+        not sit in Drive's Trash (a file deleted on the mount goes there, counting against
+        the quota for 30 days); then on the mount, where the deletion may not have arrived."""
+        api = self._api if entry.name in self._confirmed else None
+        if api is not None and parse_name(entry.name) is not None:
+            try:
+                api.remove(entry.name)
+            except (OSError, TimeoutError) as exc:
+                logger.info("colabsession: %s: %s; deleting on the mount", api, reason(exc))
+        self.remote.delete(entry)
 
     def _failed(self, exc: BaseException) -> None:
         self._relist = True  # the failure may have left anything behind
