@@ -686,6 +686,15 @@ def _filesystem_class() -> type:
                 for item_id in item_ids:
                     self._remove(item_id)
 
+            def claim(self, path: str) -> None:
+                """Mark the newest file of *path* as colabsession's (:data:`MARK`), so that
+                removing it deletes it for good: for a file colabsession wrote another way
+                (through the Colab mount) and Drive has confirmed byte for byte against the
+                local copy, never for anything else."""
+                item = self.client.CreateFile({"id": self._get_item_id(path.rstrip("/"))})
+                item["properties"] = [dict(MARK)]
+                item.Upload()  # an existing file with no new content: files.patch, metadata only
+
             def _ids_of(self, path: str) -> list[str]:
                 parent, name = posixpath.split(path)
                 try:
@@ -766,6 +775,7 @@ def _filesystem_class() -> type:
             "info",
             "exists",
             "rm_file",
+            "claim",
             "cat_file",
             "get_file",
             "mkdir",

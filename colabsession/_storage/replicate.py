@@ -501,6 +501,12 @@ class Replicator:
         api = self._api if entry.name in self._confirmed else None
         if api is not None and parse_name(entry.name) is not None:
             try:
+                # Drive confirmed it against the local copy: colabsession wrote it, so it
+                # may be marked as its own, and the API then deletes it for good.
+                claim = getattr(api.fs, "claim", None)
+                if claim is not None:
+                    path = api.path(entry.name)
+                    api.io(f"mark {entry.name}", lambda: claim(path))
                 api.remove(entry.name)
             except (OSError, TimeoutError) as exc:
                 logger.info("colabsession: %s: %s; deleting on the mount", api, reason(exc))
