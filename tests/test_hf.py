@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -201,7 +202,13 @@ def test_the_tutorial_killed_on_new_vms_ends_with_the_same_best_model(
     assert finished.returncode == 0, finished.stderr[-3000:]
     a, b = torch.load(tmp_path / "vm0" / "final.pt"), torch.load(tmp_path / "vm9" / "final.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert "(the best so far, step 24, restored too)" in finished.stdout
+    # Replication is in the background: a kill soon after the save of step 32 may leave Drive
+    # with step 24 as its newest (under load it does). Either way the run ends bit for bit as
+    # the reference; the best, when older than the step resumed from, comes back beside it.
+    resumed = re.search(r"resuming \S+ at step (\d+)", finished.stdout)
+    assert resumed is not None, finished.stdout
+    if int(resumed.group(1)) > 24:
+        assert "(the best so far, step 24, restored too)" in finished.stdout
     assert "best 24 40" in finished.stdout
     output = sorted(p.name for p in (tmp_path / "vm9" / "my_awesome_model").iterdir())
     assert output == ["checkpoint-24", "checkpoint-40"]  # save_total_limit=2, the best kept
