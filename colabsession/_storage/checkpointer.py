@@ -27,7 +27,6 @@ import os
 import socket
 import time
 import uuid
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -86,12 +85,7 @@ class Checkpoint:
     @property
     def source(self) -> str:
         """Deprecated: the old name of :attr:`where`."""
-        warnings.warn(
-            "Checkpoint.source is deprecated: use Checkpoint.where (the name CheckpointInfo "
-            "uses too)",
-            DeprecationWarning,
-            stacklevel=2,
-        )
+        warn_renamed("Checkpoint.source", "Checkpoint.where (the name CheckpointInfo uses too)")
         return self.where
 
     def __repr__(self) -> str:
