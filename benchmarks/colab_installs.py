@@ -28,7 +28,10 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-EXTRAS = ["", "drive", "gpu", "plot", "tensorflow", "demo", "torch", "hf", "jax"]
+EXTRAS = [
+    "", "drive", "gpu", "plot", "tensorflow", "demo", "torch", "hf", "jax",
+    "lightning", "tensorboard", "wandb", "torchdata", "safetensors",
+]
 
 
 def canonical(name: str) -> str:
