@@ -61,6 +61,9 @@ def fit(
     every session of the run; a run that already has all its *epochs* returns it at once.
     *restart* starts the run over (its earlier checkpoints and history are set aside, never
     deleted); ``takeover=True`` takes the run from another notebook whose lease has not expired.
+    *notify* sends a message when the run finishes, fails or stops for the deadline: a webhook's
+    URL (Slack, Discord, ntfy or any JSON receiver), True for ``COLABSESSION_WEBHOOK`` from the
+    environment or the notebook's secrets, None for the environment variable only, False never.
 
     >>> history = cs.fit(model, x, y, run="digits-cnn", epochs=50,  # doctest: +SKIP
     ...                  batch_size=64, seed=0)
