@@ -37,6 +37,7 @@ if TYPE_CHECKING:
         MountTimeoutError,
         RunNotFoundError,
     )
+    from ._core.secrets import secret
     from ._runtime.benchmark import BenchmarkReport, benchmark
     from ._runtime.clock import SessionClock, clock
     from ._runtime.precision import Precision
@@ -91,6 +92,7 @@ _LAZY: dict[str, str] = {
     "probe": "._runtime.probe",
     "require_accelerator": "._runtime.probe",
     "runtime": "._runtime.runtime",
+    "secret": "._core.secrets",
     "strategy": "._runtime.strategy",
     "torch": ".torch",
 }
@@ -138,6 +140,7 @@ __all__ = [
     "probe",
     "require_accelerator",
     "runtime",
+    "secret",
     "strategy",
     "torch",
 ]

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-RUNTIME_VARS = ("COLAB_RELEASE_TAG", "COLAB_GPU", "KAGGLE_KERNEL_RUN_TYPE", "KAGGLE_URL_BASE")
+RUNTIME_VARS = (
+    "COLAB_RELEASE_TAG",
+    "COLAB_GPU",
+    "KAGGLE_KERNEL_RUN_TYPE",
+    "KAGGLE_URL_BASE",
+    "KAGGLE_DATA_PROXY_URL",
+    "KAGGLE_USER_SECRETS_TOKEN",
+)
 
 
 def isolate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -24,6 +31,7 @@ def isolate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("COLABSESSION_HOME", str(home))
     monkeypatch.setattr(_runtime, "COLAB_HOSTNAME_FILE", tmp_path / "no-colab-hostname")
     monkeypatch.setattr(_runtime, "MOUNT_TABLE", str(tmp_path / "mounts"))
+    monkeypatch.setattr(_runtime, "KAGGLE_WORKING", tmp_path / "kaggle-working")
     (tmp_path / "mounts").write_text("proc /proc proc rw 0 0\n")
     monkeypatch.setattr(_gdrive, "current", None)
     monkeypatch.setattr(_mount, "_said_local", False)

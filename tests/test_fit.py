@@ -15,6 +15,7 @@ import pytest
 from pytest_mock import MockerFixture
 
 import colabsession as cs
+from colabsession._core.notify import TIMEOUT
 from colabsession._core.optional import installed
 from colabsession._runtime.probe import CPUInfo, GPUInfo, HardwareReport, OSInfo, TPUInfo
 from colabsession._runtime.strategy import choose_precision, choose_strategy
@@ -577,6 +578,7 @@ def test_model_outside_strategy_scope(keras: Any, tmp_path: Path, mocker: Mocker
 
 def test_notify(keras: Any, tmp_path: Path, mocker: MockerFixture) -> None:
     post = mocker.patch("requests.post")
+    post.return_value.status_code = 200
     x, y = data()
     cs.fit(
         small_model(keras),
@@ -590,7 +592,8 @@ def test_notify(keras: Any, tmp_path: Path, mocker: MockerFixture) -> None:
     payload = post.call_args.kwargs["json"]
     assert payload["event"] == "finished"
     assert payload["run"] == str(tmp_path)
-    assert post.call_args.kwargs["timeout"] == 10
+    assert post.call_args.kwargs["timeout"] == TIMEOUT
+    assert payload["text"].startswith(f"colabsession: run {tmp_path} finished")
 
 
 def test_fit_takes_a_checkpointer_as_its_run(keras: Any, tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from colabsession._core.files import reason
 from colabsession._core.optional import require
 from colabsession._core.records import read_json
 from colabsession._core.say import say
+from colabsession._core.secrets import find_secret
 from colabsession._core.timeout import Backoff, call_with_timeout
 from colabsession._core.units import Duration, format_duration, parse_duration
 from colabsession._runtime.runtime import detect_kind, home_dir
@@ -66,12 +67,13 @@ def load_credentials(
     """google-auth credentials with Drive scope, from the first source that has them:
 
     1. *service_account*: a key file's path, its JSON text, or the parsed key;
-    2. ``$COLABSESSION_SERVICE_ACCOUNT`` (path or JSON text, e.g. from Kaggle's secrets);
+    2. ``COLABSESSION_SERVICE_ACCOUNT`` (path or JSON text): an environment variable, else a
+       secret in Colab's or Kaggle's secret store (see ``cs.secret``);
     3. in Colab, the notebook user's own account (``google.colab.auth.authenticate_user()``);
     4. the sign-in saved by :func:`sign_in` (local Jupyter, scripts).
     """
     require("google.auth", extra="drive", purpose="the Drive API", package="google-auth")
-    source = service_account if service_account is not None else os.environ.get(ENV_SERVICE_ACCOUNT)
+    source = service_account if service_account is not None else find_secret(ENV_SERVICE_ACCOUNT)
     if source:
         return _service_account_credentials(source)
     if detect_kind() == "colab":

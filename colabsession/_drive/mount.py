@@ -16,6 +16,7 @@ from colabsession._core.timeout import Backoff, call_with_timeout
 from colabsession._core.units import Duration, format_duration, parse_duration
 from colabsession._runtime.runtime import (
     COLAB_MOUNTPOINT,
+    ENV_DRIVE,
     MY_DRIVE,
     default_drive_root,
     detect_kind,
@@ -220,7 +221,16 @@ def say_local_folder(root: Path) -> None:
     marker = home_dir() / ".said-local-drive"
     if marker.exists():
         return
-    logger.warning("colabsession: not in Colab; the local folder %s stands in for Drive", root)
+    if detect_kind() == "kaggle" and not os.environ.get(ENV_DRIVE):  # root is /kaggle/working
+        logger.warning(
+            "colabsession: in Kaggle, %s stands in for Drive. Kaggle keeps it as the notebook's "
+            "output when you save a version (up to 20 GB), and across sessions only with "
+            "Persistence set to Files (or Variables and Files) in the notebook's settings; "
+            "everything else goes with the session",
+            root,
+        )
+    else:
+        logger.warning("colabsession: not in Colab; the local folder %s stands in for Drive", root)
     with contextlib.suppress(OSError):  # if it cannot be recorded, it is said again: harmless
         marker.touch()
 

@@ -16,6 +16,8 @@ from colabsession._runtime.runtime import RuntimeKind, detect_kind
 ENV_MAX_SESSION = "COLABSESSION_MAX_SESSION"
 ENV_IDLE_LIMIT = "COLABSESSION_IDLE_LIMIT"
 DEFAULT_MAX_SESSION = 12 * 3600.0  # free Colab; paid tiers get up to 24 h, never guaranteed
+KAGGLE_MAX_SESSION = 12 * 3600.0  # a Kaggle session on CPU or GPU, by Kaggle's own figures
+KAGGLE_TPU_MAX_SESSION = 9 * 3600.0  # a Kaggle session on a TPU
 DEFAULT_IDLE_LIMIT = 90 * 60.0  # the commonly quoted figure, not an official one
 DEFAULT_MARGIN = 10 * 60.0
 
@@ -36,7 +38,8 @@ class SessionClock:
 
     Args:
         started: when the session began (a datetime, or seconds since the epoch).
-        max_session: the session limit; default ``$COLABSESSION_MAX_SESSION``, else 12 h.
+        max_session: the session limit; default ``$COLABSESSION_MAX_SESSION``, else 12 h
+            (Colab's free tier; Kaggle's sessions on CPU and GPU), 9 h on a Kaggle TPU.
         idle_limit: how long an idle runtime lives; default ``$COLABSESSION_IDLE_LIMIT``,
             else 90 min.
     """
@@ -55,8 +58,10 @@ class SessionClock:
             self.started = started.timestamp()
         else:
             self.started = float(started) if started is not None else session_start()
-        self.max_session = _setting(
-            max_session, ENV_MAX_SESSION, DEFAULT_MAX_SESSION, "max_session"
+        self.max_session = (
+            parse_duration(max_session, name="max_session")
+            if max_session is not None
+            else _setting(None, ENV_MAX_SESSION, default_max_session(), "max_session")
         )
         self.idle_limit = _setting(idle_limit, ENV_IDLE_LIMIT, DEFAULT_IDLE_LIMIT, "idle_limit")
 
@@ -108,6 +113,16 @@ def clock(**kwargs: Any) -> SessionClock:
     True
     """
     return SessionClock(**kwargs)
+
+
+def default_max_session(kind: RuntimeKind | None = None) -> float:
+    """The session limit of this runtime when none is configured: Kaggle's 9 h on a TPU, else
+    12 h (Kaggle on CPU or GPU, free Colab)."""
+    if (kind or detect_kind()) == "kaggle":
+        from colabsession._runtime.probe import tpu_attached
+
+        return KAGGLE_TPU_MAX_SESSION if tpu_attached() else KAGGLE_MAX_SESSION
+    return DEFAULT_MAX_SESSION
 
 
 def session_start(kind: RuntimeKind | None = None) -> float:

@@ -517,6 +517,12 @@ def _mib(value: str | None) -> int | None:
     return None if mib is None else mib * MiB
 
 
+def tpu_attached() -> bool:
+    """Whether this machine has a TPU, from its PCI ids, device nodes and environment only (no
+    framework is imported and libtpu is never opened)."""
+    return _tpu() is not None
+
+
 def _tpu() -> TPUInfo | None:
     """A TPU VM from its PCI ids and device nodes, or the legacy TPU node from its address."""
     generations: list[str] = []

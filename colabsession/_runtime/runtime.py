@@ -18,6 +18,12 @@ COLAB_HOME = Path("/content/.colabsession")
 MY_DRIVE = "MyDrive"
 MOUNT_TABLE = "/proc/self/mounts"
 
+# Kaggle keeps this folder, and only this one: as the notebook's output when a version is saved
+# (up to 20 GB), and across sessions of the interactive editor with Persistence set to "Files"
+# (or "Variables and Files"). Everything else on the VM is gone with the session.
+KAGGLE_WORKING = Path("/kaggle/working")
+KAGGLE_VARS = ("KAGGLE_KERNEL_RUN_TYPE", "KAGGLE_URL_BASE", "KAGGLE_DATA_PROXY_URL")
+
 ENV_HOME = "COLABSESSION_HOME"
 ENV_DRIVE = "COLABSESSION_DRIVE"
 
@@ -63,7 +69,7 @@ def detect_kind() -> RuntimeKind:
     falls back like any other runtime; ``COLAB_GPU`` is unreliable and ignored."""
     if COLAB_HOSTNAME_FILE.exists():
         return "colab"
-    if os.environ.get("KAGGLE_KERNEL_RUN_TYPE") or os.environ.get("KAGGLE_URL_BASE"):
+    if any(os.environ.get(name) for name in KAGGLE_VARS):  # set in every Kaggle kernel
         return "kaggle"
     return "local"
 
@@ -81,9 +87,12 @@ def home_dir(kind: RuntimeKind | None = None) -> Path:
 
 
 def default_drive_root(kind: RuntimeKind | None = None) -> Path:
-    """The local folder that stands in for Drive: ``$COLABSESSION_DRIVE``, else ``<home>/drive``."""
+    """The local folder that stands in for Drive: ``$COLABSESSION_DRIVE``, else in a Kaggle
+    kernel ``/kaggle/working`` (the one folder Kaggle keeps), else ``<home>/drive``."""
     if env := os.environ.get(ENV_DRIVE):
         return Path(env).expanduser().absolute()
+    if (kind or detect_kind()) == "kaggle":
+        return KAGGLE_WORKING
     return home_dir(kind) / "drive"
 
 

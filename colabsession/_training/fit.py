@@ -10,6 +10,7 @@ from typing import Any
 
 from colabsession._core.deprecation import warn_renamed
 from colabsession._core.errors import ConfigError
+from colabsession._core.notify import Notify, webhook_url
 from colabsession._core.notify import notify as post
 from colabsession._core.optional import require
 from colabsession._core.say import say
@@ -31,7 +32,7 @@ def fit(
     validation_data: Any = None,
     seed: int | None = None,
     callbacks: Sequence[Any] = (),
-    notify: str | None = None,
+    notify: Notify = None,
     verbose: Any = "auto",
     restart: bool = False,
     **kwargs: Any,
@@ -60,6 +61,9 @@ def fit(
     every session of the run; a run that already has all its *epochs* returns it at once.
     *restart* starts the run over (its earlier checkpoints and history are set aside, never
     deleted); ``takeover=True`` takes the run from another notebook whose lease has not expired.
+    *notify* sends a message when the run finishes, fails or stops for the deadline: a webhook's
+    URL (Slack, Discord, ntfy or any JSON receiver), True for ``COLABSESSION_WEBHOOK`` from the
+    environment or the notebook's secrets, None for the environment variable only, False never.
 
     >>> history = cs.fit(model, x, y, run="digits-cnn", epochs=50,  # doctest: +SKIP
     ...                  batch_size=64, seed=0)
@@ -68,6 +72,9 @@ def fit(
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ConfigError(f"epochs must be a positive whole number, not {epochs!r}")
     from colabsession._training.keras import SessionCheckpoint
+
+    # Read now, not when the run ends: a secret store may ask the user to grant access.
+    notify = webhook_url(notify) or False
 
     label = run if isinstance(run, str) else None
     if "location" in kwargs:  # the old way: run= named it, location= put it elsewhere
