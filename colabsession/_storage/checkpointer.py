@@ -928,6 +928,7 @@ OPTIONS = frozenset(
         "timeout",
         "close_timeout",
         "_monotonic",
+        "_progress",
     }
 )
 """The keyword arguments of :class:`Checkpointer`, which the wrappers pass on to it."""
