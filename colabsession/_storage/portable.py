@@ -22,9 +22,10 @@ import json
 import math
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import IO, Any, ClassVar, Literal
 
 from colabsession._core.errors import CheckpointError, ConfigError
 from colabsession._core.files import reason
@@ -188,13 +189,15 @@ def import_checkpoint(
 
 
 def _write_safetensors(state: Any, step: int, metrics: dict[str, Any], out: Path) -> None:
+    import numpy as np
+
     tree, leaves = flatten(state, copy=False)
     arrays = host_arrays(leaves)
     kinds = _array_dtypes(tree, len(arrays))
     names = _array_names(tree, len(arrays))
     header: dict[str, Any] = {"__metadata__": {"format": "colabsession"}}
     offset = 0
-    blobs = []
+    blobs: list[Any] = []
     for index, array in enumerate(arrays):
         dtype = kinds[index] or array.dtype.name
         code = _TO_SAFETENSORS.get(dtype)
@@ -203,25 +206,28 @@ def _write_safetensors(state: Any, step: int, metrics: dict[str, Any], out: Path
                 f"the array {names[index]} is of {dtype}, which safetensors does not hold: "
                 "export to a torch.save file instead (format='torch')"
             )
-        data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+        # The array's own bytes, little-endian as the format wants, copied only if not so
+        data = np.ascontiguousarray(array.astype(array.dtype.newbyteorder("<"), copy=False))
         header[names[index]] = {
             "dtype": code,
             "shape": list(array.shape),
-            "data_offsets": [offset, offset + len(data)],
+            "data_offsets": [offset, offset + data.nbytes],
         }
-        blobs.append(data)
-        offset += len(data)
+        blobs.append(data.reshape(-1).view(np.uint8))
+        offset += data.nbytes
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)  # the format aligns the data at 8 bytes with spaces
     record = ExportRecord(step=step, metrics=metrics, tree=tree, tensors=names)
     side = json_beside(out)
-    _replace(out, [struct.pack("<Q", len(head)), head, *blobs])
-    _replace(side, [record.to_json(indent=1)])
+    _replace(out, lambda f: _write_all(f, [struct.pack("<Q", len(head)), head, *blobs]))
+    _replace(side, lambda f: f.write(record.to_json(indent=1)))
 
 
 def _read_safetensors(path: Path) -> tuple[Any, int | None, dict[str, Any]]:
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:  # into a buffer the arrays are views of, without a copy
+            data = bytearray(os.fstat(f.fileno()).st_size)
+            data = data[: f.readinto(data)]
     except OSError as exc:
         raise CheckpointError(f"cannot read {path}: {reason(exc)}", path=str(path)) from None
     try:
@@ -258,7 +264,7 @@ def _read_safetensors(path: Path) -> tuple[Any, int | None, dict[str, Any]]:
     return to_frameworks(unflatten(record.tree, arrays)), record.step, dict(record.metrics)
 
 
-def _parse_safetensors(data: bytes) -> dict[str, tuple[str, Any]]:
+def _parse_safetensors(data: bytearray) -> dict[str, tuple[str, Any]]:
     """name -> (dtype code, numpy array of the raw values) of a safetensors file, checked."""
     import numpy as np
 
@@ -268,7 +274,7 @@ def _parse_safetensors(data: bytes) -> dict[str, tuple[str, Any]]:
     if size > min(MAX_HEADER, len(data) - 8):
         raise ValueError(f"its header says it is {size} bytes long")
     try:
-        header = read_json(data[8 : 8 + size], what="its header", max_depth=8)
+        header = read_json(bytes(data[8 : 8 + size]), what="its header", max_depth=8)
     except InvalidRecord as exc:
         raise ValueError(str(exc)) from None
     if not isinstance(header, dict):
@@ -298,7 +304,7 @@ def _parse_safetensors(data: bytes) -> dict[str, tuple[str, Any]]:
             raise ValueError(f"{name!r} does not fit its place in the file")
         spans.append((begin, end))
         raw = np.frombuffer(body[begin:end], dtype=stored).reshape(shape)
-        out[name] = (code, raw.copy())
+        out[name] = (code, raw)
     spans.sort()
     for (_, end), (begin, _) in itertools.pairwise(spans):
         if begin < end:
@@ -405,11 +411,8 @@ def _array_frameworks(tree: Any, count: int) -> list[str | None]:
 
 def _write_torch(state: Any, out: Path) -> None:
     torch = require("torch", extra="torch", purpose="exporting to a torch.save file")
-    import io
-
-    buffer = io.BytesIO()
-    torch.save(_as_tensors(state, torch), buffer)
-    _replace(out, [buffer.getvalue()])
+    tensors = _as_tensors(state, torch)
+    _replace(out, lambda f: torch.save(tensors, f))
 
 
 def _as_tensors(node: Any, torch: Any) -> Any:
@@ -453,16 +456,20 @@ def _read_torch(path: Path) -> Any:
 # Files ---------------------------------------------------------------------------------------
 
 
-def _replace(path: Path, parts: list[bytes]) -> None:
-    """Write *path* whole under a temporary name, then rename it into place."""
+def _replace(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """Write *path* whole with ``write(f)`` under a temporary name, then rename it into place."""
     temp = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
         with open(temp, "wb") as f:
-            for part in parts:
-                f.write(part)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(temp, path)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
+
+
+def _write_all(f: IO[bytes], parts: list[Any]) -> None:
+    for part in parts:
+        f.write(part)
