@@ -47,7 +47,7 @@ def test_copying_and_restoring_a_large_checkpoint_report_progress(tmp_path: Path
     saved = Recorder()
     with cs.Checkpointer(location, every=None, local_dir=tmp_path / "vm1", _progress=saved) as ck:
         ck.save(1, state)
-    ((total, desc, updates),) = saved.named("copying step 1")
+    ((total, _, updates),) = saved.named("copying step 1")
     assert total > state["w"].nbytes  # with its manifest
     assert sum(updates) == total
     assert len(updates) > 1  # as it goes, not once at the end
@@ -57,7 +57,7 @@ def test_copying_and_restoring_a_large_checkpoint_report_progress(tmp_path: Path
     found = fresh.restore()
     assert found is not None
     assert np.array_equal(found.state["w"], state["w"])
-    ((total, desc, updates),) = restored.named("restoring step 1")
+    ((total, _, updates),) = restored.named("restoring step 1")
     assert total >= state["w"].nbytes
     assert sum(updates) == total
     assert len(updates) > 1

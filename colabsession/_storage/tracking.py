@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from colabsession._core.errors import CheckpointError
+from colabsession._core.errors import CheckpointError, ConfigError
 from colabsession._core.files import reason
 from colabsession._core.optional import require
 from colabsession._core.records import InvalidRecord, Record, parse_record
@@ -154,17 +154,13 @@ def wandb_init(run: Any, **kwargs: Any) -> Any:
 
 
 def _where(run: Any) -> tuple[Any, Any]:
-    from colabsession._storage.checkpointer import Checkpointer
-
-    if isinstance(run, Checkpointer):
+    if isinstance(run, (str, os.PathLike, Location)):
+        return run, None
+    if hasattr(run, "location") and hasattr(run, "local_dir"):  # a Checkpointer
         return run.location, run.local_dir
-    if not isinstance(run, (str, os.PathLike, Location)):
-        from colabsession._core.errors import ConfigError
-
-        raise ConfigError(
-            f"run must be a run name, a location or a Checkpointer, not {type(run).__name__}"
-        )
-    return run, None
+    raise ConfigError(
+        f"run must be a run name, a location or a Checkpointer, not {type(run).__name__}"
+    )
 
 
 def _read_id(store: Any, *, quiet: bool = False) -> str | None:
