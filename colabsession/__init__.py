@@ -46,6 +46,8 @@ if TYPE_CHECKING:
     from ._runtime.strategy import distribution, precision, strategy
     from ._storage.checkpointer import Checkpoint, Checkpointer, CheckpointInfo, CheckpointStatus
     from ._storage.history import History, history, plot_history
+    from ._storage.portable import export_checkpoint, import_checkpoint
+    from ._storage.tracking import wandb_id, wandb_init
     from ._training.fit import fit
     from .drive import mount
 
@@ -82,9 +84,11 @@ _LAZY: dict[str, str] = {
     "distribution": "._runtime.strategy",
     "drive": ".drive",
     "env": ".env",
+    "export_checkpoint": "._storage.portable",
     "fit": "._training.fit",
     "history": "._storage.history",
     "hf": ".hf",
+    "import_checkpoint": "._storage.portable",
     "keras": ".keras",
     "mount": ".drive",
     "plot_history": "._storage.history",
@@ -95,6 +99,8 @@ _LAZY: dict[str, str] = {
     "secret": "._core.secrets",
     "strategy": "._runtime.strategy",
     "torch": ".torch",
+    "wandb_id": "._storage.tracking",
+    "wandb_init": "._storage.tracking",
 }
 
 __all__ = [
@@ -130,9 +136,11 @@ __all__ = [
     "distribution",
     "drive",
     "env",
+    "export_checkpoint",
     "fit",
     "hf",
     "history",
+    "import_checkpoint",
     "keras",
     "mount",
     "plot_history",
@@ -143,6 +151,8 @@ __all__ = [
     "secret",
     "strategy",
     "torch",
+    "wandb_id",
+    "wandb_init",
 ]
 
 

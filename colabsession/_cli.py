@@ -75,6 +75,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _step(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, not {value}")
+    return value
+
+
 def _duration(text: str) -> str:
     from colabsession._core.units import parse_duration
 
@@ -322,6 +332,42 @@ def _parser() -> argparse.ArgumentParser:
                 help="the image to write: .png, .svg, .pdf, ... (default: history.png)",
             )
         cmd.set_defaults(handler=handler)
+    cmd = _command(
+        actions,
+        "export",
+        "write a checkpoint to safetensors (+ JSON) or a torch.save file",
+        "Write a run's newest checkpoint (or --step's) for other tools: a .safetensors file of "
+        "its arrays plus a .json beside it of the rest, or one torch.save file.",
+    )
+    cmd.add_argument("run", metavar="RUN", help=_RUN_HELP)
+    cmd.add_argument("output", metavar="OUT", help="the file to write, e.g. model.safetensors")
+    cmd.add_argument(
+        "--to",
+        choices=("safetensors", "torch"),
+        help="the format (default: safetensors for a .safetensors OUT, else torch)",
+    )
+    cmd.add_argument("--step", type=_step, help="the checkpoint's step (default: the newest)")
+    cmd.set_defaults(handler=_ckpt_export)
+    cmd = _command(
+        actions,
+        "import",
+        "save a safetensors or torch.save file as a checkpoint of a new run",
+        "Save the state in a .safetensors file (with the .json beside it that export writes, "
+        "or alone) or a torch.save file (read with weights_only=True) as a checkpoint of a run "
+        "that has none yet.",
+    )
+    cmd.add_argument("source", metavar="FILE", help="the file to read")
+    cmd.add_argument("run", metavar="RUN", help=_RUN_HELP)
+    cmd.add_argument(
+        "--from",
+        dest="format",
+        choices=("safetensors", "torch"),
+        help="the format (default: safetensors for a .safetensors FILE, else torch)",
+    )
+    cmd.add_argument(
+        "--step", type=_step, help="the checkpoint's step (default: the exported one, else 0)"
+    )
+    cmd.set_defaults(handler=_ckpt_import)
     ckpt.set_defaults(handler=lambda args: _usage(ckpt))
     return parser
 
@@ -507,6 +553,23 @@ def _ckpt_plot(args: argparse.Namespace) -> int:
     axes = plot_history(args.run)
     axes[0].figure.savefig(args.output, dpi=120, bbox_inches="tight")
     print(f"wrote {args.output}")
+    return 0
+
+
+def _ckpt_export(args: argparse.Namespace) -> int:
+    from colabsession._storage.portable import export_checkpoint, format_of, json_beside
+
+    out = export_checkpoint(args.run, args.output, step=args.step, format=args.to)
+    side = f" and {json_beside(out)}" if format_of(out, args.to) == "safetensors" else ""
+    print(f"wrote {out}{side}")
+    return 0
+
+
+def _ckpt_import(args: argparse.Namespace) -> int:
+    from colabsession._storage.portable import import_checkpoint
+
+    step = import_checkpoint(args.source, args.run, step=args.step, format=args.format)
+    print(f"saved {args.source} as step {step} of {args.run}")
     return 0
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from colabsession._core.errors import ConfigError, DataError
 from colabsession._core.files import reason
+from colabsession._core.progress import bar as progress_bar
 from colabsession._core.say import say
 from colabsession._core.units import (
     Duration,
@@ -89,7 +90,7 @@ def pack(
     if not any(not f.is_dir for f in files):
         raise DataError(f"{src} holds no files to pack")
     total = sum(f.size for f in files)
-    with _stage.bar(total, f"packing {_name(src)}") as bar:
+    with progress_bar(total, f"packing {_name(src)}") as bar:
         info, written = _pack.pack(
             src,
             target,

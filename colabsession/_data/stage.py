@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 
 from colabsession._core.errors import DataError
 from colabsession._core.files import reason, replace_folder
+from colabsession._core.progress import bar
 from colabsession._core.records import InvalidRecord, Record, parse_record, read_count
 from colabsession._core.say import say
 from colabsession._core.timeout import Backoff, map_bounded
@@ -213,20 +214,6 @@ def record(
         staged=datetime.now(timezone.utc).isoformat(),
         seconds=round(time.monotonic() - started, 3),
         version=StagedInfo.VERSION,
-    )
-
-
-def bar(total: int, desc: str, initial: int = 0) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=total,
-        initial=initial,
-        unit="B",
-        unit_scale=True,
-        unit_divisor=1024,
-        desc=desc,
-        leave=False,
     )
 
 

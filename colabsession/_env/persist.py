@@ -19,6 +19,7 @@ from pathlib import Path
 
 from colabsession._core.errors import ColabSessionError, EnvError
 from colabsession._core.files import reason, sha256_file
+from colabsession._core.progress import bar as progress_bar
 from colabsession._core.records import InvalidRecord
 from colabsession._core.units import format_bytes
 from colabsession._data import archive as _archive
@@ -232,19 +233,13 @@ def persist(
 
 
 def _copy_up(source: Path, store: Store, name: str, desc: str) -> None:
-    from tqdm.auto import tqdm
-
-    with tqdm(
-        total=source.stat().st_size, unit="B", unit_scale=True, desc=desc, leave=False
-    ) as bar:
+    with progress_bar(source.stat().st_size, desc) as bar:
         store.put_file(source, name, progress=bar.update)
 
 
 def fetch(store: Store, info: EnvInfo) -> Path:
     """Read the archive from *store*, hashing and unpacking it in one pass, into a new folder
     that is moved into place only once the archive is verified; returns the local layer."""
-    from tqdm.auto import tqdm
-
     root = local_root() / info.name
     root.mkdir(parents=True, exist_ok=True)
     _check_space(root, info)
@@ -262,12 +257,7 @@ def fetch(store: Store, info: EnvInfo) -> Path:
             tar_bytes = _archive.decompress(reader, compression)  # type: ignore[arg-type]
             with (
                 _archive.Prefetch(tar_bytes) as ahead,
-                tqdm(
-                    total=info.files or None,
-                    unit="files",
-                    desc=f"restoring {info.name}",
-                    leave=False,
-                ) as bar,
+                progress_bar(info.files or None, f"restoring {info.name}", unit="files") as bar,
             ):
                 _archive.unpack(ahead, temp, limit=limit, progress=lambda _: bar.update())  # type: ignore[arg-type]
                 ahead.drain()

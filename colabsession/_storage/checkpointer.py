@@ -37,6 +37,7 @@ from typing import Any, Literal, NamedTuple
 from colabsession._core.deprecation import renamed_arguments, warn_renamed
 from colabsession._core.errors import CheckpointError, ColabSessionError, ConfigError, LeaseError
 from colabsession._core.files import reason
+from colabsession._core.progress import ProgressFactory, transfer
 from colabsession._core.units import Duration, format_duration, parse_duration
 from colabsession._drive.location import Location
 from colabsession._runtime.clock import SessionClock
@@ -207,6 +208,7 @@ class Checkpointer:
         timeout: Duration = "60s",
         close_timeout: Duration = "2min",
         _monotonic: Callable[[], float] = time.monotonic,  # a test seam: the clock of intervals
+        _progress: ProgressFactory = transfer,  # a test seam: the bars of large transfers
     ) -> None:
         if keep_last < 1:
             raise ConfigError("keep_last must be at least 1: the newest checkpoint is always kept")
@@ -235,6 +237,7 @@ class Checkpointer:
         self.timeout = parse_duration(timeout, name="timeout")
         self.close_timeout = parse_duration(close_timeout, name="close_timeout")
         self._monotonic = monotonic = _monotonic
+        self._progress = _progress
 
         self.local, self.remote = run_stores(self.location, local_dir, timeout=self.timeout)
         self.local_dir = Path(self.local.root)
@@ -260,6 +263,7 @@ class Checkpointer:
                 policy=self.policy,
                 head=lambda: self._lineage,
                 monotonic=monotonic,
+                progress=_progress,
             )
             if self.remote is not None
             else None
@@ -631,7 +635,8 @@ class Checkpointer:
         self._writing = False  # the next write takes up from the restored step afresh
         for entry in entries:
             try:
-                state = entry.store.load(entry)
+                with self._progress(entry.manifest.size, f"restoring step {entry.step}") as bar:
+                    state = entry.store.load(entry, progress=bar.update)
             except (Damaged, OSError, TimeoutError) as exc:
                 logger.warning(
                     "colabsession: skipping checkpoint step %d in %s: %s",
@@ -923,6 +928,7 @@ OPTIONS = frozenset(
         "timeout",
         "close_timeout",
         "_monotonic",
+        "_progress",
     }
 )
 """The keyword arguments of :class:`Checkpointer`, which the wrappers pass on to it."""

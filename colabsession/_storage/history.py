@@ -21,6 +21,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any, overload
 
 from colabsession._core.deprecation import renamed_arguments
@@ -80,6 +81,22 @@ class History:
         if "time" in frame:
             frame["time"] = pd.to_datetime(frame["time"], unit="s", utc=True)
         return frame
+
+    def to_tensorboard(self, logdir: str | os.PathLike[str]) -> Path:
+        """Write the history as a TensorBoard event file in *logdir* (one scalar per metric and
+        step, at the time it was logged), replacing the one written there before; returns its
+        path. Written whole and renamed into place, from the history kept with the run: call
+        it again in a new session (or during training) and the file is complete again, where
+        TensorBoard's own writer, appending in place, loses its tail with the runtime. Needs
+        the tensorboard package (Colab has it).
+
+        >>> cs.history("my-run").to_tensorboard("/content/tb/my-run")   # doctest: +SKIP
+        PosixPath('/content/tb/my-run/events.out.tfevents.colabsession-history')
+        >>> %tensorboard --logdir /content/tb                          # doctest: +SKIP
+        """
+        from colabsession._storage.tracking import write_tensorboard
+
+        return write_tensorboard(self._rows, logdir)
 
     def __len__(self) -> int:
         return len(self._rows)

@@ -34,6 +34,7 @@ from collections.abc import Callable
 
 from colabsession._core.errors import DriveError, LeaseError
 from colabsession._core.files import reason
+from colabsession._core.progress import ProgressFactory, transfer
 from colabsession._core.timeout import Backoff
 from colabsession._core.units import format_duration
 from colabsession._drive import companion
@@ -165,8 +166,10 @@ class Replicator:
         policy: Policy,
         head: Callable[[], Lineage | None] = lambda: None,
         monotonic: Callable[[], float] = time.monotonic,
+        progress: ProgressFactory = transfer,
     ) -> None:
         self.local, self.remote, self.history, self.lease = local, remote, history, lease
+        self.progress = progress  # a bar for each large upload (see _core.progress)
         self.policy = policy
         self.head = head  # the writer's branch, live whatever the location holds
         self.backoff = Backoff(initial=5.0, maximum=600.0, monotonic=monotonic)
@@ -326,7 +329,7 @@ class Replicator:
                     continue
                 size = self.local.size(entry.name)
                 self.remote.forget(entry.name)  # a copy cut short is replaced
-                self.remote.upload(entry)
+                self._upload(self.remote, entry)
             except FileNotFoundError:
                 continue  # retention removed it locally meanwhile: a newer one supersedes it
             self._remote_sizes[entry.name] = size
@@ -389,13 +392,18 @@ class Replicator:
         self._confirmed |= confirmed
         return [e for e in entries if e.name not in confirmed]
 
+    def _upload(self, store: Store, entry: Entry) -> None:
+        size = entry.store.size(entry.name)  # the arrays and the manifest after them
+        with self.progress(size, f"copying step {entry.step} to {store}") as bar:
+            store.upload(entry, progress=bar.update)
+
     def _send_through_api(self, api: Store, entries: list[Entry]) -> None:
         for entry in sorted(entries, key=lambda e: -e.step):
             if self.lease.lost:
                 raise LeaseError(self.lease.lost)
             api.forget(entry.name)
             try:
-                api.upload(entry)
+                self._upload(api, entry)
             except FileNotFoundError:
                 continue  # retention removed it locally meanwhile
             self._via_api.add(entry.name)

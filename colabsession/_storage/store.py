@@ -228,19 +228,29 @@ class Store:
         with self._lock:
             return sorted((n, str(m)) for n, m in self._manifests.items() if isinstance(m, Damaged))
 
-    def load(self, entry: Entry, *, timeout: float | None = None) -> Any:
-        """The state of *entry*, read whole and verified. Raises Damaged."""
+    def load(
+        self,
+        entry: Entry,
+        *,
+        progress: Callable[[int], object] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """The state of *entry*, read whole and verified; *progress* hears of the bytes read
+        now. Raises Damaged."""
         size = entry.manifest.size
 
         def job() -> bytearray:
             buffer = bytearray(size)
             with self.backend.open(self.path(entry.name)) as f:
                 view, done = memoryview(buffer), 0
+                step = size if progress is None else COPY_CHUNK  # reports between reads
                 while done < size:
-                    got = _read_into(f, view[done:])
+                    got = _read_into(f, view[done : done + step])
                     if not got:
                         break
                     done += got
+                    if progress is not None:
+                        progress(got)
             return buffer[:done] if done < size else buffer
 
         try:
@@ -267,13 +277,20 @@ class Store:
         assert step is not None
         return Entry(step, name, manifest, self)
 
-    def upload(self, entry: Entry, *, timeout: float | None = None) -> Entry:
-        """Copy *entry* (a file of another store on the local disk) into this store."""
+    def upload(
+        self,
+        entry: Entry,
+        *,
+        progress: Callable[[int], object] | None = None,
+        timeout: float | None = None,
+    ) -> Entry:
+        """Copy *entry* (a file of another store on the local disk) into this store;
+        *progress* hears of the bytes copied now."""
         source = entry.store.path(entry.name)
 
         def job() -> None:
             with open(source, "rb") as src:
-                chunks = iter(lambda: src.read(COPY_CHUNK), b"")
+                chunks = _counted(iter(lambda: src.read(COPY_CHUNK), b""), progress)
                 self.backend.write_chunks(self.path(entry.name), chunks)
 
         self.io(f"upload {entry.name}", job, entry.manifest.size, timeout=timeout)

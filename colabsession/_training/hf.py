@@ -16,6 +16,7 @@ from colabsession._core.deprecation import renamed_arguments
 from colabsession._core.errors import CheckpointError, ConfigError
 from colabsession._core.files import reason, replace_folder
 from colabsession._core.optional import require
+from colabsession._core.progress import transfer
 from colabsession._core.say import say
 from colabsession._data.archive import is_plain
 from colabsession._runtime.interrupt import stop_at_boundary
@@ -151,10 +152,13 @@ def write_folder(state: Any, folder: Path) -> Path:
     temporary = folder.with_name(f".{folder.name}.{secrets.token_hex(4)}.partial")
     try:
         temporary.mkdir(parents=True)
-        for name, data in files.items():
-            target = temporary.joinpath(*name.split("/"))
-            target.parent.mkdir(parents=True, exist_ok=True)
-            data.tofile(target)
+        total = sum(data.nbytes for data in files.values())
+        with transfer(total, f"writing {folder.name}") as bar:
+            for name, data in files.items():
+                target = temporary.joinpath(*name.split("/"))
+                target.parent.mkdir(parents=True, exist_ok=True)
+                data.tofile(target)
+                bar.update(data.nbytes)
         # The Trainer's own copy there, maybe cut short: the verified one replaces it.
         replace_folder(temporary, folder)
     except OSError as exc:
