@@ -446,8 +446,10 @@ def links_outside(links: dict[str, str]) -> list[tuple[str, str]]:
     absolute or, followed through the others the way the system follows it, leads outside the
     tree (or loops): what :class:`Unpacker` would refuse, found before anything is written.
 
-    >>> links_outside({"a/x": "../b", "a/y": "../../etc/passwd", "z": "/etc"})
-    [('a/y', "the link 'a/y' leads outside the folder"), ('z', "the link 'z' -> '/etc' is absolute")]
+    >>> for link, why in links_outside({"a/x": "../b", "a/y": "../../x", "z": "/etc"}):
+    ...     print(link, "-", why)
+    a/y - the link 'a/y' leads outside the folder
+    z - the link 'z' -> '/etc' is absolute
     """
     tree = _Tree()
     bad = []

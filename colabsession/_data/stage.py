@@ -743,10 +743,10 @@ def list_source(
 ) -> list[SourceFile]:
     """The files of the folder *location* (see :func:`._walk.walk`); DataError when it cannot
     be listed. Special files are left out, with a warning; so are symbolic links that point
-    outside the folder, or, when *packing*, they are refused before anything is written. A name that could not be
-    an archive member (see :func:`._archive.is_plain`: Drive's titles are free text, ``..``,
-    ``a/b``, a backslash) is left out with a warning, or, when *packing*, refused before
-    anything is written: a shard holding it could never be staged."""
+    outside the folder, or, when *packing*, they are refused before anything is written. A
+    name that could not be an archive member (see :func:`._archive.is_plain`: Drive's titles
+    are free text, ``..``, ``a/b``, a backslash) is left out with a warning, or, when
+    *packing*, refused before anything is written: a shard holding it could never be staged."""
     try:
         files, left_out = walk(location, workers=workers, timeout=timeout, skip=skip or _none)
     except FileNotFoundError:
@@ -776,8 +776,7 @@ def list_source(
         )
     if outside:
         logger.warning(
-            "colabsession: leaving out %d symbolic link(s) of %s that point outside it "
-            "(first: %s)",
+            "colabsession: leaving out %d symbolic link(s) of %s that point outside it (first: %s)",
             len(outside),
             location,
             outside[0][1],

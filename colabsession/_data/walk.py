@@ -183,8 +183,8 @@ def read_ahead(
     location: Location, files: list[SourceFile], *, workers: int, timeout: float
 ) -> Iterator[tuple[SourceFile, bytes | None]]:
     """Each of *files* (in order) with its content, read by *workers* threads ahead of the
-    caller; a folder or link (nothing to read), or a file larger than 16 MiB, comes with None (stream it with
-    :func:`stream_file`, so that memory stays bounded)."""
+    caller; a folder or link (nothing to read), or a file larger than 16 MiB, comes with None
+    (stream it with :func:`stream_file`, so that memory stays bounded)."""
 
     def read(item: SourceFile) -> tuple[SourceFile, bytes | None]:
         if item.is_dir or item.is_link or item.size > SMALL:
