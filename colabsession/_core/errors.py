@@ -235,10 +235,10 @@ class CacheError(DataError):
         path: the file or folder concerned, where known.
 
     >>> try:
-    ...     cs.cache.save("huggingface")
+    ...     cs.cache.save("hugingface")
     ... except cs.CacheError as exc:
-    ...     print(exc.cache)                            # doctest: +SKIP
-    huggingface
+    ...     print(exc.cache)
+    hugingface
     """
 
     def __init__(self, *args: object, path: str | None = None, cache: str | None = None) -> None:
