@@ -13,7 +13,8 @@ Known caches by name: ``"huggingface"`` (the hub cache: ``HF_HUB_CACHE``, ``HF_H
 ``"torch"`` (``TORCH_HOME``), ``"keras"`` (``KERAS_HOME``, ``~/.keras``) and ``"datasets"``
 (``HF_DATASETS_CACHE``); any folder by its path. Saving is incremental and content-addressed:
 each large file is stored once by its sha256, the rest in one small packed part (the tar shards
-of :mod:`colabsession.data`), and a manifest written last commits the save.
+of :mod:`colabsession.data`), and a manifest written last commits the save. Failures raise
+``cs.CacheError``.
 """
 
 from colabsession._cache.api import (
@@ -26,10 +27,8 @@ from colabsession._cache.api import (
     save,
     size,
 )
-from colabsession._core.errors import CacheError
 
 __all__ = [
-    "CacheError",
     "CacheInfo",
     "CacheReport",
     "Keeper",
