@@ -460,3 +460,28 @@ def test_cli_cache_commands(
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "not a known cache" in err
+
+
+def test_a_file_that_changes_while_it_is_uploaded_is_not_saved_under_its_old_hash(
+    isolated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub = new_machine(tmp_path, monkeypatch, "vm1")
+    add_model(hub, "a", 1)
+    (weights,) = [p for p in (hub / "models--org--a" / "blobs").iterdir() if p.stat().st_size > MiB]
+    weights.write_bytes(weights.read_bytes()[: MiB + 10])  # still a blob, not yet what it says
+    real = Store.put_file
+
+    def writing_meanwhile(store: Store, source: Any, name: str, **kwargs: Any) -> None:
+        real(store, source, name, **kwargs)
+        with open(weights, "ab") as f:  # the download goes on
+            f.write(b"more")
+        os.utime(weights, (1, 1))
+
+    monkeypatch.setattr(Store, "put_file", writing_meanwhile)
+    with pytest.raises(cs.CacheError, match="changed while it was being saved"):
+        cs.cache.save("huggingface")
+    monkeypatch.setattr(Store, "put_file", real)
+    assert cs.cache.size("huggingface") == []  # nothing committed
+    blobs = tmp_path / "drive/Colab Notebooks/colabsession/caches/huggingface/blobs"
+    assert not list(blobs.iterdir())  # the blob whose name no longer says its content: gone
+    assert cs.cache.save("huggingface")[0].uploaded == 2  # once it is complete

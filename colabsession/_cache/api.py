@@ -336,6 +336,16 @@ def _save(cache: _Cache, root: Location) -> CacheReport:
         for sha, item in todo.items():
             name = _manifest.blob_name(sha)
             _put(blobs, cache.path / item.path, name, item.size)
+            if not _unchanged(cache.path / item.path, item):
+                with contextlib.suppress(OSError, TimeoutError):
+                    blobs.remove(name)  # its content may not be its name's any more
+                raise CacheError(
+                    f"{cache.path / item.path} changed while it was being saved (a download "
+                    "still writing it?): save again once it is complete; the cache saved "
+                    "before is unchanged",
+                    cache=cache.name,
+                    path=str(cache.path / item.path),
+                )
             have[sha] = name
             uploaded += 1
             uploaded_bytes += item.size
@@ -421,6 +431,15 @@ def _same(previous: CacheManifest, entries: dict[str, CacheEntry], now: int) -> 
 
 def _index(entries: dict[str, CacheEntry]) -> dict[str, Any]:
     return {p: [e.signature, e.sha256] for p, e in entries.items() if e.sha256}
+
+
+def _unchanged(path: Path, item: SourceFile) -> bool:
+    """Whether the file *path* still has the size and time it was listed (and hashed) with."""
+    try:
+        there = path.stat()
+    except OSError:
+        return False
+    return there.st_size == item.size and there.st_mtime == item.mtime
 
 
 def _put(store: Store, source: Path, name: str, size: int) -> None:
