@@ -366,6 +366,8 @@ def _save(cache: _Cache, root: Location) -> CacheReport:
                 part.name if part else "", "", item.mode, mtime, now,
             )  # fmt: skip
         entries = _manifest.merge([_entries(info) for _, info in found] + [layer])
+        if len(found) > 1 or (found and time.monotonic() - started > _manifest_age):
+            entries = _present(store, blobs, entries, layer)
         head_names = [n for n, _ in found]
         previous = found[-1][1] if len(found) == 1 else None
         if not uploaded and previous is not None and _same(previous, entries, now):
@@ -404,6 +406,26 @@ def _save(cache: _Cache, root: Location) -> CacheReport:
     _write_json(_index_path(cache.name), _index(entries))
     _write_json(_marker(cache.name), _restored_key([written], cache))
     return _report(cache, store, "save", entries, started, written, "", uploaded, uploaded_bytes)
+
+
+_manifest_age = GRACE / 2  # a save this long may have met a prune: look again before the commit
+
+
+def _present(
+    store: Store, blobs: Store, entries: dict[str, CacheEntry], layer: dict[str, CacheEntry]
+) -> dict[str, CacheEntry]:
+    """*entries* less those carried from other saves whose blob or part is gone from Drive
+    (a prune removed what newer saves no longer named, while this one was under way)."""
+    there = set(store.names()) | set(blobs.names())
+    kept = {p: e for p, e in entries.items() if p in layer or e.source in there}
+    if len(kept) != len(entries):
+        logger.warning(
+            "colabsession: %d path(s) of %s saved by another session are gone from Drive "
+            "(pruned); not carried over",
+            len(entries) - len(kept),
+            store,
+        )
+    return kept
 
 
 def _manifest_numbers(names: set[str]) -> builtins.list[tuple[int, str]]:
