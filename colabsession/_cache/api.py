@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import dataclasses
+import errno
 import functools
 import hashlib
 import json
@@ -26,7 +27,7 @@ from typing import Any
 from colabsession._cache import manifest as _manifest
 from colabsession._cache.manifest import CacheEntry, CacheManifest
 from colabsession._core.errors import CacheError, DataError
-from colabsession._core.files import reason, sha256_file
+from colabsession._core.files import reason, sha256_file, write_fd
 from colabsession._core.records import InvalidRecord, read_json
 from colabsession._core.say import say
 from colabsession._core.timeout import map_bounded
@@ -665,15 +666,10 @@ def _fetch_all(
                     )
                 written += stats.unpacked
             else:
-                sha = job[3]
                 for entry in entries.values():
-                    if entry.sha256 == sha:
-                        member = tarfile.TarInfo(entry.path)
-                        member.size, member.mode = entry.size, entry.mode
-                        with open(local, "rb") as src:
-                            chunks = iter(functools.partial(src.read, _archive.CHUNK), b"")
-                            stats = unpacker.add([(member, chunks)], limit=entry.size)
-                        written += stats.unpacked
+                    if entry.sha256 == job[3]:
+                        _place_blob(local, partial, entry)
+                        written += entry.size
         unpacker.finish()
     finally:
         arrived.close()
@@ -684,6 +680,29 @@ def _fetch_all(
         with contextlib.suppress(OSError):
             job[4].unlink()
     return written
+
+
+def _place_blob(local: Path, partial: Path, entry: CacheEntry) -> None:
+    """Put the verified blob *local* at *entry*'s path in the new folder *partial*: a hard link
+    where the disk allows (no copy of a model's weights), else a copy; never through a link and
+    never over a file. The manifest was checked to be one tree whose folders hold each blob's
+    path (no link above one): checked here again on the disk."""
+    target = partial / entry.path
+    folder = entry.path.rpartition("/")[0]
+    os.makedirs(target.parent, mode=0o755, exist_ok=True)
+    inside = os.path.join(os.path.realpath(partial), *folder.split("/")) if folder else None
+    if os.path.realpath(target.parent) != (inside or os.path.realpath(partial)):
+        raise _archive.UnsafeArchive(f"{entry.path!r} passes through a link")
+    try:
+        os.link(local, target, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+            raise
+        with open(local, "rb") as src:
+            chunks = iter(functools.partial(src.read, _archive.CHUNK), b"")
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+            write_fd(str(target), chunks, flags, entry.mode & 0o755 | 0o600)
+    os.chmod(target, entry.mode & 0o755 | 0o600)
 
 
 def _owned(
