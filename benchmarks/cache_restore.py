@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fuse_latency import Mount  # type: ignore[import-not-found]  # noqa: E402
+from fuse_latency import Mount  # type: ignore[import-not-found]
 
 REPO = "models--org--model"
 
