@@ -485,3 +485,33 @@ def test_a_file_that_changes_while_it_is_uploaded_is_not_saved_under_its_old_has
     blobs = tmp_path / "drive/Colab Notebooks/colabsession/caches/huggingface/blobs"
     assert not list(blobs.iterdir())  # the blob whose name no longer says its content: gone
     assert cs.cache.save("huggingface")[0].uploaded == 2  # once it is complete
+
+
+def test_keep_saves_at_once_when_a_checkpointer_makes_its_final_save(
+    isolated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from .test_checkpoint import state_at
+
+    hub = new_machine(tmp_path, monkeypatch, "vm1")
+    add_model(hub, "a", 1)
+    keeper = cs.cache.keep("huggingface", every="1h")  # never on its own in this test
+    saved = threading.Event()
+    real = _cache_manifest.heads
+
+    def heads(store: Store, names: set[str]) -> Any:
+        found = real(store, names)
+        saved.set()
+        return found
+
+    monkeypatch.setattr(_cache_manifest, "heads", heads)
+    try:
+        with cs.Checkpointer(tmp_path / "run", every=None) as ckpt:
+            ckpt.request_stop("the deadline")
+            assert ckpt.maybe_save(1, state_at(1))
+            assert ckpt.should_stop
+        assert saved.wait(60)  # the keeper's thread saves, not the training loop
+    finally:
+        keeper.stop(save=False)
+    assert [r.uploaded for r in keeper.reports] == [2]

@@ -28,6 +28,7 @@ from colabsession._cache import manifest as _manifest
 from colabsession._cache.manifest import CacheEntry, CacheManifest
 from colabsession._core.errors import CacheError, DataError
 from colabsession._core.files import reason, sha256_file, write_fd
+from colabsession._core.hooks import at_final_save
 from colabsession._core.records import InvalidRecord, read_json
 from colabsession._core.say import say
 from colabsession._core.timeout import map_bounded
@@ -920,14 +921,20 @@ class Keeper:
         self._saved: dict[str, str] = {}
         self._seen: dict[str, str] = {}
         self._stop = threading.Event()
+        self._now = threading.Event()  # a Checkpointer's final save: save what changed, now
+        self._forget = at_final_save(self._now.set)
         self._thread = threading.Thread(
             target=self._run, name="colabsession-cache-keep", daemon=True
         )
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.every):
-            self.check()
+        while True:
+            self._now.wait(self.every)
+            if self._stop.is_set():
+                return
+            force, _ = self._now.is_set(), self._now.clear()
+            self.check(force=force)
 
     def check(self, *, force: bool = False) -> builtins.list[CacheReport]:
         """Save each cache that changed and has stayed unchanged since the last check (a
@@ -959,7 +966,9 @@ class Keeper:
     def stop(self, *, save: bool = True, timeout: Duration = "10min") -> None:
         """Stop saving in the background; with *save*, save once more what changed (waiting
         at most *timeout* for a save under way)."""
+        self._forget()
         self._stop.set()
+        self._now.set()
         self._thread.join(parse_duration(timeout, name="timeout"))
         if save:
             self.check(force=True)
@@ -972,9 +981,10 @@ def keep(
 ) -> Keeper:
     """Save the caches in the background whenever they change: each *every*, a cache whose
     files changed and then stayed as they are for one more look (a download has finished) is
-    saved, incrementally. Colab ends a runtime without running ``atexit``: this saves a model
-    soon after it is downloaded, without a cell to remember. Returns the :class:`Keeper`; its
-    ``stop()`` ends it (saving what changed meanwhile).
+    saved, incrementally; and at once when a :class:`~colabsession.Checkpointer` makes its final
+    save (the session deadline is near). Colab ends a runtime without running ``atexit``: this
+    saves a model soon after it is downloaded, without a cell to remember. Returns the
+    :class:`Keeper`; its ``stop()`` ends it (saving what changed meanwhile).
 
     >>> keeper = cs.cache.keep("huggingface", every="1min")  # doctest: +SKIP
     """
