@@ -933,7 +933,8 @@ class Keeper:
             self._now.wait(self.every)
             if self._stop.is_set():
                 return
-            force, _ = self._now.is_set(), self._now.clear()
+            force = self._now.is_set()
+            self._now.clear()
             self.check(force=force)
 
     def check(self, *, force: bool = False) -> builtins.list[CacheReport]:
