@@ -515,3 +515,25 @@ def test_keep_saves_at_once_when_a_checkpointer_makes_its_final_save(
     finally:
         keeper.stop(save=False)
     assert [r.uploaded for r in keeper.reports] == [2]
+
+
+def test_save_and_restore_through_the_drive_api(
+    isolated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, drive_api: Any
+) -> None:
+    from colabsession.drive import Location
+
+    location = Location(drive_api, f"{drive_api.root}/caches", "drive:caches")
+    uploads = Uploads(monkeypatch)
+    hub = new_machine(tmp_path, monkeypatch, "vm1")
+    add_model(hub, "a", 1)
+    cs.cache.save("huggingface", location=location)
+    add_model(hub, "b", 2)
+    cs.cache.save("huggingface", location=location)
+    assert uploads.take() == (2, 2)
+    before = tree(hub)
+    hub = new_machine(tmp_path, monkeypatch, "vm2")
+    (report,) = cs.cache.restore(location=location)
+    assert report.files == 10
+    assert tree(hub) | {".locks": None} == before | {".locks": None}
+    cs.cache.save("huggingface", location=location)
+    assert uploads.take() == (0, 0)
