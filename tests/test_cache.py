@@ -270,6 +270,19 @@ def test_an_incremental_save_uploads_only_new_blobs(
     add_model(hub, "c", 3)
     cs.cache.save("huggingface")
     assert uploads.take() == (1, 1)
+    # Back on the first machine: only the weights it lacks are copied down.
+    fetched: list[str] = []
+    real_fetch = Store.fetch_file
+
+    def counted_fetch(store: Store, name: str, *args: Any, **kwargs: Any) -> str:
+        fetched.append(name)
+        return real_fetch(store, name, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "fetch_file", counted_fetch)
+    new_machine(tmp_path, monkeypatch, "vm1")
+    assert cs.cache.restore("huggingface")[0].restored == 5  # model c
+    assert sum(1 for n in fetched if _cache_manifest.BLOB.fullmatch(n)) == 1
+    hub = new_machine(tmp_path, monkeypatch, "vm2")
     # The same weights under another name are not uploaded either (content-addressed).
     add_model(hub, "c-copy", 3)
     cs.cache.save("huggingface")

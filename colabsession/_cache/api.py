@@ -622,9 +622,12 @@ def _fetch_all(
     folder *partial* as one tree (the rules of :class:`~._archive.Unpacker`)."""
     downloads = _local_dir() / ".download"
     used_parts = [parts[n] for n in sorted({e.source for e in entries.values()}) if n in parts]
+    # A blob this machine holds already at each of its paths is not copied (the local files
+    # are kept as they are anyway).
+    here = {p for p, e in entries.items() if e.sha256 and os.path.lexists(cache.path / p)}
     large: dict[str, CacheEntry] = {}
-    for entry in entries.values():
-        if entry.sha256:
+    for path, entry in entries.items():
+        if entry.sha256 and path not in here:
             large.setdefault(entry.sha256, entry)
     jobs: builtins.list[tuple[Store, str, int, str, Path]] = [
         (store, p.name, p.size, p.sha256, downloads / f"{p.sha256}.tar.zst") for p in used_parts
@@ -668,14 +671,14 @@ def _fetch_all(
                 written += stats.unpacked
             else:
                 for entry in entries.values():
-                    if entry.sha256 == job[3]:
+                    if entry.sha256 == job[3] and entry.path not in here:
                         _place_blob(local, partial, entry)
                         written += entry.size
         unpacker.finish()
     finally:
         arrived.close()
     for entry in entries.values():
-        if entry.kind == "file" and entry.mtime:
+        if entry.kind == "file" and entry.mtime and entry.path not in here:
             os.utime(partial / entry.path, (entry.mtime, entry.mtime))
     for job in jobs:
         with contextlib.suppress(OSError):
