@@ -575,8 +575,7 @@ def _restore(cache: _Cache, root: Location) -> CacheReport:
     parts = {p.name: p for _, info in found for p in info.parts}
     cache.path.parent.mkdir(parents=True, exist_ok=True)
     partial = cache.path.parent / f".{cache.path.name}.restoring-{secrets.token_hex(4)}"
-    downloads = _local_dir() / ".download"
-    downloads.mkdir(parents=True, exist_ok=True)
+    (_local_dir() / ".download").mkdir(parents=True, exist_ok=True)
     try:
         restored_bytes = _fetch_all(cache, store, blobs, entries, parts, partial)
         moved = _place(partial, cache.path, entries)
@@ -594,8 +593,8 @@ def _restore(cache: _Cache, root: Location) -> CacheReport:
         ) from None
     except (OSError, TimeoutError) as exc:
         raise CacheError(
-            f"restoring the cache {cache.name!r} from {store} failed ({reason(exc)}); nothing "
-            "was moved into place. Run the same call again to continue",
+            f"restoring the cache {cache.name!r} from {store} failed ({reason(exc)}). What was "
+            "copied is kept: run the same call again to continue",
             cache=cache.name,
         ) from None
     finally:
