@@ -19,9 +19,10 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from . import data, drive, env, hf, keras, torch
+    from . import cache, data, drive, env, hf, keras, torch
     from ._core.errors import (
         AcceleratorNotFoundError,
+        CacheError,
         CheckpointError,
         ColabSessionError,
         ConfigError,
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
 _LAZY: dict[str, str] = {
     "AcceleratorNotFoundError": "._core.errors",
     "BenchmarkReport": "._runtime.benchmark",
+    "CacheError": "._core.errors",
     "Checkpoint": "._storage.checkpointer",
     "CheckpointError": "._core.errors",
     "CheckpointInfo": "._storage.checkpointer",
@@ -79,6 +81,7 @@ _LAZY: dict[str, str] = {
     "RunNotFoundError": "._core.errors",
     "SessionClock": "._runtime.clock",
     "benchmark": "._runtime.benchmark",
+    "cache": ".cache",
     "clock": "._runtime.clock",
     "data": ".data",
     "distribution": "._runtime.strategy",
@@ -106,6 +109,7 @@ _LAZY: dict[str, str] = {
 __all__ = [
     "AcceleratorNotFoundError",
     "BenchmarkReport",
+    "CacheError",
     "Checkpoint",
     "CheckpointError",
     "CheckpointInfo",
@@ -131,6 +135,7 @@ __all__ = [
     "SessionClock",
     "__version__",
     "benchmark",
+    "cache",
     "clock",
     "data",
     "distribution",

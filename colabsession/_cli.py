@@ -274,6 +274,41 @@ def _parser() -> argparse.ArgumentParser:
     cmd.set_defaults(handler=_data_ls)
     data.set_defaults(handler=lambda args: _usage(data))
 
+    cache = _command(
+        commands,
+        "cache",
+        "framework caches (Hugging Face, torch, Keras) kept on Drive",
+        "Framework caches kept on Drive: save them after a download (only what is new is "
+        "uploaded), restore them at the start of each session.",
+    )
+    actions = cache.add_subparsers(title="actions", metavar="ACTION")
+    for name, help_text, handler in (
+        ("save", "save caches to Drive (default: every known one here)", _cache_save),
+        ("restore", "restore caches from Drive (default: every known one there)", _cache_restore),
+        ("ls", "the caches kept on Drive and their size", _cache_ls),
+        ("prune", "make the caches on Drive smaller", _cache_prune),
+    ):
+        cmd = _command(actions, name, help_text)
+        cmd.add_argument(
+            "caches",
+            nargs="*",
+            metavar="CACHE",
+            help="huggingface, torch, keras, datasets, or a folder's path",
+        )
+        cmd.add_argument(
+            "--location",
+            help="where caches are kept (default: drive:Colab Notebooks/colabsession/caches)",
+        )
+        if name == "ls":
+            _add_json(cmd)
+        if name == "prune":
+            cmd.add_argument(
+                "--older-than", type=_duration, help="drop files no save has seen for this long"
+            )
+            cmd.add_argument("--max-size", help="keep each cache under this size, e.g. 5GB")
+        cmd.set_defaults(handler=handler)
+    cache.set_defaults(handler=lambda args: _usage(cache))
+
     cmd = _command(
         commands,
         "demo",
@@ -702,4 +737,53 @@ def _data_ls(args: argparse.Namespace) -> int:
         shards = "" if e.shards is None else f"  {e.shards} shard(s)"
         hint = "  (not packed: colabsession data pack)" if e.kind == "folder" else ""
         print(f"{e.name:<24} {e.kind:<8} {files:>14} {format_bytes(e.size):>10}{shards}{hint}")
+    return 0
+
+
+def _cache_save(args: argparse.Namespace) -> int:
+    from . import cache
+
+    if not cache.save(*args.caches, location=args.location):
+        print("no known cache on this machine yet: name one, or give a folder's path")
+    return 0
+
+
+def _cache_restore(args: argparse.Namespace) -> int:
+    from . import cache
+
+    if not cache.restore(*args.caches, location=args.location):
+        print("no cache kept on Drive yet: colabsession cache save")
+    return 0
+
+
+def _cache_ls(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from colabsession._core.units import format_bytes
+
+    from . import cache
+
+    found = cache.size(*args.caches, location=args.location)
+    if args.json:
+        print(json.dumps([asdict(c) for c in found], indent=2))
+        return 0
+    if not found:
+        print("no cache kept on Drive yet: colabsession cache save")
+    for c in found:
+        print(
+            f"{c.name:<24} {c.files:>8,} files {format_bytes(c.bytes):>10}  "
+            f"{format_bytes(c.stored):>10} on Drive  saved {c.saved[:19]}  ({c.path})"
+        )
+    return 0
+
+
+def _cache_prune(args: argparse.Namespace) -> int:
+    from . import cache
+
+    cache.prune(
+        *args.caches,
+        older_than=args.older_than,
+        max_size=args.max_size,
+        location=args.location,
+    )
     return 0

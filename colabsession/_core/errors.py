@@ -224,3 +224,23 @@ class DataError(ColabSessionError):
     def __init__(self, *args: object, path: str | None = None) -> None:
         super().__init__(*args)
         self.path = path
+
+
+class CacheError(DataError):
+    """A framework cache (Hugging Face, torch, Keras, ``datasets``, a folder) cannot be saved to
+    Drive or restored from it.
+
+    Attributes:
+        cache: the cache's name (``"huggingface"``, or a folder's name and digest), where known.
+        path: the file or folder concerned, where known.
+
+    >>> try:
+    ...     cs.cache.save("hugingface")
+    ... except cs.CacheError as exc:
+    ...     print(exc.cache)
+    hugingface
+    """
+
+    def __init__(self, *args: object, path: str | None = None, cache: str | None = None) -> None:
+        super().__init__(*args, path=path)
+        self.cache = cache

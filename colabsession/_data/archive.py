@@ -441,6 +441,31 @@ def _parents(path: str) -> list[str]:
     return ["/".join(parts[:i]) for i in range(1, len(parts))]
 
 
+def links_outside(links: dict[str, str]) -> list[tuple[str, str]]:
+    """(link, why) for each of *links* (relative path -> target, the links of one tree) that is
+    absolute or, followed through the others the way the system follows it, leads outside the
+    tree (or loops): what :class:`Unpacker` would refuse, found before anything is written.
+
+    >>> for link, why in links_outside({"a/x": "../b", "a/y": "../../x", "z": "/etc"}):
+    ...     print(link, "-", why)
+    a/y - the link 'a/y' leads outside the folder
+    z - the link 'z' -> '/etc' is absolute
+    """
+    tree = _Tree()
+    bad = []
+    for path, target in links.items():
+        if not target or PurePosixPath(target).is_absolute():
+            bad.append((path, f"the link {path!r} -> {target!r} is absolute"))
+        else:
+            tree.links[path] = target
+    for path in list(tree.links):
+        try:
+            tree.resolve(path)
+        except UnsafeArchive as exc:
+            bad.append((path, str(exc)))
+    return sorted(bad)
+
+
 class _Tree:
     """What the archive has unpacked so far: directories, files and links (relative paths)."""
 

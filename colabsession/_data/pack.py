@@ -82,6 +82,11 @@ class ShardWriter:
             self._write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
             self.members.append(Member(item.path, 0, item.signature))
             return
+        if item.is_link:  # checked to stay inside the tree before packing began
+            info.type, info.mode, info.linkname = tarfile.SYMTYPE, 0o777, item.link
+            self._write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+            self.members.append(Member(item.path, 0, item.signature))
+            return
         info.mode = item.mode
         if data is not None:
             info.size = len(data)

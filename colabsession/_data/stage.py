@@ -665,7 +665,12 @@ def stage_folder(
     for item in files:
         if item.is_dir:
             (partial / item.path).mkdir(parents=True, exist_ok=True)
-    todo = [f for f in files if not f.is_dir and not same(f, f"{partial}/{f.path}")]
+    for item in files:  # links last: no folder is made through one (none is listed under one)
+        if item.is_link:
+            _relink(partial / item.path, item.link)
+    todo = [
+        f for f in files if not f.is_dir and not f.is_link and not same(f, f"{partial}/{f.path}")
+    ]
     largest = max((f.size for f in todo), default=0)
 
     def copy(item: SourceFile) -> int:
@@ -698,6 +703,17 @@ def stage_folder(
     return result
 
 
+def _relink(path: Path, target: str) -> None:
+    """Make *path* a symbolic link to *target* (checked to stay inside), whatever was there."""
+    if path.is_symlink() and os.readlink(path) == target:
+        return
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+    os.symlink(target, path)
+
+
 def _copied(partial: Path, files: list[SourceFile]) -> int:
     if not partial.is_dir():
         return 0
@@ -713,10 +729,11 @@ def list_source(
     packing: bool = False,
 ) -> list[SourceFile]:
     """The files of the folder *location* (see :func:`._walk.walk`); DataError when it cannot
-    be listed. Links and special files are left out, with a warning. A name that could not be
-    an archive member (see :func:`._archive.is_plain`: Drive's titles are free text, ``..``,
-    ``a/b``, a backslash) is left out with a warning, or, when *packing*, refused before
-    anything is written: a shard holding it could never be staged."""
+    be listed. Special files are left out, with a warning; so are symbolic links that point
+    outside the folder, or, when *packing*, they are refused before anything is written. A
+    name that could not be an archive member (see :func:`._archive.is_plain`: Drive's titles
+    are free text, ``..``, ``a/b``, a backslash) is left out with a warning, or, when
+    *packing*, refused before anything is written: a shard holding it could never be staged."""
     try:
         files, left_out = walk(location, workers=workers, timeout=timeout, skip=skip or _none)
     except FileNotFoundError:
@@ -729,12 +746,30 @@ def list_source(
         raise DataError(f"cannot list {location} ({reason(exc)})") from None
     if left_out:
         logger.warning(
-            "colabsession: leaving out %d link(s), special file(s) or Google Docs (no bytes to "
-            "copy) in %s (first: %s)",
+            "colabsession: leaving out %d special file(s) or Google Docs (no bytes to copy) in "
+            "%s (first: %s)",
             len(left_out),
             location,
             left_out[0],
         )
+    outside = _archive.links_outside({f.path: f.link for f in files if f.is_link})
+    if outside and packing:
+        raise DataError(
+            f"{len(outside)} symbolic link(s) in {location} point outside it (first: "
+            f"{outside[0][1]}): a packed link must stay inside the folder it is packed with. "
+            "Replace them with what they point to (or move them out of the folder) and pack "
+            "again; nothing was written",
+            path=f"{location}/{outside[0][0]}",
+        )
+    if outside:
+        logger.warning(
+            "colabsession: leaving out %d symbolic link(s) of %s that point outside it (first: %s)",
+            len(outside),
+            location,
+            outside[0][1],
+        )
+        dropped = {path for path, _ in outside}
+        files = [f for f in files if f.path not in dropped]
     unsafe = [f.path for f in files if not _archive.is_plain(f.path)]
     if not unsafe:
         return files

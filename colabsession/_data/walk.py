@@ -22,7 +22,7 @@ from typing import Any
 from colabsession._core.files import write_fd
 from colabsession._core.records import read_count
 from colabsession._core.timeout import call_with_timeout, map_bounded
-from colabsession._data.dataset import DIR
+from colabsession._data.dataset import DIR, LINK
 from colabsession._drive.location import Location
 from colabsession._storage.store import SLOWEST
 
@@ -40,10 +40,20 @@ class SourceFile:
     signature: str  # size and time of change (or checksum); DIR for a folder
     mtime: float = 0.0
     mode: int = 0o644
+    link: str = ""  # a symbolic link's target (as written in the link); "" for anything else
 
     @property
     def is_dir(self) -> bool:
         return self.signature == DIR
+
+    @property
+    def is_link(self) -> bool:
+        return bool(self.link)
+
+
+def link_signature(target: str) -> str:
+    """A symbolic link's signature: what it points to (a link re-pointed has changed)."""
+    return f"{LINK}{target}"
 
 
 def walk(
@@ -53,8 +63,9 @@ def walk(
     timeout: float,
     skip: Callable[[str], bool] = lambda path: False,
 ) -> tuple[list[SourceFile], list[str]]:
-    """Every file and folder under *location* (sorted by path, folders included) and the paths
-    left out (links and special files). *skip* leaves out a relative path and all under it."""
+    """Every file, folder and symbolic link under *location* (sorted by path, folders included;
+    a link is listed, never followed) and the paths left out (special files). *skip* leaves out
+    a relative path and all under it."""
     if location.is_local:
         found, left_out = _walk_local(location.path, workers, timeout, skip)
     else:
@@ -76,6 +87,10 @@ def _walk_local(
     def status(relative: str) -> tuple[str, str, os.stat_result]:
         return "stat", relative, os.lstat(f"{root}/{relative}")
 
+    def link(relative: str) -> tuple[str, str, tuple[str, os.stat_result]]:
+        path = f"{root}/{relative}"
+        return "link", relative, (os.readlink(path), os.lstat(path))
+
     try:
         pending.add(pool.submit(scan, ""))
         while pending:
@@ -84,6 +99,14 @@ def _walk_local(
                 raise TimeoutError(f"listing {root} did not answer within {timeout:g} s")
             for future in done:
                 kind, relative, value = future.result()
+                if kind == "link":
+                    target, there = value
+                    found.append(
+                        SourceFile(
+                            relative, 0, link_signature(target), there.st_mtime, 0o777, target
+                        )
+                    )
+                    continue
                 if kind == "dir":
                     for name in value:
                         child = f"{relative}/{name}" if relative else name
@@ -100,6 +123,8 @@ def _walk_local(
                     found.append(
                         SourceFile(relative, value.st_size, signature, value.st_mtime, perm)
                     )
+                elif stat.S_ISLNK(mode):
+                    pending.add(pool.submit(link, relative))
                 else:
                     left_out.append(relative)
     finally:
@@ -158,11 +183,11 @@ def read_ahead(
     location: Location, files: list[SourceFile], *, workers: int, timeout: float
 ) -> Iterator[tuple[SourceFile, bytes | None]]:
     """Each of *files* (in order) with its content, read by *workers* threads ahead of the
-    caller; a folder, or a file larger than 16 MiB, comes with None (stream it with
-    :func:`stream_file`, so that memory stays bounded)."""
+    caller; a folder or link (nothing to read), or a file larger than 16 MiB, comes with None
+    (stream it with :func:`stream_file`, so that memory stays bounded)."""
 
     def read(item: SourceFile) -> tuple[SourceFile, bytes | None]:
-        if item.is_dir or item.size > SMALL:
+        if item.is_dir or item.is_link or item.size > SMALL:
             return item, None
         return item, read_file(location, item.path)
 

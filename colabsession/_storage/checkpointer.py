@@ -38,6 +38,7 @@ from colabsession._core.deprecation import renamed_arguments, warn_renamed
 from colabsession._core.errors import CheckpointError, ColabSessionError, ConfigError, LeaseError
 from colabsession._core.files import reason
 from colabsession._core.progress import ProgressFactory, transfer
+from colabsession._core.hooks import final_save
 from colabsession._core.units import Duration, format_duration, parse_duration
 from colabsession._drive.location import Location
 from colabsession._runtime.clock import SessionClock
@@ -360,6 +361,7 @@ class Checkpointer:
                     else f"{format_duration(self.clock.remaining)} left in this session"
                 )
                 logger.warning("colabsession: %s: saving step %d and stopping", why, step)
+                final_save()  # e.g. cs.cache.keep saves what it keeps now, in its own thread
                 self.save(step, _gather(state), metrics=metrics)
                 self.wait()
                 self._stopped = True

@@ -1,0 +1,1 @@
+"""Framework caches kept on Drive: see :mod:`colabsession.cache`."""
