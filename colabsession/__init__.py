@@ -19,7 +19,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from . import data, drive, env, hf, keras, torch
+    from . import data, drive, env, hf, keras, lightning, torch
     from ._core.errors import (
         AcceleratorNotFoundError,
         CheckpointError,
@@ -85,6 +85,7 @@ _LAZY: dict[str, str] = {
     "history": "._storage.history",
     "hf": ".hf",
     "keras": ".keras",
+    "lightning": ".lightning",
     "mount": ".drive",
     "plot_history": "._storage.history",
     "precision": "._runtime.strategy",
@@ -132,6 +133,7 @@ __all__ = [
     "hf",
     "history",
     "keras",
+    "lightning",
     "mount",
     "plot_history",
     "precision",

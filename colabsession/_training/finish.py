@@ -26,6 +26,14 @@ def release_when_safe(ckpt: Checkpointer) -> bool:
     mirror, written to the Drive mount but not confirmed by Drive, or in a folder on the VM
     itself keeps the runtime.
     """
+    try:
+        runtime = importlib.import_module("google.colab.runtime")
+    except ImportError:
+        say(
+            "release_when_done: not on Colab, so there is no runtime to release (on Colab it "
+            "is released once the run's last checkpoint is confirmed at its location)"
+        )
+        return False
     step = ckpt.last_saved_step
     if step is None:
         step = ckpt.latest_step()
@@ -43,14 +51,6 @@ def release_when_safe(ckpt: Checkpointer) -> bool:
             )
             + ". Keep the runtime until it is safe (cs.Checkpointer(run).drive_states() says "
             "where each checkpoint stands), then release it from the Runtime menu"
-        )
-        return False
-    try:
-        runtime = importlib.import_module("google.colab.runtime")
-    except ImportError:
-        say(
-            f"the run is safe ({ckpt.location}, step {step}: {where}); on Colab the runtime "
-            "would be released now (release_when_done=True); here there is none to release"
         )
         return False
     say(f"the run is safe ({ckpt.location}, step {step}: {where}): releasing the runtime")

@@ -15,6 +15,7 @@ from colabsession._core.optional import require
 from colabsession._core.say import say
 from colabsession._runtime.runtime import run_again
 from colabsession._storage.checkpointer import Checkpointer, RunLike, split_options
+from colabsession._training.finish import release_when_safe
 
 logger = logging.getLogger("colabsession")
 
@@ -34,6 +35,7 @@ def fit(
     notify: str | None = None,
     verbose: Any = "auto",
     restart: bool = False,
+    release_when_done: bool = False,
     **kwargs: Any,
 ) -> Any:
     """Train *model* like ``model.fit``, checkpointing the *run* and resuming it when the same
@@ -60,6 +62,11 @@ def fit(
     every session of the run; a run that already has all its *epochs* returns it at once.
     *restart* starts the run over (its earlier checkpoints and history are set aside, never
     deleted); ``takeover=True`` takes the run from another notebook whose lease has not expired.
+    *notify*, a webhook URL, gets a POST when the run finishes, fails or stops for the deadline.
+    *release_when_done*: when every epoch is done and the last checkpoint is confirmed at the
+    location (on Drive as Drive itself confirms it), release the Colab runtime
+    (``google.colab.runtime.unassign()``), which stops spending compute units; never before
+    the run is safe, and never after a deadline stop (the run is not done).
 
     >>> history = cs.fit(model, x, y, run="digits-cnn", epochs=50,  # doctest: +SKIP
     ...                  batch_size=64, seed=0)
@@ -131,6 +138,8 @@ def fit(
         metrics={k: v[-1] for k, v in history.history.items() if v},
         **details,
     )
+    if release_when_done and not callback.stopped_for_deadline:
+        release_when_safe(callback.ckpt)  # closed by the with: its last copy is made
     return history
 
 
