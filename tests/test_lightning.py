@@ -3,6 +3,7 @@ for the deadline, keeps the history, and resumes a run killed mid-epoch exactly.
 
 from __future__ import annotations
 
+import signal
 import sys
 import types
 from pathlib import Path
@@ -58,8 +59,10 @@ def test_a_run_saves_its_end_keeps_its_history_and_notifies(tmp_path: Path, mock
     session = cs.lightning.SessionCheckpoint(
         tmp_path / "run", every=None, notify="https://hooks.example/x"
     )
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     trainer(session).fit(Model(), loader(), ckpt_path=session.ckpt_path())
     assert session.ckpt.closed
+    assert {s: signal.getsignal(s) for s in before} == before  # the notebook's handlers again
     assert cs.Checkpointer(tmp_path / "run").steps() == [8]  # the end of training
     rows = cs.history(tmp_path / "run")
     assert [(r["step"], r["epoch"]) for r in rows] == [(4, 1), (8, 2)]
@@ -93,6 +96,25 @@ def test_the_deadline_saves_and_stops_the_trainer(tmp_path: Path, mocker: Any) -
     runtime.unassign.assert_not_called()  # the run is not done
 
 
+def test_sigterm_saves_at_the_step_and_stops(tmp_path: Path, mocker: Any) -> None:
+    post = mocker.patch("requests.post")
+
+    class Terminated(Model):
+        def training_step(self, batch: Any, index: int) -> Any:
+            if self.global_step == 2:
+                signal.raise_signal(signal.SIGTERM)  # Colab ending the runtime, say
+            return super().training_step(batch, index)
+
+    session = cs.lightning.SessionCheckpoint(
+        tmp_path / "run", every=None, notify="https://hooks.example/x"
+    )
+    fit = trainer(session)
+    fit.fit(Terminated(), loader(), ckpt_path=session.ckpt_path())
+    assert fit.global_step == 3
+    assert cs.Checkpointer(tmp_path / "run").steps() == [3]
+    assert post.call_args.kwargs["json"]["event"] == "deadline"
+
+
 def test_a_failure_is_notified(tmp_path: Path, mocker: Any) -> None:
     post = mocker.patch("requests.post")
 
@@ -103,8 +125,11 @@ def test_a_failure_is_notified(tmp_path: Path, mocker: Any) -> None:
     session = cs.lightning.SessionCheckpoint(
         tmp_path / "run", every=None, notify="https://hooks.example/x"
     )
+    before = signal.getsignal(signal.SIGINT)
     with pytest.raises(RuntimeError):
         trainer(session).fit(Broken(), loader(), ckpt_path=session.ckpt_path())
+    assert session.ckpt.closed  # its lease released: the next cell can take the run
+    assert signal.getsignal(signal.SIGINT) is before
     payload = post.call_args.kwargs["json"]
     assert payload["event"] == "failed"
     assert "out of memory" in payload["error"]

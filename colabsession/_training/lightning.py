@@ -10,7 +10,7 @@ from colabsession._core.errors import CheckpointError, ConfigError
 from colabsession._core.notify import notify as post
 from colabsession._core.optional import require
 from colabsession._core.say import say
-from colabsession._runtime.interrupt import stop_at_boundary
+from colabsession._runtime.interrupt import StopOnSigterm, stop_at_boundary
 from colabsession._runtime.runtime import run_again
 from colabsession._storage.checkpointer import Checkpointer, RunLike, checkpointer_for
 from colabsession._training.finish import release_when_safe
@@ -73,10 +73,9 @@ class SessionCheckpoint(pl.Callback):  # type: ignore[misc]
         self._restored_step: int | None = None
         self._rng: dict[str, Any] | None = None  # restored with the callback, set at train start
         self._previous_io: Any = None
-        self._stack = contextlib.ExitStack()
+        self._signals = contextlib.ExitStack()  # the signal handlers while training
         self._last_step: int | None = None
         self._stopped_for_deadline = False
-        self._failed = False
         self._metrics: dict[str, float] | None = None  # given with the save under way
 
     # The resume ------------------------------------------------------------------------------
@@ -112,7 +111,6 @@ class SessionCheckpoint(pl.Callback):  # type: ignore[misc]
         self._previous_io = strategy.checkpoint_io
         strategy.checkpoint_io = RunCheckpointIO(self, self._previous_io)
         if trainer.is_global_zero:
-            self._stack.enter_context(stop_at_boundary(self.ckpt, on_hard_stop=_nothing))
             self.ckpt.prepare()  # an unwritable location fails now, not after an epoch
 
     def state_dict(self) -> dict[str, Any]:
@@ -123,8 +121,18 @@ class SessionCheckpoint(pl.Callback):  # type: ignore[misc]
         self._rng = rng if isinstance(rng, dict) else None
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        # SIGTERM and a first Ctrl-C: save at the next step and stop. Installed after
+        # Lightning took note of the handlers it puts back at its teardown, and removed
+        # before it (on_train_end, on_exception), so that the handlers of the notebook
+        # before fit() are what is left.
+        if trainer.is_global_zero:
+            sigterm = StopOnSigterm(self.ckpt.request_stop)
+            sigterm.install()
+            self._signals.callback(sigterm.uninstall)
+            self._signals.enter_context(stop_at_boundary(self.ckpt, on_hard_stop=_nothing))
         # The random states as they were at the save, put back after everything Lightning
-        # does between restoring the callbacks and the first batch.
+        # does between restoring the callbacks and the first batch (its train loader's
+        # iterator, made before this hook, draws from torch's generator).
         if self._rng is not None:
             set_rng_state(self._rng)
             self._rng = None
@@ -155,41 +163,55 @@ class SessionCheckpoint(pl.Callback):  # type: ignore[misc]
         self.ckpt.log(int(trainer.global_step), epoch=int(trainer.current_epoch), **metrics)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        self._signals.close()
         step = int(trainer.global_step)
         last = self.ckpt.last_saved_step
         if not self._stopped_for_deadline and (last is None or step > last):
             trainer.save_checkpoint(f"{SCHEME}{self.ckpt.location}@{step}")
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        self._failed = True
-        if trainer.is_global_zero:
-            post(
-                self.notify,
-                "failed",
-                error=f"{type(exception).__name__}: {exception}",
-                **self._details(trainer),
-            )
+        # Lightning calls no teardown hook after an exception: the run is closed here.
+        self._signals.close()
+        sigterm = type(exception).__name__ == "SIGTERMException" and self.ckpt.should_stop
+        self._finish(trainer, None if sigterm else exception)
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        if stage != "fit" or self._previous_io is None:
-            return
+        if stage == "fit":
+            self._finish(trainer, None)
+
+    def _finish(self, trainer: Any, exception: BaseException | None) -> None:
+        """Put Lightning's CheckpointIO back, close the run (its last copy to the location,
+        bounded by ``close_timeout``), notify, and release the runtime if asked and safe."""
+        if self._previous_io is None:
+            return  # done already, or fit never set up
         trainer.strategy.checkpoint_io = self._previous_io
         self._previous_io = None
-        self._stack.close()
-        if not trainer.is_global_zero:
+        try:
+            self.ckpt.close()
+        finally:
+            if trainer.is_global_zero:
+                self._report(trainer, exception)
+
+    def _report(self, trainer: Any, exception: BaseException | None) -> None:
+        details = {
+            "run": str(self.ckpt.location),
+            "location": str(self.ckpt.location),
+            "epochs": trainer.max_epochs,
+        }
+        if exception is not None:
+            error = f"{type(exception).__name__}: {exception}"
+            post(self.notify, "failed", error=error, **details)
             return
-        self.ckpt.close()  # the last copy to the location, bounded by close_timeout
-        if self._failed:
-            return
+        stopped = self._stopped_for_deadline or self.ckpt.should_stop
         post(
             self.notify,
-            "deadline" if self._stopped_for_deadline else "finished",
+            "deadline" if stopped else "finished",
             epochs_done=int(trainer.current_epoch),
             step=int(trainer.global_step),
             metrics=_numbers(trainer.callback_metrics),
-            **self._details(trainer),
+            **details,
         )
-        if self.release_when_done and not self._stopped_for_deadline:
+        if self.release_when_done and not stopped:
             release_when_safe(self.ckpt)
 
     # What the CheckpointIO calls ---------------------------------------------------------------
@@ -210,13 +232,6 @@ class SessionCheckpoint(pl.Callback):  # type: ignore[misc]
             )
         state, self._restored = self._restored, None
         return state
-
-    def _details(self, trainer: Any) -> dict[str, Any]:
-        return {
-            "run": str(self.ckpt.location),
-            "location": str(self.ckpt.location),
-            "epochs": trainer.max_epochs,
-        }
 
 
 class RunCheckpointIO(pl.plugins.CheckpointIO):  # type: ignore[misc]
