@@ -74,6 +74,8 @@ def test_a_run_saves_its_end_keeps_its_history_and_notifies(tmp_path: Path, mock
     fit = trainer(again)
     fit.fit(Model(), loader(), ckpt_path=again.ckpt_path())
     assert fit.global_step == 8
+    with pytest.raises(cs.CheckpointError, match="make a new"):
+        trainer(again).fit(Model(), loader())
 
 
 def test_the_deadline_saves_and_stops_the_trainer(tmp_path: Path, mocker: Any) -> None:

@@ -96,9 +96,11 @@ class SessionCheckpoint(pl.Callback):  # type: ignore[misc]
                 "trainer): use another run name, or pass restart=True"
             )
         self._restored, self._restored_step = restored.state, restored.step
+        epoch = restored.state.get("epoch")  # Lightning's index, from 0
         say(
-            f"resuming {self.ckpt.location} at step {restored.step} (epoch "
-            f"{restored.state.get('epoch')}), saved {restored.created:%Y-%m-%d %H:%M} UTC"
+            f"resuming {self.ckpt.location} at step {restored.step}"
+            + (f" (epoch {epoch + 1})" if isinstance(epoch, int) else "")
+            + f", saved {restored.created:%Y-%m-%d %H:%M} UTC"
         )
         return f"{SCHEME}{self.ckpt.location}@{restored.step}"
 
@@ -107,6 +109,11 @@ class SessionCheckpoint(pl.Callback):  # type: ignore[misc]
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage != "fit":
             return
+        if self.ckpt.closed:
+            raise CheckpointError(
+                "this SessionCheckpoint's run was closed when its fit ended: make a new "
+                "cs.lightning.SessionCheckpoint for another fit"
+            )
         strategy = trainer.strategy
         self._previous_io = strategy.checkpoint_io
         strategy.checkpoint_io = RunCheckpointIO(self, self._previous_io)
@@ -165,8 +172,9 @@ class SessionCheckpoint(pl.Callback):  # type: ignore[misc]
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         self._signals.close()
         step = int(trainer.global_step)
-        last = self.ckpt.last_saved_step
-        if not self._stopped_for_deadline and (last is None or step > last):
+        last = self.ckpt.last_saved_step  # rank zero's counts: it is the one that saves
+        newer = not self._stopped_for_deadline and (last is None or step > last)
+        if _broadcast(trainer, newer):  # every rank calls save_checkpoint, or none does
             trainer.save_checkpoint(f"{SCHEME}{self.ckpt.location}@{step}")
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
