@@ -19,7 +19,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from . import cache, data, drive, env, hf, keras, torch
+    from . import cache, data, drive, env, hf, keras, lightning, torch
     from ._core.errors import (
         AcceleratorNotFoundError,
         CacheError,
@@ -93,6 +93,7 @@ _LAZY: dict[str, str] = {
     "hf": ".hf",
     "import_checkpoint": "._storage.portable",
     "keras": ".keras",
+    "lightning": ".lightning",
     "mount": ".drive",
     "plot_history": "._storage.history",
     "precision": "._runtime.strategy",
@@ -147,6 +148,7 @@ __all__ = [
     "history",
     "import_checkpoint",
     "keras",
+    "lightning",
     "mount",
     "plot_history",
     "precision",

@@ -18,7 +18,7 @@ from colabsession._core.optional import installed
 
 ROOT = Path(__file__).resolve().parent.parent
 API = ROOT / "docs" / "api"
-PUBLIC_MODULES = ("drive", "env", "data", "torch", "hf", "keras", "cache")
+PUBLIC_MODULES = ("drive", "env", "data", "torch", "hf", "keras", "cache", "lightning")
 CAN_BUILD = all(installed(m) for m in ("mkdocs", "mkdocstrings", "mkdocstrings_handlers.python"))
 needs_mkdocs = pytest.mark.skipif(not CAN_BUILD, reason="needs colabsession[docs]")
 needs_griffe = pytest.mark.skipif(not installed("griffe"), reason="needs colabsession[docs]")

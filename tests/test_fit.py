@@ -728,3 +728,22 @@ def test_tpu_vm_strategy_uses_the_local_resolver(keras: Any, mocker: MockerFixtu
 def test_distribution_needs_jax(keras: Any) -> None:
     with pytest.raises(cs.ConfigError, match="JAX backend"):
         cs.distribution()
+
+
+def test_release_when_done_waits_for_a_safe_run(
+    keras: Any, tmp_path: Path, mocker: MockerFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import types
+
+    runtime = types.ModuleType("google.colab.runtime")
+    runtime.unassign = mocker.Mock()  # type: ignore[attr-defined]
+    mocker.patch.dict(sys.modules, {"google.colab.runtime": runtime})
+    x, y = data()
+    # A folder on the VM itself: it goes with the runtime, which is kept.
+    cs.fit(small_model(keras), x, y, run=tmp_path, epochs=1, verbose=0, release_when_done=True)
+    runtime.unassign.assert_not_called()
+    assert "not releasing the runtime" in capsys.readouterr().out
+    # A location off the VM that received the last checkpoint: released.
+    where = f"memory://fit-release/{tmp_path.name}"
+    cs.fit(small_model(keras), x, y, run=where, epochs=1, verbose=0, release_when_done=True)
+    runtime.unassign.assert_called_once_with()

@@ -16,6 +16,7 @@ from colabsession._core.optional import require
 from colabsession._core.say import say
 from colabsession._runtime.runtime import run_again
 from colabsession._storage.checkpointer import Checkpointer, RunLike, split_options
+from colabsession._training.finish import release_when_safe
 
 logger = logging.getLogger("colabsession")
 
@@ -35,6 +36,7 @@ def fit(
     notify: Notify = None,
     verbose: Any = "auto",
     restart: bool = False,
+    release_when_done: bool = False,
     **kwargs: Any,
 ) -> Any:
     """Train *model* like ``model.fit``, checkpointing the *run* and resuming it when the same
@@ -64,6 +66,10 @@ def fit(
     *notify* sends a message when the run finishes, fails or stops for the deadline: a webhook's
     URL (Slack, Discord, ntfy or any JSON receiver), True for ``COLABSESSION_WEBHOOK`` from the
     environment or the notebook's secrets, None for the environment variable only, False never.
+    *release_when_done*: when every epoch is done and the last checkpoint is confirmed at the
+    location (on Drive as Drive itself confirms it), release the Colab runtime
+    (``google.colab.runtime.unassign()``), which stops spending compute units; never before
+    the run is safe, and never after a deadline stop (the run is not done).
 
     >>> history = cs.fit(model, x, y, run="digits-cnn", epochs=50,  # doctest: +SKIP
     ...                  batch_size=64, seed=0)
@@ -138,6 +144,8 @@ def fit(
         metrics={k: v[-1] for k, v in history.history.items() if v},
         **details,
     )
+    if release_when_done and not callback.stopped_for_deadline:
+        release_when_safe(callback.ckpt)  # closed by the with: its last copy is made
     return history
 
 

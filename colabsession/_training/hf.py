@@ -15,6 +15,8 @@ import numpy as np
 from colabsession._core.deprecation import renamed_arguments
 from colabsession._core.errors import CheckpointError, ConfigError
 from colabsession._core.files import reason, replace_folder
+from colabsession._core.notify import Notify, webhook_url
+from colabsession._core.notify import notify as post
 from colabsession._core.optional import require
 from colabsession._core.progress import transfer
 from colabsession._core.say import say
@@ -26,6 +28,7 @@ from colabsession._storage.checkpointer import (
     checkpointer_for,
     split_options,
 )
+from colabsession._training.finish import release_when_safe
 
 transformers: Any = require("transformers", extra="hf", purpose="colabsession.hf")
 
@@ -48,6 +51,7 @@ class SessionCallback(transformers.TrainerCallback):  # type: ignore[misc]
     def __init__(self, ckpt: Checkpointer, monitor: str | None = None) -> None:
         self.ckpt = ckpt
         self.monitor = monitor  # the Trainer's eval_<metric_for_best_model>, saved with each
+        self.stopped_for_deadline = False  # the Trainer was told to stop, its state saved
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         due = self.ckpt.due(state.global_step)
@@ -55,6 +59,7 @@ class SessionCallback(transformers.TrainerCallback):  # type: ignore[misc]
             control.should_save = True
         if due == "final":
             control.should_training_stop = True
+            self.stopped_for_deadline = True
         return control
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> Any:
@@ -84,6 +89,7 @@ class SessionCallback(transformers.TrainerCallback):  # type: ignore[misc]
         if self.ckpt.due(state.global_step) == "final":
             self.ckpt.wait()
             control.should_training_stop = True
+            self.stopped_for_deadline = True
             say(
                 f"saved step {state.global_step} and stopping: re-run this cell (after "
                 "reconnecting) to continue"
@@ -178,6 +184,8 @@ def train(
     run: RunLike | Checkpointer,
     *,
     restart: bool = False,
+    notify: Notify = None,
+    release_when_done: bool = False,
     **kwargs: Any,
 ) -> Any:
     """Run ``trainer.train()`` so that it survives the session: resume from the run's newest
@@ -194,6 +202,12 @@ def train(
             ``cs.Checkpointer``; or a Checkpointer made beforehand (then give no options; give
             it ``keep_best=1, monitor="eval_<metric>"`` to keep the best checkpoint).
         restart: start the run over (its checkpoints are set aside, never deleted).
+        notify: a message when the run finishes, fails or stops for the deadline: a webhook's
+            URL, True (``COLABSESSION_WEBHOOK`` from the environment or the notebook's secrets),
+            None (the environment only) or False, as ``cs.fit``'s.
+        release_when_done: when training is done and its last checkpoint is confirmed at the
+            location (on Drive as Drive confirms it), release the Colab runtime
+            (``google.colab.runtime.unassign()``); never before the run is safe.
         **kwargs: Checkpointer's keyword arguments configure the run, with its defaults:
             ``every`` (also save at most this often, whatever ``save_steps`` says),
             ``keep_last`` (how many of the Trainer's checkpoints the run keeps: each is a whole
@@ -205,6 +219,7 @@ def train(
             ``load_best_model_at_end`` loads the same weights as a run never interrupted. The
             other keyword arguments go to ``trainer.train`` (not ``resume_from_checkpoint``).
     """
+    notify = webhook_url(notify) or False  # now: a secret's access prompt comes at the start
     options, train_kwargs = split_options(kwargs)
     if "resume_from_checkpoint" in train_kwargs:
         raise ConfigError("cs.hf.train resumes by itself: leave out resume_from_checkpoint")
@@ -228,6 +243,7 @@ def train(
     ckpt = checkpointer_for(run, options, who="cs.hf.train")
     callback = SessionCallback(ckpt, monitor)
     trainer.add_callback(callback)
+    details = {"run": str(ckpt.location), "location": str(ckpt.location)}
     try:
         # The Trainer's state is saved only at its step boundaries: a hard stop tears nothing.
         with ckpt, stop_at_boundary(ckpt, on_hard_stop=lambda: None):
@@ -237,9 +253,21 @@ def train(
             else:
                 resume = _restore(ckpt, output_dir, monitor, trainer.args)
             ckpt.prepare()
-            return trainer.train(resume_from_checkpoint=resume, **train_kwargs)
+            result = trainer.train(resume_from_checkpoint=resume, **train_kwargs)
+    except Exception as exc:
+        post(notify, "failed", error=f"{type(exc).__name__}: {exc}", **details)
+        raise
     finally:
         trainer.remove_callback(callback)
+    post(
+        notify,
+        "deadline" if callback.stopped_for_deadline else "finished",
+        step=ckpt.last_saved_step,
+        **details,
+    )
+    if release_when_done and not callback.stopped_for_deadline:
+        release_when_safe(ckpt)  # after the with: ckpt is closed, its last copy made
+    return result
 
 
 def _restore(ckpt: Checkpointer, output_dir: Path, monitor: str | None, args: Any) -> str | None:

@@ -14,6 +14,8 @@ import numpy as np
 
 from colabsession._core.deprecation import warn_renamed
 from colabsession._core.errors import CheckpointError, ColabSessionError, ConfigError
+from colabsession._core.notify import Notify, webhook_url
+from colabsession._core.notify import notify as post
 from colabsession._core.optional import require
 from colabsession._core.records import InvalidRecord, Record, parse_record
 from colabsession._core.say import say
@@ -289,7 +291,9 @@ class TrainingState:
         optimizer: its optimizer.
         scheduler: a learning-rate scheduler, if any.
         scaler: a ``torch.amp.GradScaler``, if any.
-        loader: a :class:`ResumableLoader`, whose position is saved and put back.
+        loader: a :class:`ResumableLoader`, or any loader with ``state_dict()`` and
+            ``load_state_dict()`` (torchdata's ``StatefulDataLoader``), whose position is
+            saved and put back: a resumed epoch goes on at the next batch.
         rng: save and restore every random state (Python, NumPy, torch CPU and CUDA).
         **extra: anything else with ``state_dict()`` and ``load_state_dict()`` (an EMA of the
             weights, say).
@@ -305,7 +309,7 @@ class TrainingState:
         *,
         scheduler: Any = None,
         scaler: Any = None,
-        loader: ResumableLoader | None = None,
+        loader: ResumableLoader | Any = None,
         rng: bool = True,
         **extra: Any,
     ) -> None:
@@ -319,12 +323,18 @@ class TrainingState:
                 raise ConfigError(
                     f"TrainingState's {name} is a {type(part).__name__}, which has no "
                     "state_dict() and load_state_dict()"
+                    + (
+                        ": use colabsession.torch.ResumableLoader or torchdata's "
+                        "StatefulDataLoader, which resume inside an epoch"
+                        if name == "loader"
+                        else ""
+                    )
                 )
         self.parts = {name: part for name, part in parts.items() if part is not None}
         self.loader = loader
         self.rng = rng
         self.step = 0
-        self.epoch = 0  # without a loader; with one, the loader's epoch counts
+        self.epoch = 0  # without a ResumableLoader; with one, the loader's epoch counts
         self.restored = False
         self._hard_stop = False
 
@@ -392,27 +402,51 @@ class TrainingState:
             return self.step
         self.load_state_dict(restored.state)
         where = f"step {self.step}"
-        if self.loader is not None:
+        if isinstance(self.loader, ResumableLoader):
             where += f" (epoch {self.loader.epoch}, after batch {self.loader.position})"
+        elif self.loader is not None:
+            where += f" (epoch {self.epoch}, where the loader left it)"
         say(f"resuming {ckpt.location} at {where}, saved {restored.created:%Y-%m-%d %H:%M} UTC")
         return self.step
 
     @property
     def current_epoch(self) -> int:
-        return self.loader.epoch if self.loader is not None else self.epoch
+        return self.loader.epoch if isinstance(self.loader, ResumableLoader) else self.epoch
 
-    def epochs(self, total: int, ckpt: Checkpointer | None = None) -> Iterator[int]:
+    def epochs(
+        self,
+        total: int,
+        ckpt: Checkpointer | None = None,
+        *,
+        notify: Notify = None,
+        release_when_done: bool = False,
+    ) -> Iterator[int]:
         """The epochs still to train, up to *total*: restores from *ckpt* first (unless
         :meth:`restore` ran), and ends early once *ckpt* says to stop (the session's deadline,
         SIGTERM, or Ctrl-C: the first one saves at the next ``maybe_save`` and stops there; a
-        second one stops at once)."""
+        second one stops at once). With a loader that is not a :class:`ResumableLoader`
+        (torchdata's ``StatefulDataLoader``) the loop body must end the epoch when
+        ``ckpt.should_stop`` turns True (``if ckpt.should_stop: break``).
+
+        *notify* (as ``cs.fit``'s: a webhook's URL, True, None or False) gets a message when the
+        loop ends: "finished" after the last
+        epoch, "deadline" when it stopped to save (an exception in the loop's body never
+        passes through this iterator: post "failed" around the loop yourself, or use
+        ``cs.fit``, ``cs.hf.train`` or the Lightning callback). *release_when_done*: after the
+        last epoch, save the final state, close *ckpt* and release the Colab runtime once that
+        checkpoint is confirmed at the location (never before).
+
+        >>> for epoch in state.epochs(10, ckpt, release_when_done=True):  # doctest: +SKIP
+        ...     train_one_epoch()
+        """
+        notify = webhook_url(notify) or False
         if ckpt is not None and not self.restored:
             self.restore(ckpt)
 
         def stop() -> bool:
             return ckpt is not None and ckpt.should_stop
 
-        if self.loader is not None:
+        if isinstance(self.loader, ResumableLoader):
             self.loader._stop_when = stop  # the loader is this module's own class
         try:
             with (
@@ -422,16 +456,41 @@ class TrainingState:
                     epoch = self.current_epoch
                     yield epoch
                     if stop():
-                        return
-                    if self.loader is None:
+                        break
+                    if not isinstance(self.loader, ResumableLoader):
                         self.epoch += 1
                     elif self.loader.epoch == epoch:  # the body left the epoch early
                         self.loader.end_epoch()
         finally:
-            if self.loader is not None:
+            if isinstance(self.loader, ResumableLoader):
                 self.loader._stop_when = _never
-        if ckpt is not None and not ckpt.should_stop:
-            say(f"all {total} epochs are done (step {self.step})")
+        if ckpt is not None:
+            self._ended(ckpt, total, notify, release_when_done)
+
+    def _ended(
+        self, ckpt: Checkpointer, total: int, notify: Notify, release_when_done: bool
+    ) -> None:
+        """The loop of :meth:`epochs` ran to its end: say so, notify, release."""
+        details = {
+            "run": str(ckpt.location),
+            "location": str(ckpt.location),
+            "epochs": total,
+            "epochs_done": self.current_epoch,
+            "step": self.step,
+        }
+        if ckpt.should_stop:
+            post(notify, "deadline", **details)
+            return
+        say(f"all {total} epochs are done (step {self.step})")
+        post(notify, "finished", **details)
+        if release_when_done:
+            from colabsession._training.finish import release_when_safe
+
+            last = ckpt.last_saved_step
+            if last is None or self.step > last:
+                ckpt.save(self.step, self.state_dict())
+            ckpt.close()  # the final copy to the location, bounded by its close_timeout
+            release_when_safe(ckpt)
 
     def _torn(self) -> None:
         self._hard_stop = True
