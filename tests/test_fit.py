@@ -718,6 +718,11 @@ def test_strategy_and_precision_on_this_cpu(keras: Any) -> None:
 def test_tpu_vm_strategy_uses_the_local_resolver(keras: Any, mocker: MockerFixture) -> None:
     import tensorflow as tf
 
+    from colabsession._runtime import strategy as _strategy
+
+    # cs.strategy() remembers what it chose for cs.fit's scope check: a mock must not outlive
+    # this test (a later cs.fit would take every model as built outside its scope).
+    mocker.patch.object(_strategy, "last_strategy", None)
     resolver = mocker.patch.object(tf.distribute.cluster_resolver, "TPUClusterResolver")
     mocker.patch.object(tf.tpu.experimental, "initialize_tpu_system")
     tpu_strategy = mocker.patch.object(tf.distribute, "TPUStrategy")
