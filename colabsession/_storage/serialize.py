@@ -50,7 +50,8 @@ def flatten(
     them, which spares allocating (and page-faulting) hundreds of megabytes on every save. GPU
     tensors are copied into pinned buffers without waiting (see :mod:`._frameworks`); TensorFlow
     tensors, which nothing changes or deletes, are kept as they are and converted in the
-    background by :func:`host_arrays`. Without *copy* (a synchronous save,
+    background by :func:`host_arrays`; JAX arrays, which a jitted step may delete by donating
+    them, are copied on their device (queued, not waited for) and fetched in the background. Without *copy* (a synchronous save,
     during which the caller waits) arrays are taken as they are.
     """
     import numpy as np
@@ -128,7 +129,9 @@ def flatten(
                     f"state{where} is a JAX array that was deleted (donated to a jitted step): "
                     "save the arrays the step returned"
                 )
-            return {f"{MARK}x": _frameworks.describe(node, array(node, where))}
+            index = len(leaves)
+            leaves.append(_frameworks.stage_jax(node) if copy else node)
+            return {f"{MARK}x": _frameworks.describe(node, index)}
         if hasattr(node, "__array__"):
             return {f"{MARK}a": array(node, where)}
         children = _frameworks.pytree_children(node)  # a flax struct, say: restore(like=...)
@@ -345,9 +348,8 @@ def _chunks(array: Any) -> Iterator[Any]:
 
 
 def _immutable(node: Any) -> bool:
-    """TensorFlow tensors (not variables) never change in place. JAX arrays do not either, but
-    a jitted step may donate their buffers (Keras on JAX does), which deletes them: they are
-    copied at once like mutable arrays."""
+    """TensorFlow tensors (not variables) never change in place (JAX arrays do not either, but
+    a jitted step may donate them: see :func:`._frameworks.stage_jax`)."""
     kind = type(node)
     return kind.__module__.startswith("tensorflow") and kind.__name__ == "EagerTensor"
 
