@@ -54,12 +54,14 @@ def test_an_array_donated_before_the_writer_fetches_it_is_saved_as_it_was() -> N
     step = jax.jit(lambda x: x + 1, donate_argnums=0)
     x = jnp.arange(1000, dtype=jnp.float32)
     _, leaves = flatten({"x": x})  # what an async save takes in the training thread
-    assert isinstance(leaves[0], jax.Array)  # not fetched to the host in the training thread
-    assert leaves[0] is not x  # but a copy on the device, not the caller's array
+    assert not isinstance(leaves[0], np.ndarray)  # not fetched in the training thread
+    assert isinstance(leaves[0].array, jax.Array)  # a copy on the device
+    assert leaves[0].array is not x
     y = step(x)  # donates x before the writer has fetched anything
     (saved,) = host_arrays(leaves)  # the writer thread's fetch
     np.testing.assert_array_equal(saved, np.arange(1000, dtype=np.float32))
     np.testing.assert_array_equal(np.asarray(y), np.arange(1000, dtype=np.float32) + 1)
+    assert leaves[0].array is None  # the device copy is let go once fetched
 
 
 def test_optax_state_is_rebuilt_with_like(tmp_path: Path, roundtrip: Callable[..., Any]) -> None:

@@ -134,9 +134,26 @@ def stage_jax(node: Any) -> Any:
     colabsession did before) held the training thread for a full device-to-host transfer."""
     jax = sys.modules["jax"]
     try:
-        return jax.device_put(node, node.sharding, may_alias=False)
+        copy = jax.device_put(node, node.sharding, may_alias=False)
     except TypeError:  # JAX before 0.4.34 has no may_alias: its copy waits for the data
-        return jax.numpy.array(node, copy=True)
+        copy = jax.numpy.array(node, copy=True)
+    return _DeviceCopy(copy)
+
+
+class _DeviceCopy:
+    """A JAX array's copy on its device until the writer fetches it: fetching lets go of it,
+    so that device memory is not held after the write (the staged leaves outlive it)."""
+
+    def __init__(self, array: Any) -> None:
+        self.array: Any = array
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> Any:
+        import numpy as np
+
+        array, self.array = self.array, None
+        if array is None:
+            raise CheckpointError("a JAX array staged for a save was fetched twice")
+        return np.asarray(array, dtype=dtype)
 
 
 def _is_dtensor(node: Any) -> bool:
