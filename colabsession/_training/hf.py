@@ -99,8 +99,10 @@ class SessionCallback(transformers.TrainerCallback):  # type: ignore[misc]
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         if state.is_world_process_zero:
-            self.ckpt.wait()  # the last save has read its files: the links can go
-            shutil.rmtree(Path(args.output_dir) / STAGING, ignore_errors=True)
+            try:
+                self.ckpt.wait()  # the last save has read its files (or failed): the links go
+            finally:
+                shutil.rmtree(Path(args.output_dir) / STAGING, ignore_errors=True)
         return control
 
     def _evaluation(self, state: Any, args: Any) -> dict[str, float] | None:
