@@ -19,13 +19,13 @@ from colabsession._core.optional import require
 from colabsession._core.say import say
 from colabsession._data.archive import is_plain
 from colabsession._runtime.interrupt import stop_at_boundary
+from colabsession._storage import serialize as _serialize
 from colabsession._storage.checkpointer import (
     Checkpointer,
     RunLike,
     checkpointer_for,
     split_options,
 )
-from colabsession._storage.serialize import FileBytes
 
 transformers: Any = require("transformers", extra="hf", purpose="colabsession.hf")
 
@@ -153,7 +153,7 @@ def hand_over(folder: Path, staging: Path) -> dict[str, Any]:
                 link = staging.joinpath(*name.split("/"))
                 link.parent.mkdir(parents=True, exist_ok=True)
                 os.link(path, link)
-                files[name] = FileBytes(link, link.stat().st_size)
+                files[name] = _serialize.FileBytes(link, link.stat().st_size)
     except OSError as exc:
         logger.debug("colabsession: no links in %s (%s): reading %s now", staging, exc, folder)
         shutil.rmtree(staging, ignore_errors=True)
