@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -91,11 +92,24 @@ def main() -> None:
         return result
 
     hf.SessionCallback.on_save = timed_on_save  # type: ignore[method-assign]
-    cs.hf.train(trainer, where / "run", every=None, keep_last=2)
-    hf.hand_over = ways["links"]  # type: ignore[assignment]
+    try:
+        cs.hf.train(trainer, where / "run", every=None, keep_last=2)
+        report(timings, where, saves, args.saves)
+    finally:
+        hf.hand_over = ways["links"]  # type: ignore[assignment]
+        hf.SessionCallback.on_save = on_save  # type: ignore[method-assign]
+        shutil.rmtree(where, ignore_errors=True)
+
+
+def report(
+    timings: dict[str, list[float]],
+    where: Path,
+    saves: int,
+    each: int,
+) -> None:
     folder = where / "out" / f"checkpoint-{2 * saves}"
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-    print(f"Trainer checkpoint of {size / 1e6:.0f} MB, {args.saves} saves of each way")
+    print(f"Trainer checkpoint of {size / 1e6:.0f} MB, {each} saves of each way")
     trainer_times = timings["Trainer's own save"][1:]
     base = min(trainer_times)
     print(
