@@ -29,7 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROUNDS = 7  # each round: GNU tar, then a restore
+ROUNDS = int(os.environ.get("ROUNDS", "7"))  # each round: GNU tar, uv, then the restores
+PAUSE = float(os.environ.get("PAUSE", "15"))
 
 
 def settle() -> None:
@@ -37,7 +38,7 @@ def settle() -> None:
     this machine's virtual disk the same extraction took 0.8 s settled and 7 s right after
     another one)."""
     os.sync()
-    time.sleep(15)
+    time.sleep(PAUSE)
 
 
 def seconds_printed(code: str, env: dict[str, str]) -> float:
@@ -59,6 +60,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--packages", nargs="+", default=["transformers", "datasets", "evaluate"])
     parser.add_argument("--home", help="the local disk to restore to (default: a temp folder)")
+    parser.add_argument(
+        "--installer", default="pip", help="what cs.env.install builds with (pip or uv)"
+    )
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="cs-env-bench-"))
     os.environ["COLABSESSION_HOME"] = args.home or str(tmp / "home")
@@ -68,7 +72,7 @@ def main() -> None:
     from colabsession.env import local_path
 
     start = time.perf_counter()
-    info = cs.env.install(*args.packages, name="bench", installer="pip")
+    info = cs.env.install(*args.packages, name="bench", installer=args.installer)
     assert info is not None
     build = time.perf_counter() - start
     pins = [f"{n}=={v}" for n, v in info.packages]
@@ -108,6 +112,7 @@ def main() -> None:
     fresh["pip resolve + install"] = resolve + fresh["pip, no cache"]
     fresh["pip, warm cache"] = timed([*pip, str(tmp / "t2"), *pins])
     uv = find_uv()
+    uv_cmd: list[str] = []
     if uv:
         uv_cmd = [uv, "pip", "install", "--python", sys.executable, "--no-deps", "--target"]
         fresh["uv pip, no cache"] = timed([*uv_cmd, str(tmp / "t3"), "--no-cache", *pins])
@@ -115,35 +120,58 @@ def main() -> None:
     for label, seconds in fresh.items():
         print(f"fresh install, {label:<20}                  {seconds:7.1f} s")
 
-    # Side by side: each round extracts the uncompressed tar with GNU tar, then restores, so that
-    # both meet the disk in the same state (on this virtual disk the same extraction varies 3x
-    # from one minute to the next).
-    restores, tars = [], []
+    # Side by side: each round extracts the uncompressed tar with GNU tar, installs with uv
+    # without its cache, then restores (in a bare interpreter, and in one that has imported
+    # asyncio first, as a notebook's kernel has: fsspec imports it), so that all meet the disk
+    # in the same state (on this virtual disk the same extraction varies 3x from one minute to
+    # the next).
+    restores, kernel_restores, tars, uvs = [], [], [], []
+    code = (
+        "import colabsession as cs, time; t=time.perf_counter(); "
+        "cs.env.restore('bench'); print(time.perf_counter()-t)"
+    )
     for i in range(ROUNDS):
         out = tmp / f"untar{i}"
         out.mkdir()
         tars.append(timed(["tar", "-xf", str(tmp / "layer.tar"), "-C", str(out)]))
+        if uv:
+            uvs.append(timed([*uv_cmd, str(tmp / f"uv{i}"), "--no-cache", *pins]))
         # A new runtime: an empty local disk. A fresh folder, not the last round's deleted:
         # some virtual disks are slow to create files right after a large delete.
-        new_vm = {**os.environ, "COLABSESSION_HOME": str(home.parent / f"{home.name}-new{i}")}
-        code = (
-            "import colabsession as cs, time; t=time.perf_counter(); "
-            "cs.env.restore('bench'); print(time.perf_counter()-t)"
-        )
-        settle()
-        restores.append(seconds_printed(code, new_vm))
+        for label, prefix, times in (
+            ("new", "", restores),
+            ("kernel", "import asyncio; ", kernel_restores),
+        ):
+            new_vm = {
+                **os.environ,
+                "COLABSESSION_HOME": str(home.parent / f"{home.name}-{label}{i}"),
+            }
+            settle()
+            times.append(seconds_printed(prefix + code, new_vm))
     restore, gnu_tar = min(restores), min(tars)
     print(
         f"GNU tar -xf of the uncompressed tar (best of {ROUNDS})        {gnu_tar:7.2f} s  "
         f"{[round(t, 2) for t in tars]}"
     )
+    if uvs:
+        print(
+            f"uv pip install --no-cache, same rounds (best of {ROUNDS})      {min(uvs):7.2f} s  "
+            f"{[round(t, 2) for t in uvs]}"
+        )
     print(
         f"cs.env.restore (read 2 files, verify, extract, activate) {restore:7.2f} s (best of "
         f"{ROUNDS})  {[round(t, 2) for t in restores]}"
     )
+    print(
+        f"  the same after `import asyncio` (a notebook kernel)    {min(kernel_restores):7.2f} s  "
+        f"{[round(t, 2) for t in kernel_restores]}"
+    )
     for label, seconds in fresh.items():
         print(f"  {seconds / restore:5.1f}x faster than a fresh install, {label}")
+    if uvs:
+        print(f"  {min(uvs) / restore:5.2f}x faster than uv without its cache, best against best")
     print(f"  {restore / gnu_tar:5.2f}x GNU tar's time (target <= 1.5x)")
+    print(f"  {min(kernel_restores) / gnu_tar:5.2f}x GNU tar's time with asyncio imported")
     module = args.packages[0].replace("-", "_")
     first = (
         "import time, colabsession as cs; cs.env.restore('bench'); t=time.perf_counter(); "

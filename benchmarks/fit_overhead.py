@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -62,8 +63,7 @@ def main() -> None:
             m,
             x,
             y,
-            run=f"bench-{i}",
-            location=f"{tmp}/run-{i}",
+            run=f"{tmp}/run-{i}",
             epochs=args.epochs,
             batch_size=128,
             seed=0,
@@ -82,6 +82,7 @@ def main() -> None:
     print(f"model.fit  {best_plain:7.2f} s ({best_plain / steps * 1e3:.2f} ms/step)")
     print(f"cs.fit     {best_cs:7.2f} s ({best_cs / steps * 1e3:.2f} ms/step)")
     print(f"overhead   {(best_cs / best_plain - 1) * 100:+.1f}% (target < 3%)")
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ Drive mount (each file operation there is a round trip). Used by benchmarks/driv
 
 Needs Linux, root (or fusermount3), libfuse3 (`apt-get install fuse3`) and mfusepy
 (`pip install mfusepy`). Reading MOUNTPOINT/.stats returns the counts so far as JSON (that read is
-not counted); data reads and writes are counted apart and get no added latency.
+not counted); data reads and writes are counted apart and get no added latency. With
+FUSE_LATENCY_LOG=FILE in its environment, each operation and its path is appended to FILE.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 import mfusepy as fuse  # type: ignore[import-not-found]
 
 STATS = "/.stats"
+LOG = os.environ.get("FUSE_LATENCY_LOG")  # a file to log each operation and its path to
 DATA = {"read", "write"}
 
 
@@ -44,6 +46,9 @@ class Passthrough(fuse.Operations):  # type: ignore[misc]
                 if path != STATS:
                     with self._mutex:
                         self.counts[name] += 1
+                        if LOG:
+                            with open(LOG, "a") as log:
+                                log.write(f"{time.monotonic():.3f} {name} {path}\n")
                     if name not in DATA and self.latency:
                         time.sleep(self.latency)
                 return attr(path, *args)

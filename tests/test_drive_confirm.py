@@ -184,10 +184,18 @@ def test_rotation_deletes_through_the_api(
     ckpt = cs.Checkpointer(
         run_on_mount(linked), every=None, local_dir=tmp_path / "vm1", keep_last=1
     )
+    per_round = []
     for step in range(3):
+        before = len(fake_drive.state.requests)
         ckpt.save(step, state_at(step))
         assert ckpt.sync(30) == []
+        per_round.append(fake_drive.state.requests[before:])
     ckpt.close()
+    # Each later round: the folder listed with md5s (the confirmation), the old checkpoint
+    # looked up by name and deleted. Not marked first (a PATCH) nor its mark read back (a GET
+    # of its properties): Drive confirmed it, so colabsession wrote it (6 requests before).
+    for requests in per_round[1:]:
+        assert sorted(r.split(" ")[0] for r in requests) == ["DELETE", "GET", "GET"], requests
     # Steps 0 and 1, written through the mount and confirmed by Drive against the local copy,
     # were marked as colabsession's and deleted for good through the API: nothing of them sits
     # in the Trash, counting against the quota (issue 23).

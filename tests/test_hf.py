@@ -21,6 +21,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
 from colabsession._storage.history import read_history  # noqa: E402
+from colabsession._storage.serialize import FileBytes  # noqa: E402
 from colabsession._training import hf  # noqa: E402
 
 WORKER = Path(__file__).with_name("hf_worker.py")
@@ -75,6 +76,38 @@ def test_a_folder_roundtrips_and_replaces_a_torn_one(tmp_path: Path) -> None:
         "sub/rng.pth",
     ]
     assert sorted(p.name for p in target.parent.iterdir()) == ["checkpoint-5"]
+
+
+def test_a_save_hands_the_folder_over_by_links_and_outlives_its_rotation(tmp_path: Path) -> None:
+    folder = tmp_path / "out" / "checkpoint-7"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"weights" * 1000)
+    (folder / "sub" / "rng.pth").write_bytes(b"")
+    staging = tmp_path / "out" / hf.STAGING / "7"
+    state = hf.hand_over(folder, staging)
+    # Nothing read in the training thread: the writer reads the links in the background.
+    assert all(isinstance(f, FileBytes) for f in state["files"].values())
+    with cs.Checkpointer(tmp_path / "run", every=None) as ckpt:
+        shutil.rmtree(folder)  # the Trainer rotating its checkpoints away before the write
+        ckpt.save(7, state)
+    restored = cs.Checkpointer(tmp_path / "run").restore()
+    assert restored is not None
+    hf.write_folder(restored.state, folder)
+    assert (folder / "model.safetensors").read_bytes() == b"weights" * 1000
+    assert (folder / "sub" / "rng.pth").read_bytes() == b""
+
+
+def test_a_file_rewritten_while_it_is_saved_fails_the_save(tmp_path: Path) -> None:
+    folder = tmp_path / "out" / "checkpoint-3"
+    folder.mkdir(parents=True)
+    (folder / "optimizer.pt").write_bytes(b"x" * 100)
+    state = hf.hand_over(folder, tmp_path / "out" / hf.STAGING / "3")
+    (folder / "optimizer.pt").write_bytes(b"y" * 10)  # in place: the same inode as the link
+    ckpt = cs.Checkpointer(tmp_path / "run", every=None, async_save=False)
+    with pytest.raises(cs.CheckpointError, match="changed while it was saved"):
+        ckpt.save(3, state)
+    ckpt.close()
+    assert cs.Checkpointer(tmp_path / "run").steps() == []
 
 
 def test_train_refuses_what_cannot_work(tmp_path: Path) -> None:

@@ -48,6 +48,22 @@ def test_a_save_does_not_hold_buffers_a_jitted_step_donates(tmp_path: Path) -> N
     np.testing.assert_array_equal(np.asarray(restored.state["x"]), np.full(1000, 2.0))
 
 
+def test_an_array_donated_before_the_writer_fetches_it_is_saved_as_it_was() -> None:
+    from colabsession._storage.serialize import flatten, host_arrays
+
+    step = jax.jit(lambda x: x + 1, donate_argnums=0)
+    x = jnp.arange(1000, dtype=jnp.float32)
+    _, leaves = flatten({"x": x})  # what an async save takes in the training thread
+    assert not isinstance(leaves[0], np.ndarray)  # not fetched in the training thread
+    assert isinstance(leaves[0].array, jax.Array)  # a copy on the device
+    assert leaves[0].array is not x
+    y = step(x)  # donates x before the writer has fetched anything
+    (saved,) = host_arrays(leaves)  # the writer thread's fetch
+    np.testing.assert_array_equal(saved, np.arange(1000, dtype=np.float32))
+    np.testing.assert_array_equal(np.asarray(y), np.arange(1000, dtype=np.float32) + 1)
+    assert leaves[0].array is None  # the device copy is let go once fetched
+
+
 def test_optax_state_is_rebuilt_with_like(tmp_path: Path, roundtrip: Callable[..., Any]) -> None:
     optax = pytest.importorskip("optax")
     params = {"w": jnp.ones((2, 3)), "b": jnp.zeros(3, jnp.bfloat16)}

@@ -125,6 +125,37 @@ def stage_tensor(node: Any, where: str, spare: Any, copy: bool) -> tuple[Any, in
     return spare, (tensor.device.index or 0) if cuda else None
 
 
+def stage_jax(node: Any) -> Any:
+    """A copy of JAX array *node* on its own device(s), queued without waiting.
+
+    A JAX array never changes in place, but a jitted step may donate it (Keras on JAX does),
+    which deletes it: the copy is JAX's own, so the step's donation waits for it, and the
+    writer fetches the copy to the host in the background. Fetching it here instead (what
+    colabsession did before) held the training thread for a full device-to-host transfer."""
+    jax = sys.modules["jax"]
+    try:
+        copy = jax.device_put(node, node.sharding, may_alias=False)
+    except TypeError:  # JAX before 0.4.34 has no may_alias: its copy waits for the data
+        copy = jax.numpy.array(node, copy=True)
+    return _DeviceCopy(copy)
+
+
+class _DeviceCopy:
+    """A JAX array's copy on its device until the writer fetches it: fetching lets go of it,
+    so that device memory is not held after the write (the staged leaves outlive it)."""
+
+    def __init__(self, array: Any) -> None:
+        self.array: Any = array
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> Any:
+        import numpy as np
+
+        array, self.array = self.array, None
+        if array is None:
+            raise CheckpointError("a JAX array staged for a save was fetched twice")
+        return np.asarray(array, dtype=dtype)
+
+
 def _is_dtensor(node: Any) -> bool:
     for module in ("torch.distributed.tensor", "torch.distributed._tensor"):
         kind = getattr(sys.modules.get(module), "DTensor", None)

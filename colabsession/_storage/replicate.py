@@ -25,6 +25,7 @@ state (:meth:`Replicator.states`) says which of these is true.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -509,13 +510,16 @@ class Replicator:
         api = self._api if entry.name in self._confirmed else None
         if api is not None and parse_name(entry.name) is not None:
             try:
-                # Drive confirmed it against the local copy: colabsession wrote it, so it
-                # may be marked as its own, and the API then deletes it for good.
-                claim = getattr(api.fs, "claim", None)
-                if claim is not None:
+                # Drive confirmed it against the local copy: colabsession wrote it, so the API
+                # deletes it for good, without marking it as colabsession's first.
+                remove_confirmed = getattr(api.fs, "remove_confirmed", None)
+                if remove_confirmed is None:
+                    api.remove(entry.name)
+                else:
                     path = api.path(entry.name)
-                    api.io(f"mark {entry.name}", lambda: claim(path))
-                api.remove(entry.name)
+                    with contextlib.suppress(FileNotFoundError):
+                        api.io(f"delete {entry.name}", lambda: remove_confirmed(path))
+                    api.forget(entry.name)
             except (OSError, TimeoutError) as exc:
                 logger.info("colabsession: %s: %s; deleting on the mount", api, reason(exc))
         self.remote.delete(entry)

@@ -16,6 +16,7 @@ The arrays file's CRC32C is computed while it is written, in one pass.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
@@ -27,6 +28,35 @@ MARK = "$"
 FRAMEWORKS = ("torch", "jax")
 ALIGN = 64
 CHUNK = 16 << 20  # hash each chunk right after writing it, while it is in the CPU cache
+
+
+class FileBytes:
+    """The bytes of the file *path* (of *size* bytes) as an array of uint8 that the writer
+    reads, in the background for an async save: a state may hand over files it will not change
+    (cs.hf hands over the Trainer's checkpoint files, hard-linked into a folder of its own)
+    instead of reading them into memory in the training thread. A file whose size changed
+    meanwhile (rewritten in place) fails the save rather than saving something else.
+
+    >>> FileBytes("/content/out/.colabsession-staging/model.safetensors", 1024)  # doctest: +SKIP
+    """
+
+    def __init__(self, path: str | os.PathLike[str], size: int) -> None:
+        self.path = os.fspath(path)
+        self.size = size
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> Any:
+        import numpy as np
+
+        data = np.fromfile(self.path, dtype=np.uint8)
+        if data.size != self.size:
+            raise CheckpointError(
+                f"{self.path} changed while it was saved ({self.size} bytes, now {data.size}): "
+                "save again"
+            )
+        return data if dtype is None else data.astype(dtype, copy=False)
+
+    def __repr__(self) -> str:
+        return f"FileBytes({self.path!r}, {self.size})"
 
 
 @dataclass(frozen=True)
@@ -50,8 +80,10 @@ def flatten(
     them, which spares allocating (and page-faulting) hundreds of megabytes on every save. GPU
     tensors are copied into pinned buffers without waiting (see :mod:`._frameworks`); TensorFlow
     tensors, which nothing changes or deletes, are kept as they are and converted in the
-    background by :func:`host_arrays`. Without *copy* (a synchronous save,
-    during which the caller waits) arrays are taken as they are.
+    background by :func:`host_arrays`; JAX arrays, which a jitted step may delete by donating
+    them, are copied on their device (queued, not waited for) and fetched in the background.
+    Without *copy* (a synchronous save, during which the caller waits) arrays are taken as
+    they are.
     """
     import numpy as np
 
@@ -128,7 +160,9 @@ def flatten(
                     f"state{where} is a JAX array that was deleted (donated to a jitted step): "
                     "save the arrays the step returned"
                 )
-            return {f"{MARK}x": _frameworks.describe(node, array(node, where))}
+            index = len(leaves)
+            leaves.append(_frameworks.stage_jax(node) if copy else node)
+            return {f"{MARK}x": _frameworks.describe(node, index)}
         if hasattr(node, "__array__"):
             return {f"{MARK}a": array(node, where)}
         children = _frameworks.pytree_children(node)  # a flax struct, say: restore(like=...)
@@ -345,9 +379,10 @@ def _chunks(array: Any) -> Iterator[Any]:
 
 
 def _immutable(node: Any) -> bool:
-    """TensorFlow tensors (not variables) never change in place. JAX arrays do not either, but
-    a jitted step may donate their buffers (Keras on JAX does), which deletes them: they are
-    copied at once like mutable arrays."""
+    """TensorFlow tensors (not variables) never change in place (JAX arrays do not either, but
+    a jitted step may donate them: see :func:`._frameworks.stage_jax`)."""
+    if isinstance(node, FileBytes):  # read by the writer: whoever hands it over keeps it
+        return True
     kind = type(node)
     return kind.__module__.startswith("tensorflow") and kind.__name__ == "EagerTensor"
 

@@ -22,6 +22,7 @@ from colabsession._core.progress import transfer
 from colabsession._core.say import say
 from colabsession._data.archive import is_plain
 from colabsession._runtime.interrupt import stop_at_boundary
+from colabsession._storage import serialize as _serialize
 from colabsession._storage.checkpointer import (
     Checkpointer,
     RunLike,
@@ -38,6 +39,7 @@ logger = logging.getLogger(__name__)
 FORMAT = "transformers-checkpoint-folder"
 PREFIX = "checkpoint-"
 TRAINER_STATE = "trainer_state.json"
+STAGING = ".colabsession-staging"  # in output_dir: links to the files of the save in flight
 
 
 class SessionCallback(transformers.TrainerCallback):  # type: ignore[misc]
@@ -83,8 +85,14 @@ class SessionCallback(transformers.TrainerCallback):  # type: ignore[misc]
         if not folder.is_dir():
             logger.warning("colabsession: the Trainer saved no folder %s: nothing kept", folder)
             return control
+        # The save before has been written (save would wait for it anyway): its links can go.
+        self.ckpt.wait()
+        staging = Path(args.output_dir) / STAGING
+        shutil.rmtree(staging, ignore_errors=True)
         self.ckpt.save(
-            state.global_step, read_folder(folder), metrics=self._evaluation(state, args)
+            state.global_step,
+            hand_over(folder, staging / str(state.global_step)),
+            metrics=self._evaluation(state, args),
         )
         if self.ckpt.due(state.global_step) == "final":
             self.ckpt.wait()
@@ -94,6 +102,14 @@ class SessionCallback(transformers.TrainerCallback):  # type: ignore[misc]
                 f"saved step {state.global_step} and stopping: re-run this cell (after "
                 "reconnecting) to continue"
             )
+        return control
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if state.is_world_process_zero:
+            try:
+                self.ckpt.wait()  # the last save has read its files (or failed): the links go
+            finally:
+                shutil.rmtree(Path(args.output_dir) / STAGING, ignore_errors=True)
         return control
 
     def _evaluation(self, state: Any, args: Any) -> dict[str, float] | None:
@@ -127,6 +143,28 @@ def read_folder(folder: Path) -> dict[str, Any]:
     for path in sorted(folder.rglob("*")):
         if path.is_file() and not path.is_symlink():
             files[path.relative_to(folder).as_posix()] = np.fromfile(path, dtype=np.uint8)
+    return {"format": FORMAT, "files": files}
+
+
+def hand_over(folder: Path, staging: Path) -> dict[str, Any]:
+    """A Trainer checkpoint folder as a checkpoint state whose files the writer reads in the
+    background: each file hard-linked into *staging* (a link survives the Trainer deleting its
+    folder when it rotates checkpoints), so the training thread neither reads nor copies them.
+    Where links cannot be made (another file system, one without links), the files are read
+    now, as :func:`read_folder` does."""
+    files: dict[str, Any] = {}
+    try:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and not path.is_symlink():
+                name = path.relative_to(folder).as_posix()
+                link = staging.joinpath(*name.split("/"))
+                link.parent.mkdir(parents=True, exist_ok=True)
+                os.link(path, link)
+                files[name] = _serialize.FileBytes(link, link.stat().st_size)
+    except OSError as exc:
+        logger.debug("colabsession: no links in %s (%s): reading %s now", staging, exc, folder)
+        shutil.rmtree(staging, ignore_errors=True)
+        return read_folder(folder)
     return {"format": FORMAT, "files": files}
 
 
