@@ -16,6 +16,7 @@ import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
 import colabsession as cs
+from colabsession._core.say import say
 from colabsession._data.stage import staged_record
 
 pytestmark = pytest.mark.usefixtures("clean_interpreter")
@@ -74,6 +75,7 @@ def test_one_call_brings_back_env_data_and_run(
     assert record.files == 22  # and the two class folders
     assert len(list(path.rglob("*.jpg"))) == 20
     assert "22 files" in data.summary
+    assert cs.data.stage("drive:datasets/flowers") == path  # the same folder, staged already
     info = report.checkpoint
     assert info is not None
     assert info.step == 2
@@ -179,6 +181,22 @@ def test_parts_run_at_the_same_time() -> None:
 
     report = cs.session(env=None, _parts=[Meets("a"), Meets("b")])
     assert report.ok, report
+
+
+def test_parts_say_nothing_themselves(capsys: pytest.CaptureFixture[str]) -> None:
+    class Talks:
+        name = "talks"
+
+        def run(self) -> str:
+            say("a line of the part's own")
+            return "said"
+
+    cs.session(env=None, _parts=[Talks()])
+    out = capsys.readouterr().out
+    assert "a line of the part's own" not in out  # held back: the report says it once
+    assert "talks: ok" in out
+    say("after the session")
+    assert "after the session" in capsys.readouterr().out
 
 
 def test_second_call_returns_at_once() -> None:

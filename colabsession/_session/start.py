@@ -76,8 +76,9 @@ class PartReport:
 
 @dataclass(frozen=True)
 class SessionReport:
-    """What :func:`session` did: one :class:`PartReport` per part, in the order asked, and the
-    ``seconds`` the call took. ``report["env"]`` is one part's record.
+    """What :func:`session` did: one :class:`PartReport` per part, in the order asked, the
+    ``seconds`` the call took, and ``paths``: where each dataset is on the local disk, by its
+    source as given. ``report["env"]`` is one part's record.
 
     >>> report = cs.session(run="my-run", data="drive:datasets/flowers")  # doctest: +SKIP
     >>> report.ok, [p.name for p in report.failed]      # doctest: +SKIP
@@ -88,6 +89,8 @@ class SessionReport:
 
     parts: tuple[PartReport, ...]
     seconds: float
+    paths: dict[str, Path] = field(default_factory=dict)
+    """Where each dataset staged is on the local disk, by its source as given."""
 
     @property
     def ok(self) -> bool:
@@ -100,11 +103,6 @@ class SessionReport:
         return [p for p in self.parts if not p.ok]
 
     @property
-    def paths(self) -> dict[str, Path]:
-        """Where each dataset staged is on the local disk, by its source as given."""
-        return dict(self._paths)
-
-    @property
     def checkpoint(self) -> CheckpointInfo | None:
         """The run's newest valid checkpoint, now on the local disk; None when the run has
         none (or no run was asked for)."""
@@ -112,8 +110,6 @@ class SessionReport:
             if part.name == "run" and isinstance(part.result, CheckpointInfo):
                 return part.result
         return None
-
-    _paths: dict[str, Path] = field(default_factory=dict, repr=False, compare=False)
 
     def __getitem__(self, name: str) -> PartReport:
         for part in self.parts:
