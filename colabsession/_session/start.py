@@ -197,7 +197,7 @@ def session(
     for name, build in asked:
         try:
             parts.append(build())
-        except ColabSessionError as exc:
+        except Exception as exc:  # reported as that part's failure, like one while it runs
             parts.append(_Failed(name, exc))
     parts.extend(_parts)
     for index, part in enumerate(parts):
@@ -230,7 +230,7 @@ def session(
 class _Failed:
     """A part that could not even be built (a malformed argument, Drive not mounted)."""
 
-    def __init__(self, name: str, error: ColabSessionError) -> None:
+    def __init__(self, name: str, error: Exception) -> None:
         self.name, self.error = name, error
         self.key = ("failed", name, id(self))
 
@@ -305,7 +305,7 @@ def _work(index: int, part: Part, results: queue.Queue[tuple[int, PartReport]]) 
     except ColabSessionError as exc:
         took = time.monotonic() - started
         results.put((index, PartReport(part.name, False, "", took, str(exc), exception=exc)))
-    except Exception as exc:  # a part's bug must not hide the others' reports
+    except BaseException as exc:  # a part's bug (even a SystemExit) must not hide the report
         took = time.monotonic() - started
         logger.warning("colabsession: %s failed", part.name, exc_info=True)
         error = f"{type(exc).__name__}: {exc} (unexpected: please report it with the traceback)"
