@@ -264,3 +264,16 @@ def test_report_records() -> None:
     assert "env: ok" in text
     assert "run: FAILED" in text
     assert "cannot list it: run it again" in text
+
+
+def test_run_may_be_a_checkpointer_with_its_own_local_folder(tmp_path: Path) -> None:
+    run = f"memory://{tmp_path.name}/run"
+    save_run(run, (1,))
+    ckpt = cs.Checkpointer(run, every=None, local_dir=tmp_path / "mine")
+    report = cs.session(run=ckpt, env=None)
+    assert report.checkpoint is not None
+    assert Path(report.checkpoint.where).parent == tmp_path / "mine"
+    restored = ckpt.restore()
+    assert restored is not None
+    assert restored.where == report.checkpoint.where
+    ckpt.close()
