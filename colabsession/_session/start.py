@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from colabsession._core.errors import ColabSessionError
+from colabsession._core.progress import bar
 from colabsession._core.say import quiet, say
 from colabsession._core.units import Duration, format_duration, parse_duration
 from colabsession._runtime.runtime import home_dir
@@ -208,8 +209,7 @@ def session(
         if earlier is None:
             todo.append((index, part, key))
     if todo:
-        with quiet():
-            finished = _run_all([p for _, p, _ in todo], seconds)
+        finished = _run_all([p for _, p, _ in todo], seconds)
         for (index, _, key), outcome in zip(todo, finished, strict=True):
             reports[index] = outcome
             if outcome.ok:
@@ -253,21 +253,21 @@ def _again(report: PartReport) -> PartReport:
 
 
 def _run_all(parts: Sequence[Part], timeout: float) -> list[PartReport]:
-    """Run *parts* at once, each in a daemon thread; their reports in their order. A part
-    still running after *timeout* seconds is reported as failed and left to finish alone."""
-    from tqdm.auto import tqdm
-
+    """Run *parts* at once, each in a daemon thread, under one bar and :func:`quiet`; their
+    reports in their order. A part still running after *timeout* seconds is reported as failed
+    and left to finish alone."""
     results: queue.Queue[tuple[int, PartReport]] = queue.Queue()
-    began = time.monotonic()
-    for index, part in enumerate(parts):
-        threading.Thread(
-            target=_work,
-            args=(index, part, results),
-            name=f"colabsession-session-{part.name}",
-            daemon=True,
-        ).start()
     reports: dict[int, PartReport] = {}
-    with tqdm(total=len(parts), unit="part", desc="colabsession: session", leave=False) as bar:
+    # The bar is made before quiet() begins, which hides the parts' own bars and messages.
+    with bar(len(parts), "colabsession: session", unit="part") as shown, quiet():
+        began = time.monotonic()
+        for index, part in enumerate(parts):
+            threading.Thread(
+                target=_work,
+                args=(index, part, results),
+                name=f"colabsession-session-{part.name}",
+                daemon=True,
+            ).start()
         while len(reports) < len(parts):
             left = began + timeout - time.monotonic()
             if left <= 0:
@@ -278,9 +278,9 @@ def _run_all(parts: Sequence[Part], timeout: float) -> list[PartReport]:
                 pass
             else:
                 reports[index] = report
-                bar.update(1)
+                shown.update(1)
             running = [p.name for i, p in enumerate(parts) if i not in reports]
-            bar.set_postfix_str(", ".join(running), refresh=False)
+            shown.set_postfix_str(", ".join(running), refresh=False)
     waited = time.monotonic() - began
     for index, part in enumerate(parts):
         if index not in reports:
