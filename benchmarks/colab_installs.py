@@ -29,20 +29,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 EXTRAS = [
-    "",
-    "drive",
-    "gpu",
-    "plot",
-    "tensorflow",
-    "demo",
-    "torch",
-    "hf",
-    "jax",
-    "lightning",
-    "tensorboard",
-    "wandb",
-    "torchdata",
-    "safetensors",
+    "", "drive", "gpu", "plot", "tensorflow", "demo", "torch", "hf", "jax",
+    "lightning", "tensorboard", "wandb", "torchdata", "safetensors",
 ]
 
 
