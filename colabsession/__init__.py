@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from ._runtime.probe import HardwareReport, probe, require_accelerator
     from ._runtime.runtime import Runtime, runtime
     from ._runtime.strategy import distribution, precision, strategy
+    from ._session.start import PartReport, SessionReport, session
     from ._storage.checkpointer import Checkpoint, Checkpointer, CheckpointInfo, CheckpointStatus
     from ._storage.history import History, history, plot_history
     from ._storage.portable import export_checkpoint, import_checkpoint
@@ -73,6 +74,7 @@ _LAZY: dict[str, str] = {
     "HardwareReport": "._runtime.probe",
     "History": "._storage.history",
     "Precision": "._runtime.precision",
+    "PartReport": "._session.start",
     "LeaseError": "._core.errors",
     "MissingDependencyError": "._core.errors",
     "MountError": "._core.errors",
@@ -80,6 +82,7 @@ _LAZY: dict[str, str] = {
     "Runtime": "._runtime.runtime",
     "RunNotFoundError": "._core.errors",
     "SessionClock": "._runtime.clock",
+    "SessionReport": "._session.start",
     "benchmark": "._runtime.benchmark",
     "cache": ".cache",
     "clock": "._runtime.clock",
@@ -101,6 +104,7 @@ _LAZY: dict[str, str] = {
     "require_accelerator": "._runtime.probe",
     "runtime": "._runtime.runtime",
     "secret": "._core.secrets",
+    "session": "._session.start",
     "strategy": "._runtime.strategy",
     "torch": ".torch",
     "wandb_id": "._storage.tracking",
@@ -130,10 +134,12 @@ __all__ = [
     "MissingDependencyError",
     "MountError",
     "MountTimeoutError",
+    "PartReport",
     "Precision",
     "RunNotFoundError",
     "Runtime",
     "SessionClock",
+    "SessionReport",
     "__version__",
     "benchmark",
     "cache",
@@ -156,6 +162,7 @@ __all__ = [
     "require_accelerator",
     "runtime",
     "secret",
+    "session",
     "strategy",
     "torch",
     "wandb_id",

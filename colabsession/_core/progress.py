@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from colabsession._core.say import is_quiet
+
 LARGE = 256 << 20  # bytes: smaller checkpoints move in a second or two, without a bar
 DELAY = 2.0  # seconds before a bar appears: a transfer done sooner shows none
 
@@ -59,7 +61,8 @@ def bar(
         desc=desc,
         leave=False,
         delay=delay,
-        disable=total is not None and total < large,
+        # Inside quiet() (cs.session runs its parts so, under one bar of its own) nothing shows.
+        disable=is_quiet() or (total is not None and total < large),
     )
 
 
