@@ -23,6 +23,7 @@ from torch's global generator, so starting a DataLoader does not shift the model
 """
 
 from colabsession._runtime.precision import Precision
+from colabsession._training.distributed import DistributedState, JobCheckpointer
 from colabsession._training.torch import (
     ResumableLoader,
     TrainingState,
@@ -32,6 +33,8 @@ from colabsession._training.torch import (
 )
 
 __all__ = [
+    "DistributedState",
+    "JobCheckpointer",
     "Precision",
     "ResumableLoader",
     "TrainingState",

@@ -53,7 +53,7 @@ from colabsession._storage.replicate import STATES, Replicator, drive_states
 from colabsession._storage.retention import AnyOf, BestN, EveryInterval, LatestN, Policy, split
 from colabsession._storage.runs import run_location, run_stores
 from colabsession._storage.save_policy import SavePolicy
-from colabsession._storage.serialize import host_arrays
+from colabsession._storage.serialize import flatten, host_arrays
 from colabsession._storage.store import Entry
 
 logger = logging.getLogger(__name__)
@@ -307,10 +307,21 @@ class Checkpointer:
 
     # Saving ------------------------------------------------------------------------------
 
-    def save(self, step: int, state: Any, *, metrics: dict[str, Any] | None = None) -> None:
+    def save(
+        self,
+        step: int,
+        state: Any,
+        *,
+        metrics: dict[str, Any] | None = None,
+        _later: Callable[[], Any] | None = None,
+    ) -> None:
         """Save *state* as *step* now. With ``async_save`` this returns once the state is copied
         to host memory; the write to the local disk goes on in the background (one at a time),
-        and the copy to the location after it, in a thread of its own."""
+        and the copy to the location after it, in a thread of its own.
+
+        ``_later`` (a seam for the distributed path): the state is what it returns, called in
+        the writer's thread when the write starts, and written without a copy (files that other
+        processes finish meanwhile); *state* is then ignored. The save counts as made now."""
         step = _check_step(step)
         with self._writer.lock:  # one save at a time, whichever threads call
             self._check_open()
@@ -318,7 +329,7 @@ class Checkpointer:
             clean = _clean_metrics(metrics)
             self._begin_writing()
             # A synchronous save writes the caller's own arrays: the caller waits meanwhile.
-            tree, leaves = self._writer.stage(state)
+            tree, leaves = self._writer.stage(state) if _later is None else (None, [])
             if clean:
                 self.history.append(make_record(step, self.session, clean, self.attempt))
             started = self._monotonic()
@@ -326,7 +337,10 @@ class Checkpointer:
             lineage = self._lineage
 
             def job() -> None:
-                self._commit(step, tree, leaves, clean, lineage)
+                if _later is None:
+                    self._commit(step, tree, leaves, clean, lineage)
+                else:
+                    self._commit(step, *flatten(_later(), copy=False), clean, lineage)
                 self.save_policy.took(self._monotonic() - started)
 
             self._writer.submit(job)
