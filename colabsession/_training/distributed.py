@@ -392,9 +392,7 @@ class JobCheckpointer:
         saved_step, ranks = found["step"], found["ranks"]
         try:
             shared = state.shared_state()
-            _dcp().load(
-                shared, checkpoint_id=str(folder), process_group=self.save_group
-            )
+            _dcp().load(shared, checkpoint_id=str(folder), process_group=self.save_group)
             state.load_shared_state(shared)
         finally:
             self._collective(lambda: dist.barrier(group=self.group), "the restore")

@@ -226,9 +226,10 @@ class ResumableLoader:
             saved = parse_record(LoaderState, state, what="the checkpoint's loader state")
         except InvalidRecord as exc:
             raise CheckpointError(f"{exc}: the checkpoint is damaged") from None
-        if min(saved.seed, saved.epoch, saved.position) < 0 or min(
-            saved.batch_size, saved.num_replicas
-        ) < 1:
+        if (
+            min(saved.seed, saved.epoch, saved.position) < 0
+            or min(saved.batch_size, saved.num_replicas) < 1
+        ):
             raise CheckpointError(f"the checkpoint's loader state is damaged ({saved})")
         if saved.size != self.size:
             raise CheckpointError(
