@@ -10,6 +10,7 @@ run under torchrun as a user would (docs/distributed.md).
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import multiprocessing
 import os
@@ -25,8 +26,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 dist = pytest.importorskip("torch.distributed")
-
-import contextlib
 
 from colabsession._core.errors import ConfigError  # noqa: E402
 from colabsession.torch import JobCheckpointer, ResumableLoader  # noqa: E402
