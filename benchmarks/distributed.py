@@ -51,36 +51,41 @@ def rank_main(rank: int, world: int, store: str, root: str, mb: int, saves: int)
         k: [] for k in ("cs_block", "cs_durable", "dcp_async", "dcp_sync")
     }
 
+    # Interleaved, so that the load of a shared machine weighs on both alike.
+    ckpts = {
+        mode: JobCheckpointer(f"{root}/run-{mode}", every=None, async_save=mode)
+        for mode in (True, False)
+    }
     for i in range(saves):
-        # DCP alone: async_save's blocked time, then save's time until durable.
-        shared = state.shared_state()
+        # DCP alone, as its users call it: the sharded state dicts (get_state_dict) and
+        # async_save's blocked time, then save's time until durable.
         dist.barrier()
         started = time.perf_counter()
+        shared = state.shared_state()
         future = dcp.async_save(shared, checkpoint_id=f"{root}/dcp-async-{i}", process_group=group)
         results["dcp_async"].append(time.perf_counter() - started)
         future.result()
         dist.barrier()
         started = time.perf_counter()
+        shared = state.shared_state()
         dcp.save(shared, checkpoint_id=f"{root}/dcp-sync-{i}", process_group=group)
         results["dcp_sync"].append(time.perf_counter() - started)
         dist.barrier()
         if rank == 0:
             for kind in ("async", "sync"):
                 shutil.rmtree(f"{root}/dcp-{kind}-{i}", ignore_errors=True)
-
-    for async_save in (True, False):
-        ckpt = JobCheckpointer(f"{root}/run-{async_save}", every=None, async_save=async_save)
-        for i in range(saves):
+        for mode, ckpt in ckpts.items():
             dist.barrier()
             started = time.perf_counter()
             ckpt.save(i + 1, state)
             blocked = time.perf_counter() - started
             ckpt.wait()
             dist.barrier()  # rank 0 has committed: the save is durable for the job
-            if async_save:
+            if mode:
                 results["cs_block"].append(blocked)
             else:
                 results["cs_durable"].append(time.perf_counter() - started)
+    for ckpt in ckpts.values():
         ckpt.close()
     if rank == 0:
         med = {k: statistics.median(v) * 1000 for k, v in results.items()}

@@ -169,6 +169,8 @@ class JobCheckpointer:
         self._closed = False
         self._agreed: tuple[int, Literal["save", "final"] | None] | None = None
         self._pending: Any = None  # this rank's DCP save in flight
+        self._dcp_writer: Any = None
+        self._dcp_stager: Any = None
         self._failed: BaseException | None = None
         self._last: tuple[int, Any, dict[str, Any] | None] | None = None
 
@@ -313,13 +315,16 @@ class JobCheckpointer:
         )
         dcp = _dcp()
         shared = state.shared_state()
-        writer = dcp.FileSystemWriter(str(folder), sync_files=True)
         if self.ckpt is not None and not self.ckpt.async_save:
-            dcp.save(shared, storage_writer=writer, process_group=self.save_group)
+            dcp.save(shared, storage_writer=self._writer(folder), process_group=self.save_group)
             self._pending = _done_future()
         else:
             self._pending = dcp.async_save(
-                shared, storage_writer=writer, process_group=self.save_group
+                shared,
+                checkpoint_id=str(folder),
+                storage_writer=self._writer(folder),
+                process_group=self.save_group,
+                async_stager=self._stager(),
             )
         if self.ckpt is None:
             return
@@ -334,6 +339,29 @@ class JobCheckpointer:
         finally:
             if not self.ckpt.async_save:
                 shutil.rmtree(folder, ignore_errors=True)
+
+    def _writer(self, folder: Path) -> Any:
+        """DCP's writer of this rank's shards, one for the job."""
+        if self._dcp_writer is None:
+            # Not fsynced: the staging files are not the durable copy, the packed checkpoint is
+            # (fsynced when it commits); a crash before that leaves the save uncommitted.
+            self._dcp_writer = _dcp().FileSystemWriter(
+                str(folder),
+                sync_files=False,
+            )
+        else:
+            self._dcp_writer.reset(str(folder))
+        return self._dcp_writer
+
+    def _stager(self) -> Any:
+        """DCP's own default stager (the one ``async_save`` makes without a writer), kept for
+        the job so that its host buffers are reused; pinned memory where CUDA is."""
+        if self._dcp_stager is None:
+            from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+
+            cuda = torch.cuda.is_available()
+            self._dcp_stager = DefaultStager(StagingOptions(cuda, False, False, False))
+        return self._dcp_stager
 
     def _wait_own(self) -> None:
         """Wait for this rank's write in flight (at most one); raise its failure."""
