@@ -286,3 +286,20 @@ def test_a_loader_state_without_replicas_loads_as_one() -> None:
 def test_job_checkpointer_needs_torch_distributed(isolated: Path) -> None:
     with pytest.raises(ConfigError, match="init_process_group"):
         JobCheckpointer(isolated / "run")
+
+
+def test_a_checkpointer_on_rank_one_says_to_use_a_job_checkpointer(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+    import types
+
+    import colabsession as cs
+
+    fake = types.SimpleNamespace(is_initialized=lambda: True, get_rank=lambda: 1)
+    monkeypatch.setitem(sys.modules, "torch.distributed", fake)
+    ckpt = cs.Checkpointer(isolated / "run", every=None)
+    with pytest.raises(ConfigError, match=r"rank 1 .*JobCheckpointer"):
+        ckpt.save(1, {"w": 1.0})
+    assert not (isolated / "run" / "lease.json").exists()
+    ckpt.close()

@@ -25,6 +25,7 @@ import math
 import operator
 import os
 import socket
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -785,6 +786,7 @@ class Checkpointer:
             if self.remote is None and self._lease.held:
                 self._lease.verify()  # a direct folder: one stat on the local disk
             return
+        _refuse_other_ranks()
         try:
             self.local.makedirs()
         except OSError as exc:
@@ -966,6 +968,22 @@ def checkpointer_for(
 
 
 # Helpers -------------------------------------------------------------------------------------
+
+
+def _refuse_other_ranks() -> None:
+    """Under torch.distributed, only rank 0 writes a run: every rank writing takes the lease
+    from the others, and their saves cross."""
+    dist = sys.modules.get("torch.distributed")  # never imported here: only if the user did
+    try:
+        rank = dist.get_rank() if dist is not None and dist.is_initialized() else 0
+    except (AttributeError, RuntimeError):
+        rank = 0
+    if rank != 0:
+        raise ConfigError(
+            f"rank {rank} of a torch.distributed job is writing a checkpoint: every rank would "
+            "take the run's lease from the others. Use colabsession.torch.JobCheckpointer (one "
+            "for the job, made on every rank), or save from rank 0 only"
+        )
 
 
 def _gather(state: Any) -> Any:
