@@ -72,7 +72,7 @@ def train(mode: str, run: str, out: str, steps: int, options: dict[str, Any]) ->
 
         os.replace = replacing  # type: ignore[assignment]
 
-    ckpt = JobCheckpointer(run, every=None, every_steps=3, keep_last=2, timeout="20s", clock=clock)
+    ckpt = JobCheckpointer(run, every=None, every_steps=5, keep_last=2, timeout="20s", clock=clock)
     with ckpt:
         for _epoch in state.epochs(3, ckpt):
             for x, y in loader:
