@@ -53,7 +53,12 @@ def rank_main(rank: int, world: int, store: str, root: str, mb: int, saves: int)
 
     # Interleaved, so that the load of a shared machine weighs on both alike.
     ckpts = {
-        mode: JobCheckpointer(f"{root}/run-{mode}", every=None, async_save=mode)
+        mode: JobCheckpointer(
+            f"{root}/run-{mode}",
+            every=None,
+            async_save=mode,
+            staging_dir=os.environ.get("CS_BENCH_STAGING") or None,
+        )
         for mode in (True, False)
     }
     for i in range(saves):
