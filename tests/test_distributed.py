@@ -163,12 +163,13 @@ def test_fsdp_killed_in_a_save_then_at_random_resumes_bit_identical(
     assert_same(out, reference["fsdp"])
 
 
-def test_a_checkpoint_of_two_ranks_restores_on_one(
-    isolated: Path, reference: dict[str, Path]
+@pytest.mark.parametrize("world", [1, 4])
+def test_a_checkpoint_of_two_ranks_restores_on_another_world_size(
+    isolated: Path, reference: dict[str, Path], world: int
 ) -> None:
-    out = isolated / "one.pt"
-    assert job(isolated, "fsdp", reference["fsdp-run"], out, world=1) == [0]
-    assert_same(out, reference["fsdp"])
+    out = isolated / "other.pt"
+    assert job(isolated, "fsdp", reference["fsdp-run"], out, world=world) == [0] * world
+    assert_same(out, reference["fsdp"])  # resharded, whole again
 
 
 def test_a_killed_launcher_stops_its_workers_at_the_next_agreement(isolated: Path) -> None:

@@ -244,6 +244,9 @@ class ResumableLoader:
         self.seed, self.epoch, self.shuffle = saved.seed, saved.epoch, saved.shuffle
         done = saved.position * saved.batch_size * saved.num_replicas  # samples done this epoch
         step = self.batch_size * self.num_replicas
+        if done >= self.size:  # every sample of the epoch is done (the last step padded)
+            self.position = self.batches_per_epoch
+            return
         if done % step:
             logger.warning(
                 "colabsession: the batch size changed from %d x %d replicas to %d x %d: resuming "
