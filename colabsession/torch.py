@@ -20,9 +20,23 @@ skips the batches already done (their indices are never loaded); the checkpoint 
 the optimizer, the scheduler, the gradient scaler and every random state (Python, NumPy, torch's
 CPU and CUDA generators); each epoch's DataLoader workers are seeded from ``(seed, epoch)``, never
 from torch's global generator, so starting a DataLoader does not shift the model's randomness.
+
+Under ``torchrun`` (DDP, FSDP2), every rank makes a :class:`JobCheckpointer` and a
+:class:`DistributedState`, and the loader shards (``num_replicas=``, ``rank=``)::
+
+    loader = ResumableLoader(train_set, batch_size=64, shuffle=True,
+                             num_replicas=dist.get_world_size(), rank=dist.get_rank())
+    state = DistributedState(model, optimizer, loader=loader)
+    with JobCheckpointer("my-run", every="10min") as ckpt:
+        for epoch in state.epochs(10, ckpt):
+            for x, y in loader:
+                train_step(x, y)
+                state.step += 1
+                ckpt.maybe_save(state.step, state)   # every rank, every step: agreed
 """
 
 from colabsession._runtime.precision import Precision
+from colabsession._training.distributed import DistributedState, JobCheckpointer
 from colabsession._training.torch import (
     ResumableLoader,
     TrainingState,
@@ -32,6 +46,8 @@ from colabsession._training.torch import (
 )
 
 __all__ = [
+    "DistributedState",
+    "JobCheckpointer",
     "Precision",
     "ResumableLoader",
     "TrainingState",

@@ -25,6 +25,7 @@ import math
 import operator
 import os
 import socket
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -55,7 +56,7 @@ from colabsession._storage.replicate import STATES, Replicator, drive_states
 from colabsession._storage.retention import AnyOf, BestN, EveryInterval, LatestN, Policy, split
 from colabsession._storage.runs import run_location, run_stores
 from colabsession._storage.save_policy import SavePolicy
-from colabsession._storage.serialize import host_arrays
+from colabsession._storage.serialize import flatten, host_arrays
 from colabsession._storage.store import Entry
 
 logger = logging.getLogger(__name__)
@@ -312,10 +313,21 @@ class Checkpointer:
 
     # Saving ------------------------------------------------------------------------------
 
-    def save(self, step: int, state: Any, *, metrics: dict[str, Any] | None = None) -> None:
+    def save(
+        self,
+        step: int,
+        state: Any,
+        *,
+        metrics: dict[str, Any] | None = None,
+        _later: Callable[[], Any] | None = None,
+    ) -> None:
         """Save *state* as *step* now. With ``async_save`` this returns once the state is copied
         to host memory; the write to the local disk goes on in the background (one at a time),
-        and the copy to the location after it, in a thread of its own."""
+        and the copy to the location after it, in a thread of its own.
+
+        ``_later`` (a seam for the distributed path): the state is what it returns, called in
+        the writer's thread when the write starts, and written without a copy (files that other
+        processes finish meanwhile); *state* is then ignored. The save counts as made now."""
         step = _check_step(step)
         with self._writer.lock:  # one save at a time, whichever threads call
             self._check_open()
@@ -323,7 +335,7 @@ class Checkpointer:
             clean = _clean_metrics(metrics)
             self._begin_writing()
             # A synchronous save writes the caller's own arrays: the caller waits meanwhile.
-            tree, leaves = self._writer.stage(state)
+            tree, leaves = self._writer.stage(state) if _later is None else (None, [])
             if clean:
                 self.history.append(make_record(step, self.session, clean, self.attempt))
             started = self._monotonic()
@@ -331,7 +343,10 @@ class Checkpointer:
             lineage = self._lineage
 
             def job() -> None:
-                self._commit(step, tree, leaves, clean, lineage)
+                if _later is None:
+                    self._commit(step, tree, leaves, clean, lineage)
+                else:
+                    self._commit(step, *flatten(_later(), copy=False), clean, lineage)
                 self.save_policy.took(self._monotonic() - started)
 
             self._writer.submit(job)
@@ -778,6 +793,7 @@ class Checkpointer:
             if self.remote is None and self._lease.held:
                 self._lease.verify()  # a direct folder: one stat on the local disk
             return
+        _refuse_other_ranks()
         try:
             self.local.makedirs()
         except OSError as exc:
@@ -960,6 +976,22 @@ def checkpointer_for(
 
 
 # Helpers -------------------------------------------------------------------------------------
+
+
+def _refuse_other_ranks() -> None:
+    """Under torch.distributed, only rank 0 writes a run: every rank writing takes the lease
+    from the others, and their saves cross."""
+    dist = sys.modules.get("torch.distributed")  # never imported here: only if the user did
+    try:
+        rank = dist.get_rank() if dist is not None and dist.is_initialized() else 0
+    except (AttributeError, RuntimeError):
+        rank = 0
+    if rank != 0:
+        raise ConfigError(
+            f"rank {rank} of a torch.distributed job is writing a checkpoint: every rank would "
+            "take the run's lease from the others. Use colabsession.torch.JobCheckpointer (one "
+            "for the job, made on every rank), or save from rank 0 only"
+        )
 
 
 def _gather(state: Any) -> Any:

@@ -54,12 +54,22 @@ class _EpochBatches:
     def __iter__(self) -> Iterator[list[int]]:
         owner = self.owner
         order = epoch_order(owner.size, owner.seed, owner.epoch, shuffle=owner.shuffle)
-        size = owner.batch_size
-        for start in range(owner.position * size, owner.size, size):
-            batch = order[start : start + size]
-            if len(batch) < size and owner.drop_last:
-                return
-            yield batch.tolist()
+        size, replicas = owner.batch_size, owner.num_replicas
+        if replicas == 1:
+            for start in range(owner.position * size, owner.size, size):
+                batch = order[start : start + size]
+                if len(batch) < size and owner.drop_last:
+                    return
+                yield batch.tolist()
+            return
+        # Global step g takes samples [g*size*replicas, (g+1)*size*replicas) of the epoch's
+        # order, this rank its own slice of them: which samples a step holds does not depend on
+        # the world size, so a resume on another one continues after the same samples. The
+        # last step wraps to the order's start, as DistributedSampler pads: every rank takes
+        # as many batches (DDP needs every rank at every step).
+        for step in range(owner.position, owner.batches_per_epoch):
+            start = (step * replicas + owner.rank) * size
+            yield [int(order[i % owner.size]) for i in range(start, start + size)]
 
     def __len__(self) -> int:
         return self.owner.batches_left  # what this iteration gives: the rest of the epoch
@@ -85,6 +95,12 @@ class ResumableLoader:
             keeps the dataset's order.
         seed: the data-order seed.
         drop_last: drop each epoch's last incomplete batch.
+        num_replicas: the processes that share each epoch (``torch.distributed``'s world size);
+            each takes its own slice of every global batch of ``batch_size * num_replicas``
+            samples, and every one as many batches (the last global batch wraps to the epoch's
+            start, as ``DistributedSampler`` pads). A resume on another world size continues
+            after the same samples.
+        rank: this process's place among them (``torch.distributed.get_rank()``).
         **loader_kwargs: for the DataLoader (``num_workers``, ``collate_fn``, ``pin_memory``,
             ...); not ``sampler``, ``batch_sampler``, ``shuffle`` or ``generator``, which this
             class sets. With ``persistent_workers=True`` the workers keep their random state
@@ -100,8 +116,17 @@ class ResumableLoader:
         *,
         seed: int = 0,
         drop_last: bool = False,
+        num_replicas: int = 1,
+        rank: int = 0,
         **loader_kwargs: Any,
     ) -> None:
+        sampler = loader_kwargs.get("sampler")
+        if isinstance(sampler, torch.utils.data.DistributedSampler):
+            raise ConfigError(
+                "ResumableLoader shards for distributed training itself: pass "
+                f"num_replicas={sampler.num_replicas}, rank={sampler.rank} (and shuffle=, seed=) "
+                "instead of a DistributedSampler, whose position cannot be resumed"
+            )
         clash = sorted({"sampler", "batch_sampler", "generator"} & set(loader_kwargs))
         if clash:
             raise ConfigError(f"ResumableLoader sets {' and '.join(clash)} itself: do not pass it")
@@ -114,12 +139,19 @@ class ResumableLoader:
             raise ConfigError("batch_size must be at least 1")
         if seed < 0:
             raise ConfigError("seed must not be negative")
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ConfigError(
+                f"rank {rank} of {num_replicas} replicas: num_replicas must be at least 1 and "
+                "rank in 0..num_replicas-1 (torch.distributed.get_world_size() and get_rank())"
+            )
         self.dataset = dataset
         self.size = len(dataset)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = int(seed)
         self.drop_last = drop_last
+        self.num_replicas = int(num_replicas)
+        self.rank = int(rank)
         self.epoch = 0
         self.position = 0  # batches of the current epoch already given out
         # Whether to end the epoch early, after the batch just given: TrainingState.epochs
@@ -136,7 +168,7 @@ class ResumableLoader:
     @property
     def batches_per_epoch(self) -> int:
         """The batches of one whole epoch (what ``len()`` gives)."""
-        full, rest = divmod(self.size, self.batch_size)
+        full, rest = divmod(self.size, self.batch_size * self.num_replicas)
         return full + (1 if rest and not self.drop_last else 0)
 
     @property
@@ -185,6 +217,7 @@ class ResumableLoader:
             batch_size=self.batch_size,
             size=self.size,
             shuffle=self.shuffle,
+            num_replicas=self.num_replicas,
         )
         return {"kind": LoaderState.KIND, **dataclasses.asdict(saved)}
 
@@ -195,7 +228,10 @@ class ResumableLoader:
             saved = parse_record(LoaderState, state, what="the checkpoint's loader state")
         except InvalidRecord as exc:
             raise CheckpointError(f"{exc}: the checkpoint is damaged") from None
-        if min(saved.seed, saved.epoch, saved.position) < 0 or saved.batch_size < 1:
+        if (
+            min(saved.seed, saved.epoch, saved.position) < 0
+            or min(saved.batch_size, saved.num_replicas) < 1
+        ):
             raise CheckpointError(f"the checkpoint's loader state is damaged ({saved})")
         if saved.size != self.size:
             raise CheckpointError(
@@ -208,15 +244,22 @@ class ResumableLoader:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         saved = self.check_state_dict(state)
         self.seed, self.epoch, self.shuffle = saved.seed, saved.epoch, saved.shuffle
-        done = saved.position * saved.batch_size  # samples done this epoch
-        if done % self.batch_size:
+        done = saved.position * saved.batch_size * saved.num_replicas  # samples done this epoch
+        step = self.batch_size * self.num_replicas
+        if done >= self.size:  # every sample of the epoch is done (the last step padded)
+            self.position = self.batches_per_epoch
+            return
+        if done % step:
             logger.warning(
-                "colabsession: the batch size changed from %d to %d: resuming after sample %d",
+                "colabsession: the batch size changed from %d x %d replicas to %d x %d: resuming "
+                "after sample %d",
                 saved.batch_size,
+                saved.num_replicas,
                 self.batch_size,
-                done - done % self.batch_size,
+                self.num_replicas,
+                done - done % step,
             )
-        self.position = done // self.batch_size
+        self.position = done // step
 
 
 @dataclass(frozen=True)
@@ -230,6 +273,7 @@ class LoaderState(Record):
     batch_size: int
     size: int  # the dataset's samples, checked on resume
     shuffle: bool
+    num_replicas: int = 1  # the processes that shared each global batch
 
 
 def _is_count(value: Any) -> bool:
