@@ -38,8 +38,8 @@ from typing import Any, Literal, NamedTuple
 from colabsession._core.deprecation import renamed_arguments, warn_renamed
 from colabsession._core.errors import CheckpointError, ColabSessionError, ConfigError, LeaseError
 from colabsession._core.files import reason
-from colabsession._core.progress import ProgressFactory, transfer
 from colabsession._core.hooks import final_save
+from colabsession._core.progress import ProgressFactory, transfer
 from colabsession._core.units import Duration, format_duration, parse_duration
 from colabsession._drive.location import Location
 from colabsession._runtime.clock import SessionClock

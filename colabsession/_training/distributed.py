@@ -38,6 +38,7 @@ import numpy as np
 
 from colabsession._core.errors import CheckpointError, ConfigError
 from colabsession._core.files import reason
+from colabsession._core.notify import Notify
 from colabsession._core.optional import require
 from colabsession._core.say import say
 from colabsession._core.units import Duration, format_duration, parse_duration
@@ -579,10 +580,19 @@ class DistributedState(TrainingState):
                 say(f"resuming {ckpt.location} at {where} on {ckpt.world_size} ranks")
         return self.step
 
-    def epochs(self, total: int, ckpt: Any = None) -> Iterator[int]:
+    def epochs(
+        self,
+        total: int,
+        ckpt: Any = None,
+        *,
+        notify: Notify = None,
+        release_when_done: bool = False,
+    ) -> Iterator[int]:
         """As :meth:`TrainingState.epochs`, with a :class:`JobCheckpointer`: every rank ends
         the same epoch at the same step."""
-        return super().epochs(total, cast(Any, ckpt))
+        return super().epochs(
+            total, cast(Any, ckpt), notify=notify, release_when_done=release_when_done
+        )
 
 
 # Packing a DCP folder into one checkpoint ---------------------------------------------------
