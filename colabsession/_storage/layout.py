@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 import secrets
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import IO, Any, ClassVar
@@ -102,7 +103,7 @@ def parse_name(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def write(f: IO[bytes], arrays: list[Any], **fields: Any) -> Manifest:
+def write(f: IO[bytes], arrays: Iterable[Any], **fields: Any) -> Manifest:
     """Write a whole checkpoint file to *f*; *fields* are the manifest's (step, time, ...)."""
     infos, size, crc = write_arrays(f, arrays)
     # Format 1 where it suffices, so that older releases still read plain checkpoints.

@@ -16,7 +16,7 @@ The arrays file's CRC32C is computed while it is written, in one pass.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -40,7 +40,7 @@ class ArrayInfo:
 
 
 def flatten(
-    state: Any, reuse: list[Any] | None = None, *, copy: bool = True
+    state: Any, reuse: list[Any] | None = None, *, copy: bool = True, lazy: bool = False
 ) -> tuple[Any, list[Any]]:
     """Split *state* into a JSON tree and its arrays.
 
@@ -51,7 +51,9 @@ def flatten(
     tensors are copied into pinned buffers without waiting (see :mod:`._frameworks`); TensorFlow
     tensors, which nothing changes or deletes, are kept as they are and converted in the
     background by :func:`host_arrays`. Without *copy* (a synchronous save,
-    during which the caller waits) arrays are taken as they are.
+    during which the caller waits) arrays are taken as they are. With *lazy* nothing is copied
+    or moved: tensors stay where they are (detached) and JAX arrays stay JAX arrays, for
+    :class:`~.async_writer.AsyncWriter` to copy within its memory budget.
     """
     import numpy as np
 
@@ -64,6 +66,9 @@ def flatten(
 
     def tensor(node: Any, where: str) -> dict[str, Any]:
         index = len(leaves)
+        if lazy:
+            leaves.append(_frameworks.savable_tensor(node, where))
+            return {f"{MARK}x": _frameworks.describe(node, index)}
         spare = spares[index] if index < len(spares) else None
         leaf, device = _frameworks.stage_tensor(node, where, _frameworks.unwrap(spare), copy)
         if device is not None:
@@ -76,13 +81,15 @@ def flatten(
         if _immutable(node):
             leaves.append(node)
             return index
-        source = np.asarray(node)
-        if source.dtype.hasobject or source.dtype.fields is not None:
+        keep = lazy and _frameworks.is_jax_array(node)  # copied to the host when staged
+        source = node if keep else np.asarray(node)
+        dtype = np.dtype(source.dtype)
+        if dtype.hasobject or dtype.fields is not None:
             raise CheckpointError(
-                f"state{where} is an array of {source.dtype}, which cannot be saved without "
+                f"state{where} is an array of {dtype}, which cannot be saved without "
                 "pickle: convert it to a plain numeric array"
             )
-        if not copy:
+        if not copy or lazy:
             leaves.append(source)
             return index
         spare = spares[index] if index < len(spares) else None
@@ -284,7 +291,7 @@ def dtype_of(name: str) -> Any:
     return dtype
 
 
-def write_arrays(f: IO[bytes], arrays: list[Any]) -> tuple[list[ArrayInfo], int, int]:
+def write_arrays(f: IO[bytes], arrays: Iterable[Any]) -> tuple[list[ArrayInfo], int, int]:
     """Write *arrays* to *f*, each at a 64-byte boundary. Returns where each one lies, the
     file's size and its CRC32C, computed while writing."""
     import google_crc32c
@@ -301,6 +308,7 @@ def write_arrays(f: IO[bytes], arrays: list[Any]) -> tuple[list[ArrayInfo], int,
         for chunk in _chunks(array):
             f.write(chunk)
             crc = google_crc32c.extend(crc, chunk)
+        # (a DeviceArray's dtype is a numpy dtype too)
         infos.append(ArrayInfo(dtype_name(array.dtype), tuple(array.shape), offset, array.nbytes))
         offset += array.nbytes
     return infos, offset, crc
@@ -337,6 +345,11 @@ def crc32c(data: Any, crc: int = 0) -> int:
 
 
 def _chunks(array: Any) -> Iterator[Any]:
+    if hasattr(array, "chunks"):  # a frameworks.DeviceArray: copied from the GPU as written
+        for chunk in array.chunks(CHUNK):
+            chunk.flags.writeable = False
+            yield chunk
+        return
     flat = array.reshape(-1).view("uint8")
     for start in range(0, flat.size, CHUNK):
         chunk = flat[start : start + CHUNK]
