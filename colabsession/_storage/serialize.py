@@ -16,7 +16,7 @@ The arrays file's CRC32C is computed while it is written, in one pass.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -314,23 +314,67 @@ def write_arrays(f: IO[bytes], arrays: Iterable[Any]) -> tuple[list[ArrayInfo], 
     return infos, offset, crc
 
 
-def read_arrays(buffer: bytearray, infos: list[ArrayInfo]) -> list[Any]:
-    """The arrays that :func:`write_arrays` wrote, as writable views of *buffer*."""
+def read_arrays_from(
+    readinto: Callable[[memoryview], int], size: int, infos: list[ArrayInfo]
+) -> tuple[list[Any], int]:
+    """The arrays that :func:`write_arrays` wrote, read in one pass through a file of *size*
+    bytes of arrays (``readinto(view)`` fills *view* from the file's current position and
+    returns the bytes it read), each into an array of its own, uninitialised before (no zero
+    fill), so nothing of the file stays alive with any one array. Returns them and the CRC32C
+    of the *size* bytes, computed chunk by chunk as they are read. Raises ValueError for a
+    layout that does not fit *size*, EOFError for a file cut short."""
+    import google_crc32c
     import numpy as np
 
-    arrays = []
-    for info in infos:
-        dtype = dtype_of(info.dtype)
+    order = sorted(range(len(infos)), key=lambda i: infos[i].offset)
+    arrays: list[Any] = [None] * len(infos)
+    scratch = np.empty(min(CHUNK, size), np.uint8)
+    position, crc = 0, 0
+
+    def fill(flat: Any) -> None:
+        nonlocal crc
+        for start in range(0, flat.size, CHUNK):
+            chunk = flat[start : start + CHUNK]
+            view, done = memoryview(chunk), 0
+            while done < chunk.size:
+                got = readinto(view[done:])
+                if not got:
+                    raise EOFError("the file ends before its arrays do")
+                done += got
+            chunk = chunk.view()
+            chunk.flags.writeable = False  # google_crc32c takes read-only buffers only
+            crc = google_crc32c.extend(crc, chunk)
+
+    def skip_to(offset: int) -> None:
+        nonlocal position
+        while position < offset:
+            step = min(offset - position, len(scratch))
+            fill(scratch[:step])
+            position += step
+
+    dtypes, end = {}, 0  # the layout checked whole before anything is read or allocated
+    for index in order:
+        info = infos[index]
+        dtypes[index] = dtype = dtype_of(info.dtype)
         count = math.prod(info.shape)
-        fits = min(info.shape, default=0) >= 0 and 0 <= info.offset <= len(buffer) - info.nbytes
-        if count * dtype.itemsize != info.nbytes or not fits:
+        if (
+            min(info.shape, default=0) < 0
+            or count * dtype.itemsize != info.nbytes
+            or info.offset < end
+            or info.offset + info.nbytes > size
+        ):
             raise ValueError(f"an array of {info.dtype} {info.shape} does not fit its place")
-        if count == 0:
-            arrays.append(np.empty(info.shape, dtype))
-            continue
-        flat = np.frombuffer(buffer, dtype=dtype, count=count, offset=info.offset)
-        arrays.append(flat.reshape(info.shape))
-    return arrays
+        end = info.offset + info.nbytes
+    for index in order:
+        info = infos[index]
+        skip_to(info.offset)
+        array = np.empty(info.shape, dtypes[index])
+        if info.nbytes:
+            fill(array.reshape(-1).view(np.uint8))
+        position += info.nbytes
+        arrays[index] = array
+    skip_to(size)
+    return arrays, int(crc)
 
 
 def crc32c(data: Any, crc: int = 0) -> int:

@@ -229,27 +229,19 @@ class Store:
             return sorted((n, str(m)) for n, m in self._manifests.items() if isinstance(m, Damaged))
 
     def load(self, entry: Entry, *, timeout: float | None = None) -> Any:
-        """The state of *entry*, read whole and verified. Raises Damaged."""
-        size = entry.manifest.size
+        """The state of *entry*, verified: each array read into memory of its own, so that
+        nothing else of the file stays alive with it. Raises Damaged."""
 
-        def job() -> bytearray:
-            buffer = bytearray(size)
+        def job() -> Any:
             with self.backend.open(self.path(entry.name)) as f:
-                view, done = memoryview(buffer), 0
-                while done < size:
-                    got = _read_into(f, view[done:])
-                    if not got:
-                        break
-                    done += got
-            return buffer[:done] if done < size else buffer
+                return _layout.read(lambda view: _read_into(f, view), entry.manifest)
 
         try:
-            buffer = self.io(f"read {entry.name}", job, size, timeout=timeout)
+            return self.io(f"read {entry.name}", job, entry.manifest.size, timeout=timeout)
         except FileNotFoundError:
             raise Damaged("it disappeared while being read") from None
         except OSError as exc:
             raise Damaged(f"it cannot be read ({exc})") from None
-        return _layout.load(buffer, entry.manifest)
 
     def commit(
         self, name: str, writer: Callable[[Any], Manifest], *, timeout: float | None = None
