@@ -198,6 +198,13 @@ class AsyncWriter:
         """Copy every slot's source, in order, each once the budget has room for it."""
         spares = self._spares
         try:
+            if self._keep:  # all fits and the writer has not started: nobody to wait for
+                for index, slot in enumerate(self._slots):
+                    slot.leaf = _copy(slot.source, spares[index] if index < len(spares) else None)
+                    slot.source, slot.ready = None, True
+                    self._held += slot.nbytes
+                self.peak = self._held
+                return
             for index, slot in enumerate(self._slots):
                 if slot.nbytes > self._limit:
                     with self._cond:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import logging
 import os
 import threading
@@ -234,6 +235,7 @@ class Store:
 
         def job() -> Any:
             with self.backend.open(self.path(entry.name)) as f:
+                _read_ahead(f)
                 return _layout.read(lambda view: _read_into(f, view), entry.manifest)
 
         try:
@@ -373,6 +375,15 @@ def _size_or_zero(path: str | os.PathLike[str]) -> int:
         return os.path.getsize(path)
     except OSError:
         return 0
+
+
+def _read_ahead(f: Any) -> None:
+    """Tell the kernel a local file is read whole, front to back (twice its usual read-ahead)."""
+    advise = getattr(os, "posix_fadvise", None)
+    if advise is None or not callable(getattr(f, "fileno", None)):
+        return
+    with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+        advise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
 
 
 def _read_into(f: Any, view: memoryview) -> int:
