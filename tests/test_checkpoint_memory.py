@@ -212,3 +212,22 @@ def test_restore_into_a_model_and_optimizer_leaves_nothing_of_the_file(tmp_path:
     for moments in fresh_opt.state.values():
         for tensor in moments.values():
             assert tensor.untyped_storage().nbytes() == tensor.nbytes  # its own memory
+
+
+def test_a_tensor_over_the_budget_is_written_in_chunks_as_it_would_be_whole() -> None:
+    """The path of a GPU tensor larger than the budget (copied to the host a chunk at a time),
+    taken here by a CPU tensor: the same bytes as the staged path, bfloat16 included."""
+    torch = pytest.importorskip("torch")
+    import io
+
+    from colabsession._storage import frameworks
+    from colabsession._storage.serialize import host_arrays, write_arrays
+
+    for tensor in (torch.randn(3, 1000), torch.randn(777).to(torch.bfloat16)):
+        whole, chunked = io.BytesIO(), io.BytesIO()
+        infos = write_arrays(whole, host_arrays([tensor]))
+        device = frameworks.DeviceArray(tensor)
+        assert device.nbytes == tensor.nbytes
+        assert write_arrays(chunked, [device]) == infos
+        assert chunked.getvalue() == whole.getvalue()
+        assert sum(len(c) for c in device.chunks(1000)) == tensor.nbytes
