@@ -187,7 +187,7 @@ class DeviceArray:
         except (TypeError, RuntimeError):  # bfloat16, float8_*: stored as integers of their size
             if size not in _INTEGER_OF_SIZE:
                 raise CheckpointError(f"cannot save a tensor of {tensor.dtype}") from None
-            self.dtype = np_dtype(_INTEGER_OF_SIZE[size])
+            self.dtype = torch.empty(0, dtype=getattr(torch, _INTEGER_OF_SIZE[size])).numpy().dtype
         self.shape = tuple(tensor.shape)
         self.nbytes = tensor_bytes(tensor)
 
@@ -196,12 +196,6 @@ class DeviceArray:
         flat = self.tensor.reshape(-1).view(torch.uint8)
         for start in range(0, flat.numel(), size):
             yield flat[start : start + size].cpu().numpy()
-
-
-def np_dtype(name: str) -> Any:
-    import numpy as np
-
-    return np.dtype(name)
 
 
 def unwrap(leaf: Any) -> Any:

@@ -308,7 +308,6 @@ def write_arrays(f: IO[bytes], arrays: Iterable[Any]) -> tuple[list[ArrayInfo], 
         for chunk in _chunks(array):
             f.write(chunk)
             crc = google_crc32c.extend(crc, chunk)
-        # (a DeviceArray's dtype is a numpy dtype too)
         infos.append(ArrayInfo(dtype_name(array.dtype), tuple(array.shape), offset, array.nbytes))
         offset += array.nbytes
     return infos, offset, crc
