@@ -40,7 +40,7 @@ from colabsession._core.errors import CheckpointError, ColabSessionError, Config
 from colabsession._core.files import reason
 from colabsession._core.hooks import final_save
 from colabsession._core.progress import ProgressFactory, transfer
-from colabsession._core.units import Duration, format_duration, parse_duration
+from colabsession._core.units import Duration, format_duration, parse_bytes, parse_duration
 from colabsession._drive.location import Location
 from colabsession._runtime.clock import SessionClock
 from colabsession._runtime.interrupt import StopOnSigterm
@@ -56,7 +56,7 @@ from colabsession._storage.replicate import STATES, Replicator, drive_states
 from colabsession._storage.retention import AnyOf, BestN, EveryInterval, LatestN, Policy, split
 from colabsession._storage.runs import run_location, run_stores
 from colabsession._storage.save_policy import SavePolicy
-from colabsession._storage.serialize import flatten, host_arrays
+from colabsession._storage.serialize import flatten
 from colabsession._storage.store import Entry
 
 logger = logging.getLogger(__name__)
@@ -172,6 +172,12 @@ class Checkpointer:
         monitor: the metric that ranks checkpoints for *keep_best*.
         mode: ``"min"`` or ``"max"``: which *monitor* values are best.
         async_save: write in a background thread; ``save`` blocks only to copy the state.
+        memory_budget: the most host memory an async save's copy of the state may take (bytes,
+            or a size such as ``"2GiB"``); None: 80% of the RAM available when the save
+            starts. A state within it is copied at once and its copy kept for the next save
+            while it stays within it; a larger one is copied as the background writer makes
+            room (``save`` then blocks for about the time to write what exceeds the budget),
+            still one step's values.
         clock: the session clock that sets the deadline; default ``cs.clock()``.
         local_dir: the local mirror; default under colabsession's home.
         lease_ttl: a writer's lease, renewed every third of this, expires after this long
@@ -201,6 +207,7 @@ class Checkpointer:
         monitor: str = "loss",
         mode: Literal["min", "max"] = "min",
         async_save: bool = True,
+        memory_budget: int | str | None = None,
         clock: SessionClock | None = None,
         local_dir: str | os.PathLike[str] | None = None,
         lease_ttl: Duration = "2min",
@@ -231,6 +238,9 @@ class Checkpointer:
         self.monitor = monitor
         self.mode = mode
         self.async_save = async_save
+        self.memory_budget = (
+            None if memory_budget is None else parse_bytes(memory_budget, name="memory_budget")
+        )
         self.clock = clock or SessionClock()
         self.lease_ttl = parse_duration(lease_ttl, name="lease_ttl")
         self.takeover = takeover
@@ -279,7 +289,7 @@ class Checkpointer:
             clock=self.clock,
             monotonic=monotonic,
         )
-        self._writer = AsyncWriter(background=async_save)
+        self._writer = AsyncWriter(background=async_save, budget=self.memory_budget)
         self._sigterm = StopOnSigterm(self.request_stop)
         self._writing = False
         self._restore_called = False
@@ -873,7 +883,7 @@ class Checkpointer:
     ) -> None:
         """The background part of a save: write the file locally, apply retention there, and
         hand it to the replicator."""
-        arrays = host_arrays(leaves)
+        arrays = self._writer.arrays(leaves)  # each freed once written, over the budget
         fields = {
             "step": step,
             "time": time.time(),
@@ -937,6 +947,7 @@ OPTIONS = frozenset(
         "monitor",
         "mode",
         "async_save",
+        "memory_budget",
         "clock",
         "local_dir",
         "lease_ttl",

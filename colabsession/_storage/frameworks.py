@@ -84,6 +84,15 @@ def describe(node: Any, index: int) -> dict[str, Any]:
 def stage_tensor(node: Any, where: str, spare: Any, copy: bool) -> tuple[Any, int | None]:
     """A host copy of tensor *node* (into *spare* when it fits) and the CUDA device whose stream
     still copies into it, if any. Without *copy* the tensor itself where it is on the CPU."""
+    tensor = savable_tensor(node, where)
+    if not copy:
+        return (tensor if tensor.device.type == "cpu" else tensor.cpu()), None
+    return copy_tensor(tensor, spare)
+
+
+def savable_tensor(node: Any, where: str) -> Any:
+    """Tensor *node* detached, where it is, its lazy conjugate or negation resolved; raises
+    CheckpointError for a tensor that has no one dense array to store."""
     torch = sys.modules["torch"]
     if node.is_nested:
         raise CheckpointError(
@@ -110,9 +119,14 @@ def stage_tensor(node: Any, where: str, spare: Any, copy: bool) -> tuple[Any, in
         tensor = tensor.resolve_conj()
     if tensor.is_neg():
         tensor = tensor.resolve_neg()
+    return tensor
+
+
+def copy_tensor(tensor: Any, spare: Any) -> tuple[Any, int | None]:
+    """A host copy of the :func:`savable_tensor` *tensor* (into *spare* when it fits) and the
+    CUDA device whose stream still copies into it, if any."""
+    torch = sys.modules["torch"]
     cuda = tensor.device.type == "cuda"
-    if not copy:
-        return (tensor if tensor.device.type == "cpu" else tensor.cpu()), None
     if not (
         isinstance(spare, torch.Tensor)
         and spare.device.type == "cpu"
@@ -175,6 +189,44 @@ def after_device_copies(leaves: list[Any], devices: set[int]) -> list[Any]:
         events.append(event)
     marked = tuple(events)
     return [_Pending(leaf, marked) if isinstance(leaf, torch.Tensor) else leaf for leaf in leaves]
+
+
+def pending(leaf: Any, device: int) -> Any:
+    """*leaf*, a host buffer that a copy queued on CUDA *device*'s current stream fills, marked
+    as pending until that copy has run."""
+    torch = sys.modules["torch"]
+    event = torch.cuda.Event()
+    event.record(torch.cuda.current_stream(device))
+    return _Pending(leaf, (event,))
+
+
+def tensor_bytes(tensor: Any) -> int:
+    return int(tensor.numel()) * int(tensor.element_size())
+
+
+class DeviceArray:
+    """A tensor in GPU memory written without a host copy of its own: :meth:`chunks` copies it
+    to the host a chunk at a time (for a tensor larger than the memory budget of a save, which
+    the caller leaves untouched until it is written)."""
+
+    def __init__(self, tensor: Any) -> None:
+        torch = sys.modules["torch"]
+        self.tensor = tensor.contiguous()
+        size = tensor.element_size()
+        try:
+            self.dtype = torch.empty(0, dtype=tensor.dtype).numpy().dtype
+        except (TypeError, RuntimeError):  # bfloat16, float8_*: stored as integers of their size
+            if size not in _INTEGER_OF_SIZE:
+                raise CheckpointError(f"cannot save a tensor of {tensor.dtype}") from None
+            self.dtype = torch.empty(0, dtype=getattr(torch, _INTEGER_OF_SIZE[size])).numpy().dtype
+        self.shape = tuple(tensor.shape)
+        self.nbytes = tensor_bytes(tensor)
+
+    def chunks(self, size: int) -> Any:
+        torch = sys.modules["torch"]
+        flat = self.tensor.reshape(-1).view(torch.uint8)
+        for start in range(0, flat.numel(), size):
+            yield flat[start : start + size].cpu().numpy()
 
 
 def unwrap(leaf: Any) -> Any:

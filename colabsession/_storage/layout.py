@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 import secrets
 import struct
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import IO, Any, ClassVar
@@ -30,7 +31,7 @@ from colabsession._storage.serialize import (
     ArrayInfo,
     check_tree,
     crc32c,
-    read_arrays,
+    read_arrays_from,
     unflatten,
     uses_frameworks,
     write_arrays,
@@ -102,7 +103,7 @@ def parse_name(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def write(f: IO[bytes], arrays: list[Any], **fields: Any) -> Manifest:
+def write(f: IO[bytes], arrays: Iterable[Any], **fields: Any) -> Manifest:
     """Write a whole checkpoint file to *f*; *fields* are the manifest's (step, time, ...)."""
     infos, size, crc = write_arrays(f, arrays)
     # Format 1 where it suffices, so that older releases still read plain checkpoints.
@@ -145,17 +146,18 @@ def read_manifest(read_tail: Any, file_size: int, name: str) -> Manifest:
     return manifest
 
 
-def load(buffer: bytearray, manifest: Manifest) -> Any:
-    """The state in a checkpoint file read whole into *buffer*, verified. Raises Damaged."""
-    if len(buffer) < manifest.size:
-        raise Damaged(f"it has {len(buffer)} bytes, its manifest needs {manifest.size}")
-    view = memoryview(buffer)[: manifest.size]
-    if crc32c(view) != manifest.crc32c:
-        raise Damaged("its arrays do not match their checksum")
+def read(readinto: Callable[[memoryview], int], manifest: Manifest) -> Any:
+    """The state of a checkpoint file read from its start through ``readinto(view)`` (see
+    :func:`~.serialize.read_arrays_from`), each array into memory of its own, verified before
+    anything is returned. Raises Damaged."""
     try:
-        arrays = read_arrays(buffer, manifest.arrays)
+        arrays, crc = read_arrays_from(readinto, manifest.size, manifest.arrays)
     except ValueError as exc:
         raise Damaged(str(exc)) from None
+    except EOFError:
+        raise Damaged(f"it has fewer than the {manifest.size} bytes its manifest needs") from None
+    if crc != manifest.crc32c:
+        raise Damaged("its arrays do not match their checksum")
     return unflatten(manifest.tree, arrays)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -70,7 +70,7 @@ class ArrayInfo:
 
 
 def flatten(
-    state: Any, reuse: list[Any] | None = None, *, copy: bool = True
+    state: Any, reuse: list[Any] | None = None, *, copy: bool = True, lazy: bool = False
 ) -> tuple[Any, list[Any]]:
     """Split *state* into a JSON tree and its arrays.
 
@@ -83,7 +83,9 @@ def flatten(
     background by :func:`host_arrays`; JAX arrays, which a jitted step may delete by donating
     them, are copied on their device (queued, not waited for) and fetched in the background.
     Without *copy* (a synchronous save, during which the caller waits) arrays are taken as
-    they are.
+    they are. With *lazy* nothing is copied or moved: tensors stay where they are (detached)
+    and JAX arrays stay JAX arrays, for :class:`~.async_writer.AsyncWriter` to copy within its
+    memory budget.
     """
     import numpy as np
 
@@ -96,6 +98,9 @@ def flatten(
 
     def tensor(node: Any, where: str) -> dict[str, Any]:
         index = len(leaves)
+        if lazy:
+            leaves.append(_frameworks.savable_tensor(node, where))
+            return {f"{MARK}x": _frameworks.describe(node, index)}
         spare = spares[index] if index < len(spares) else None
         leaf, device = _frameworks.stage_tensor(node, where, _frameworks.unwrap(spare), copy)
         if device is not None:
@@ -108,13 +113,15 @@ def flatten(
         if _immutable(node):
             leaves.append(node)
             return index
-        source = np.asarray(node)
-        if source.dtype.hasobject or source.dtype.fields is not None:
+        keep = lazy and _frameworks.is_jax_array(node)  # copied to the host when staged
+        source = node if keep else np.asarray(node)
+        dtype = np.dtype(source.dtype)
+        if dtype.hasobject or dtype.fields is not None:
             raise CheckpointError(
-                f"state{where} is an array of {source.dtype}, which cannot be saved without "
+                f"state{where} is an array of {dtype}, which cannot be saved without "
                 "pickle: convert it to a plain numeric array"
             )
-        if not copy:
+        if not copy or lazy:
             leaves.append(source)
             return index
         spare = spares[index] if index < len(spares) else None
@@ -318,7 +325,7 @@ def dtype_of(name: str) -> Any:
     return dtype
 
 
-def write_arrays(f: IO[bytes], arrays: list[Any]) -> tuple[list[ArrayInfo], int, int]:
+def write_arrays(f: IO[bytes], arrays: Iterable[Any]) -> tuple[list[ArrayInfo], int, int]:
     """Write *arrays* to *f*, each at a 64-byte boundary. Returns where each one lies, the
     file's size and its CRC32C, computed while writing."""
     import google_crc32c
@@ -340,23 +347,67 @@ def write_arrays(f: IO[bytes], arrays: list[Any]) -> tuple[list[ArrayInfo], int,
     return infos, offset, crc
 
 
-def read_arrays(buffer: bytearray, infos: list[ArrayInfo]) -> list[Any]:
-    """The arrays that :func:`write_arrays` wrote, as writable views of *buffer*."""
+def read_arrays_from(
+    readinto: Callable[[memoryview], int], size: int, infos: list[ArrayInfo]
+) -> tuple[list[Any], int]:
+    """The arrays that :func:`write_arrays` wrote, read in one pass through a file of *size*
+    bytes of arrays (``readinto(view)`` fills *view* from the file's current position and
+    returns the bytes it read), each into an array of its own, uninitialised before (no zero
+    fill), so nothing of the file stays alive with any one array. Returns them and the CRC32C
+    of the *size* bytes, computed chunk by chunk as they are read. Raises ValueError for a
+    layout that does not fit *size*, EOFError for a file cut short."""
+    import google_crc32c
     import numpy as np
 
-    arrays = []
-    for info in infos:
-        dtype = dtype_of(info.dtype)
+    order = sorted(range(len(infos)), key=lambda i: infos[i].offset)
+    arrays: list[Any] = [None] * len(infos)
+    scratch = np.empty(min(CHUNK, size), np.uint8)
+    position, crc = 0, 0
+
+    def fill(flat: Any) -> None:
+        nonlocal crc
+        for start in range(0, flat.size, CHUNK):
+            chunk = flat[start : start + CHUNK]
+            view, done = memoryview(chunk), 0
+            while done < chunk.size:
+                got = readinto(view[done:])
+                if not got:
+                    raise EOFError("the file ends before its arrays do")
+                done += got
+            chunk = chunk.view()
+            chunk.flags.writeable = False  # google_crc32c takes read-only buffers only
+            crc = google_crc32c.extend(crc, chunk)
+
+    def skip_to(offset: int) -> None:
+        nonlocal position
+        while position < offset:
+            step = min(offset - position, len(scratch))
+            fill(scratch[:step])
+            position += step
+
+    dtypes, end = {}, 0  # the layout checked whole before anything is read or allocated
+    for index in order:
+        info = infos[index]
+        dtypes[index] = dtype = dtype_of(info.dtype)
         count = math.prod(info.shape)
-        fits = min(info.shape, default=0) >= 0 and 0 <= info.offset <= len(buffer) - info.nbytes
-        if count * dtype.itemsize != info.nbytes or not fits:
+        if (
+            min(info.shape, default=0) < 0
+            or count * dtype.itemsize != info.nbytes
+            or info.offset < end
+            or info.offset + info.nbytes > size
+        ):
             raise ValueError(f"an array of {info.dtype} {info.shape} does not fit its place")
-        if count == 0:
-            arrays.append(np.empty(info.shape, dtype))
-            continue
-        flat = np.frombuffer(buffer, dtype=dtype, count=count, offset=info.offset)
-        arrays.append(flat.reshape(info.shape))
-    return arrays
+        end = info.offset + info.nbytes
+    for index in order:
+        info = infos[index]
+        skip_to(info.offset)
+        array = np.empty(info.shape, dtypes[index])
+        if info.nbytes:
+            fill(array.reshape(-1).view(np.uint8))
+        position += info.nbytes
+        arrays[index] = array
+    skip_to(size)
+    return arrays, int(crc)
 
 
 def crc32c(data: Any, crc: int = 0) -> int:
@@ -371,6 +422,11 @@ def crc32c(data: Any, crc: int = 0) -> int:
 
 
 def _chunks(array: Any) -> Iterator[Any]:
+    if hasattr(array, "chunks"):  # a frameworks.DeviceArray: copied from the GPU as written
+        for chunk in array.chunks(CHUNK):
+            chunk.flags.writeable = False
+            yield chunk
+        return
     flat = array.reshape(-1).view("uint8")
     for start in range(0, flat.size, CHUNK):
         chunk = flat[start : start + CHUNK]

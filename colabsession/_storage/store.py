@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import logging
 import os
 import threading
@@ -235,31 +236,28 @@ class Store:
         progress: Callable[[int], object] | None = None,
         timeout: float | None = None,
     ) -> Any:
-        """The state of *entry*, read whole and verified; *progress* hears of the bytes read
-        now. Raises Damaged."""
-        size = entry.manifest.size
+        """The state of *entry*, verified: each array read into memory of its own, so that
+        nothing else of the file stays alive with it; *progress* hears of the bytes read now.
+        Raises Damaged."""
 
-        def job() -> bytearray:
-            buffer = bytearray(size)
+        def job() -> Any:
             with self.backend.open(self.path(entry.name)) as f:
-                view, done = memoryview(buffer), 0
-                step = size if progress is None else COPY_CHUNK  # reports between reads
-                while done < size:
-                    got = _read_into(f, view[done : done + step])
-                    if not got:
-                        break
-                    done += got
-                    if progress is not None:
+                _read_ahead(f)
+
+                def readinto(view: memoryview) -> int:
+                    got = _read_into(f, view)
+                    if progress is not None and got:
                         progress(got)
-            return buffer[:done] if done < size else buffer
+                    return got
+
+                return _layout.read(readinto, entry.manifest)
 
         try:
-            buffer = self.io(f"read {entry.name}", job, size, timeout=timeout)
+            return self.io(f"read {entry.name}", job, entry.manifest.size, timeout=timeout)
         except FileNotFoundError:
             raise Damaged("it disappeared while being read") from None
         except OSError as exc:
             raise Damaged(f"it cannot be read ({exc})") from None
-        return _layout.load(buffer, entry.manifest)
 
     def commit(
         self, name: str, writer: Callable[[Any], Manifest], *, timeout: float | None = None
@@ -398,6 +396,15 @@ def _size_or_zero(path: str | os.PathLike[str]) -> int:
         return os.path.getsize(path)
     except OSError:
         return 0
+
+
+def _read_ahead(f: Any) -> None:
+    """Tell the kernel a local file is read whole, front to back (twice its usual read-ahead)."""
+    advise = getattr(os, "posix_fadvise", None)
+    if advise is None or not callable(getattr(f, "fileno", None)):
+        return
+    with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+        advise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
 
 
 def _read_into(f: Any, view: memoryview) -> int:

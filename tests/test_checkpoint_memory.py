@@ -1,0 +1,233 @@
+"""Saves within a memory budget and restores that hold nothing of the file."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import weakref
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import colabsession as cs
+from colabsession._core.errors import ConfigError
+from colabsession._storage.async_writer import AsyncWriter
+from colabsession._storage.layout import Damaged
+from colabsession._storage.serialize import ArrayInfo, read_arrays_from
+from colabsession._storage.store import Store
+
+KB = 1 << 10
+
+
+def arrays(count: int, size: int, value: float = 0.0) -> dict[str, Any]:
+    return {f"a{i}": np.full(size // 8, value + i, dtype=np.float64) for i in range(count)}
+
+
+def drain(writer: AsyncWriter, leaves: list[Any]) -> None:
+    for _ in writer.arrays(leaves):
+        pass
+
+
+def write_slowly(
+    writer: AsyncWriter, leaves: list[Any], got: list[Any], gate: threading.Event
+) -> None:
+    """A writer that copies what it is given, after *gate* opens: the caller's copies must
+    wait for room until then."""
+    gate.wait(30)
+    for array in writer.arrays(leaves):
+        got.append(np.array(array, copy=True))
+
+
+def test_a_state_over_the_budget_is_staged_within_it_and_saved_exactly() -> None:
+    writer = AsyncWriter(background=True, budget=250 * KB, _available=lambda: 1 << 40)
+    state = arrays(8, 100 * KB)
+    expected = {k: v.copy() for k, v in state.items()}
+    got: list[Any] = []
+    gate = threading.Event()
+    with writer.lock:
+        _tree, leaves = writer.stage(state)
+        threading.Timer(0.05, gate.set).start()  # the caller blocks until the writer has begun
+        writer.submit(lambda: write_slowly(writer, leaves, got, gate))
+    for value in state.values():
+        value.fill(-1.0)  # training goes on: the save must not see it
+    assert writer.wait() is None
+    assert [g.tobytes() for g in got] == [e.tobytes() for e in expected.values()]
+    assert 0 < writer.peak <= 250 * KB
+    assert writer.held == 0  # over the budget: nothing kept for the next save
+
+
+def test_an_array_larger_than_the_budget_is_written_from_the_callers_own() -> None:
+    writer = AsyncWriter(background=True, budget=150 * KB, _available=lambda: 1 << 40)
+    state = {"small": np.arange(1000.0), "big": np.arange(40_000.0), "after": np.ones(10)}
+    expected = [v.copy() for v in state.values()]
+    got: list[Any] = []
+    gate = threading.Event()
+    gate.set()
+    with writer.lock:
+        _tree, leaves = writer.stage(state)
+        writer.submit(lambda: write_slowly(writer, leaves, got, gate))
+        # submit returned: the big array is written already, the others copied
+        assert len(got) >= 2
+    state["big"].fill(-1.0)
+    assert writer.wait() is None
+    assert all(np.array_equal(g, e) for g, e in zip(got, expected, strict=True))
+    assert writer.peak <= 150 * KB
+
+
+def test_a_state_within_the_budget_keeps_its_buffers_only_while_it_fits() -> None:
+    free = [10 << 20]
+    writer = AsyncWriter(background=True, _available=lambda: free[0])  # 80% of what is free
+    state = arrays(4, 100 * KB)
+    for _ in range(2):
+        with writer.lock:
+            _tree, leaves = writer.stage(state)
+            writer.submit(lambda: drain(writer, leaves))  # noqa: B023
+        assert writer.wait() is None
+        assert writer.held == 400 * KB
+        assert writer.peak == 400 * KB
+    free[0] = 50 * KB  # the machine ran short: the kept buffers (ours) count as free
+    with writer.lock:
+        _tree, leaves = writer.stage(state)
+        writer.submit(lambda: drain(writer, leaves))
+    assert writer.wait() is None
+    assert writer.held == 0
+    assert writer.peak <= int(0.8 * 450 * KB)
+    writer.release()
+    assert writer.held == 0
+
+
+def test_a_failed_write_never_leaves_the_caller_waiting_for_room() -> None:
+    writer = AsyncWriter(background=True, budget=150 * KB, _available=lambda: 1 << 40)
+
+    def fail() -> None:
+        raise OSError("disk full")
+
+    with writer.lock:
+        writer.stage(arrays(8, 100 * KB))
+        writer.submit(fail)
+    assert isinstance(writer.wait(), OSError)
+    assert writer.held == 0
+
+
+def test_checkpointer_memory_budget_saves_exactly_one_step(tmp_path: Path) -> None:
+    with cs.Checkpointer(tmp_path / "run", memory_budget="300KiB") as ckpt:
+        assert ckpt.memory_budget == 300 * KB
+        state = arrays(10, 100 * KB)
+        for step in range(3):
+            for i, value in enumerate(state.values()):
+                value.fill(step * 100 + i)
+            ckpt.save(step, state)
+            for value in state.values():
+                value.fill(-1.0)  # mutated while the write may still go on
+        ckpt.wait()
+        for step in range(3)[-1:]:
+            got = ckpt.restore(step)
+            assert got is not None
+            for i, value in enumerate(got.state.values()):
+                assert np.all(value == step * 100 + i)
+    with pytest.raises(ConfigError):
+        cs.Checkpointer(tmp_path / "other", memory_budget="lots")
+
+
+def test_a_large_save_says_its_peak(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    writer = AsyncWriter(background=True, _available=lambda: 500 * KB)
+    with caplog.at_level(logging.WARNING), writer.lock:
+        _tree, leaves = writer.stage(arrays(4, 100 * KB))
+        writer.submit(lambda: drain(writer, leaves))
+    assert writer.wait() is None
+    assert "400.0 KiB" in caplog.text
+    assert "memory_budget" in caplog.text
+
+
+# Restoring ---------------------------------------------------------------------------------
+
+
+def test_restored_arrays_each_own_their_memory(tmp_path: Path) -> None:
+    """Nothing of the file stays alive with any one array (the optimizer's moments once held
+    the whole read buffer, weights included)."""
+    with cs.Checkpointer(tmp_path / "run", async_save=False) as ckpt:
+        ckpt.save(1, {"w": np.arange(1000.0), "m": {"v": np.ones((3, 5), np.float32)}})
+    store = Store.local_disk(tmp_path / "run")
+    (entry,) = store.entries()
+    state = store.load(entry)
+    for array in (state["w"], state["m"]["v"]):
+        assert array.base is None
+        assert array.flags.owndata
+        assert array.flags.writeable
+    ref = weakref.ref(state["w"])
+    del state
+    gc.collect()
+    assert ref() is None
+
+
+def test_a_damaged_chunk_or_a_short_file_is_refused(tmp_path: Path) -> None:
+    state = {"big": np.arange((20 << 20) // 8, dtype=np.float64), "small": np.ones(3)}
+    with cs.Checkpointer(tmp_path / "run", async_save=False) as ckpt:
+        ckpt.save(1, state)
+    (path,) = (tmp_path / "run").glob("ckpt-*.ckpt")  # one of the local mirror
+    data = bytearray(path.read_bytes())
+    data[18 << 20] ^= 0x01  # in the second chunk of the big array
+    path.write_bytes(bytes(data))
+    store = Store.local_disk(tmp_path / "run")
+    (entry,) = store.entries()
+    with pytest.raises(Damaged, match="checksum"):
+        store.load(entry)
+
+    def short(view: memoryview) -> int:
+        return 0
+
+    with pytest.raises(EOFError):
+        read_arrays_from(short, 24, [ArrayInfo("<f8", (3,), 0, 24)])
+    with pytest.raises(ValueError, match="does not fit"):  # overlapping arrays
+        read_arrays_from(short, 48, [ArrayInfo("<f8", (3,), 0, 24), ArrayInfo("<f8", (3,), 8, 24)])
+
+
+def test_restore_into_a_model_and_optimizer_leaves_nothing_of_the_file(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from colabsession.torch import TrainingState
+
+    def make() -> tuple[Any, Any]:
+        model = torch.nn.Linear(64, 64)
+        return model, torch.optim.Adam(model.parameters())
+
+    model, opt = make()
+    model(torch.randn(4, 64)).sum().backward()
+    opt.step()
+    with cs.Checkpointer(tmp_path / "run", async_save=False) as ckpt:
+        ckpt.save(1, TrainingState(model=model, optimizer=opt).state_dict())
+    fresh, fresh_opt = make()
+    with cs.Checkpointer(tmp_path / "run") as ckpt:
+        restored = ckpt.restore()
+        assert restored is not None
+        weights = [weakref.ref(t) for t in restored.state["parts"]["model"].values()]
+        TrainingState(model=fresh, optimizer=fresh_opt).load_state_dict(restored.state)
+        del restored
+        gc.collect()
+    assert all(ref() is None for ref in weights)
+    for name, value in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[name], value)
+    for moments in fresh_opt.state.values():
+        for tensor in moments.values():
+            assert tensor.untyped_storage().nbytes() == tensor.nbytes  # its own memory
+
+
+def test_a_tensor_over_the_budget_is_written_in_chunks_as_it_would_be_whole() -> None:
+    """The path of a GPU tensor larger than the budget (copied to the host a chunk at a time),
+    taken here by a CPU tensor: the same bytes as the staged path, bfloat16 included."""
+    torch = pytest.importorskip("torch")
+    import io
+
+    from colabsession._storage import frameworks
+    from colabsession._storage.serialize import host_arrays, write_arrays
+
+    for tensor in (torch.randn(3, 1000), torch.randn(777).to(torch.bfloat16)):
+        whole, chunked = io.BytesIO(), io.BytesIO()
+        infos = write_arrays(whole, host_arrays([tensor]))
+        device = frameworks.DeviceArray(tensor)
+        assert device.nbytes == tensor.nbytes
+        assert write_arrays(chunked, [device]) == infos
+        assert chunked.getvalue() == whole.getvalue()
+        assert sum(len(c) for c in device.chunks(1000)) == tensor.nbytes
