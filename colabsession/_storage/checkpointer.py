@@ -28,7 +28,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -56,7 +56,7 @@ from colabsession._storage.replicate import STATES, Replicator, drive_states
 from colabsession._storage.retention import AnyOf, BestN, EveryInterval, LatestN, Policy, split
 from colabsession._storage.runs import run_location, run_stores
 from colabsession._storage.save_policy import SavePolicy
-from colabsession._storage.serialize import flatten
+from colabsession._storage.serialize import flatten, host_arrays
 from colabsession._storage.store import Entry
 
 logger = logging.getLogger(__name__)
@@ -354,9 +354,10 @@ class Checkpointer:
 
             def job() -> None:
                 if _later is None:
-                    self._commit(step, tree, leaves, clean, lineage)
-                else:
-                    self._commit(step, *flatten(_later(), copy=False), clean, lineage)
+                    self._commit(step, tree, self._writer.arrays(leaves), clean, lineage)
+                else:  # not staged: written as they are (files others finished meanwhile)
+                    tree_later, leaves_later = flatten(_later(), copy=False)
+                    self._commit(step, tree_later, host_arrays(leaves_later), clean, lineage)
                 self.save_policy.took(self._monotonic() - started)
 
             self._writer.submit(job)
@@ -877,13 +878,13 @@ class Checkpointer:
         self,
         step: int,
         tree: Any,
-        leaves: list[Any],
+        arrays: Iterable[Any],
         metrics: dict[str, Any],
         lineage: Lineage | None,
     ) -> None:
-        """The background part of a save: write the file locally, apply retention there, and
-        hand it to the replicator."""
-        arrays = self._writer.arrays(leaves)  # each freed once written, over the budget
+        """The background part of a save: write the host *arrays* (the writer's, each freed
+        once written over the budget) locally, apply retention there, and hand the file to the
+        replicator."""
         fields = {
             "step": step,
             "time": time.time(),
