@@ -86,9 +86,9 @@ class JobCheckpointer:
     SIGTERM or Ctrl-C on any rank stop every rank at the same step, after one final save.
 
     >>> dist.init_process_group("nccl")                                   # doctest: +SKIP
-    >>> ckpt = JobCheckpointer("my-run", every="10min")
-    >>> state = DistributedState(model, optimizer, loader=loader)
-    >>> with ckpt:
+    >>> ckpt = JobCheckpointer("my-run", every="10min")  # doctest: +SKIP
+    >>> state = DistributedState(model, optimizer, loader=loader)  # doctest: +SKIP
+    >>> with ckpt:  # doctest: +SKIP
     ...     for epoch in state.epochs(10, ckpt):   # restores on every rank; stops together
     ...         for x, y in loader:
     ...             train_step(x, y)
@@ -497,8 +497,8 @@ class DistributedState(TrainingState):
 
     >>> loader = ResumableLoader(dataset, batch_size=32, shuffle=True, seed=0,  # doctest: +SKIP
     ...                          num_replicas=dist.get_world_size(), rank=dist.get_rank())
-    >>> state = DistributedState(fsdp_model, optimizer, loader=loader)
-    >>> step = ckpt.restore(state) or 0
+    >>> state = DistributedState(fsdp_model, optimizer, loader=loader)  # doctest: +SKIP
+    >>> step = ckpt.restore(state) or 0  # doctest: +SKIP
 
     Args: as :class:`TrainingState`'s (``scheduler``, ``scaler`` and ``**extra`` are saved with
     each rank's state).
