@@ -337,8 +337,10 @@ class TrainingState:
         scaler: a ``torch.amp.GradScaler``, if any.
         loader: a :class:`ResumableLoader`, or any loader with ``state_dict()`` and
             ``load_state_dict()`` (torchdata's ``StatefulDataLoader``), whose position is
-            saved and put back: a resumed epoch goes on at the next batch.
-        rng: save and restore every random state (Python, NumPy, torch CPU and CUDA).
+            saved and put back: a resumed epoch goes on at the next batch, with the random
+            states as the uninterrupted run had them there.
+        rng: save and restore every random state (Python, NumPy, torch CPU and CUDA, and the
+            generator a DataLoader was given with ``generator=``).
         **extra: anything else with ``state_dict()`` and ``load_state_dict()`` (an EMA of the
             weights, say).
 
@@ -394,7 +396,19 @@ class TrainingState:
         state["parts"] = {name: part.state_dict() for name, part in self.parts.items()}
         if self.rng:
             state["rng"] = rng_state()
+            generator = self._loader_generator()
+            if generator is not None:
+                state["rng"]["loader"] = generator.get_state()
         return state
+
+    def _loader_generator(self) -> Any:
+        """The generator a loader other than :class:`ResumableLoader` was given (DataLoader's
+        ``generator=``): its iterators draw their workers' seeds, and its sampler the order,
+        from it."""
+        if isinstance(self.loader, ResumableLoader):
+            return None  # its generator is reseeded from (seed, epoch) each epoch
+        generator = getattr(self.loader, "generator", None)
+        return generator if isinstance(generator, torch.Generator) else None
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if not (
@@ -419,6 +433,12 @@ class TrainingState:
         rng = state.get("rng") if self.rng else None
         if rng is not None and not _is_rng_state(rng):
             raise CheckpointError("the checkpoint's random states are damaged")
+        generator = self._loader_generator()
+        loader_rng = rng.get("loader") if rng is not None and generator is not None else None
+        if loader_rng is not None and (
+            tuple(getattr(loader_rng, "shape", ())) != tuple(generator.get_state().shape)
+        ):
+            raise CheckpointError("the checkpoint's random state of the loader is damaged")
         for name, part in self.parts.items():
             try:
                 part.load_state_dict(state["parts"][name])
@@ -430,8 +450,16 @@ class TrainingState:
                     "the parts before it may be loaded already: build them afresh, then use "
                     "the run this checkpoint belongs to, or restart this one"
                 ) from None
+        if self.loader is not None and not isinstance(self.loader, ResumableLoader):
+            # torchdata's StatefulDataLoader builds its resumed iterator here, and the next
+            # iter() hands that one out: what it draws when it starts (the workers' base seed,
+            # from the loader's generator or torch's global one) is drawn before the random
+            # states are put back, as the uninterrupted run drew it before they were saved.
+            self.loader.state_dict()
         if rng is not None:
             set_rng_state(rng)
+        if loader_rng is not None:
+            generator.set_state(torch.as_tensor(loader_rng).cpu())
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
 
     def restore(self, ckpt: Checkpointer, step: int | None = None) -> int:
