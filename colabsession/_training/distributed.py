@@ -357,9 +357,9 @@ class JobCheckpointer:
     def _stager(self) -> Any:
         """DCP's own default stager (the one ``async_save`` makes without a writer), kept for
         the job so that its host buffers are reused; pinned memory where CUDA is."""
-        if self._dcp_stager is None:
-            from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+        from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 
+        if self._dcp_stager is None or not _STAGER_REUSABLE:
             cuda = torch.cuda.is_available()
             self._dcp_stager = DefaultStager(StagingOptions(cuda, False, False, False))
         return self._dcp_stager
@@ -593,6 +593,11 @@ class DistributedState(TrainingState):
         return super().epochs(
             total, cast(Any, ckpt), notify=notify, release_when_done=release_when_done
         )
+
+
+# torch 2.11's DefaultStager (Colab's torch) fails its second stage() with KeyError: <class
+# 'type'>: its copy dispatch is emptied by the first. Checked good from 2.14; one per save before.
+_STAGER_REUSABLE = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 14)
 
 
 # Packing a DCP folder into one checkpoint ---------------------------------------------------
