@@ -596,7 +596,7 @@ class DistributedState(TrainingState):
 
 
 # torch 2.11's DefaultStager (Colab's torch) fails its second stage() with KeyError: <class
-# 'type'>: its copy dispatch is emptied by the first. Checked good from 2.14; one per save before.
+# 'type'>, seen with a reused stager only; 2.14 reuses it fine. A new one per save before 2.14.
 _STAGER_REUSABLE = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 14)
 
 
