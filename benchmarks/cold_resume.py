@@ -1,7 +1,8 @@
 """Cold resume: from an empty VM to the first training step, with everything kept on Drive.
 
     python benchmarks/cold_resume.py [--files 2000] [--model-mb 50] [--state-mb 64]
-                                     [--latency 0.02] [--sample 200] [--rounds 1]
+                                     [--latency 0.02] [--sample 200] [--rounds 3]
+                                     [--skip-manual] [--profile DIR]
 
 Mounts benchmarks/fuse_latency.py (a passthrough that adds *latency* to every metadata
 operation, as each is a round trip on the Drive mount) over a folder that stands in for Drive
