@@ -1,7 +1,8 @@
 """Cold resume: from an empty VM to the first training step, with everything kept on Drive.
 
     python benchmarks/cold_resume.py [--files 2000] [--model-mb 50] [--state-mb 64]
-                                     [--latency 0.02] [--sample 200] [--rounds 1]
+                                     [--latency 0.02] [--sample 200] [--rounds 3]
+                                     [--skip-manual] [--profile DIR]
 
 Mounts benchmarks/fuse_latency.py (a passthrough that adds *latency* to every metadata
 operation, as each is a round trip on the Drive mount) over a folder that stands in for Drive
@@ -22,10 +23,13 @@ step (the checkpoint's tensors used in a step):
   the same sizes and scaled, as benchmarks/data_stage.py does), ``cp -r`` of the cache folder,
   and ``torch.load`` from the mount.
 
-The cache part runs only where ``colabsession.cache`` is importable (and has ``save``); the
-report says when it was left out, and the manual way's total is then given with and without
-the cache copy. Targets (issue 27): the one call within 1.2x of its slowest part alone, and at
-least 20x faster than the manual way. Needs Linux, root, libfuse3 and mfusepy.
+The cache is saved with ``cs.cache.save(folder)`` from the local disk (a Hugging Face layout:
+the weights in ``blobs/``, linked from ``snapshots/``) and restored by its folder; the manual
+way copies the same files (plain: the passthrough has no links) with ``cp -r``. Each timed
+process also reports its CPU seconds and the passthrough's, to tell waiting from computing;
+``--profile DIR`` writes each thread's cProfile stats there. Targets (issue 27): the one call
+within 1.2x of its slowest part alone, and at least 20x faster than the manual way.
+Needs Linux, root, libfuse3 and mfusepy.
 """
 
 from __future__ import annotations
@@ -73,18 +77,40 @@ def make_files(folder: Path, count: int, seed: int = 0) -> int:
     return total
 
 
-def make_cache(folder: Path, model_mb: int) -> None:
-    """A Hugging Face hub cache holding one model: its weights and the small files beside them
-    (plain files: the passthrough mount has no symbolic links)."""
-    snapshot = folder / "hub" / "models--bench--tiny" / "snapshots" / ("0" * 40)
+def make_cache(folder: Path, model_mb: int, *, links: bool = True) -> None:
+    """A Hugging Face hub cache holding one model: its weights and the small files beside them,
+    in ``blobs/`` and linked from ``snapshots/<rev>/`` (*links*), or as plain files in the
+    snapshot (the passthrough mount has no symbolic links)."""
+    model = folder / "hub" / "models--bench--tiny"
+    snapshot = model / "snapshots" / ("0" * 40)
     snapshot.mkdir(parents=True)
-    with open(snapshot / "model.safetensors", "wb") as f:
-        for _ in range(model_mb):
-            f.write(os.urandom(1 << 20))
-    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt"):
-        (snapshot / name).write_text(json.dumps({"name": name, "pad": "x" * 2000}))
-    (folder / "hub" / "models--bench--tiny" / "refs").mkdir()
-    (folder / "hub" / "models--bench--tiny" / "refs" / "main").write_text("0" * 40)
+    files = {"model.safetensors": b""}
+    files.update(
+        {
+            name: json.dumps({"name": name, "pad": "x" * 2000}).encode()
+            for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt")
+        }
+    )
+    if links:
+        (model / "blobs").mkdir()
+    for index, (name, data) in enumerate(files.items()):
+        where = model / "blobs" / f"{index:064x}" if links else snapshot / name
+        with open(where, "wb") as f:
+            if data:
+                f.write(data)
+            else:
+                for _ in range(model_mb):
+                    f.write(os.urandom(1 << 20))
+        if links:
+            (snapshot / name).symlink_to(f"../../blobs/{where.name}")
+    (model / "refs").mkdir()
+    (model / "refs" / "main").write_text("0" * 40)
+
+
+def cpu_of(pid: int) -> float:
+    """The CPU seconds (user and system) process *pid* used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_child(code: str, env: dict[str, str]) -> dict[str, Any]:
@@ -97,16 +123,46 @@ def run_child(code: str, env: dict[str, str]) -> dict[str, Any]:
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
-def timed_child(body: str, env: dict[str, str]) -> dict[str, Any]:
+# With --profile: each thread of the child under cProfile of its own, its stats written to
+# PROFILE/<label>-<thread>.pstats (the figures of that run are then not the ones to quote).
+PROFILED = """
+import cProfile, threading
+_profiles = []
+_run = threading.Thread.run
+def _profiled(self):
+    p = cProfile.Profile()
+    _profiles.append((self.name, p))
+    p.enable()
+    try:
+        _run(self)
+    finally:
+        p.disable()
+threading.Thread.run = _profiled
+_main = cProfile.Profile()
+_profiles.append(("main", _main))
+_main.enable()
+"""
+
+
+def timed_child(
+    body: str, env: dict[str, str], profile: Path | None = None, label: str = ""
+) -> dict[str, Any]:
     """*body* timed in a fresh interpreter: ``marks`` (name -> seconds since the start) and
     ``total`` (to the end of the first training step)."""
     code = (
         "import time, json\nstart = time.perf_counter()\nmarks = {}\n"
         "def mark(name):\n    marks[name] = time.perf_counter() - start\n"
-        + body
-        + STEP
-        + "print(json.dumps({'marks': marks, 'total': time.perf_counter() - start}))\n"
+        "    cpu = os.times()\n    marks['cpu ' + name] = cpu.user + cpu.system\n"
+        "import os\n" + (PROFILED if profile else "") + body + STEP
     )
+    if profile:
+        code += (
+            "_main.disable()\n"
+            "for _i, (_name, _p) in enumerate(_profiles):\n"
+            "    _name = ''.join(c if c.isalnum() else '-' for c in _name)[:40]\n"
+            f"    _p.dump_stats(f'{profile}/{label}-{{_i:02d}}-{{_name}}.pstats')\n"
+        )
+    code += "print(json.dumps({'marks': marks, 'total': time.perf_counter() - start}))\n"
     return run_child(code, env)
 
 
@@ -119,6 +175,7 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=200, help="files for the manual cp -r")
     parser.add_argument("--rounds", type=int, default=3, help="the manual way runs once")
     parser.add_argument("--skip-manual", action="store_true", help="time the colabsession ways")
+    parser.add_argument("--profile", type=Path, help="write each thread's cProfile stats here")
     args = parser.parse_args()
 
     base = Path(tempfile.mkdtemp(prefix="cs-cold-", dir="/dev/shm"))  # the "Drive" side
@@ -138,7 +195,7 @@ def main() -> None:
         )
         data_bytes = make_files(drive / "datasets" / "bench", args.files)
         sample_bytes = make_files(drive / "sample", args.sample)
-        make_cache(drive / "manual-cache", args.model_mb)
+        make_cache(drive / "manual-cache", args.model_mb, links=False)
         make_cache(disk / "hf-cache", args.model_mb)  # the cache cs.cache saves, if present
         has_cache = importlib.util.find_spec("colabsession.cache") is not None
         setup = f"""
@@ -212,8 +269,21 @@ mark("run")
 """
         results: dict[str, list[float]] = {}
         parts: dict[str, list[float]] = {}
+        cpu: dict[str, list[tuple[float, float]]] = {}  # the child's and the passthrough's
+
+        def child(label: str, body: str, home: str) -> dict[str, Any]:
+            env = fresh(home)
+            before = cpu_of(mount.process.pid)
+            got = timed_child(body, env, args.profile, label)
+            served = cpu_of(mount.process.pid) - before
+            marks = got["marks"]
+            last = max((k for k in marks if k.startswith("cpu ")), key=marks.get)
+            mine = marks.get("cpu session", marks.get("cpu part", marks[last]))
+            cpu.setdefault(label.partition("-")[2], []).append((mine, served))
+            return got
+
         for round_ in range(args.rounds):
-            got = timed_child(session_all, fresh("session"))
+            got = child(f"{round_}-one call", session_all, "session")
             results.setdefault("one call", []).append(got["total"])
             parts.setdefault("one call: cs.session() returned", []).append(got["marks"]["session"])
             for name, seconds in got["marks"].items():
@@ -225,12 +295,14 @@ mark("run")
             for name, call in alone.items():
                 body = f"import colabsession as cs\n{call}\nmark('part')\n"
                 body += "import torch\nstate = {'w': torch.zeros(4096)}\n"
-                got = timed_child(body, fresh(name))
+                got = child(f"{round_}-{name} alone", body, name)
                 parts.setdefault(f"{name} alone (cs.session)", []).append(got["marks"]["part"])
-            got = timed_child(in_turn, fresh("in-turn"))
+            got = child(f"{round_}-one after another", in_turn, "in-turn")
             results.setdefault("one after another", []).append(got["total"])
             before = 0.0
             for name, seconds in got["marks"].items():
+                if name.startswith("cpu "):
+                    continue
                 parts.setdefault(f"one after another: {name}", []).append(seconds - before)
                 before = seconds
             if round_ > 0 or args.skip_manual:  # the manual way is far slower: timed once
@@ -278,6 +350,14 @@ mark("load")
         print("|---|---|---|")
         for name, rounds in {**results, **parts}.items():
             print(f"| {name} | {median[name]:.1f} s | {' '.join(f'{r:.1f}' for r in rounds)} |")
+        print(
+            "\n| CPU seconds (medians) | the timed process, to cs.session() returning "
+            "| the passthrough serving it (whole run) |\n|---|---|---|"
+        )
+        for name, pairs in cpu.items():
+            mine = statistics.median(p[0] for p in pairs)
+            served = statistics.median(p[1] for p in pairs)
+            print(f"| {name} | {mine:.1f} s | {served:.1f} s |")
         scale = data_bytes / sample_bytes
         print(f"\n* cp -r timed on {args.sample:,} files of the same sizes, scaled by {scale:.1f}")
         slowest = max(v for k, v in median.items() if k.endswith("alone (cs.session)"))

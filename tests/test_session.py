@@ -248,6 +248,22 @@ def test_caches_go_to_cs_cache(monkeypatch: pytest.MonkeyPatch, isolated: Path) 
     assert len(report["cache"].result) == 2
 
 
+def test_a_real_cache_is_summed_up_in_a_few_words(isolated: Path) -> None:
+    # The part once put the CacheReport's repr, every field of it, in its summary.
+    folder = isolated / "my-cache"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "weights.bin").write_bytes(b"w" * 5000)
+    (folder / "config.json").write_text("{}")
+    cs.cache.save(folder, location=isolated / "caches")
+    shutil.rmtree(folder)
+    report = cs.session(env=None, caches=[folder], cache_location=isolated / "caches")
+    summary = report["cache"].summary
+    assert report["cache"].ok, report["cache"].error
+    assert summary.endswith(": 2 files, 4.9 KiB"), summary
+    assert "CacheReport" not in summary
+    assert (folder / "sub" / "weights.bin").read_bytes() == b"w" * 5000
+
+
 def test_report_records() -> None:
     part = cs.PartReport("env", True, "environment 'my_env' active", 1.25)
     failed = cs.PartReport("run", False, "", 0.5, error="cannot list it: run it again")

@@ -124,8 +124,17 @@ class CachePart:
 
 
 def _describe(report: Any) -> str:
+    """One cache's report in a few words: its own ``summary`` where it has one, else (a
+    ``cs.cache.CacheReport``) its name, files and size, and its note."""
     summary = getattr(report, "summary", None)
-    return str(summary if isinstance(summary, str) else report)
+    if isinstance(summary, str):
+        return summary
+    name, files, size = (getattr(report, a, None) for a in ("name", "files", "bytes"))
+    if isinstance(name, str) and isinstance(files, int) and isinstance(size, int):
+        note = getattr(report, "note", "")
+        what = f"{name}: {files:,} files, {format_bytes(size)}"
+        return f"{what} ({note})" if note else what
+    return str(report)
 
 
 class RunPart:
