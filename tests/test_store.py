@@ -300,3 +300,46 @@ def test_a_call_without_a_timeout_of_its_own_has_the_store_s() -> None:
             store.names()
     finally:
         fs.release.set()
+
+
+class BreakingBackend(MemoryBackend):
+    """Its files fail after *good* reads, as a mount that drops mid-file does."""
+
+    def __init__(self, good: int) -> None:
+        super().__init__()
+        self.good = good
+
+    def open(self, path: str) -> IO[bytes]:
+        inner, good = super().open(path), self.good
+
+        class Breaking(io.RawIOBase):
+            reads = 0
+
+            def read(self, size: int = -1) -> bytes:
+                Breaking.reads += 1
+                if Breaking.reads > good:
+                    raise OSError(107, "Transport endpoint is not connected")
+                return inner.read(size)
+
+        return Breaking()  # type: ignore[return-value]
+
+
+def test_a_fetch_reads_ahead_and_its_reader_s_failure_reaches_the_caller(tmp_path: Path) -> None:
+    import hashlib
+
+    from colabsession._storage.store import COPY_CHUNK
+
+    data = bytes(range(256)) * (COPY_CHUNK // 64)  # four chunks
+    backend = MemoryBackend()
+    store = Store(Location(NoFS(), "/run", "memory"), timeout=5, backend=backend)
+    store.makedirs()
+    store.write("blob", data)
+    target = tmp_path / "blob"
+    assert store.fetch_file("blob", target, size=len(data)) == hashlib.sha256(data).hexdigest()
+    assert target.read_bytes() == data
+    broken = BreakingBackend(good=2)
+    broken.files = backend.files
+    store = Store(Location(NoFS(), "/run", "memory"), timeout=5, backend=broken)
+    with pytest.raises(OSError, match="not connected"):
+        store.fetch_file("blob", tmp_path / "cut", size=len(data))
+    assert (tmp_path / "cut").stat().st_size == 2 * COPY_CHUNK  # what was read, nothing more

@@ -16,6 +16,7 @@ import hashlib
 import io
 import logging
 import os
+import queue
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -345,7 +346,7 @@ class Store:
                     except (OSError, ValueError, NotImplementedError):
                         have, digest = 0, hashlib.sha256()
                 with open(target, "ab" if have else "wb") as dst:
-                    while chunk := src.read(COPY_CHUNK):
+                    for chunk in _read_ahead_of(src, abandoned):
                         if abandoned.is_set():
                             raise TimeoutError(f"the copy of {name} was abandoned")
                         dst.write(chunk)
@@ -389,6 +390,49 @@ def _counted(chunks: Iterator[bytes], progress: Callable[[int], object] | None) 
         yield chunk
         if progress is not None:
             progress(len(chunk))
+
+
+def _read_ahead_of(src: Any, stop: threading.Event, depth: int = 3) -> Iterator[bytes]:
+    """The chunks of *src*, read by a thread of its own up to *depth* chunks ahead, so that
+    reading the next (a round trip on a mount) overlaps hashing and writing this one (each of
+    which releases the GIL). Ends at the end of *src*; raises TimeoutError once *stop* is set."""
+    chunks: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=depth)
+    over = threading.Event()  # the consumer left: the reader puts nothing more
+
+    def put(item: bytes | BaseException) -> bool:
+        while not over.is_set():
+            with contextlib.suppress(queue.Full):
+                chunks.put(item, timeout=0.1)
+                return True
+        return False
+
+    def reader() -> None:
+        try:
+            while not stop.is_set() and put(chunk := src.read(COPY_CHUNK)) and chunk:
+                pass
+        except BaseException as exc:  # raised again in the consumer's thread
+            put(exc)
+
+    thread = threading.Thread(target=reader, name="colabsession-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            try:
+                item = chunks.get(timeout=0.1)
+            except queue.Empty:
+                if stop.is_set():  # the reader stopped too, without a last chunk
+                    raise TimeoutError("the copy was abandoned") from None
+                continue
+            if isinstance(item, BaseException):
+                raise item
+            if not item:
+                return
+            yield item
+    finally:
+        over.set()
+        # src is closed once this returns: a reader stuck in a read of a mount that stopped
+        # answering is left to the daemon thread (the caller's timeout has abandoned the copy).
+        thread.join(timeout=1)
 
 
 def _size_or_zero(path: str | os.PathLike[str]) -> int:
