@@ -360,3 +360,37 @@ def test_a_lazy_restore_views_the_verified_mapping(tmp_path: Path) -> None:
         again = ckpt.restore(lazy=True)
         assert again is not None
         assert torch.equal(again.state["t"], torch.arange(6.0))
+
+
+def test_only_the_local_disk_is_mapped_and_a_read_file_is_not_copied_again(tmp_path: Path) -> None:
+    """The Drive mount is read, never mapped (a page fault waiting on Drive would be out of
+    reach of timeouts); what was read into memory of its own is loaded without a copy."""
+    torch = pytest.importorskip("torch")
+    from fsspec.implementations.local import LocalFileSystem
+
+    from colabsession._drive.location import Location
+    from colabsession._storage.backends import Mount
+    from colabsession.torch import TrainingState
+
+    model, opt = _trained(torch, 0)
+    with cs.Checkpointer(tmp_path / "run", async_save=False) as ckpt:
+        ckpt.save(1, TrainingState(model, opt).state_dict())
+    folder = str(tmp_path / "run")
+    mount = Store(
+        Location(LocalFileSystem(), folder, folder),
+        timeout=None,
+        backend=Mount(LocalFileSystem(), durable=False),
+    )
+    (entry,) = mount.entries()
+    state = mount.load(entry, lazy=True)
+    assert _mapped(tmp_path / "run") == []
+    moments = state["parts"]["optimizer"]["state"][0]
+    assert moments["exp_avg"].array.flags.owndata
+    fresh = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.BatchNorm1d(32))
+    fresh_opt = torch.optim.AdamW(fresh.parameters())
+    from colabsession._storage.frameworks import to_frameworks
+
+    loaded = to_frameworks(state)
+    given = loaded["parts"]["optimizer"]["state"][0]["exp_avg"]
+    TrainingState(fresh, fresh_opt).load_state_dict(loaded)
+    assert fresh_opt.state_dict()["state"][0]["exp_avg"] is given  # kept, not copied again

@@ -645,7 +645,7 @@ class Checkpointer:
         private memory map of it (tensors on the CPU, numpy arrays), verified whole first: the
         page cache holds them, not the process, until they are copied (``load_state_dict``
         does) or written to. Keep only copies: the mapping lives as long as any view does.
-        Elsewhere (the Drive API) it is the same as ``lazy=False``.
+        Elsewhere (the Drive mount or its API) it is the same as ``lazy=False``.
 
         Saving after restoring an older step than the newest abandons the newer ones: each
         checkpoint records the one it continues from, so they are never restored again, on this

@@ -523,6 +523,37 @@ def _views_map(array: Any) -> bool:
     return isinstance(base, mmap.mmap)
 
 
+def checkpoint_maps() -> list[tuple[int, int]] | None:
+    """The address ranges where checkpoint files (``*.ckpt``) are mapped into this process
+    (from Linux's /proc/self/maps), or None where that cannot be told."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    ranges = []
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5].removesuffix(" (deleted)").endswith(".ckpt"):
+            low, _, high = fields[0].partition("-")
+            ranges.append((int(low, 16), int(high, 16)))
+    return ranges
+
+
+def in_maps(value: Any, maps: list[tuple[int, int]] | None) -> bool:
+    """Whether the tensor or numpy array *value* lies in *maps* (:func:`checkpoint_maps`;
+    None: it may)."""
+    import numpy as np
+
+    if isinstance(value, np.ndarray):
+        address = int(value.__array_interface__["data"][0])
+    elif getattr(value, "device", None) is not None and str(value.device) == "cpu":
+        address = int(value.data_ptr())
+    else:
+        return False
+    return maps is None or any(low <= address < high for low, high in maps)
+
+
 def unmapped(state: Any, span: tuple[int, int] | None) -> Any:
     """*state* (plain dicts, lists and tuples) with a copy of its own of every array and CPU
     tensor that lies in *span* (a mapping of the file it was read from: see

@@ -240,14 +240,15 @@ class Store:
     ) -> Any:
         """The state of *entry*, verified: each array read into memory of its own, so that
         nothing else of the file stays alive with it; *progress* hears of the bytes read now.
-        *lazy*: where the file can be mapped (a local file), its arrays are views into a
+        *lazy*: where the file can be mapped (on the local disk), its arrays are views into a
         private mapping of it instead, verified whole before this returns: no memory of the
         process's own holds them (the page cache does) until they are written to or copied,
         and the mapping lasts as long as any view does. Raises Damaged."""
 
         def job() -> Any:
             with self.backend.open(self.path(entry.name)) as f:
-                mapped = _mapped(f, entry.manifest.size) if lazy else None
+                mappable = lazy and self.backend.mappable
+                mapped = _mapped(f, entry.manifest.size) if mappable else None
                 if mapped is not None:
                     return _layout.read_mapped(mapped, entry.manifest, progress)
                 _read_ahead(f)

@@ -21,6 +21,7 @@ from colabsession._core.records import InvalidRecord, Record, parse_record
 from colabsession._core.say import say
 from colabsession._runtime.interrupt import stop_at_boundary
 from colabsession._runtime.precision import Precision
+from colabsession._storage.frameworks import checkpoint_maps, in_maps
 
 if TYPE_CHECKING:
     from colabsession._runtime.probe import HardwareReport
@@ -414,9 +415,10 @@ class TrainingState:
         self._load(state, mapped=False)
 
     def _load(self, state: dict[str, Any], *, mapped: bool) -> None:
-        """Load *state*; *mapped*: its tensors view a memory map of the checkpoint file
-        (``restore(lazy=True)``), so whatever a part keeps (rather than copies, as modules
-        do) is copied first: into the optimizer's own tensors where they fit."""
+        """Load *state*: the optimizer's tensors into those it holds where they fit. *mapped*:
+        some of its tensors may view a memory map of the checkpoint file
+        (``restore(lazy=True)``), so whatever a part keeps of them (rather than copies, as
+        modules do) is copied first."""
         if not (
             isinstance(state, dict)
             and isinstance(state.get("parts"), dict)
@@ -445,12 +447,13 @@ class TrainingState:
             tuple(getattr(loader_rng, "shape", ())) != tuple(generator.get_state().shape)
         ):
             raise CheckpointError("the checkpoint's random state of the loader is damaged")
+        maps = checkpoint_maps() if mapped else []  # (a file read into memory: nothing to copy)
         for name, part in self.parts.items():
             saved = state["parts"][name]
-            if mapped and isinstance(part, torch.optim.Optimizer):
-                saved = _into_optimizer(part, saved)
-            elif mapped and not isinstance(part, torch.nn.Module):
-                saved = _own(saved)
+            if isinstance(part, torch.optim.Optimizer):
+                saved = _into_optimizer(part, saved, maps)
+            elif not isinstance(part, torch.nn.Module):
+                saved = _own(saved, maps)
             try:
                 part.load_state_dict(saved)
             except ColabSessionError:
@@ -468,7 +471,7 @@ class TrainingState:
             # states are put back, as the uninterrupted run drew it before they were saved.
             self.loader.state_dict()
         if rng is not None:
-            set_rng_state(_own(rng) if mapped else rng)
+            set_rng_state(_own(rng, maps))
         if loader_rng is not None:
             generator.set_state(torch.as_tensor(loader_rng).cpu())
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
@@ -633,32 +636,36 @@ def _check_part(name: str, part: Any, saved: Any) -> None:
             )
 
 
-def _own(state: Any) -> Any:
-    """*state* with a copy of its own of each tensor and numpy array."""
+def _own(state: Any, maps: list[tuple[int, int]] | None) -> Any:
+    """*state* with a copy of its own of each tensor and numpy array that lies in *maps*
+    (views of a mapped checkpoint file: see ``checkpoint_maps``)."""
     if isinstance(state, dict):
-        return {k: _own(v) for k, v in state.items()}
+        return {k: _own(v, maps) for k, v in state.items()}
     if isinstance(state, list):
-        return [_own(v) for v in state]
+        return [_own(v, maps) for v in state]
     if isinstance(state, tuple):
-        return tuple(_own(v) for v in state)
-    if isinstance(state, torch.Tensor):
+        return tuple(_own(v, maps) for v in state)
+    if isinstance(state, torch.Tensor) and in_maps(state, maps):
         return state.clone()
-    if isinstance(state, np.ndarray):
+    if isinstance(state, np.ndarray) and in_maps(state, maps):
         return state.copy()
     return state
 
 
-def _into_optimizer(optimizer: Any, saved: dict[str, Any]) -> dict[str, Any]:
-    """The optimizer state *saved* (a checked ``state_dict()``, its tensors views of a mapped
-    file) with each tensor copied into the tensor the optimizer holds for the same parameter
-    and key where that fits (shape, dtype), which ``load_state_dict`` then keeps as it is;
-    the others copied once, straight to their parameter's device."""
+def _into_optimizer(
+    optimizer: Any, saved: dict[str, Any], maps: list[tuple[int, int]] | None
+) -> dict[str, Any]:
+    """The optimizer state *saved* (a checked ``state_dict()``) with each tensor copied into
+    the tensor the optimizer holds for the same parameter and key where that fits (shape,
+    dtype), which ``load_state_dict`` then keeps as it is, so its memory is reused; the
+    others that lie in *maps* (views of a mapped file) copied once, straight to their
+    parameter's device."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
     held = optimizer.state_dict()["state"]  # the optimizer's own tensors, not copies
     state: dict[Any, Any] = {}
     for index, values in saved["state"].items():
         if not isinstance(values, dict):
-            state[index] = _own(values)
+            state[index] = _own(values, maps)
             continue
         mine = held.get(index, {})
         device = params[index].device if isinstance(index, int) and index < len(params) else None
@@ -666,7 +673,7 @@ def _into_optimizer(optimizer: Any, saved: dict[str, Any]) -> dict[str, Any]:
         for key, value in values.items():
             own = mine.get(key)
             if not isinstance(value, torch.Tensor):
-                state[index][key] = _own(value)
+                state[index][key] = _own(value, maps)
             elif (
                 isinstance(own, torch.Tensor)
                 and own.shape == value.shape
@@ -675,11 +682,13 @@ def _into_optimizer(optimizer: Any, saved: dict[str, Any]) -> dict[str, Any]:
                 with torch.no_grad():
                     own.copy_(value)
                 state[index][key] = own
+            elif not in_maps(value, maps):
+                state[index][key] = value
             elif device is not None and key != "step":  # the optimizer keeps "step" where it is
                 state[index][key] = value.to(device, copy=True)
             else:
                 state[index][key] = value.clone()
-    return {**saved, "state": state, "param_groups": _own(saved["param_groups"])}
+    return {**saved, "state": state, "param_groups": _own(saved["param_groups"], maps)}
 
 
 def _is_rng_state(rng: Any) -> bool:
