@@ -341,6 +341,12 @@ def test_restore_like_fills_the_templates_tensors_only_when_all_fits(tmp_path: P
     del restored
     gc.collect()
     assert _mapped(tmp_path / "run") == []
+    weight = torch.nn.Parameter(torch.zeros(3, 4))  # requires grad: filled without autograd
+    with cs.Checkpointer(tmp_path / "run") as ckpt:
+        again = ckpt.restore(like={"w": weight, "b": None})
+    assert again is not None
+    assert again.state["w"] is weight
+    assert torch.equal(weight.detach(), state["w"])
 
 
 def test_a_lazy_restore_views_the_verified_mapping(tmp_path: Path) -> None:
