@@ -7,7 +7,9 @@ measurement runs in a child process of its own (so one contender's freed memory 
 another's allocations), contenders alternating round by round, with glibc's mmap threshold
 fixed (``MALLOC_MMAP_THRESHOLD_``: large buffers are mapped and unmapped, never silently reused
 from the heap). Memory is read from /proc/self/status: the peak ``VmHWM`` after resetting it
-through /proc/self/clear_refs ("5"), and ``RssAnon`` (what stays), both as multiples of the state.
+through /proc/self/clear_refs ("5"), the peak of ``RssAnon`` sampled every millisecond during
+restores (VmHWM also counts the pages of files mapped), and ``RssAnon`` (what stays), all as
+multiples of the state.
 
 Saves (each contender writes a new file after deleting its previous one, so all meet the disk
 in the same state): training blocked per save (the second save of the child, after a training
@@ -19,8 +21,9 @@ step), time until durable (fsynced), peak extra RSS during the saves, RSS still 
 Restores (the file evicted from the page cache first, into a fresh model and optimizer): the time
 to load the state into them, the time with the first training step, peak extra RSS, and RSS held
 after (the moments, 0.67x, must stay: they are the optimizer's state).
-- cs.Checkpointer.restore + load_state_dict; torch.load (plain and mmap=True); DCP load into the
-  state_dict; safetensors load_file.
+- cs TrainingState.restore into a fresh optimizer ("cs") and into one whose moments exist
+  ("cs-into", read straight into them, as DCP loads); torch.load (plain and mmap=True); DCP load
+  into the state_dict; safetensors load_file.
 
 ``--big-gb`` adds one async save of a larger state with ``memory_budget=--budget-mb``: its
 blocked time and its peak extra RSS against the budget.
@@ -51,7 +54,7 @@ SAVERS = [
     "dcp-async",
     "safetensors",
 ]
-LOADERS = ["cs", "torch.load", "torch.load-mmap", "dcp", "safetensors"]
+LOADERS = ["cs", "cs-into", "torch.load", "torch.load-mmap", "dcp", "safetensors"]
 ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20), "OMP_NUM_THREADS": "1"}
 MB = 1 << 20
 
@@ -64,6 +67,28 @@ def status(field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
     raise KeyError(field)
+
+
+class AnonPeak:
+    """The highest ``RssAnon`` seen, sampled every millisecond in a thread: ``VmHWM`` also
+    counts the pages of files mapped (page cache, which the kernel drops under pressure)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak = status("RssAnon")
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+
+    def _sample(self) -> None:
+        while not self.done.wait(0.001):
+            self.peak = max(self.peak, status("RssAnon"))
+
+    def stop(self) -> int:
+        self.done.set()
+        self.thread.join()
+        return max(self.peak, status("RssAnon"))
 
 
 def reset_peak() -> None:
@@ -272,12 +297,15 @@ def child_load(kind: str, mb: int, folder: Path) -> dict[str, Any]:
     size = state_bytes(model)
     if kind == "dcp":
         dcp = dcp_group()
+    if kind in ("dcp", "cs-into"):  # loads into an existing state_dict: moments must exist
+        train_step(model, optimizer)
     evict(folder)
     gc.collect()
     before, anon_before = status("VmRSS"), status("RssAnon")
     reset_peak()
+    anon = AnonPeak()
     start = time.perf_counter()
-    if kind == "cs":
+    if kind.startswith("cs"):
         import colabsession as cs
         from colabsession.torch import TrainingState
 
@@ -289,11 +317,6 @@ def child_load(kind: str, mb: int, folder: Path) -> dict[str, Any]:
         optimizer.load_state_dict(state["opt"])
         del state
     elif kind == "dcp":
-        train_step(model, optimizer)  # DCP loads into an existing state_dict: moments must exist
-        gc.collect()
-        before = status("VmRSS")  # (held counts from before the moments, as for the others)
-        reset_peak()
-        start = time.perf_counter()
         state = {"model": model.state_dict(), "opt": optimizer.state_dict()}
         dcp.load(state, checkpoint_id=str(folder / "dcp"))
         model.load_state_dict(state["model"])
@@ -304,6 +327,7 @@ def child_load(kind: str, mb: int, folder: Path) -> dict[str, Any]:
 
         load_flat(model, optimizer, load_file(str(folder / "state.st")))
     restored = time.perf_counter() - start
+    anon_peak = anon.stop() - anon_before
     gc.collect()
     held = status("RssAnon") - anon_before  # before the step's gradients (0.33x) exist
     stepping = time.perf_counter()  # (the measuring above is not timed)
@@ -316,6 +340,7 @@ def child_load(kind: str, mb: int, folder: Path) -> dict[str, Any]:
         "restore": restored,
         "first_step": first,
         "peak": (status("VmHWM") - before) / size,
+        "anon_peak": anon_peak / size,
         "held": held / size,
     }
 
@@ -395,13 +420,17 @@ def main() -> None:
             for _ in range(args.rounds):
                 for kind in LOADERS:
                     loads[kind].append(run_child("load", kind, str(args.mb), str(tmp / "restore")))
-            print("\nrestores (cold)   restore  + first step   peak extra   held after restore")
+            print("\nrestores (cold)   restore  + first step   peak extra  (anon)   held after")
             for kind, rows in loads.items():
                 r = statistics.median(x["restore"] for x in rows)
                 f = statistics.median(x["first_step"] for x in rows)
                 p = statistics.median(x["peak"] for x in rows)
+                a = statistics.median(x["anon_peak"] for x in rows)
                 h = statistics.median(x["held"] for x in rows)
-                print(f"{kind:<16} {r:7.2f} s  {f:9.2f} s   {p:8.2f}x   {h:8.2f}x", flush=True)
+                print(
+                    f"{kind:<16} {r:7.2f} s  {f:9.2f} s   {p:8.2f}x {a:7.2f}x   {h:8.2f}x",
+                    flush=True,
+                )
         if args.big_gb and args.only in (None, "big"):
             mb = int(args.big_gb * 1024)
             budget = args.budget_mb * MB

@@ -231,3 +231,172 @@ def test_a_tensor_over_the_budget_is_written_in_chunks_as_it_would_be_whole() ->
         assert write_arrays(chunked, [device]) == infos
         assert chunked.getvalue() == whole.getvalue()
         assert sum(len(c) for c in device.chunks(1000)) == tensor.nbytes
+
+
+def _mapped(folder: Path) -> list[str]:
+    """The files of *folder* that this process maps (Linux), or [] elsewhere."""
+    maps = Path("/proc/self/maps")
+    if not maps.exists():
+        return []
+    return [line for line in maps.read_text().splitlines() if str(folder) in line]
+
+
+def _trained(torch: Any, seed: int) -> tuple[Any, Any]:
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.BatchNorm1d(32))
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.randn(8, 32)).sum().backward()
+    optimizer.step()
+    return model, optimizer
+
+
+def test_restore_reads_into_the_parameters_and_optimizer_state_in_place(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from colabsession.torch import TrainingState
+
+    model, opt = _trained(torch, 0)
+    with cs.Checkpointer(tmp_path / "run", async_save=False) as ckpt:
+        ckpt.save(1, TrainingState(model, opt).state_dict())
+    fresh, fresh_opt = _trained(torch, 1)  # its moments exist: they receive the values
+    where = {k: t.data_ptr() for k, t in fresh.state_dict().items()}
+    moments = {(i, k): t for i, s in fresh_opt.state_dict()["state"].items() for k, t in s.items()}
+    with cs.Checkpointer(tmp_path / "run") as ckpt:
+        assert TrainingState(fresh, fresh_opt).restore(ckpt) == 0
+    gc.collect()
+    assert _mapped(tmp_path / "run") == []  # nothing of the file stays alive
+    for name, value in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[name], value)
+        assert fresh.state_dict()[name].data_ptr() == where[name]
+    saved = opt.state_dict()["state"]
+    for (index, key), tensor in moments.items():
+        now = fresh_opt.state_dict()["state"][index][key]
+        assert now is tensor
+        assert torch.equal(now, saved[index][key])
+    fresh_opt.step()  # and it trains on
+
+
+def test_restore_into_a_fresh_optimizer_gives_it_moments_of_their_own(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from colabsession.torch import TrainingState
+
+    model, opt = _trained(torch, 0)
+    with cs.Checkpointer(tmp_path / "run", async_save=False) as ckpt:
+        ckpt.save(1, TrainingState(model, opt).state_dict())
+    fresh = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.BatchNorm1d(32))
+    fresh_opt = torch.optim.AdamW(fresh.parameters())
+    with cs.Checkpointer(tmp_path / "run") as ckpt:
+        TrainingState(fresh, fresh_opt).restore(ckpt)
+    gc.collect()
+    assert _mapped(tmp_path / "run") == []
+    for index, values in fresh_opt.state_dict()["state"].items():
+        for key, tensor in values.items():
+            assert tensor.untyped_storage().nbytes() == tensor.nbytes  # its own memory
+            assert torch.equal(tensor, opt.state_dict()["state"][index][key])
+
+
+def test_a_damaged_file_changes_nothing_of_the_live_model(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The mapped file is verified whole before any value is copied into a live tensor."""
+    torch = pytest.importorskip("torch")
+    from colabsession.torch import TrainingState
+
+    model, opt = _trained(torch, 0)
+    with cs.Checkpointer(tmp_path / "run", async_save=False) as ckpt:
+        ckpt.save(1, TrainingState(model, opt).state_dict())
+    (path,) = (tmp_path / "run").glob("ckpt-*.ckpt")
+    data = bytearray(path.read_bytes())
+    data[100] ^= 0x01  # in the first array: copied first if nothing were verified
+    path.write_bytes(bytes(data))
+    fresh, fresh_opt = _trained(torch, 1)
+    before = {k: t.clone() for k, t in fresh.state_dict().items()}
+    moments = [t.clone() for s in fresh_opt.state.values() for t in s.values()]
+    with caplog.at_level(logging.WARNING), cs.Checkpointer(tmp_path / "run") as ckpt:
+        assert TrainingState(fresh, fresh_opt).restore(ckpt) == 0
+    assert "checksum" in caplog.text
+    for name, value in fresh.state_dict().items():
+        assert torch.equal(value, before[name])
+    after = [t for s in fresh_opt.state.values() for t in s.values()]
+    assert all(torch.equal(a, b) for a, b in zip(after, moments, strict=True))
+
+
+def test_restore_like_fills_the_templates_tensors_only_when_all_fits(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    state = {"w": torch.arange(12.0).reshape(3, 4), "b": torch.ones(4, dtype=torch.bfloat16)}
+    with cs.Checkpointer(tmp_path / "run", async_save=False) as ckpt:
+        ckpt.save(1, {**state, "extra": np.arange(5)})
+    template = {"w": torch.zeros(3, 4), "b": torch.zeros(4, dtype=torch.bfloat16)}
+    wrong = {"w": torch.zeros(3, 4), "b": torch.zeros(5, dtype=torch.bfloat16)}
+    with cs.Checkpointer(tmp_path / "run") as ckpt:
+        with pytest.raises(cs.CheckpointError, match="another model"):
+            ckpt.restore(like=wrong)
+        assert not wrong["w"].any()  # refused before anything was copied
+        restored = ckpt.restore(like=template)
+    gc.collect()
+    assert restored is not None
+    assert restored.state["w"] is template["w"]
+    assert restored.state["b"] is template["b"]
+    assert torch.equal(template["w"], state["w"])
+    assert torch.equal(template["b"], state["b"])
+    del restored
+    gc.collect()
+    assert _mapped(tmp_path / "run") == []
+    weight = torch.nn.Parameter(torch.zeros(3, 4))  # requires grad: filled without autograd
+    with cs.Checkpointer(tmp_path / "run") as ckpt:
+        again = ckpt.restore(like={"w": weight, "b": None})
+    assert again is not None
+    assert again.state["w"] is weight
+    assert torch.equal(weight.detach(), state["w"])
+
+
+def test_a_lazy_restore_views_the_verified_mapping(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    with cs.Checkpointer(tmp_path / "run", async_save=False) as ckpt:
+        ckpt.save(1, {"t": torch.arange(6.0), "a": np.arange(4)})
+    with cs.Checkpointer(tmp_path / "run") as ckpt:
+        restored = ckpt.restore(lazy=True)
+        assert restored is not None
+        assert _mapped(tmp_path / "run") or not Path("/proc/self/maps").exists()
+        assert torch.equal(restored.state["t"], torch.arange(6.0))
+        assert not restored.state["a"].flags.owndata
+        restored.state["t"] += 1  # a private mapping: the file never changes
+        del restored
+        gc.collect()
+        assert _mapped(tmp_path / "run") == []
+        again = ckpt.restore(lazy=True)
+        assert again is not None
+        assert torch.equal(again.state["t"], torch.arange(6.0))
+
+
+def test_only_the_local_disk_is_mapped_and_a_read_file_is_not_copied_again(tmp_path: Path) -> None:
+    """The Drive mount is read, never mapped (a page fault waiting on Drive would be out of
+    reach of timeouts); what was read into memory of its own is loaded without a copy."""
+    torch = pytest.importorskip("torch")
+    from fsspec.implementations.local import LocalFileSystem
+
+    from colabsession._drive.location import Location
+    from colabsession._storage.backends import Mount
+    from colabsession.torch import TrainingState
+
+    model, opt = _trained(torch, 0)
+    with cs.Checkpointer(tmp_path / "run", async_save=False) as ckpt:
+        ckpt.save(1, TrainingState(model, opt).state_dict())
+    folder = str(tmp_path / "run")
+    mount = Store(
+        Location(LocalFileSystem(), folder, folder),
+        timeout=None,
+        backend=Mount(LocalFileSystem(), durable=False),
+    )
+    (entry,) = mount.entries()
+    state = mount.load(entry, lazy=True)
+    assert _mapped(tmp_path / "run") == []
+    moments = state["parts"]["optimizer"]["state"][0]
+    assert moments["exp_avg"].array.flags.owndata
+    fresh = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.BatchNorm1d(32))
+    fresh_opt = torch.optim.AdamW(fresh.parameters())
+    from colabsession._storage.frameworks import to_frameworks
+
+    loaded = to_frameworks(state)
+    given = loaded["parts"]["optimizer"]["state"][0]["exp_avg"]
+    TrainingState(fresh, fresh_opt).load_state_dict(loaded)
+    assert fresh_opt.state_dict()["state"][0]["exp_avg"] is given  # kept, not copied again

@@ -53,6 +53,9 @@ class Backend(ABC):
 
     #: Whether :meth:`append` adds to a file in place (else a file is only written whole).
     appends: bool = False
+    #: Whether a file may be mapped into memory to be read (``Store.load(lazy=True)``): only
+    #: where a failed or stuck read cannot happen in a page fault, out of reach of timeouts.
+    mappable: bool = False
 
     # The primitives -----------------------------------------------------------------------------
 
@@ -237,6 +240,7 @@ class LocalDisk(FileSystem):
     for Drive needs no fsync), appends in place, the end of a file read by seeking."""
 
     appends = True
+    mappable = True
 
     def __init__(self, fs: AbstractFileSystem, *, durable: bool) -> None:
         super().__init__(fs)
@@ -295,7 +299,11 @@ class Mount(LocalDisk):
     """A FUSE mount (Drive's in Colab): the local disk's semantics, with copies and appends as
     bare system calls (each fstat or lseek that Python's file objects add is a round trip to
     the mount's daemon). A run's location there is not *durable*: the mount uploads later
-    anyway, and an fsync is one more round trip."""
+    anyway, and an fsync is one more round trip. Never mapped into memory: a page fault
+    that waits on Drive would hang its thread past any timeout, and a failed one kills the
+    process (SIGBUS) instead of skipping the checkpoint."""
+
+    mappable = False
 
     def write_chunks(self, path: str, chunks: Iterable[bytes]) -> None:
         write_fd(path, chunks, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)

@@ -47,7 +47,14 @@ from colabsession._runtime.interrupt import StopOnSigterm
 from colabsession._runtime.runtime import run_again
 from colabsession._storage import layout as _layout
 from colabsession._storage.async_writer import AsyncWriter
-from colabsession._storage.frameworks import check_device, into, to_frameworks
+from colabsession._storage.frameworks import (
+    check_device,
+    fill,
+    into,
+    mapped_span,
+    to_frameworks,
+    unmapped,
+)
 from colabsession._storage.history import HistoryLog, check_metric_names, make_record
 from colabsession._storage.layout import Damaged, Lineage
 from colabsession._storage.lease import Lease
@@ -614,7 +621,7 @@ class Checkpointer:
     # Restoring ---------------------------------------------------------------------------
 
     def restore(
-        self, step: int | None = None, *, device: Any = None, like: Any = None
+        self, step: int | None = None, *, device: Any = None, like: Any = None, lazy: bool = False
     ) -> Checkpoint | None:
         """The newest valid checkpoint (or the one for *step*) from the local mirror or the
         location, whichever has it; None when there is none. A damaged checkpoint is skipped
@@ -628,6 +635,18 @@ class Checkpointer:
 
             restored = ckpt.restore(like={"params": params, "opt": opt_state})
 
+        The template's PyTorch tensors that fit (same shape and dtype, on any device) receive
+        their values in place, as ``torch.distributed.checkpoint.load`` does, and stand in the
+        restored state for them: no memory is allocated for them. The whole state is checked
+        against *like* first, and a local file is verified whole before any value is copied:
+        a state that does not fit, or a damaged file, leaves the template as it was.
+
+        *lazy*: where the checkpoint is a local file, its arrays come back as views into a
+        private memory map of it (tensors on the CPU, numpy arrays), verified whole first: the
+        page cache holds them, not the process, until they are copied (``load_state_dict``
+        does) or written to. Keep only copies: the mapping lives as long as any view does.
+        Elsewhere (the Drive mount or its API) it is the same as ``lazy=False``.
+
         Saving after restoring an older step than the newest abandons the newer ones: each
         checkpoint records the one it continues from, so they are never restored again, on this
         runtime or another, however late the location hears of it; they are set aside (renamed
@@ -638,9 +657,11 @@ class Checkpointer:
         check_device(device)
         with self._writer.lock:
             self.wait()
-            return self._restore(step, device, like)
+            return self._restore(step, device, like, lazy)
 
-    def _restore(self, step: int | None, device: Any, like: Any) -> Checkpoint | None:
+    def _restore(
+        self, step: int | None, device: Any, like: Any, lazy: bool = False
+    ) -> Checkpoint | None:
         listed, abandoned = split_live(self._entries())
         self._latest_branch = max(
             (e.manifest.lineage.started for e in [*listed, *abandoned] if e.manifest.lineage),
@@ -664,7 +685,11 @@ class Checkpointer:
         for entry in entries:
             try:
                 with self._progress(entry.manifest.size, f"restoring step {entry.step}") as bar:
-                    state = entry.store.load(entry, progress=bar.update)
+                    # With a template, the file is mapped and verified whole, then its values
+                    # are copied straight into the template's tensors (see restore).
+                    state = entry.store.load(
+                        entry, progress=bar.update, lazy=lazy or like is not None
+                    )
             except (Damaged, OSError, TimeoutError) as exc:
                 logger.warning(
                     "colabsession: skipping checkpoint step %d in %s: %s",
@@ -678,10 +703,14 @@ class Checkpointer:
             self._newer_than_restored = newest_step is not None and newest_step > entry.step
             self.save_policy.restored(entry.step)
             manifest = entry.manifest
-            state = to_frameworks(state, device)
+            span = None if lazy else mapped_span(state)
+            state = to_frameworks(unmapped(state, span), device)
+            if like is not None:
+                into(like, state, place=False)  # refuses before any tensor of like changes
+                state = into(like, fill(like, state, span))
             return Checkpoint(
                 step=entry.step,
-                state=state if like is None else into(like, state),
+                state=state,
                 metrics=dict(manifest.metrics),
                 created=manifest.created,
                 session=manifest.session,

@@ -14,8 +14,9 @@ float8 kinds) are stored as integers of their size and viewed back, so no extra 
 from __future__ import annotations
 
 import logging
+import mmap
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -392,13 +393,15 @@ def _native(array: Any) -> Any:
 # Rebuilding into a template -----------------------------------------------------------------
 
 
-def into(like: Any, state: Any, where: str = "") -> Any:
+def into(like: Any, state: Any, where: str = "", *, place: bool = True) -> Any:
     """*state* (plain dicts, lists and tuples, as restored) rebuilt in the structure of *like*:
     its named tuples (optax states), mappings, registered JAX pytree nodes (flax structs), and
     each leaf checked against *like*'s shape and dtype and put where *like*'s leaf lies (its
-    device, or its JAX sharding)."""
+    device, or its JAX sharding). Without *place* the leaves stay where they are: a check of
+    the whole state that moves nothing."""
     if isinstance(like, Mapping) and not isinstance(like, dict) and _is_pytree_node(like):
-        return _into_node(like, state, where)  # flax FrozenDict and kin: by their own flattening
+        # flax FrozenDict and kin: by their own flattening
+        return _into_node(like, state, where, place)
     if isinstance(like, Mapping):
         if not isinstance(state, Mapping):
             raise _mismatch(where, "a dict", state)
@@ -408,7 +411,7 @@ def into(like: Any, state: Any, where: str = "") -> Any:
                 f"the checkpoint's state{where} lacks {missing}: it was saved from another "
                 "structure than like="
             )
-        items = {k: into(v, state[k], f"{where}[{k!r}]") for k, v in like.items()}
+        items = {k: into(v, state[k], f"{where}[{k!r}]", place=place) for k, v in like.items()}
         try:
             return type(like)(items)  # type: ignore[call-arg]
         except TypeError:
@@ -417,15 +420,15 @@ def into(like: Any, state: Any, where: str = "") -> Any:
         if not isinstance(state, (list, tuple)) or len(state) != len(like):
             raise _mismatch(where, f"a sequence of {len(like)}", state)
         pairs = enumerate(zip(like, state, strict=True))
-        children = [into(a, b, f"{where}[{i}]") for i, (a, b) in pairs]
+        children = [into(a, b, f"{where}[{i}]", place=place) for i, (a, b) in pairs]
         if isinstance(like, tuple) and hasattr(like, "_fields"):
             return type(like)(*children)
         return type(like)(children)
     if like is None or isinstance(like, (bool, int, float, str)):
         return state
     if _is_pytree_node(like):
-        return _into_node(like, state, where)
-    return _place(like, state, where)
+        return _into_node(like, state, where, place)
+    return _place(like, state, where, place)
 
 
 def _is_pytree_node(node: Any) -> bool:
@@ -446,32 +449,184 @@ def pytree_children(node: Any) -> list[Any] | None:
     return children
 
 
-def _into_node(like: Any, state: Any, where: str) -> Any:
+def _into_node(like: Any, state: Any, where: str, place: bool) -> Any:
     jax = sys.modules["jax"]
     children, treedef = jax.tree_util.tree_flatten(like, is_leaf=lambda x: x is not like)
     if not isinstance(state, (list, tuple)) or len(state) != len(children):
         raise _mismatch(where, f"{type(like).__name__} of {len(children)} children", state)
     pairs = enumerate(zip(children, state, strict=True))
-    rebuilt = [into(c, s, f"{where}[{i}]") for i, (c, s) in pairs]
+    rebuilt = [into(c, s, f"{where}[{i}]", place=place) for i, (c, s) in pairs]
     return jax.tree_util.tree_unflatten(treedef, rebuilt)
 
 
-def _place(like: Any, value: Any, where: str) -> Any:
-    shape, dtype = getattr(like, "shape", None), getattr(like, "dtype", None)
-    if shape is not None and (
-        tuple(getattr(value, "shape", ())) != tuple(shape)
-        or str(getattr(value, "dtype", "")) != str(dtype)
-    ):
+def _place(like: Any, value: Any, where: str, place: bool = True) -> Any:
+    if not _fits(like, value):
         raise CheckpointError(
             f"the checkpoint's state{where} is {_kind(value)}, like= has {_kind(like)}: it was "
             "saved from another model or setting"
         )
+    if not place:
+        return value
     if is_jax_array(like):
         return sys.modules["jax"].device_put(value, like.sharding)
     torch = loaded_torch()
     if torch is not None and isinstance(like, torch.Tensor) and isinstance(value, torch.Tensor):
         return value.to(like.device)
     return value
+
+
+def _fits(like: Any, value: Any) -> bool:
+    shape, dtype = getattr(like, "shape", None), getattr(like, "dtype", None)
+    return shape is None or (
+        tuple(getattr(value, "shape", ())) == tuple(shape)
+        and str(getattr(value, "dtype", "")) == str(dtype)
+    )
+
+
+# Restoring from a mapped file ---------------------------------------------------------------
+
+
+def mapped_span(state: Any) -> tuple[int, int] | None:
+    """The addresses that the arrays of a lazily loaded *state* (views into a memory map of
+    its file: see ``Store.load(lazy=True)``) span, or None when none of them is such a view."""
+    import numpy as np
+
+    low, high = None, None
+    for array in _arrays(state):
+        if not isinstance(array, np.ndarray) or not _views_map(array):
+            continue
+        start = int(array.__array_interface__["data"][0])
+        low = start if low is None else min(low, start)
+        high = start + array.nbytes if high is None else max(high, start + array.nbytes)
+    return None if low is None or high is None else (low, high)
+
+
+def _arrays(state: Any) -> Iterator[Any]:
+    if isinstance(state, FrameworkArray):
+        yield state.array
+    elif isinstance(state, dict):
+        for value in state.values():
+            yield from _arrays(value)
+    elif isinstance(state, (list, tuple)):
+        for value in state:
+            yield from _arrays(value)
+    else:
+        yield state
+
+
+def _views_map(array: Any) -> bool:
+    import numpy as np
+
+    base = array
+    while isinstance(base, np.ndarray):
+        base = base.base
+    return isinstance(base, mmap.mmap)
+
+
+def checkpoint_maps() -> list[tuple[int, int]] | None:
+    """The address ranges where checkpoint files (``*.ckpt``) are mapped into this process
+    (from Linux's /proc/self/maps), or None where that cannot be told."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    ranges = []
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5].removesuffix(" (deleted)").endswith(".ckpt"):
+            low, _, high = fields[0].partition("-")
+            ranges.append((int(low, 16), int(high, 16)))
+    return ranges
+
+
+def in_maps(value: Any, maps: list[tuple[int, int]] | None) -> bool:
+    """Whether the tensor or numpy array *value* lies in *maps* (:func:`checkpoint_maps`;
+    None: it may)."""
+    import numpy as np
+
+    if isinstance(value, np.ndarray):
+        address = int(value.__array_interface__["data"][0])
+    elif getattr(value, "device", None) is not None and str(value.device) == "cpu":
+        address = int(value.data_ptr())
+    else:
+        return False
+    return maps is None or any(low <= address < high for low, high in maps)
+
+
+def unmapped(state: Any, span: tuple[int, int] | None) -> Any:
+    """*state* (plain dicts, lists and tuples) with a copy of its own of every array and CPU
+    tensor that lies in *span* (a mapping of the file it was read from: see
+    :func:`mapped_span`), so that nothing of the file stays alive with it. The arrays of
+    PyTorch's :class:`FrameworkArray` are left as they are: they become tensors first, and
+    those that go into tensors of their destination (:func:`fill`) are never copied twice."""
+    import numpy as np
+
+    if span is None:
+        return state
+    low, high = span
+
+    def inside(address: int) -> bool:
+        return low <= address < high
+
+    def visit(node: Any) -> Any:
+        if isinstance(node, FrameworkArray):
+            if node.framework == "torch":
+                return node
+            return FrameworkArray(node.framework, visit(node.array), node.dtype, node.device)
+        if isinstance(node, dict):
+            return {k: visit(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [visit(v) for v in node]
+        if isinstance(node, tuple):
+            return tuple(visit(v) for v in node)
+        if isinstance(node, np.ndarray) and inside(int(node.__array_interface__["data"][0])):
+            return np.array(node, copy=True)
+        torch = loaded_torch()
+        if (
+            torch is not None
+            and isinstance(node, torch.Tensor)
+            and node.device.type == "cpu"
+            and node.numel()
+            and inside(int(node.data_ptr()))
+        ):
+            return node.clone()
+        return node
+
+    return visit(state)
+
+
+def fill(like: Any, state: Any, span: tuple[int, int] | None) -> Any:
+    """*state* (as restored: plain dicts, lists and tuples of tensors) with the values of each
+    PyTorch tensor that fits the tensor of *like* at its place (shape and dtype) copied into
+    that tensor, in place, which then stands in the state for it: the destination's memory
+    is reused and nothing is allocated for it. Every other array that lies in *span* gets a
+    copy of its own (:func:`unmapped`). Check the whole state first (``into(..., place=False)``):
+    a state that does not fit must leave *like* as it was."""
+    torch = loaded_torch()
+    if isinstance(like, Mapping) and isinstance(state, dict) and not _is_pytree_node(like):
+        return {
+            k: fill(like[k], v, span) if k in like else unmapped(v, span) for k, v in state.items()
+        }
+    if (
+        isinstance(like, (list, tuple))
+        and isinstance(state, (list, tuple))
+        and len(like) == len(state)
+        and not _is_pytree_node(like)
+    ):
+        children = [fill(a, b, span) for a, b in zip(like, state, strict=True)]
+        return tuple(children) if isinstance(state, tuple) else children
+    if (
+        torch is not None
+        and isinstance(like, torch.Tensor)
+        and isinstance(state, torch.Tensor)
+        and _fits(like, state)
+    ):
+        if state.data_ptr() != like.data_ptr() or state.device != like.device:
+            with torch.no_grad():
+                like.copy_(state)
+        return like
+    return unmapped(state, span)
 
 
 def _kind(value: Any) -> str:

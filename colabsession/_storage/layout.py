@@ -31,6 +31,7 @@ from colabsession._storage.serialize import (
     ArrayInfo,
     check_tree,
     crc32c,
+    map_arrays,
     read_arrays_from,
     unflatten,
     uses_frameworks,
@@ -156,6 +157,21 @@ def read(readinto: Callable[[memoryview], int], manifest: Manifest) -> Any:
         raise Damaged(str(exc)) from None
     except EOFError:
         raise Damaged(f"it has fewer than the {manifest.size} bytes its manifest needs") from None
+    if crc != manifest.crc32c:
+        raise Damaged("its arrays do not match their checksum")
+    return unflatten(manifest.tree, arrays)
+
+
+def read_mapped(
+    buffer: Any, manifest: Manifest, progress: Callable[[int], object] | None = None
+) -> Any:
+    """The state of a checkpoint file mapped into memory as *buffer*, its arrays views into
+    the mapping (see :func:`~.serialize.map_arrays`), verified whole before anything is
+    returned. Raises Damaged."""
+    try:
+        arrays, crc = map_arrays(buffer, manifest.size, manifest.arrays, progress)
+    except ValueError as exc:
+        raise Damaged(str(exc)) from None
     if crc != manifest.crc32c:
         raise Damaged("its arrays do not match their checksum")
     return unflatten(manifest.tree, arrays)

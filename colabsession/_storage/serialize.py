@@ -385,7 +385,23 @@ def read_arrays_from(
             fill(scratch[:step])
             position += step
 
-    dtypes, end = {}, 0  # the layout checked whole before anything is read or allocated
+    dtypes = _check_layout(infos, order, size)  # whole, before anything is read or allocated
+    for index in order:
+        info = infos[index]
+        skip_to(info.offset)
+        array = np.empty(info.shape, dtypes[index])
+        if info.nbytes:
+            fill(array.reshape(-1).view(np.uint8))
+        position += info.nbytes
+        arrays[index] = array
+    skip_to(size)
+    return arrays, int(crc)
+
+
+def _check_layout(infos: list[ArrayInfo], order: list[int], size: int) -> dict[int, Any]:
+    """The dtype of each array, once its place is checked to lie in *size* bytes, in *order*
+    (by offset) without overlaps. Raises ValueError."""
+    dtypes, end = {}, 0
     for index in order:
         info = infos[index]
         dtypes[index] = dtype = dtype_of(info.dtype)
@@ -398,15 +414,36 @@ def read_arrays_from(
         ):
             raise ValueError(f"an array of {info.dtype} {info.shape} does not fit its place")
         end = info.offset + info.nbytes
+    return dtypes
+
+
+def map_arrays(
+    buffer: Any,
+    size: int,
+    infos: list[ArrayInfo],
+    progress: Callable[[int], object] | None = None,
+) -> tuple[list[Any], int]:
+    """The arrays that :func:`write_arrays` wrote, as views into *buffer* (a memory map of the
+    file, at least *size* bytes long): nothing is copied or allocated, the pages are the page
+    cache's. Returns them and the CRC32C of the *size* bytes, computed chunk by chunk first
+    (which reads the file in; *progress* hears of each chunk): the caller compares it before
+    any view is used. Raises ValueError for a layout that does not fit *size*."""
+    import google_crc32c
+    import numpy as np
+
+    order = sorted(range(len(infos)), key=lambda i: infos[i].offset)
+    dtypes = _check_layout(infos, order, size)
+    whole = np.frombuffer(buffer, np.uint8, count=size) if size else np.empty(0, np.uint8)
+    crc = 0
+    for chunk in _chunks(whole):
+        crc = google_crc32c.extend(crc, chunk)
+        if progress is not None:
+            progress(chunk.size)
+    arrays: list[Any] = [None] * len(infos)
     for index in order:
         info = infos[index]
-        skip_to(info.offset)
-        array = np.empty(info.shape, dtypes[index])
-        if info.nbytes:
-            fill(array.reshape(-1).view(np.uint8))
-        position += info.nbytes
-        arrays[index] = array
-    skip_to(size)
+        place = whole[info.offset : info.offset + info.nbytes]
+        arrays[index] = place.view(dtypes[index]).reshape(info.shape)
     return arrays, int(crc)
 
 

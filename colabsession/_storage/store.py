@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import io
 import logging
+import mmap
 import os
 import queue
 import threading
@@ -236,13 +237,21 @@ class Store:
         *,
         progress: Callable[[int], object] | None = None,
         timeout: float | None = None,
+        lazy: bool = False,
     ) -> Any:
         """The state of *entry*, verified: each array read into memory of its own, so that
         nothing else of the file stays alive with it; *progress* hears of the bytes read now.
-        Raises Damaged."""
+        *lazy*: where the file can be mapped (on the local disk), its arrays are views into a
+        private mapping of it instead, verified whole before this returns: no memory of the
+        process's own holds them (the page cache does) until they are written to or copied,
+        and the mapping lasts as long as any view does. Raises Damaged."""
 
         def job() -> Any:
             with self.backend.open(self.path(entry.name)) as f:
+                mappable = lazy and self.backend.mappable
+                mapped = _mapped(f, entry.manifest.size) if mappable else None
+                if mapped is not None:
+                    return _layout.read_mapped(mapped, entry.manifest, progress)
                 _read_ahead(f)
 
                 def readinto(view: memoryview) -> int:
@@ -449,6 +458,22 @@ def _read_ahead(f: Any) -> None:
         return
     with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
         advise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+
+
+def _mapped(f: Any, size: int) -> mmap.mmap | None:
+    """The first *size* bytes of the local file open as *f*, mapped copy-on-write (so that a
+    view written to never changes the file), or None where it cannot be mapped (no file
+    descriptor: the Drive API, a bucket; an empty region)."""
+    fileno = getattr(f, "fileno", None)
+    if not size or not callable(fileno):
+        return None
+    try:
+        mapped = mmap.mmap(fileno(), size, access=mmap.ACCESS_COPY)
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return None
+    with contextlib.suppress(AttributeError, OSError):  # read-ahead for the checksum's pass
+        mapped.madvise(mmap.MADV_SEQUENTIAL)
+    return mapped
 
 
 def _read_into(f: Any, view: memoryview) -> int:

@@ -21,6 +21,7 @@ from colabsession._core.records import InvalidRecord, Record, parse_record
 from colabsession._core.say import say
 from colabsession._runtime.interrupt import stop_at_boundary
 from colabsession._runtime.precision import Precision
+from colabsession._storage.frameworks import checkpoint_maps, in_maps
 
 if TYPE_CHECKING:
     from colabsession._runtime.probe import HardwareReport
@@ -411,6 +412,13 @@ class TrainingState:
         return generator if isinstance(generator, torch.Generator) else None
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._load(state, mapped=False)
+
+    def _load(self, state: dict[str, Any], *, mapped: bool) -> None:
+        """Load *state*: the optimizer's tensors into those it holds where they fit. *mapped*:
+        some of its tensors may view a memory map of the checkpoint file
+        (``restore(lazy=True)``), so whatever a part keeps of them (rather than copies, as
+        modules do) is copied first."""
         if not (
             isinstance(state, dict)
             and isinstance(state.get("parts"), dict)
@@ -439,9 +447,15 @@ class TrainingState:
             tuple(getattr(loader_rng, "shape", ())) != tuple(generator.get_state().shape)
         ):
             raise CheckpointError("the checkpoint's random state of the loader is damaged")
+        maps = checkpoint_maps() if mapped else []  # (a file read into memory: nothing to copy)
         for name, part in self.parts.items():
+            saved = state["parts"][name]
+            if isinstance(part, torch.optim.Optimizer):
+                saved = _into_optimizer(part, saved, maps)
+            elif not isinstance(part, torch.nn.Module):
+                saved = _own(saved, maps)
             try:
-                part.load_state_dict(state["parts"][name])
+                part.load_state_dict(saved)
             except ColabSessionError:
                 raise
             except Exception as exc:  # a part's own check that ours could not foresee
@@ -457,7 +471,7 @@ class TrainingState:
             # states are put back, as the uninterrupted run drew it before they were saved.
             self.loader.state_dict()
         if rng is not None:
-            set_rng_state(rng)
+            set_rng_state(_own(rng, maps))
         if loader_rng is not None:
             generator.set_state(torch.as_tensor(loader_rng).cpu())
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
@@ -466,19 +480,29 @@ class TrainingState:
         """Load the newest valid checkpoint (or *step*'s) into every part; return the step to
         continue from (0 for a new run) and say where training resumes. A checkpoint that does
         not fit (another model, optimizer or dataset) is a CheckpointError raised before any
-        part is changed."""
-        restored = ckpt.restore(step)
+        part is changed.
+
+        A local checkpoint file is mapped into memory and verified whole before anything is
+        loaded (a damaged one is skipped, never loaded), then its values are copied straight
+        into the model's parameters and the optimizer's existing state (its moments, once it
+        has stepped): the restore allocates memory only for what the parts do not hold yet,
+        and nothing of the file stays alive after it."""
+        restored = ckpt.restore(step, lazy=True)
         self.restored = True
         if restored is None:
             say(f"no checkpoint in {ckpt.location}: training starts at step 0")
             return self.step
-        self.load_state_dict(restored.state)
+        created = restored.created
+        try:
+            self._load(restored.state, mapped=True)
+        finally:
+            del restored  # the last views of the file's mapping: it is unmapped now
         where = f"step {self.step}"
         if isinstance(self.loader, ResumableLoader):
             where += f" (epoch {self.loader.epoch}, after batch {self.loader.position})"
         elif self.loader is not None:
             where += f" (epoch {self.epoch}, where the loader left it)"
-        say(f"resuming {ckpt.location} at {where}, saved {restored.created:%Y-%m-%d %H:%M} UTC")
+        say(f"resuming {ckpt.location} at {where}, saved {created:%Y-%m-%d %H:%M} UTC")
         return self.step
 
     @property
@@ -610,6 +634,61 @@ def _check_part(name: str, part: Any, saved: Any) -> None:
                 f"this optimizer {sizes}: it was saved for another model. Build the same "
                 "model and optimizer, or restart the run (Checkpointer.restart())"
             )
+
+
+def _own(state: Any, maps: list[tuple[int, int]] | None) -> Any:
+    """*state* with a copy of its own of each tensor and numpy array that lies in *maps*
+    (views of a mapped checkpoint file: see ``checkpoint_maps``)."""
+    if isinstance(state, dict):
+        return {k: _own(v, maps) for k, v in state.items()}
+    if isinstance(state, list):
+        return [_own(v, maps) for v in state]
+    if isinstance(state, tuple):
+        return tuple(_own(v, maps) for v in state)
+    if isinstance(state, torch.Tensor) and in_maps(state, maps):
+        return state.clone()
+    if isinstance(state, np.ndarray) and in_maps(state, maps):
+        return state.copy()
+    return state
+
+
+def _into_optimizer(
+    optimizer: Any, saved: dict[str, Any], maps: list[tuple[int, int]] | None
+) -> dict[str, Any]:
+    """The optimizer state *saved* (a checked ``state_dict()``) with each tensor copied into
+    the tensor the optimizer holds for the same parameter and key where that fits (shape,
+    dtype), which ``load_state_dict`` then keeps as it is, so its memory is reused; the
+    others that lie in *maps* (views of a mapped file) copied once, straight to their
+    parameter's device."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    held = optimizer.state_dict()["state"]  # the optimizer's own tensors, not copies
+    state: dict[Any, Any] = {}
+    for index, values in saved["state"].items():
+        if not isinstance(values, dict):
+            state[index] = _own(values, maps)
+            continue
+        mine = held.get(index, {})
+        device = params[index].device if isinstance(index, int) and index < len(params) else None
+        state[index] = {}
+        for key, value in values.items():
+            own = mine.get(key)
+            if not isinstance(value, torch.Tensor):
+                state[index][key] = _own(value, maps)
+            elif (
+                isinstance(own, torch.Tensor)
+                and own.shape == value.shape
+                and own.dtype == value.dtype
+            ):
+                with torch.no_grad():
+                    own.copy_(value)
+                state[index][key] = own
+            elif not in_maps(value, maps):
+                state[index][key] = value
+            elif device is not None and key != "step":  # the optimizer keeps "step" where it is
+                state[index][key] = value.to(device, copy=True)
+            else:
+                state[index][key] = value.clone()
+    return {**saved, "state": state, "param_groups": _own(saved["param_groups"], maps)}
 
 
 def _is_rng_state(rng: Any) -> bool:
