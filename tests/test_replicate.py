@@ -99,6 +99,14 @@ class Clock:
         return self.now
 
 
+def save(history: HistoryLog, local: Store, step: int) -> Entry:
+    """Commit a checkpoint of *step* to *local*, with its history record before it."""
+    history.append({"step": step, "time": float(step), "session": "s", "loss": 1 / step})
+    tree, arrays = flatten({"w": np.full(3, step, dtype=np.float32)})
+    fields = {"step": step, "time": float(step), "session": "s", "metrics": {}, "tree": tree}
+    return local.commit(_layout.file_name(step), lambda f: _layout.write(f, arrays, **fields))
+
+
 class Run:
     """A run's local mirror, its location and a Replicator between them (keeping 2)."""
 
@@ -127,13 +135,7 @@ class Run:
         )
 
     def save(self, step: int) -> Entry:
-        """Commit a checkpoint of *step* locally, with its history record before it."""
-        self.history.append({"step": step, "time": float(step), "session": "s", "loss": 1 / step})
-        tree, arrays = flatten({"w": np.full(3, step, dtype=np.float32)})
-        fields = {"step": step, "time": float(step), "session": "s", "metrics": {}, "tree": tree}
-        return self.local.commit(
-            _layout.file_name(step), lambda f: _layout.write(f, arrays, **fields)
-        )
+        return save(self.history, self.local, step)
 
     def at_location(self) -> list[int]:
         """The steps whole at the location, as a new reader sees them (nothing cached)."""
@@ -351,12 +353,7 @@ def test_a_checkpoint_costs_four_file_operations_on_the_mount(tmp_path: Path) ->
     try:
         rounds = []
         for step in range(1, 6):
-            history.append({"step": step, "time": float(step), "session": "s", "loss": 1 / step})
-            tree, arrays = flatten({"w": np.full(3, step, dtype=np.float32)})
-            fields = {"step": step, "time": 1.0, "session": "s", "metrics": {}, "tree": tree}
-            local.commit(
-                _layout.file_name(step), lambda f, a=arrays, k=fields: _layout.write(f, a, **k)
-            )
+            save(history, local, step)
             backend.calls.clear()
             assert replicator.flush(30) == []
             rounds.append(list(backend.calls))
