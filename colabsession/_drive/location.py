@@ -117,7 +117,7 @@ class LocalFiles:
             result["destination"] = os.readlink(path)
         return result
 
-    def ls(self, path: str, detail: bool = True, **kwargs: Any) -> list[Any]:
+    def ls(self, path: str, detail: bool = False, **kwargs: Any) -> list[Any]:
         path = _strip(path).rstrip("/") or "/"
         if not os.path.isdir(path):
             found = [self.info(path)]  # a file lists itself; a missing one raises
@@ -152,13 +152,13 @@ class LocalFiles:
         self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any
     ) -> bytes:
         with open(_strip(path), "rb") as f:
+            if end is not None and end < 0:
+                end += f.seek(0, os.SEEK_END)
             if start is not None:
                 f.seek(start, os.SEEK_SET if start >= 0 else os.SEEK_END)
-            if end is None:
-                return f.read()
-            if end < 0:
-                end = f.seek(0, os.SEEK_END) + end
-            return f.read(max(0, end - f.tell()))
+            else:
+                f.seek(0)
+            return f.read() if end is None else f.read(max(0, end - f.tell()))
 
     def rm_file(self, path: str) -> None:
         os.remove(_strip(path))
