@@ -118,7 +118,7 @@ class LocalFiles:
         return result
 
     def ls(self, path: str, detail: bool = False, **kwargs: Any) -> list[Any]:
-        path = _strip(path).rstrip("/") or "/"
+        path = _strip(path)
         if not os.path.isdir(path):
             found = [self.info(path)]  # a file lists itself; a missing one raises
             return found if detail else [path]
@@ -192,8 +192,13 @@ def local_files() -> AbstractFileSystem:
 
 
 def _strip(path: str) -> str:
+    """*path* as fsspec's LocalFileSystem names it: absolute, without a protocol or a
+    trailing slash."""
     path = os.fspath(path)
-    return path[len("file://") :] if path.startswith("file://") else path
+    path = path[len("file://") :] if path.startswith("file://") else path
+    if not path.startswith("/"):
+        path = os.path.abspath(path)
+    return path.rstrip("/") or "/"
 
 
 def resolve(location: str | os.PathLike[str] | Location) -> Location:
