@@ -21,7 +21,7 @@ from fsspec.implementations.local import LocalFileSystem
 from colabsession._core.records import parse_record
 from colabsession._drive.location import Location
 from colabsession._storage import layout as _layout
-from colabsession._storage.backends import ObjectStore
+from colabsession._storage.backends import Backend, Mount, ObjectStore
 from colabsession._storage.history import HistoryLog
 from colabsession._storage.layout import CutShort, Manifest
 from colabsession._storage.lease import NAME as LEASE
@@ -99,6 +99,14 @@ class Clock:
         return self.now
 
 
+def save(history: HistoryLog, local: Store, step: int) -> Entry:
+    """Commit a checkpoint of *step* to *local*, with its history record before it."""
+    history.append({"step": step, "time": float(step), "session": "s", "loss": 1 / step})
+    tree, arrays = flatten({"w": np.full(3, step, dtype=np.float32)})
+    fields = {"step": step, "time": float(step), "session": "s", "metrics": {}, "tree": tree}
+    return local.commit(_layout.file_name(step), lambda f: _layout.write(f, arrays, **fields))
+
+
 class Run:
     """A run's local mirror, its location and a Replicator between them (keeping 2)."""
 
@@ -127,13 +135,7 @@ class Run:
         )
 
     def save(self, step: int) -> Entry:
-        """Commit a checkpoint of *step* locally, with its history record before it."""
-        self.history.append({"step": step, "time": float(step), "session": "s", "loss": 1 / step})
-        tree, arrays = flatten({"w": np.full(3, step, dtype=np.float32)})
-        fields = {"step": step, "time": float(step), "session": "s", "metrics": {}, "tree": tree}
-        return self.local.commit(
-            _layout.file_name(step), lambda f: _layout.write(f, arrays, **fields)
-        )
+        return save(self.history, self.local, step)
 
     def at_location(self) -> list[int]:
         """The steps whole at the location, as a new reader sees them (nothing cached)."""
@@ -276,3 +278,120 @@ def test_the_entries_uploaded_keep_their_manifests(run: Run) -> None:
         entry.manifest.crc32c,
         4,
     )
+
+
+# Operations on the Drive mount ---------------------------------------------------------------
+
+
+class CountingMount(Mount):
+    """The Drive mount's backend, recording each file operation asked of it and of its file
+    system, nested ones included (a look-up a backend method adds shows here)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.durable = False  # (fsspec tokenizes the file system's arguments: its repr)
+        super().__init__(CountingFS(self), durable=False)
+
+    def __getattribute__(self, name: str) -> Any:
+        attr = object.__getattribute__(self, name)
+        if name.startswith("_") or name not in _BACKEND_METHODS:
+            return attr
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append((name, str(args[0]).rsplit("/", 1)[-1] if args else ""))
+            return attr(*args, **kwargs)
+
+        return counted
+
+
+class CountingFS(LocalFileSystem):  # type: ignore[misc]
+    cachable = False
+
+    def __init__(self, owner: CountingMount) -> None:
+        super().__init__()
+        self.owner = owner
+
+    def __getattribute__(self, name: str) -> Any:
+        attr = object.__getattribute__(self, name)
+        if name in _FS_METHODS:
+            owner = object.__getattribute__(self, "owner")
+
+            def counted(*args: Any, **kwargs: Any) -> Any:
+                owner.calls.append((f"fs.{name}", str(args[0]).rsplit("/", 1)[-1]))
+                return attr(*args, **kwargs)
+
+            return counted
+        return attr
+
+
+_BACKEND_METHODS = {
+    name for name in dir(Backend) if not name.startswith("_") and callable(getattr(Backend, name))
+}
+_FS_METHODS = {
+    "info", "ls", "open", "cat_file", "rm_file", "rm", "mv", "makedirs", "exists", "isfile",
+    "isdir", "size", "find", "touch", "cp_file",
+}  # fmt: skip
+
+
+def test_a_checkpoint_costs_four_file_operations_on_the_mount(tmp_path: Path) -> None:
+    """Per checkpoint in the steady state (issue 25): the lease looked at, the history
+    appended, the checkpoint written, the oldest deleted; nothing looked up beforehand (each
+    is one system call: on the Drive mount 1, 3-4, 5 and 2 round trips). Nothing may add to
+    them: at 100 ms a round trip, each is a tenth of a second of catch-up per checkpoint."""
+    backend = CountingMount()
+    folder = tmp_path / "remote"
+    local = Store.local_disk(tmp_path / "local")
+    remote = Store(
+        Location(LocalFileSystem(), str(folder), "drive:run"), timeout=30, backend=backend
+    )
+    history = HistoryLog(local, remote, session="s")
+    history.start(None, truncate=False)
+    lease = Lease(remote, owner="me", session="s", ttl=3600, takeover=False, what="the run")
+    replicator = Replicator(
+        local, remote, history=history, lease=lease, policy=LatestN(2), monotonic=Clock()
+    )
+    try:
+        rounds = []
+        for step in range(1, 6):
+            save(history, local, step)
+            backend.calls.clear()
+            assert replicator.flush(30) == []
+            rounds.append(list(backend.calls))
+        names = {e.step: e.name for e in local.entries()}
+        for step, calls in enumerate(rounds[2:], start=3):
+            assert calls == [
+                ("info", LEASE),
+                ("fs.info", LEASE),
+                ("append", "history.000001.jsonl"),  # os.open, os.write, os.close
+                ("write_chunks", names[step]),  # the same
+                ("remove", names[step - 2]),
+                ("fs.rm_file", names[step - 2]),
+            ], calls
+    finally:
+        replicator.stop()
+        lease.release()
+
+
+def test_a_heartbeat_looks_at_the_lease_rather_than_reading_it(tmp_path: Path) -> None:
+    """The heartbeat renews the lease after a look at it (a read only when someone else wrote
+    it since), and makes the run's folder only when it is gone."""
+    backend = CountingMount()
+    folder = tmp_path / "remote"
+    remote = Store(
+        Location(LocalFileSystem(), str(folder), "drive:run"), timeout=30, backend=backend
+    )
+    lease = Lease(remote, owner="me", session="s", ttl=0.3, takeover=False, what="the run")
+    lease.acquire()
+    try:
+        backend.calls.clear()
+        deadline = time.monotonic() + 30  # a hang detector, not a speed assertion
+        while ("replace", LEASE) not in backend.calls and time.monotonic() < deadline:
+            time.sleep(0.01)
+        lease.stop_heartbeat()
+        beat = backend.calls[: backend.calls.index(("replace", LEASE)) + 1]
+        assert beat == [("info", LEASE), ("fs.info", LEASE), ("replace", LEASE)]
+        shutil.rmtree(folder)  # deleted by hand meanwhile: the lease makes it again
+        lease.write()
+        assert parse_record(LeaseRecord, (folder / LEASE).read_bytes()).owner == "me"
+    finally:
+        lease.release()

@@ -17,7 +17,7 @@ from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
 import colabsession as cs
-from colabsession._drive.location import Location
+from colabsession._drive.location import Location, local_files
 from colabsession._storage import backends as _backends
 from colabsession._storage import layout as _layout
 from colabsession._storage.backends import Backend, LocalDisk, Mount, ObjectStore, backend_for
@@ -343,3 +343,36 @@ def test_a_fetch_reads_ahead_and_its_reader_s_failure_reaches_the_caller(tmp_pat
     with pytest.raises(OSError, match="not connected"):
         store.fetch_file("blob", tmp_path / "cut", size=len(data))
     assert (tmp_path / "cut").stat().st_size == 2 * COPY_CHUNK  # what was read, nothing more
+
+
+def test_local_files_answer_as_fsspecs_local_file_system(tmp_path: Path) -> None:
+    """A local location's file system (plain system calls, no fsspec import) says what fsspec's
+    LocalFileSystem says, and hands what it lacks to one."""
+    ours, theirs = local_files(), LocalFileSystem()
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.bin").write_bytes(bytes(range(10)))
+    a = str(tmp_path / "a.bin")
+    assert ours.info(a) == theirs.info(a)
+    assert sorted(ours.ls(str(tmp_path), detail=False)) == sorted(
+        theirs.ls(str(tmp_path), detail=False)
+    )
+    assert sorted(i["name"] for i in ours.ls(str(tmp_path), detail=True)) == sorted(
+        i["name"] for i in theirs.ls(str(tmp_path), detail=True)
+    )
+    assert ours.ls(a, detail=False) == theirs.ls(a, detail=False)
+    for start, end in [(None, None), (2, 5), (-3, None), (1, -2)]:
+        assert ours.cat_file(a, start=start, end=end) == theirs.cat_file(a, start=start, end=end)
+    assert ours.size(a) == 10
+    assert (ours.isfile(a), ours.isdir(a), ours.exists(a)) == (True, False, True)
+    for missing in (ours.info, ours.ls, ours.cat_file, ours.rm_file):
+        with pytest.raises(FileNotFoundError):
+            missing(str(tmp_path / "none"))
+    ours.makedirs(str(tmp_path / "x" / "y"), exist_ok=True)
+    ours.mv(a, str(tmp_path / "x" / "b.bin"))
+    assert [p["name"] for p in ours.find(str(tmp_path / "x"), detail=True).values()] == [
+        str(tmp_path / "x" / "b.bin")
+    ]  # find: not its own, fsspec's
+    ours.rm(str(tmp_path / "x"), recursive=True)
+    assert not (tmp_path / "x").exists()
+    assert ours == local_files()
+    assert Location(ours, "/a", "a") == Location(ours, "/a", "a")

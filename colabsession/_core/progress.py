@@ -49,7 +49,15 @@ def bar(
     >>> with bar(10 << 20, "copying shards") as shown:     # doctest: +SKIP
     ...     shown.update(4 << 20)
     """
-    from tqdm.auto import tqdm
+    import warnings
+
+    from tqdm.std import TqdmExperimentalWarning
+
+    with warnings.catch_warnings():
+        # tqdm.auto's choice without its asyncio mixin (nothing here iterates asynchronously):
+        # importing asyncio is a third of a restore's fixed cost in a bare interpreter.
+        warnings.simplefilter("ignore", category=TqdmExperimentalWarning)
+        from tqdm.autonotebook import tqdm
 
     in_bytes = unit == "B"
     return tqdm(

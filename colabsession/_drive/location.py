@@ -9,9 +9,11 @@ the one rule that turns ``drive:...``, a local path or a URL into one.
 from __future__ import annotations
 
 import os
+import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from colabsession._core.errors import ConfigError, MountError
 from colabsession._drive import api as _gdrive
@@ -50,6 +52,155 @@ class Location:
         return self.description
 
 
+class LocalFiles:
+    """The local file system (the Drive mount and the folder that stands in for Drive included)
+    as fsspec's LocalFileSystem offers it, without importing fsspec: the operations the
+    store's backends use are plain system calls here, so that a restore from a local path
+    (cs.env.restore() in a new kernel) does not pay fsspec's import (asyncio, its entry points,
+    0.1-0.3 s); anything else is handed to a LocalFileSystem made on first use.
+
+    >>> fs = local_files()
+    >>> fs.protocol, fs.isdir("/")
+    (('file', 'local'), True)
+    """
+
+    protocol = ("file", "local")
+
+    def __init__(self) -> None:
+        self._fsspec: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "_fsspec":
+            raise AttributeError(name)
+        if self._fsspec is None:
+            from fsspec.implementations.local import LocalFileSystem
+
+            self._fsspec = LocalFileSystem()
+        return getattr(self._fsspec, name)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LocalFiles)
+
+    def __hash__(self) -> int:
+        return hash(LocalFiles)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (local_files, ())
+
+    def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
+        path = _strip(path)
+        out = os.stat(path, follow_symlinks=False)
+        link = stat.S_ISLNK(out.st_mode)
+        if link:
+            out = os.stat(path, follow_symlinks=True)
+        kind = (
+            "directory"
+            if stat.S_ISDIR(out.st_mode)
+            else "file"
+            if stat.S_ISREG(out.st_mode)
+            else "other"
+        )
+        result = {
+            "name": path,
+            "size": out.st_size,
+            "type": kind,
+            "created": out.st_ctime,
+            "islink": link,
+            "mode": out.st_mode,
+            "uid": out.st_uid,
+            "gid": out.st_gid,
+            "mtime": out.st_mtime,
+            "ino": out.st_ino,
+            "nlink": out.st_nlink,
+        }
+        if link:
+            result["destination"] = os.readlink(path)
+        return result
+
+    def ls(self, path: str, detail: bool = False, **kwargs: Any) -> list[Any]:
+        path = _strip(path)
+        if not os.path.isdir(path):
+            found = [self.info(path)]  # a file lists itself; a missing one raises
+            return found if detail else [path]
+        names = [f"{path.rstrip('/')}/{n}" for n in os.listdir(path)]
+        if not detail:
+            return names
+        infos = []
+        for name in names:
+            try:
+                infos.append(self.info(name))
+            except FileNotFoundError:  # deleted since the listing
+                continue
+        return infos
+
+    def size(self, path: str) -> int:
+        return int(os.stat(_strip(path)).st_size)
+
+    def exists(self, path: str, **kwargs: Any) -> bool:
+        return os.path.lexists(_strip(path))
+
+    def isfile(self, path: str) -> bool:
+        return os.path.isfile(_strip(path))
+
+    def isdir(self, path: str) -> bool:
+        return os.path.isdir(_strip(path))
+
+    def open(self, path: str, mode: str = "rb", **kwargs: Any) -> IO[Any]:
+        return open(_strip(path), mode)
+
+    def cat_file(
+        self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any
+    ) -> bytes:
+        with open(_strip(path), "rb") as f:
+            if end is not None and end < 0:
+                end += f.seek(0, os.SEEK_END)
+            if start is not None:
+                f.seek(start, os.SEEK_SET if start >= 0 else os.SEEK_END)
+            else:
+                f.seek(0)
+            return f.read() if end is None else f.read(max(0, end - f.tell()))
+
+    def rm_file(self, path: str) -> None:
+        os.remove(_strip(path))
+
+    def rm(self, path: str, recursive: bool = False, **kwargs: Any) -> None:
+        path = _strip(path)
+        if os.path.isdir(path) and not os.path.islink(path):
+            if not recursive:
+                raise IsADirectoryError(path)
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+
+    def mv(self, source: str, target: str, **kwargs: Any) -> None:
+        shutil.move(_strip(source), _strip(target))
+
+    def makedirs(self, path: str, exist_ok: bool = False) -> None:
+        os.makedirs(_strip(path), exist_ok=exist_ok)
+
+    def __repr__(self) -> str:
+        return "LocalFiles()"
+
+
+_LOCAL = LocalFiles()
+
+
+def local_files() -> AbstractFileSystem:
+    """The local file system for a :class:`Location` (see :class:`LocalFiles`)."""
+    # It offers LocalFileSystem's methods (its own or the real one's, made on first use).
+    return cast("AbstractFileSystem", _LOCAL)
+
+
+def _strip(path: str) -> str:
+    """*path* as fsspec's LocalFileSystem names it: absolute, without a protocol or a
+    trailing slash."""
+    path = os.fspath(path)
+    path = path[len("file://") :] if path.startswith("file://") else path
+    if not path.startswith("/"):
+        path = os.path.abspath(path)
+    return path.rstrip("/") or "/"
+
+
 def resolve(location: str | os.PathLike[str] | Location) -> Location:
     """Turn a location into a file system and a path:
 
@@ -69,11 +220,9 @@ def resolve(location: str | os.PathLike[str] | Location) -> Location:
         return _drive_location(text, text[len("drive:") :])
     if "://" in text:
         return _url_location(text)
-    from fsspec.implementations.local import LocalFileSystem
-
     path = os.path.abspath(os.path.expanduser(text))
     _refuse_unmounted(path)
-    return Location(LocalFileSystem(), path, path)
+    return Location(local_files(), path, path)
 
 
 def _refuse_unmounted(path: str) -> None:
@@ -109,9 +258,7 @@ def _drive_location(text: str, relative: str) -> Location:
     root = ensure() if kind == "colab" else default_drive_root(kind)
     if kind != "colab":
         say_local_folder(root)
-    from fsspec.implementations.local import LocalFileSystem
-
-    return Location(LocalFileSystem(), str(root / clean) if clean else str(root), text)
+    return Location(local_files(), str(root / clean) if clean else str(root), text)
 
 
 def _url_location(url: str) -> Location:

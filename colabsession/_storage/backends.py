@@ -235,9 +235,10 @@ class ObjectStore(FileSystem):
 
 
 class LocalDisk(FileSystem):
-    """The local file system (through *fs*, a LocalFileSystem): new files under a temporary
-    name renamed into place, fsynced when *durable* (the local mirror; a folder that stands
-    for Drive needs no fsync), appends in place, the end of a file read by seeking."""
+    """The local file system (through *fs*, a LocalFiles or an fsspec LocalFileSystem): new
+    files under a temporary name renamed into place, fsynced when *durable* (the local mirror;
+    a folder that stands for Drive needs no fsync), appends in place, the end of a file read
+    by seeking."""
 
     appends = True
     mappable = True

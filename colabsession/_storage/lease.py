@@ -200,8 +200,13 @@ class Lease:
             heartbeat=self.now(),
             ttl=self.ttl,
         )
-        self.store.makedirs(timeout=self.timeout)
-        self.store.replace(NAME, record.to_json(), timeout=self.timeout)
+        if self._mark is None:  # the first write: the run's folder may not exist yet
+            self.store.makedirs(timeout=self.timeout)
+        try:
+            self.store.replace(NAME, record.to_json(), timeout=self.timeout)
+        except FileNotFoundError:  # the folder was deleted since: make it again
+            self.store.makedirs(timeout=self.timeout)
+            self.store.replace(NAME, record.to_json(), timeout=self.timeout)
         self._mark = self._stat()
 
     def _stat(self) -> tuple[object, ...] | None:
@@ -245,7 +250,9 @@ class Lease:
         def beat() -> None:
             while not self._stop.wait(self.ttl / 3):
                 try:
-                    self.check()
+                    # A look at the file (read only if someone wrote it since): on the Drive
+                    # mount a stat is one round trip where a read is four.
+                    self.verify()
                     self.write()
                 except LeaseError:
                     return

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from colabsession._core.timeout import call_with_timeout
-from colabsession._drive.location import Location
+from colabsession._drive.location import Location, local_files
 from colabsession._storage import layout as _layout
 from colabsession._storage.backends import Backend, backend_for
 from colabsession._storage.layout import Damaged, Manifest
@@ -82,10 +82,8 @@ class Store:
 
     @classmethod
     def local_disk(cls, path: str | os.PathLike[str]) -> Store:
-        from fsspec.implementations.local import LocalFileSystem
-
         text = os.path.abspath(os.fspath(path))
-        return cls(Location(LocalFileSystem(), text, text), timeout=None, durable=True)
+        return cls(Location(local_files(), text, text), timeout=None, durable=True)
 
     @property
     def appends(self) -> bool:
