@@ -333,8 +333,13 @@ def test_a_damaged_file_changes_nothing_of_the_live_model(
     assert all(torch.equal(a, b) for a, b in zip(after, moments, strict=True))
 
 
-def test_restore_like_fills_the_templates_tensors_only_when_all_fits(tmp_path: Path) -> None:
+@pytest.mark.parametrize("with_jax", [False, True])
+def test_restore_like_fills_the_templates_tensors_only_when_all_fits(
+    tmp_path: Path, with_jax: bool
+) -> None:
     torch = pytest.importorskip("torch")
+    if with_jax:  # loaded, JAX makes every dict a pytree node: the dicts are still walked
+        pytest.importorskip("jax")
     state = {"w": torch.arange(12.0).reshape(3, 4), "b": torch.ones(4, dtype=torch.bfloat16)}
     with cs.Checkpointer(tmp_path / "run", async_save=False) as ckpt:
         ckpt.save(1, {**state, "extra": np.arange(5)})

@@ -604,7 +604,13 @@ def fill(like: Any, state: Any, span: tuple[int, int] | None) -> Any:
     copy of its own (:func:`unmapped`). Check the whole state first (``into(..., place=False)``):
     a state that does not fit must leave *like* as it was."""
     torch = loaded_torch()
-    if isinstance(like, Mapping) and isinstance(state, dict) and not _is_pytree_node(like):
+    # Plain dicts, lists and tuples are walked here whether JAX is loaded or not (with JAX
+    # loaded every one of them is a pytree node too); other containers only when not pytrees.
+    if (
+        isinstance(like, Mapping)
+        and isinstance(state, dict)
+        and (type(like) is dict or not _is_pytree_node(like))
+    ):
         return {
             k: fill(like[k], v, span) if k in like else unmapped(v, span) for k, v in state.items()
         }
@@ -612,7 +618,7 @@ def fill(like: Any, state: Any, span: tuple[int, int] | None) -> Any:
         isinstance(like, (list, tuple))
         and isinstance(state, (list, tuple))
         and len(like) == len(state)
-        and not _is_pytree_node(like)
+        and (type(like) in (list, tuple) or not _is_pytree_node(like))
     ):
         children = [fill(a, b, span) for a, b in zip(like, state, strict=True)]
         return tuple(children) if isinstance(state, tuple) else children

@@ -263,8 +263,12 @@ class Lease:
         self._thread.start()
 
     def stop_heartbeat(self) -> None:
-        """Stop renewing (as if this runtime died); the lease expires after its ttl."""
+        """Stop renewing (as if this runtime died); the lease expires after its ttl. Returns
+        once a renewal in flight is over (or abandoned after a few seconds on a stuck mount),
+        so that nothing is written to the lease's folder afterwards."""
         self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
 
     def release(self) -> None:
         """Stop renewing and delete the lease if it is still ours; never raises."""
