@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import logging
 import threading
-import time
 import weakref
 from pathlib import Path
 from typing import Any
@@ -234,18 +233,6 @@ def test_a_tensor_over_the_budget_is_written_in_chunks_as_it_would_be_whole() ->
         assert sum(len(c) for c in device.chunks(1000)) == tensor.nbytes
 
 
-def _unmapped(folder: Path) -> bool:
-    """Whether no file of *folder* stays mapped, once collected: a thread that handed over the
-    state (a pool's worker, say) may drop its last reference a moment after the caller has it,
-    on a loaded machine, so look a few times (an eventual condition, not a time limit)."""
-    for _ in range(50):
-        gc.collect()
-        if not _mapped(folder):
-            return True
-        time.sleep(0.05)
-    return not _mapped(folder)
-
-
 def _mapped(folder: Path) -> list[str]:
     """The files of *folder* that this process maps (Linux), or [] elsewhere."""
     maps = Path("/proc/self/maps")
@@ -276,7 +263,7 @@ def test_restore_reads_into_the_parameters_and_optimizer_state_in_place(tmp_path
     with cs.Checkpointer(tmp_path / "run") as ckpt:
         assert TrainingState(fresh, fresh_opt).restore(ckpt) == 0
     gc.collect()
-    assert _unmapped(tmp_path / "run")  # nothing of the file stays alive
+    assert _mapped(tmp_path / "run") == []  # nothing of the file stays alive
     for name, value in model.state_dict().items():
         assert torch.equal(fresh.state_dict()[name], value)
         assert fresh.state_dict()[name].data_ptr() == where[name]
@@ -300,7 +287,7 @@ def test_restore_into_a_fresh_optimizer_gives_it_moments_of_their_own(tmp_path: 
     with cs.Checkpointer(tmp_path / "run") as ckpt:
         TrainingState(fresh, fresh_opt).restore(ckpt)
     gc.collect()
-    assert _unmapped(tmp_path / "run")
+    assert _mapped(tmp_path / "run") == []
     for index, values in fresh_opt.state_dict()["state"].items():
         for key, tensor in values.items():
             assert tensor.untyped_storage().nbytes() == tensor.nbytes  # its own memory
@@ -358,7 +345,7 @@ def test_restore_like_fills_the_templates_tensors_only_when_all_fits(
     assert torch.equal(template["b"], state["b"])
     del restored
     gc.collect()
-    assert _unmapped(tmp_path / "run")
+    assert _mapped(tmp_path / "run") == []
     weight = torch.nn.Parameter(torch.zeros(3, 4))  # requires grad: filled without autograd
     with cs.Checkpointer(tmp_path / "run") as ckpt:
         again = ckpt.restore(like={"w": weight, "b": None})
@@ -380,7 +367,7 @@ def test_a_lazy_restore_views_the_verified_mapping(tmp_path: Path) -> None:
         restored.state["t"] += 1  # a private mapping: the file never changes
         del restored
         gc.collect()
-        assert _unmapped(tmp_path / "run")
+        assert _mapped(tmp_path / "run") == []
         again = ckpt.restore(lazy=True)
         assert again is not None
         assert torch.equal(again.state["t"], torch.arange(6.0))
@@ -407,7 +394,7 @@ def test_only_the_local_disk_is_mapped_and_a_read_file_is_not_copied_again(tmp_p
     )
     (entry,) = mount.entries()
     state = mount.load(entry, lazy=True)
-    assert _unmapped(tmp_path / "run")
+    assert _mapped(tmp_path / "run") == []
     moments = state["parts"]["optimizer"]["state"][0]
     assert moments["exp_avg"].array.flags.owndata
     fresh = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.BatchNorm1d(32))
