@@ -162,15 +162,20 @@ def pip_args(wheels: Path) -> list[str]:
 
 
 @pytest.fixture
-def clean_interpreter() -> Iterator[None]:
-    """Environments change sys.path, PATH and PYTHONPATH: put them back after each test."""
-    path, environ = list(sys.path), dict(os.environ)
+def clean_interpreter(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Environments change sys.path, PATH and PYTHONPATH: put them back after each test.
+
+    The variables are put back through monkeypatch, whose undo runs last in, first out: the
+    autouse ``isolated`` fixture sets monkeypatch up before this fixture, so a teardown of its
+    own here would run first, and the undo of a test's ``monkeypatch.setenv("PYTHONPATH", ...)``
+    would then bring back the layer's path that was there when the test set it."""
+    path = list(sys.path)
+    for var in ("PATH", "PYTHONPATH"):
+        was = os.environ.get(var)
+        monkeypatch.setenv(var, was or "")  # recorded first, so undone last
+        if was is None:
+            monkeypatch.delenv(var)
     yield
     sys.path[:] = path
-    for var in ("PATH", "PYTHONPATH"):
-        if var in environ:
-            os.environ[var] = environ[var]
-        else:
-            os.environ.pop(var, None)
     for module in [m for m in sys.modules if m.startswith("cs_demo_")]:
         del sys.modules[module]
