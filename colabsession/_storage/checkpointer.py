@@ -621,7 +621,13 @@ class Checkpointer:
     # Restoring ---------------------------------------------------------------------------
 
     def restore(
-        self, step: int | None = None, *, device: Any = None, like: Any = None, lazy: bool = False
+        self,
+        step: int | None = None,
+        *,
+        device: Any = None,
+        like: Any = None,
+        lazy: bool = False,
+        _own: Callable[[tuple[Any, ...]], bool] | None = None,
     ) -> Checkpoint | None:
         """The newest valid checkpoint (or the one for *step*) from the local mirror or the
         location, whichever has it; None when there is none. A damaged checkpoint is skipped
@@ -657,10 +663,15 @@ class Checkpointer:
         check_device(device)
         with self._writer.lock:
             self.wait()
-            return self._restore(step, device, like, lazy)
+            return self._restore(step, device, like, lazy, _own)
 
     def _restore(
-        self, step: int | None, device: Any, like: Any, lazy: bool = False
+        self,
+        step: int | None,
+        device: Any,
+        like: Any,
+        lazy: bool = False,
+        own: Callable[[tuple[Any, ...]], bool] | None = None,
     ) -> Checkpoint | None:
         listed, abandoned = split_live(self._entries())
         self._latest_branch = max(
@@ -687,8 +698,10 @@ class Checkpointer:
                 with self._progress(entry.manifest.size, f"restoring step {entry.step}") as bar:
                     # With a template, the file is mapped and verified whole, then its values
                     # are copied straight into the template's tensors (see restore).
+                    # *own* (TrainingState's): the arrays it keeps rather than copies out,
+                    # copied as the file is verified, in the same pass over their bytes.
                     state = entry.store.load(
-                        entry, progress=bar.update, lazy=lazy or like is not None
+                        entry, progress=bar.update, lazy=lazy or like is not None, own=own
                     )
             except (Damaged, OSError, TimeoutError) as exc:
                 logger.warning(

@@ -29,6 +29,7 @@ from typing import IO, Any, ClassVar
 from colabsession._core.records import InvalidRecord, Record, parse_record
 from colabsession._storage.serialize import (
     ArrayInfo,
+    array_paths,
     check_tree,
     crc32c,
     map_arrays,
@@ -163,13 +164,19 @@ def read(readinto: Callable[[memoryview], int], manifest: Manifest) -> Any:
 
 
 def read_mapped(
-    buffer: Any, manifest: Manifest, progress: Callable[[int], object] | None = None
+    buffer: Any,
+    manifest: Manifest,
+    progress: Callable[[int], object] | None = None,
+    own: Callable[[tuple[Any, ...]], bool] | None = None,
 ) -> Any:
     """The state of a checkpoint file mapped into memory as *buffer*, its arrays views into
     the mapping (see :func:`~.serialize.map_arrays`), verified whole before anything is
-    returned. Raises Damaged."""
+    returned; those whose place in the state ``own(path)`` says the caller keeps (a path is
+    the keys and positions that lead to it) are copied into memory of their own in the same
+    pass. Raises Damaged."""
+    keep = [i for i, path in array_paths(manifest.tree).items() if own(path)] if own else []
     try:
-        arrays, crc = map_arrays(buffer, manifest.size, manifest.arrays, progress)
+        arrays, crc = map_arrays(buffer, manifest.size, manifest.arrays, progress, set(keep))
     except ValueError as exc:
         raise Damaged(str(exc)) from None
     if crc != manifest.crc32c:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -28,6 +28,7 @@ MARK = "$"
 FRAMEWORKS = ("torch", "jax")
 ALIGN = 64
 CHUNK = 16 << 20  # hash each chunk right after writing it, while it is in the CPU cache
+COPY_CHUNK = 1 << 20  # copied, then hashed from the copy while it is still in the CPU cache
 
 
 class FileBytes:
@@ -232,6 +233,46 @@ def unflatten(tree: Any, arrays: list[Any]) -> Any:
     return {_unescape(k): unflatten(v, arrays) for k, v in tree.items()}
 
 
+def array_paths(tree: Any) -> dict[int, tuple[Any, ...]]:
+    """Where each array of *tree* (checked: see :func:`check_tree`) lies in the state that
+    :func:`unflatten` builds: its index -> the keys and positions that lead to it.
+
+    >>> array_paths({"w": {"$a": 0}, "opt": [{"$a": 1}]})
+    {0: ('w',), 1: ('opt', 0)}
+    """
+    paths: dict[int, tuple[Any, ...]] = {}
+
+    def walk(node: Any, path: tuple[Any, ...]) -> None:
+        if isinstance(node, list):
+            for position, value in enumerate(node):
+                walk(value, (*path, position))
+            return
+        if not isinstance(node, dict):
+            return
+        if len(node) == 1:
+            ((key, value),) = node.items()
+            if key == f"{MARK}a":
+                paths[value] = path
+                return
+            if key in (f"{MARK}s", f"{MARK}f"):
+                return
+            if key == f"{MARK}x":
+                paths[value["array"]] = path
+                return
+            if key == f"{MARK}t":
+                walk(value, path)
+                return
+            if key == f"{MARK}d":
+                for k, item in value:
+                    walk(item, (*path, k))
+                return
+        for k, item in node.items():
+            walk(item, (*path, _unescape(k)))
+
+    walk(tree, ())
+    return paths
+
+
 def check_tree(tree: Any, count: int) -> None:
     """Raise ValueError unless *tree* is a well-formed tree over *count* arrays."""
     if isinstance(tree, list):
@@ -422,12 +463,18 @@ def map_arrays(
     size: int,
     infos: list[ArrayInfo],
     progress: Callable[[int], object] | None = None,
+    own: Collection[int] = (),
 ) -> tuple[list[Any], int]:
     """The arrays that :func:`write_arrays` wrote, as views into *buffer* (a memory map of the
     file, at least *size* bytes long): nothing is copied or allocated, the pages are the page
     cache's. Returns them and the CRC32C of the *size* bytes, computed chunk by chunk first
     (which reads the file in; *progress* hears of each chunk): the caller compares it before
-    any view is used. Raises ValueError for a layout that does not fit *size*."""
+    any view is used. Raises ValueError for a layout that does not fit *size*.
+
+    The arrays whose index is in *own* (those the caller keeps: a fresh optimizer's moments)
+    are copied into memory of their own instead, in the same pass, each piece hashed from its
+    copy while that is in the CPU cache: one pass over their bytes, not a pass to verify and
+    another to copy. The copies are not used unless the CRC matches, as the views."""
     import google_crc32c
     import numpy as np
 
@@ -435,15 +482,40 @@ def map_arrays(
     dtypes = _check_layout(infos, order, size)
     whole = np.frombuffer(buffer, np.uint8, count=size) if size else np.empty(0, np.uint8)
     crc = 0
-    for chunk in _chunks(whole):
-        crc = google_crc32c.extend(crc, chunk)
-        if progress is not None:
-            progress(chunk.size)
+
+    def hashed(region: Any) -> None:
+        nonlocal crc
+        for chunk in _chunks(region):
+            crc = google_crc32c.extend(crc, chunk)
+            if progress is not None:
+                progress(chunk.size)
+
     arrays: list[Any] = [None] * len(infos)
+    position = 0
     for index in order:
         info = infos[index]
-        place = whole[info.offset : info.offset + info.nbytes]
-        arrays[index] = place.view(dtypes[index]).reshape(info.shape)
+        if index not in own or not info.nbytes:
+            continue
+        hashed(whole[position : info.offset])
+        array = np.empty(info.shape, dtypes[index])
+        flat = array.reshape(-1).view(np.uint8)
+        source = whole[info.offset : info.offset + info.nbytes]
+        for start in range(0, info.nbytes, COPY_CHUNK):
+            piece = flat[start : start + COPY_CHUNK]
+            piece[...] = source[start : start + COPY_CHUNK]
+            piece = piece.view()
+            piece.flags.writeable = False  # google_crc32c takes read-only buffers only
+            crc = google_crc32c.extend(crc, piece)
+            if progress is not None:
+                progress(piece.size)
+        arrays[index] = array
+        position = info.offset + info.nbytes
+    hashed(whole[position:size])
+    for index in order:
+        if arrays[index] is None:
+            info = infos[index]
+            place = whole[info.offset : info.offset + info.nbytes]
+            arrays[index] = place.view(dtypes[index]).reshape(info.shape)
     return arrays, int(crc)
 
 

@@ -236,20 +236,23 @@ class Store:
         progress: Callable[[int], object] | None = None,
         timeout: float | None = None,
         lazy: bool = False,
+        own: Callable[[tuple[Any, ...]], bool] | None = None,
     ) -> Any:
         """The state of *entry*, verified: each array read into memory of its own, so that
         nothing else of the file stays alive with it; *progress* hears of the bytes read now.
         *lazy*: where the file can be mapped (on the local disk), its arrays are views into a
         private mapping of it instead, verified whole before this returns: no memory of the
         process's own holds them (the page cache does) until they are written to or copied,
-        and the mapping lasts as long as any view does. Raises Damaged."""
+        and the mapping lasts as long as any view does; those whose place in the state
+        ``own(path)`` says the caller keeps are copied into memory of their own as the file is
+        verified (one pass over their bytes). Raises Damaged."""
 
         def job() -> Any:
             with self.backend.open(self.path(entry.name)) as f:
                 mappable = lazy and self.backend.mappable
                 mapped = _mapped(f, entry.manifest.size) if mappable else None
                 if mapped is not None:
-                    return _layout.read_mapped(mapped, entry.manifest, progress)
+                    return _layout.read_mapped(mapped, entry.manifest, progress, own)
                 _read_ahead(f)
 
                 def readinto(view: memoryview) -> int:

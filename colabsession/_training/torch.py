@@ -476,6 +476,34 @@ class TrainingState:
             generator.set_state(torch.as_tensor(loader_rng).cpu())
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
 
+    def _keeps(self) -> Callable[[tuple[Any, ...]], bool]:
+        """Which arrays of a checkpoint of this state are kept as they are restored rather
+        than copied into a tensor that exists (a module's, or an optimizer's that holds state
+        already): a fresh optimizer's moments on the CPU, the random states, other parts.
+        A restore copies those out of the file as it verifies it, in one pass."""
+        places: dict[str, tuple[dict[Any, Any], list[Any]] | None] = {}
+        for name, part in self.parts.items():
+            if isinstance(part, torch.nn.Module):
+                places[name] = None
+            elif isinstance(part, torch.optim.Optimizer):
+                held = part.state_dict()["state"]
+                places[name] = (held, [p for g in part.param_groups for p in g["params"]])
+
+        def keeps(path: tuple[Any, ...]) -> bool:
+            if len(path) < 2 or path[0] != "parts" or path[1] not in places:
+                return True  # the random states, a scheduler's, a loader's, ...
+            place = places[path[1]]
+            if place is None or len(path) < 5 or path[2] != "state":
+                return False  # a module's tensors are copied into its own
+            held, params = place
+            index, key = path[3], path[4]
+            if isinstance(held.get(index), dict) and key in held[index]:
+                return False  # copied into the optimizer's own tensor
+            on_cpu = not isinstance(index, int) or not 0 <= index < len(params)
+            return on_cpu or params[index].device.type == "cpu"
+
+        return keeps
+
     def restore(self, ckpt: Checkpointer, step: int | None = None) -> int:
         """Load the newest valid checkpoint (or *step*'s) into every part; return the step to
         continue from (0 for a new run) and say where training resumes. A checkpoint that does
@@ -487,7 +515,7 @@ class TrainingState:
         into the model's parameters and the optimizer's existing state (its moments, once it
         has stepped): the restore allocates memory only for what the parts do not hold yet,
         and nothing of the file stays alive after it."""
-        restored = ckpt.restore(step, lazy=True)
+        restored = ckpt.restore(step, lazy=True, _own=self._keeps())
         self.restored = True
         if restored is None:
             say(f"no checkpoint in {ckpt.location}: training starts at step 0")
