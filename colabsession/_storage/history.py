@@ -30,6 +30,7 @@ from colabsession._core.files import reason
 from colabsession._core.optional import installed, require
 from colabsession._core.records import InvalidRecord, NotJSON, read_json
 from colabsession._drive.location import Location
+from colabsession._storage.layout import HistoryTail, parse_name
 from colabsession._storage.runs import require_run, run_stores
 from colabsession._storage.store import Store
 
@@ -39,6 +40,9 @@ LOCAL = "history.jsonl"
 KIND = "colabsession-history"
 RESERVED = ("step", "time", "session", "attempt")
 MAX_LINE = 1 << 20  # bytes of one history line read back; a record of metrics is far smaller
+TAIL_LIMIT = 16 << 10  # bytes of records a checkpoint carries at most (its manifest stays small)
+SYNC_AT = 8 << 10  # bytes of records not yet in the file past which a round appends them
+TAIL_VERSION = 1  # the newest format of HistoryTail this reader reads
 _REVISION = re.compile(r"history\.(\d{6,})\.jsonl")
 
 Record = dict[str, Any]
@@ -413,6 +417,8 @@ class HistoryLog:
         self._revision: int | None = None  # the revision this session writes at the remote
         self._uploaded = 0  # records of self.records already in that revision
         self._dirty: int | None = None  # the first record changed in place during a sync
+        self._fresh = True  # the next sync writes a new revision whole (after start())
+        self._rewriting = False  # a sync is writing a new revision: a tail anchors nothing
         self._lock = threading.Lock()  # the training thread appends, the replicator syncs
 
     # Reading ---------------------------------------------------------------------------------
@@ -424,9 +430,52 @@ class HistoryLog:
             return []
 
     def read_remote(self) -> tuple[list[Record], int]:
-        """The newest complete revision at the location: (records, revision)."""
+        """The location's history: its newest complete revision with the records that the
+        checkpoints there carry for it merged in (see :func:`merge_tails`): (records,
+        revision)."""
         assert self.remote is not None
         names = self.remote.names()
+        records, revision = self._read_file(names)
+        if revision:
+            records = merge_tails(records, self._tails(names, revision))
+        return records, revision
+
+    def _tails(self, names: list[str], revision: int) -> list[HistoryTail]:
+        """The history tails of the checkpoints in *names* that continue *revision*, oldest
+        checkpoint first (manifests read once per store; a damaged checkpoint carries none)."""
+        assert self.remote is not None
+        checkpoints = [n for n in names if parse_name(n) is not None]
+        if not checkpoints:
+            return []
+        try:
+            entries = self.remote.entries(checkpoints, warn=False)
+        except (OSError, TimeoutError) as exc:
+            logger.warning(
+                "colabsession: cannot read the checkpoints on %s (%s): the history shown may "
+                "lack its newest records",
+                self.remote,
+                reason(exc),
+            )
+            return []
+        tails = []
+        for entry in sorted(entries, key=lambda e: e.manifest.time):
+            tail = entry.manifest.history
+            if tail is None or tail.revision != revision:
+                continue
+            if tail.version > TAIL_VERSION:
+                logger.warning(
+                    "colabsession: %s carries history records of a newer format (%d): "
+                    "upgrade colabsession to see them",
+                    entry.where,
+                    tail.version,
+                )
+                continue
+            tails.append(tail)
+        return tails
+
+    def _read_file(self, names: list[str]) -> tuple[list[Record], int]:
+        """The newest complete revision of the history file at the location."""
+        assert self.remote is not None
         for revision in sorted(_revisions(names), reverse=True):
             name = _name(revision)
             try:
@@ -481,6 +530,8 @@ class HistoryLog:
             stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
             self.local.write(f"parked-history.{stamp}.{os.getpid()}.jsonl", encode(dropped))
         self.local.replace(LOCAL, encode(records))
+        with self._lock:  # the location's revision is written anew from these records
+            self._uploaded, self._dirty, self._fresh = 0, None, True
 
     def append(self, record: Record) -> None:
         """Add *record* to the local file (merged with the last one when it is of the same step
@@ -504,33 +555,120 @@ class HistoryLog:
                 ) from None
 
     def sync(self) -> None:
-        """Bring the location's history up to date with this session's records."""
+        """Bring the location's history file up to date with this session's records."""
         with self._lock:
-            if self.remote is None or (self._uploaded == len(self.records) and self._revision):
+            if self.remote is None or (self._uploaded == len(self.records) and not self._fresh):
                 return
             records = [dict(r) for r in self.records]
             start, self._dirty = self._uploaded, None
-        if self._revision is None or not self.remote.appends:
-            self._write_revision(records)
-        else:
-            # A leading newline: a line torn by an append cut short (by us or anyone) never
-            # swallows the first record of this one.
-            self.remote.append(_name(self._revision), b"\n" + encode(records[start:]))
+            whole = self._fresh or self._revision is None or not self.remote.appends
+            self._rewriting = whole
+        try:
+            if whole:
+                revision = self._write_revision(records)
+            else:
+                assert self._revision is not None
+                # A leading newline: a line torn by an append cut short (by us or anyone)
+                # never swallows the first record of this one.
+                self.remote.append(_name(self._revision), b"\n" + encode(records[start:]))
+        finally:
+            with self._lock:
+                self._rewriting = False
         with self._lock:  # a record merged during the upload goes up at the next sync
+            if whole:
+                self._revision, self._fresh = revision, False
             self._uploaded = len(records) if self._dirty is None else min(len(records), self._dirty)
 
-    def _write_revision(self, records: list[Record]) -> None:
+    def tail(self) -> HistoryTail | None:
+        """The records the location's history file lacks now, for the checkpoint committed now
+        to carry (see :class:`~.layout.HistoryTail`); None where there is no location, before
+        this session's revision is written (or while a new one is), and when they are more
+        than :data:`TAIL_LIMIT` bytes: the file must then be brought up to date before that
+        checkpoint goes up (see :meth:`sync_needed`)."""
+        with self._lock:
+            if self.remote is None or self._fresh or self._rewriting or self._revision is None:
+                return None
+            lines = encode(self.records[self._uploaded :])
+            if len(lines) > TAIL_LIMIT:
+                return None
+            return HistoryTail(revision=self._revision, lines=lines.decode())
+
+    def sync_needed(self, uploading: Iterable[HistoryTail | None]) -> bool:
+        """Whether the file must be brought up to date before checkpoints carrying *uploading*
+        go up: one of them carries no tail that continues this session's revision (the
+        location would hold a checkpoint ahead of its history)."""
+        with self._lock:
+            if self.remote is None:
+                return False
+            if self._fresh or self._revision is None:
+                return True
+            return any(t is None or t.revision != self._revision for t in uploading)
+
+    def pending(self, carried: Iterable[HistoryTail | None]) -> bool:
+        """Whether some record of this session is neither in the location's file nor carried
+        by one of the tails *carried* (of the checkpoints the location holds)."""
+        with self._lock:
+            if self.remote is None:
+                return False
+            if self._fresh or self._revision is None:
+                return True
+            missing = len(self.records) - self._uploaded
+            if not missing:
+                return False
+            for tail in carried:
+                if tail is None or tail.revision != self._revision:
+                    continue
+                records = parse_records(tail.lines.encode())[0]
+                if len(records) >= missing and records == self.records[-len(records) :]:
+                    return False
+            return True
+
+    def unsynced_bytes(self) -> int:
+        """How large the records not yet in the location's file are, as history lines."""
+        with self._lock:
+            return len(encode(self.records[self._uploaded :]))
+
+    def _write_revision(self, records: list[Record]) -> int:
         assert self.remote is not None
         previous = self._revision
         if previous is None:
             previous = max(_revisions(self.remote.names()), default=0)
         header = {"kind": KIND, "version": 1, "revision": previous + 1, "base": len(records)}
         self.remote.write(_name(previous + 1), encode([header, *records]))
-        self._revision = previous + 1
         # Older revisions go once the new one is whole; the one before stays as a fallback.
         for revision in _revisions(self.remote.names()):
             if revision < previous:
                 self.remote.remove(_name(revision))
+        return previous + 1
+
+
+def merge_tails(records: list[Record], tails: Iterable[HistoryTail]) -> list[Record]:
+    """*records* (a revision of the history file) with the records of *tails* (carried by
+    checkpoints, oldest first, each validated as a history line is) merged in: a record of
+    the same step, session and attempt is replaced by the later of the two, the others are
+    added at the end, in order.
+
+    >>> from colabsession._storage.layout import HistoryTail
+    >>> file = [{"step": 1, "time": 1.0, "session": "s"}]
+    >>> tail = HistoryTail(revision=1, lines='{"step": 2, "time": 2.0, "session": "s"}\\n')
+    >>> [r["step"] for r in merge_tails(file, [tail])]
+    [1, 2]
+    """
+    merged = [dict(r) for r in records]
+    where = {_key(r): i for i, r in enumerate(merged)}
+    for tail in tails:
+        for record in parse_records(tail.lines.encode())[0]:
+            index = where.get(_key(record))
+            if index is None:
+                where[_key(record)] = len(merged)
+                merged.append(record)
+            elif float(record["time"]) > float(merged[index]["time"]):
+                merged[index] = record
+    return merged
+
+
+def _key(record: Record) -> tuple[Any, ...]:
+    return (record["step"], record["session"], record.get("attempt"))
 
 
 def _revisions(names: list[str]) -> list[int]:
