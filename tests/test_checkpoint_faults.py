@@ -159,8 +159,12 @@ def test_a_kill_after_any_sync_keeps_every_record_on_the_location(tmp_path: Path
     ckpt.log(4, loss=0.1)  # carried by no checkpoint: the sync appends the file
     assert ckpt.sync(10) == []
     assert after_a_kill(4) == [0, 1, 2, 3, 4]
-    ckpt.close()
-    assert [r["step"] for r in parse_records(revision.read_bytes())[0]] == [0, 1, 2, 3, 4]
+    ckpt.save(5, state_at(5), metrics={"loss": 0.05})
+    assert ckpt.sync(10) == []
+    assert after_a_kill(5) == [0, 1, 2, 3, 4, 5]
+    assert len(parse_records(revision.read_bytes())[0]) == 5  # step 5 is carried only
+    ckpt.close()  # the file itself is brought up to date
+    assert [r["step"] for r in parse_records(revision.read_bytes())[0]] == [0, 1, 2, 3, 4, 5]
 
 
 def test_torn_append_keeps_the_records_after_it(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import shutil
 import time
 from collections.abc import Iterable, Iterator
@@ -392,6 +393,21 @@ def test_tails_read_from_the_location_are_validated(
         assert location_steps(run.folder, tmp_path / "vm2") == [1, 2]
     assert "newer format" in caplog.text
     assert "damaged line" in caplog.text
+
+
+def test_a_nan_loss_is_carried_like_any_record(run: Run, tmp_path: Path) -> None:
+    """A record with a NaN (a diverged loss) is carried and read back as NaN; a flush finds
+    it carried (the lines compare equal) and appends nothing."""
+    run.save(1, carry=True)
+    assert run.replicator.flush(30) == []
+    run.history.append({"step": 2, "time": 2.0, "session": "s", "loss": float("nan")})
+    commit_carrying(run.local, 2, run.history.tail())
+    assert run.replicator.flush(30) == []
+    assert sorted(p.name for p in run.folder.glob("history.*")) == ["history.000001.jsonl"]
+    fresh = Store(Location(LocalFileSystem(), str(run.folder), "drive:run"), timeout=30)
+    records = HistoryLog(Store.local_disk(tmp_path / "vm2"), fresh, session="").newest()
+    assert [r["step"] for r in records] == [1, 2]
+    assert math.isnan(records[-1]["loss"])
 
 
 def test_a_tail_too_large_is_not_carried(run: Run) -> None:
