@@ -6,6 +6,7 @@ name. Its clock is injected: a pause after a failure never makes a test wait."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import math
@@ -379,16 +380,22 @@ def test_tails_read_from_the_location_are_validated(
     run: Run, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A tail's lines are read as the file's are (a damaged line skipped); a tail of a newer
-    format, or continuing another revision, is left out; a checkpoint of an older
-    colabsession carries none and reads as before."""
+    format, or continuing another revision (another number, or the same number written by
+    another writer), is left out; a checkpoint of an older colabsession carries none and
+    reads as before."""
     run.remote.makedirs()
     run.save(1)
     run.history.sync()  # revision 1 with step 1
+    mine = run.history.tail()  # continues revision 1 (its number and its header's mark)
+    assert mine is not None
     line = '{"step": %d, "time": %d.0, "session": "s"}\n'
-    commit_carrying(run.remote, 2, HistoryTail(revision=1, lines='{"step": "2"}\n' + line % (2, 2)))
-    commit_carrying(run.remote, 3, HistoryTail(revision=1, lines=line % (3, 3), version=2))
-    commit_carrying(run.remote, 4, HistoryTail(revision=7, lines=line % (4, 4)))
-    commit_carrying(run.remote, 5, None)
+    damaged = '{"step": "2"}\n' + line % (2, 2)
+    commit_carrying(run.remote, 2, dataclasses.replace(mine, lines=damaged))
+    commit_carrying(run.remote, 3, dataclasses.replace(mine, lines=line % (3, 3), version=2))
+    commit_carrying(run.remote, 4, dataclasses.replace(mine, lines=line % (4, 4), revision=7))
+    other = dataclasses.replace(mine, lines=line % (5, 5), mark="0" * 12)  # another revision 1
+    commit_carrying(run.remote, 5, other)
+    commit_carrying(run.remote, 6, None)
     with caplog.at_level(logging.WARNING):
         assert location_steps(run.folder, tmp_path / "vm2") == [1, 2]
     assert "newer format" in caplog.text

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import threading
 import time
 import warnings
@@ -415,6 +416,7 @@ class HistoryLog:
         self.local, self.remote, self.session = local, remote, session
         self.records: list[Record] = []
         self._revision: int | None = None  # the revision this session writes at the remote
+        self._mark = ""  # the unique mark in its header, which the tails name
         self._uploaded = 0  # records of self.records already in that revision
         self._dirty: int | None = None  # the first record changed in place during a sync
         self._fresh = True  # the next sync writes a new revision whole (after start())
@@ -435,14 +437,15 @@ class HistoryLog:
         revision)."""
         assert self.remote is not None
         names = self.remote.names()
-        records, revision = self._read_file(names)
-        if revision:
-            records = merge_tails(records, self._tails(names, revision))
+        records, revision, mark = self._read_file(names)
+        if mark is not None:
+            records = merge_tails(records, self._tails(names, revision, mark))
         return records, revision
 
-    def _tails(self, names: list[str], revision: int) -> list[HistoryTail]:
-        """The history tails of the checkpoints in *names* that continue *revision*, oldest
-        checkpoint first (manifests read once per store; a damaged checkpoint carries none)."""
+    def _tails(self, names: list[str], revision: int, mark: str) -> list[HistoryTail]:
+        """The history tails of the checkpoints in *names* that continue *revision* (written
+        with the unique *mark*), oldest checkpoint first (manifests read once per store; a
+        damaged checkpoint carries none)."""
         assert self.remote is not None
         checkpoints = [n for n in names if parse_name(n) is not None]
         if not checkpoints:
@@ -460,7 +463,7 @@ class HistoryLog:
         tails = []
         for entry in sorted(entries, key=lambda e: e.manifest.time):
             tail = entry.manifest.history
-            if tail is None or tail.revision != revision:
+            if tail is None or (tail.revision, tail.mark) != (revision, mark):
                 continue
             if tail.version > TAIL_VERSION:
                 logger.warning(
@@ -473,8 +476,9 @@ class HistoryLog:
             tails.append(tail)
         return tails
 
-    def _read_file(self, names: list[str]) -> tuple[list[Record], int]:
-        """The newest complete revision of the history file at the location."""
+    def _read_file(self, names: list[str]) -> tuple[list[Record], int, str | None]:
+        """The newest complete revision of the history file at the location: its records,
+        its number and the unique mark its header carries (None: none)."""
         assert self.remote is not None
         for revision in sorted(_revisions(names), reverse=True):
             name = _name(revision)
@@ -484,7 +488,8 @@ class HistoryLog:
                 continue
             base = header.get("base") if header else None
             if isinstance(base, int) and len(records) >= base:
-                return records, revision
+                mark = header.get("mark") if header else None
+                return records, revision, mark if isinstance(mark, str) else None
             logger.warning(
                 "colabsession: the history revision %s on %s is incomplete (a write was cut "
                 "short): using the one before it",
@@ -492,8 +497,8 @@ class HistoryLog:
                 self.remote,
             )
         if LOCAL in names:  # the single file of colabsession 0.1
-            return parse_records(self.remote.read(LOCAL))[0], 0
-        return [], 0
+            return parse_records(self.remote.read(LOCAL))[0], 0, None
+        return [], 0, None
 
     def newest(self) -> list[Record]:
         """The local history, or the location's when that one is newer (another runtime wrote
@@ -565,7 +570,7 @@ class HistoryLog:
             self._rewriting = whole
         try:
             if whole:
-                revision = self._write_revision(records)
+                revision, mark = self._write_revision(records)
             else:
                 assert self._revision is not None
                 # A leading newline: a line torn by an append cut short (by us or anyone)
@@ -576,7 +581,7 @@ class HistoryLog:
                 self._rewriting = False
         with self._lock:  # a record merged during the upload goes up at the next sync
             if whole:
-                self._revision, self._fresh = revision, False
+                self._revision, self._mark, self._fresh = revision, mark, False
             self._uploaded = len(records) if self._dirty is None else min(len(records), self._dirty)
 
     def tail(self) -> HistoryTail | None:
@@ -591,7 +596,7 @@ class HistoryLog:
             lines = encode(self.records[self._uploaded :])
             if len(lines) > TAIL_LIMIT:
                 return None
-            return HistoryTail(revision=self._revision, lines=lines.decode())
+            return HistoryTail(revision=self._revision, mark=self._mark, lines=lines.decode())
 
     def sync_needed(self, uploading: Iterable[HistoryTail | None]) -> bool:
         """Whether the file must be brought up to date before checkpoints carrying *uploading*
@@ -602,7 +607,7 @@ class HistoryLog:
                 return False
             if self._fresh or self._revision is None:
                 return True
-            return any(t is None or t.revision != self._revision for t in uploading)
+            return any(not self._continues(t) for t in uploading)
 
     def pending(self, carried: Iterable[HistoryTail | None]) -> bool:
         """Whether some record of this session is neither in the location's file nor carried
@@ -616,7 +621,7 @@ class HistoryLog:
             if not missing:
                 return False
             for tail in carried:
-                if tail is None or tail.revision != self._revision:
+                if tail is None or not self._continues(tail):
                     continue
                 records = parse_records(tail.lines.encode())[0]
                 # Compared as lines: a NaN loss is equal to itself there.
@@ -630,18 +635,30 @@ class HistoryLog:
         with self._lock:
             return len(encode(self.records[self._uploaded :]))
 
-    def _write_revision(self, records: list[Record]) -> int:
+    def _continues(self, tail: HistoryTail | None) -> bool:
+        """Whether *tail* continues the revision this session writes (call under the lock)."""
+        return tail is not None and (tail.revision, tail.mark) == (self._revision, self._mark)
+
+    def _write_revision(self, records: list[Record]) -> tuple[int, str]:
         assert self.remote is not None
         previous = self._revision
         if previous is None:
             previous = max(_revisions(self.remote.names()), default=0)
-        header = {"kind": KIND, "version": 1, "revision": previous + 1, "base": len(records)}
+        # The mark tells this revision from any other of the same number (a tail names both).
+        mark = secrets.token_hex(6)
+        header = {
+            "kind": KIND,
+            "version": 1,
+            "revision": previous + 1,
+            "base": len(records),
+            "mark": mark,
+        }
         self.remote.write(_name(previous + 1), encode([header, *records]))
         # Older revisions go once the new one is whole; the one before stays as a fallback.
         for revision in _revisions(self.remote.names()):
             if revision < previous:
                 self.remote.remove(_name(revision))
-        return previous + 1
+        return previous + 1, mark
 
 
 def merge_tails(records: list[Record], tails: Iterable[HistoryTail]) -> list[Record]:
@@ -652,7 +669,8 @@ def merge_tails(records: list[Record], tails: Iterable[HistoryTail]) -> list[Rec
 
     >>> from colabsession._storage.layout import HistoryTail
     >>> file = [{"step": 1, "time": 1.0, "session": "s"}]
-    >>> tail = HistoryTail(revision=1, lines='{"step": 2, "time": 2.0, "session": "s"}\\n')
+    >>> line = '{"step": 2, "time": 2.0, "session": "s"}\\n'
+    >>> tail = HistoryTail(revision=1, mark="3f9a1c2b7d4e", lines=line)
     >>> [r["step"] for r in merge_tails(file, [tail])]
     [1, 2]
     """

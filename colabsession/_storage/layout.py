@@ -80,12 +80,14 @@ class HistoryTail:
     in a checkpoint's manifest: the location then holds them as soon as it holds the
     checkpoint, without an append to the history file each round (on the Drive mount 3-4
     round trips of the 8-9 a checkpoint costs). *lines* are history lines (JSON, one a line,
-    as in the file) that continue the history file's revision *revision*; a reader merges
-    them into that revision only (a newer one supersedes them). A release that predates the
+    as in the file) that continue the history file's revision *revision*, the one whose header
+    carries the unique *mark*; a reader merges them into that revision only (a newer one
+    supersedes them). A release that predates the
     field ignores it (a manifest's unknown fields are skipped) and sees the history file
     alone; the arrays read as before."""
 
     revision: int
+    mark: str
     lines: str
     version: int = 1  # of this part's format; a reader skips a newer one
 
