@@ -11,6 +11,7 @@ import errno
 import logging
 import math
 import shutil
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -415,6 +416,53 @@ def test_a_nan_loss_is_carried_like_any_record(run: Run, tmp_path: Path) -> None
     records = HistoryLog(Store.local_disk(tmp_path / "vm2"), fresh, session="").newest()
     assert [r["step"] for r in records] == [1, 2]
     assert math.isnan(records[-1]["loss"])
+
+
+class HoldingStore(ObjectStore):
+    """The Drive API's way (each sync writes a revision whole), holding a write while
+    ``hold`` is set, until ``release``."""
+
+    def __init__(self) -> None:
+        super().__init__(LocalFileSystem())
+        self.hold, self.entered, self.release = (threading.Event() for _ in range(3))
+
+    def write(self, path: str, data: bytes) -> None:
+        if self.hold.is_set():
+            self.entered.set()
+            self.release.wait(30)
+        super().write(path, data)
+
+
+def test_no_tail_is_carried_while_a_revision_is_written(tmp_path: Path) -> None:
+    """A checkpoint committed while a sync writes a new revision whole carries no tail (the
+    new revision is written from the records as they were when it began, and supersedes
+    the one a tail would continue): it goes up after the next sync."""
+    backend = HoldingStore()
+    remote = Store(
+        Location(LocalFileSystem(), str(tmp_path / "remote"), "drive:run"),
+        timeout=30,
+        backend=backend,
+    )
+    remote.makedirs()
+    history = HistoryLog(Store.local_disk(tmp_path / "local"), remote, session="s")
+    history.start(None, truncate=False)
+    history.sync()
+    history.append({"step": 1, "time": 1.0, "session": "s"})
+    assert history.tail() is not None
+    backend.hold.set()
+    syncing = threading.Thread(target=history.sync)
+    syncing.start()
+    try:
+        assert backend.entered.wait(30)
+        history.append({"step": 2, "time": 2.0, "session": "s"})
+        assert history.tail() is None
+    finally:
+        backend.release.set()
+        syncing.join(30)
+    tail = history.tail()  # after it: step 2, continuing the new revision
+    assert tail is not None
+    assert [r["step"] for r in parse_records(tail.lines.encode())[0]] == [2]
+    assert not history.sync_needed([tail])
 
 
 def test_a_tail_too_large_is_not_carried(run: Run) -> None:

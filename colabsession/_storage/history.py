@@ -576,10 +576,12 @@ class HistoryLog:
                 # A leading newline: a line torn by an append cut short (by us or anyone)
                 # never swallows the first record of this one.
                 self.remote.append(_name(self._revision), b"\n" + encode(records[start:]))
-        finally:
+        except BaseException:
             with self._lock:
                 self._rewriting = False
+            raise
         with self._lock:  # a record merged during the upload goes up at the next sync
+            self._rewriting = False
             if whole:
                 self._revision, self._mark, self._fresh = revision, mark, False
             self._uploaded = len(records) if self._dirty is None else min(len(records), self._dirty)
