@@ -63,7 +63,7 @@ def measure(
     }
     print(
         f"{name:<44} {result['ops']:>6.0f} ops/checkpoint  {result['seconds']:7.2f} s  "
-        f"{json.dumps(result['kinds'])}",
+        f"{json.dumps(result['kinds'])}  (each: {total})",
         flush=True,
     )
     return result

@@ -21,6 +21,7 @@ import colabsession as cs
 from colabsession._core.optional import installed
 from colabsession._storage import layout as _layout
 from colabsession._storage.history import read_history
+from colabsession._storage.store import Store
 from colabsession.drive import Location
 
 
@@ -626,6 +627,11 @@ def test_sigkill_at_random_instants_never_loses_the_last_checkpoint(
         # each resume) holds every step up to the restored one, once, whatever the kill cut.
         steps = [r["step"] for r in read_history(location, extra[0] if extra else None)]
         assert steps[: restored.step + 1] == list(range(restored.step + 1))
+        if extra:  # a new VM, from the location alone: every step up to its newest checkpoint
+            there = [e.step for e in Store.local_disk(location).entries(warn=False)]
+            alone = [r["step"] for r in read_history(location, tmp_path / "new-vm")]
+            if there:
+                assert alone[: max(there) + 1] == list(range(max(there) + 1))
     assert newest > 0
 
 

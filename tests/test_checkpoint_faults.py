@@ -6,6 +6,7 @@ import errno
 import json
 import logging
 import math
+import shutil
 import socket
 import threading
 import time
@@ -20,7 +21,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 import colabsession as cs
 from colabsession._storage import layout as _layout
-from colabsession._storage.history import read_history
+from colabsession._storage.history import parse_records, read_history
 from colabsession._storage.lease import Lease
 from colabsession._storage.store import Store
 from colabsession.drive import Location
@@ -133,6 +134,37 @@ def test_history_revision_cut_short_falls_back_to_the_whole_one(tmp_path: Path) 
     assert steps == [0, 1, 2, 3, 4]  # the whole earlier revision, never the torn one
     newest.write_bytes(b"")
     assert [r["step"] for r in read_history(location, tmp_path / "vm3")] == [0, 1, 2, 3, 4]
+
+
+def test_a_kill_after_any_sync_keeps_every_record_on_the_location(tmp_path: Path) -> None:
+    """Issue 25: the history file at the location is not appended at every checkpoint (each
+    carries the records the file lacks). What the location holds when sync() returns (a copy
+    of the folder then: a kill at that instant) gives a new VM every record so far."""
+    drive = tmp_path / "drive"
+    location = Location(LocalFileSystem(), str(drive), "drive:run")
+    ckpt = cs.Checkpointer(location, every=None, local_dir=tmp_path / "vm1")
+
+    def after_a_kill(n: int) -> list[int]:
+        copy = tmp_path / f"killed-{n}"
+        shutil.copytree(drive, copy)
+        found = read_history(Location(LocalFileSystem(), str(copy), "drive:run"), copy / "vm")
+        return [r["step"] for r in found]
+
+    for step in range(4):
+        ckpt.save(step, state_at(step), metrics={"loss": 1.0 / (step + 1)})
+        assert ckpt.sync(10) == []
+        assert after_a_kill(step) == list(range(step + 1))
+    (revision,) = drive.glob("history.*.jsonl")
+    assert len(parse_records(revision.read_bytes())[0]) < 4  # the file alone lacks some
+    ckpt.log(4, loss=0.1)  # carried by no checkpoint: the sync appends the file
+    assert ckpt.sync(10) == []
+    assert after_a_kill(4) == [0, 1, 2, 3, 4]
+    ckpt.save(5, state_at(5), metrics={"loss": 0.05})
+    assert ckpt.sync(10) == []
+    assert after_a_kill(5) == [0, 1, 2, 3, 4, 5]
+    assert len(parse_records(revision.read_bytes())[0]) == 5  # step 5 is carried only
+    ckpt.close()  # the file itself is brought up to date
+    assert [r["step"] for r in parse_records(revision.read_bytes())[0]] == [0, 1, 2, 3, 4, 5]
 
 
 def test_torn_append_keeps_the_records_after_it(tmp_path: Path) -> None:

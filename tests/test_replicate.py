@@ -6,9 +6,12 @@ name. Its clock is injected: a pause after a failure never makes a test wait."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
+import math
 import shutil
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -22,8 +25,8 @@ from colabsession._core.records import parse_record
 from colabsession._drive.location import Location
 from colabsession._storage import layout as _layout
 from colabsession._storage.backends import Backend, Mount, ObjectStore
-from colabsession._storage.history import HistoryLog
-from colabsession._storage.layout import CutShort, Manifest
+from colabsession._storage.history import TAIL_LIMIT, HistoryLog, parse_records
+from colabsession._storage.layout import CutShort, HistoryTail, Manifest
 from colabsession._storage.lease import NAME as LEASE
 from colabsession._storage.lease import Lease, LeaseRecord
 from colabsession._storage.replicate import Replicator
@@ -99,11 +102,15 @@ class Clock:
         return self.now
 
 
-def save(history: HistoryLog, local: Store, step: int) -> Entry:
-    """Commit a checkpoint of *step* to *local*, with its history record before it."""
+def save(history: HistoryLog, local: Store, step: int, *, carry: bool = False) -> Entry:
+    """Commit a checkpoint of *step* to *local*, with its history record before it; *carry*:
+    with the records the location's history file lacks (as the Checkpointer commits them),
+    else as a colabsession that carried none."""
     history.append({"step": step, "time": float(step), "session": "s", "loss": 1 / step})
     tree, arrays = flatten({"w": np.full(3, step, dtype=np.float32)})
     fields = {"step": step, "time": float(step), "session": "s", "metrics": {}, "tree": tree}
+    if carry:
+        fields["history"] = history.tail()
     return local.commit(_layout.file_name(step), lambda f: _layout.write(f, arrays, **fields))
 
 
@@ -134,8 +141,8 @@ class Run:
             monotonic=self.clock,
         )
 
-    def save(self, step: int) -> Entry:
-        return save(self.history, self.local, step)
+    def save(self, step: int, *, carry: bool = False) -> Entry:
+        return save(self.history, self.local, step, carry=carry)
 
     def at_location(self) -> list[int]:
         """The steps whole at the location, as a new reader sees them (nothing cached)."""
@@ -280,6 +287,200 @@ def test_the_entries_uploaded_keep_their_manifests(run: Run) -> None:
     )
 
 
+# The history carried in checkpoints (issue 25) -------------------------------------------------
+
+
+def location_steps(folder: Path, vm: Path) -> list[int]:
+    """The steps of the run's history as a new VM reads it, from the location alone."""
+    fresh = Store(Location(LocalFileSystem(), str(folder), "drive:run"), timeout=30)
+    return [r["step"] for r in HistoryLog(Store.local_disk(vm), fresh, session="").newest()]
+
+
+def test_a_kill_between_rounds_loses_no_history_record(run: Run, tmp_path: Path) -> None:
+    """Each checkpoint carries the records the history file lacks, so a runtime that dies
+    after any round (nothing more runs: no close) leaves a new VM every record the location
+    was reported to hold, read from the location alone; the file is written once, not at
+    every round."""
+    vm = tmp_path / "vm2"
+    for step in range(1, 6):
+        run.save(step, carry=True)
+        assert run.replicator.flush(30) == []
+        assert location_steps(run.folder, vm) == list(range(1, step + 1))
+    assert sorted(p.name for p in run.folder.glob("history.*")) == ["history.000001.jsonl"]
+    # Logged after the last save: no checkpoint carries it, so a flush writes the file.
+    run.history.append({"step": 6, "time": 6.0, "session": "s", "loss": 0.1})
+    assert run.replicator.flush(30) == []
+    assert location_steps(run.folder, vm) == list(range(1, 7))
+    # The location cuts an upload short: a flush still leaves the records there.
+    run.backend.cut_after = 100
+    run.save(7, carry=True)
+    assert run.replicator.flush(30) == [7]
+    assert run.at_location() == [4, 5]  # step 7's copy is cut short (6 was a log() only)
+    assert location_steps(run.folder, vm) == list(range(1, 8))
+
+
+def test_close_writes_the_history_file_itself(run: Run) -> None:
+    """close() brings the history file up to date though the checkpoints carry its records
+    (a reader that predates the tails sees the file alone)."""
+    for step in (1, 2, 3):
+        run.save(step, carry=True)
+        assert run.replicator.flush(30) == []
+    assert run.replicator.flush(30, history=True) == []
+    newest = max(run.folder.glob("history.*"))
+    assert [r["step"] for r in parse_records(newest.read_bytes())[0]] == [1, 2, 3]
+
+
+def test_records_a_resume_dropped_are_not_brought_back_by_tails(run: Run, tmp_path: Path) -> None:
+    """A new runtime resuming from step 1 drops the later records and writes a new revision
+    of the file; the tails of the checkpoints that carried them continue the older revision,
+    and no reader merges them into the new one."""
+    for step in (1, 2, 3):
+        run.save(step, carry=True)
+        assert run.replicator.flush(30) == []
+    assert location_steps(run.folder, tmp_path / "vm2") == [1, 2, 3]
+    remote = Store(Location(LocalFileSystem(), str(run.folder), "drive:run"), timeout=30)
+    resumed = HistoryLog(Store.local_disk(tmp_path / "vm3"), remote, session="t")
+    resumed.start(1, truncate=True)
+    resumed.sync()
+    assert location_steps(run.folder, tmp_path / "vm4") == [1]
+
+
+def test_a_resume_on_the_same_runtime_writes_a_new_revision(tmp_path: Path) -> None:
+    """restore() of an older step after saving, in one session, on the Drive mount (where
+    the file is appended): the records past it go from the location too (the session's next
+    sync writes a new revision whole, where it appended after the records it dropped)."""
+    folder = tmp_path / "remote"
+    remote = Store(
+        Location(LocalFileSystem(), str(folder), "drive:run"),
+        timeout=30,
+        backend=Mount(LocalFileSystem(), durable=False),
+    )
+    remote.makedirs()
+    history = HistoryLog(Store.local_disk(tmp_path / "local"), remote, session="s")
+    history.start(None, truncate=False)
+    for step in (1, 2, 3):
+        history.append({"step": step, "time": float(step), "session": "s"})
+    history.sync()
+    history.start(1, truncate=True)
+    history.sync()
+    assert location_steps(folder, tmp_path / "vm2") == [1]
+    history.append({"step": 2, "time": 9.0, "session": "s", "loss": 0.2})
+    history.sync()
+    assert location_steps(folder, tmp_path / "vm3") == [1, 2]
+
+
+def commit_carrying(store: Store, step: int, tail: HistoryTail | None) -> None:
+    tree, arrays = flatten({"w": np.zeros(2, dtype=np.float32)})
+    fields = {"step": step, "time": float(step), "session": "s", "metrics": {}, "tree": tree}
+    store.commit(
+        _layout.file_name(step), lambda f: _layout.write(f, arrays, history=tail, **fields)
+    )
+
+
+def test_tails_read_from_the_location_are_validated(
+    run: Run, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A tail's lines are read as the file's are (a damaged line skipped); a tail of a newer
+    format, or continuing another revision (another number, or the same number written by
+    another writer), is left out; a checkpoint of an older colabsession carries none and
+    reads as before."""
+    run.remote.makedirs()
+    run.save(1)
+    run.history.sync()  # revision 1 with step 1
+    mine = run.history.tail()  # continues revision 1 (its number and its header's mark)
+    assert mine is not None
+    line = '{"step": %d, "time": %d.0, "session": "s"}\n'
+    damaged = '{"step": "2"}\n' + line % (2, 2)
+    commit_carrying(run.remote, 2, dataclasses.replace(mine, lines=damaged))
+    commit_carrying(run.remote, 3, dataclasses.replace(mine, lines=line % (3, 3), version=2))
+    commit_carrying(run.remote, 4, dataclasses.replace(mine, lines=line % (4, 4), revision=7))
+    other = dataclasses.replace(mine, lines=line % (5, 5), mark="0" * 12)  # another revision 1
+    commit_carrying(run.remote, 5, other)
+    commit_carrying(run.remote, 6, None)
+    with caplog.at_level(logging.WARNING):
+        assert location_steps(run.folder, tmp_path / "vm2") == [1, 2]
+    assert "newer format" in caplog.text
+    assert "damaged line" in caplog.text
+
+
+def test_a_nan_loss_is_carried_like_any_record(run: Run, tmp_path: Path) -> None:
+    """A record with a NaN (a diverged loss) is carried and read back as NaN; a flush finds
+    it carried (the lines compare equal) and appends nothing."""
+    run.save(1, carry=True)
+    assert run.replicator.flush(30) == []
+    run.history.append({"step": 2, "time": 2.0, "session": "s", "loss": float("nan")})
+    commit_carrying(run.local, 2, run.history.tail())
+    assert run.replicator.flush(30) == []
+    assert sorted(p.name for p in run.folder.glob("history.*")) == ["history.000001.jsonl"]
+    fresh = Store(Location(LocalFileSystem(), str(run.folder), "drive:run"), timeout=30)
+    records = HistoryLog(Store.local_disk(tmp_path / "vm2"), fresh, session="").newest()
+    assert [r["step"] for r in records] == [1, 2]
+    assert math.isnan(records[-1]["loss"])
+
+
+class HoldingStore(ObjectStore):
+    """The Drive API's way (each sync writes a revision whole), holding a write while
+    ``hold`` is set, until ``release``."""
+
+    def __init__(self) -> None:
+        super().__init__(LocalFileSystem())
+        self.hold, self.entered, self.release = (threading.Event() for _ in range(3))
+
+    def write(self, path: str, data: bytes) -> None:
+        if self.hold.is_set():
+            self.entered.set()
+            self.release.wait(30)
+        super().write(path, data)
+
+
+def test_no_tail_is_carried_while_a_revision_is_written(tmp_path: Path) -> None:
+    """A checkpoint committed while a sync writes a new revision whole carries no tail (the
+    new revision is written from the records as they were when it began, and supersedes
+    the one a tail would continue): it goes up after the next sync."""
+    backend = HoldingStore()
+    remote = Store(
+        Location(LocalFileSystem(), str(tmp_path / "remote"), "drive:run"),
+        timeout=30,
+        backend=backend,
+    )
+    remote.makedirs()
+    history = HistoryLog(Store.local_disk(tmp_path / "local"), remote, session="s")
+    history.start(None, truncate=False)
+    history.sync()
+    history.append({"step": 1, "time": 1.0, "session": "s"})
+    assert history.tail() is not None
+    backend.hold.set()
+    syncing = threading.Thread(target=history.sync)
+    syncing.start()
+    try:
+        assert backend.entered.wait(30)
+        history.append({"step": 2, "time": 2.0, "session": "s"})
+        assert history.tail() is None
+    finally:
+        backend.release.set()
+        syncing.join(30)
+    tail = history.tail()  # after it: step 2, continuing the new revision
+    assert tail is not None
+    assert [r["step"] for r in parse_records(tail.lines.encode())[0]] == [2]
+    assert not history.sync_needed([tail])
+
+
+def test_a_tail_too_large_is_not_carried(run: Run) -> None:
+    """Records past TAIL_LIMIT bytes are not carried (the manifest stays small): that
+    checkpoint goes up after the file is appended."""
+    assert run.history.tail() is None  # the session's revision is not written yet
+    assert run.history.sync_needed([None])
+    run.remote.makedirs()
+    run.history.sync()
+    run.history.append({"step": 1, "time": 1.0, "session": "s", "note": "x" * TAIL_LIMIT})
+    assert run.history.tail() is None
+    run.history.sync()
+    run.history.append({"step": 2, "time": 2.0, "session": "s", "loss": 0.5})
+    tail = run.history.tail()
+    assert tail is not None
+    assert not run.history.sync_needed([tail])
+
+
 # Operations on the Drive mount ---------------------------------------------------------------
 
 
@@ -333,11 +534,12 @@ _FS_METHODS = {
 }  # fmt: skip
 
 
-def test_a_checkpoint_costs_four_file_operations_on_the_mount(tmp_path: Path) -> None:
-    """Per checkpoint in the steady state (issue 25): the lease looked at, the history
-    appended, the checkpoint written, the oldest deleted; nothing looked up beforehand (each
-    is one system call: on the Drive mount 1, 3-4, 5 and 2 round trips). Nothing may add to
-    them: at 100 ms a round trip, each is a tenth of a second of catch-up per checkpoint."""
+def mount_rounds(
+    tmp_path: Path, *, carry: bool, saves: int = 5
+) -> tuple[list[list[tuple[str, str]]], dict[int, str], Store]:
+    """The file operations asked of the mount in each round of a flush after a save of steps
+    1..*saves* (checkpoints carrying their history, or not); the checkpoints' names by step,
+    and the location."""
     backend = CountingMount()
     folder = tmp_path / "remote"
     local = Store.local_disk(tmp_path / "local")
@@ -350,26 +552,57 @@ def test_a_checkpoint_costs_four_file_operations_on_the_mount(tmp_path: Path) ->
     replicator = Replicator(
         local, remote, history=history, lease=lease, policy=LatestN(2), monotonic=Clock()
     )
+    names = {}
     try:
         rounds = []
-        for step in range(1, 6):
-            save(history, local, step)
+        for step in range(1, saves + 1):
+            names[step] = save(history, local, step, carry=carry).name
             backend.calls.clear()
             assert replicator.flush(30) == []
             rounds.append(list(backend.calls))
-        names = {e.step: e.name for e in local.entries()}
-        for step, calls in enumerate(rounds[2:], start=3):
-            assert calls == [
-                ("info", LEASE),
-                ("fs.info", LEASE),
-                ("append", "history.000001.jsonl"),  # os.open, os.write, os.close
-                ("write_chunks", names[step]),  # the same
-                ("remove", names[step - 2]),
-                ("fs.rm_file", names[step - 2]),
-            ], calls
     finally:
         replicator.stop()
         lease.release()
+    return rounds, names, remote
+
+
+def test_a_checkpoint_costs_three_file_operations_on_the_mount(tmp_path: Path) -> None:
+    """Per checkpoint in the steady state (issue 25): the lease looked at, the checkpoint
+    written (carrying the history records the history file lacks: no append), the oldest
+    deleted; nothing looked up beforehand (each is one system call: on the Drive mount 1, 5
+    and 2 round trips, what benchmarks/drive_ops.py counts). Nothing may add to them: at
+    100 ms a round trip, each is a tenth of a second of catch-up per checkpoint."""
+    rounds, names, remote = mount_rounds(tmp_path, carry=True)
+    assert ("write", "history.000001.jsonl") in rounds[0]  # the session's revision, once
+    for step, calls in enumerate(rounds[2:], start=3):
+        assert calls == [
+            ("info", LEASE),
+            ("fs.info", LEASE),
+            ("write_chunks", names[step]),  # os.open, os.write, os.close
+            ("remove", names[step - 2]),
+            ("fs.rm_file", names[step - 2]),
+        ], calls
+    # The file has the first record only; the location has them all.
+    assert parse_records(remote.read("history.000001.jsonl"))[0][-1]["step"] == 1
+    fresh = Store(Location(LocalFileSystem(), remote.root, "drive:run"), timeout=30)
+    reader = HistoryLog(Store.local_disk(tmp_path / "vm2"), fresh, session="")
+    assert [r["step"] for r in reader.newest()] == [1, 2, 3, 4, 5]
+
+
+def test_a_checkpoint_that_carries_no_history_is_preceded_by_an_append(tmp_path: Path) -> None:
+    """A checkpoint without the history records in it (committed by an older colabsession,
+    on this VM's disk) goes up after the history file is appended, as before: the location
+    never holds a checkpoint ahead of its history."""
+    rounds, names, _ = mount_rounds(tmp_path, carry=False)
+    for step, calls in enumerate(rounds[2:], start=3):
+        assert calls == [
+            ("info", LEASE),
+            ("fs.info", LEASE),
+            ("append", "history.000001.jsonl"),  # os.open, os.write, os.close
+            ("write_chunks", names[step]),
+            ("remove", names[step - 2]),
+            ("fs.rm_file", names[step - 2]),
+        ], calls
 
 
 def test_a_heartbeat_looks_at_the_lease_rather_than_reading_it(tmp_path: Path) -> None:

@@ -3,7 +3,8 @@
 A run's folder (the *location*, and its local mirror when the location is Drive or a bucket)::
 
     ckpt-000000001200.3f9a1c2b7d4e.ckpt   one file per checkpoint, committed by its trailer
-    history.jsonl / history.000003.jsonl  the loss history (local file / revisions at the location)
+    history.jsonl / history.000003.jsonl  the loss history (local file / revisions at the location;
+                                          each checkpoint carries the records they lack)
     lease.json                            which notebook writes this run
 
 The pieces, one concern each: :mod:`._layout` (the file format and its commit), :mod:`._store`
@@ -523,7 +524,7 @@ class Checkpointer:
     def _final_sync(self) -> None:
         if not self._writing or self._lease.lost or self._replicator is None:
             return
-        left = self._replicator.flush(self.close_timeout)
+        left = self._replicator.flush(self.close_timeout, history=True)
         states = self._replicator.states()
         on_mount = [s for s in left if states.get(s) == "mount"]
         left = [s for s in left if s not in on_mount]
@@ -934,6 +935,8 @@ class Checkpointer:
             "metrics": {k: _json_metric(v) for k, v in metrics.items()},
             "tree": tree,
             "lineage": lineage,
+            # The records the location's history file lacks: they reach it with this file.
+            "history": self.history.tail(),
         }
         self.local.commit(_layout.file_name(step), lambda f: _layout.write(f, arrays, **fields))
         self._retain_local()

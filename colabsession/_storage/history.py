@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import threading
 import time
 import warnings
@@ -30,6 +31,7 @@ from colabsession._core.files import reason
 from colabsession._core.optional import installed, require
 from colabsession._core.records import InvalidRecord, NotJSON, read_json
 from colabsession._drive.location import Location
+from colabsession._storage.layout import HistoryTail, parse_name
 from colabsession._storage.runs import require_run, run_stores
 from colabsession._storage.store import Store
 
@@ -39,6 +41,9 @@ LOCAL = "history.jsonl"
 KIND = "colabsession-history"
 RESERVED = ("step", "time", "session", "attempt")
 MAX_LINE = 1 << 20  # bytes of one history line read back; a record of metrics is far smaller
+TAIL_LIMIT = 16 << 10  # bytes of records a checkpoint carries at most (its manifest stays small)
+SYNC_AT = 8 << 10  # bytes of records not yet in the file past which a round appends them
+TAIL_VERSION = 1  # the newest format of HistoryTail this reader reads
 _REVISION = re.compile(r"history\.(\d{6,})\.jsonl")
 
 Record = dict[str, Any]
@@ -411,8 +416,11 @@ class HistoryLog:
         self.local, self.remote, self.session = local, remote, session
         self.records: list[Record] = []
         self._revision: int | None = None  # the revision this session writes at the remote
+        self._mark = ""  # the unique mark in its header, which the tails name
         self._uploaded = 0  # records of self.records already in that revision
         self._dirty: int | None = None  # the first record changed in place during a sync
+        self._fresh = True  # the next sync writes a new revision whole (after start())
+        self._rewriting = False  # a sync is writing a new revision: a tail anchors nothing
         self._lock = threading.Lock()  # the training thread appends, the replicator syncs
 
     # Reading ---------------------------------------------------------------------------------
@@ -424,9 +432,54 @@ class HistoryLog:
             return []
 
     def read_remote(self) -> tuple[list[Record], int]:
-        """The newest complete revision at the location: (records, revision)."""
+        """The location's history: its newest complete revision with the records that the
+        checkpoints there carry for it merged in (see :func:`merge_tails`): (records,
+        revision)."""
         assert self.remote is not None
         names = self.remote.names()
+        records, revision, mark = self._read_file(names)
+        if mark is not None:
+            records = merge_tails(records, self._tails(names, revision, mark))
+        return records, revision
+
+    def _tails(self, names: list[str], revision: int, mark: str) -> list[HistoryTail]:
+        """The history tails of the checkpoints in *names* that continue *revision* (written
+        with the unique *mark*), oldest checkpoint first (manifests read once per store; a
+        damaged checkpoint carries none)."""
+        assert self.remote is not None
+        checkpoints = [n for n in names if parse_name(n) is not None]
+        if not checkpoints:
+            return []
+        try:
+            entries = self.remote.entries(checkpoints, warn=False)
+        except (OSError, TimeoutError) as exc:
+            logger.warning(
+                "colabsession: cannot read the checkpoints on %s (%s): the history shown may "
+                "lack its newest records",
+                self.remote,
+                reason(exc),
+            )
+            return []
+        tails = []
+        for entry in sorted(entries, key=lambda e: e.manifest.time):
+            tail = entry.manifest.history
+            if tail is None or (tail.revision, tail.mark) != (revision, mark):
+                continue
+            if tail.version > TAIL_VERSION:
+                logger.warning(
+                    "colabsession: %s carries history records of a newer format (%d): "
+                    "upgrade colabsession to see them",
+                    entry.where,
+                    tail.version,
+                )
+                continue
+            tails.append(tail)
+        return tails
+
+    def _read_file(self, names: list[str]) -> tuple[list[Record], int, str | None]:
+        """The newest complete revision of the history file at the location: its records,
+        its number and the unique mark its header carries (None: none)."""
+        assert self.remote is not None
         for revision in sorted(_revisions(names), reverse=True):
             name = _name(revision)
             try:
@@ -435,7 +488,8 @@ class HistoryLog:
                 continue
             base = header.get("base") if header else None
             if isinstance(base, int) and len(records) >= base:
-                return records, revision
+                mark = header.get("mark") if header else None
+                return records, revision, mark if isinstance(mark, str) else None
             logger.warning(
                 "colabsession: the history revision %s on %s is incomplete (a write was cut "
                 "short): using the one before it",
@@ -443,8 +497,8 @@ class HistoryLog:
                 self.remote,
             )
         if LOCAL in names:  # the single file of colabsession 0.1
-            return parse_records(self.remote.read(LOCAL))[0], 0
-        return [], 0
+            return parse_records(self.remote.read(LOCAL))[0], 0, None
+        return [], 0, None
 
     def newest(self) -> list[Record]:
         """The local history, or the location's when that one is newer (another runtime wrote
@@ -481,6 +535,8 @@ class HistoryLog:
             stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
             self.local.write(f"parked-history.{stamp}.{os.getpid()}.jsonl", encode(dropped))
         self.local.replace(LOCAL, encode(records))
+        with self._lock:  # the location's revision is written anew from these records
+            self._uploaded, self._dirty, self._fresh = 0, None, True
 
     def append(self, record: Record) -> None:
         """Add *record* to the local file (merged with the last one when it is of the same step
@@ -504,33 +560,137 @@ class HistoryLog:
                 ) from None
 
     def sync(self) -> None:
-        """Bring the location's history up to date with this session's records."""
+        """Bring the location's history file up to date with this session's records."""
         with self._lock:
-            if self.remote is None or (self._uploaded == len(self.records) and self._revision):
+            if self.remote is None or (self._uploaded == len(self.records) and not self._fresh):
                 return
             records = [dict(r) for r in self.records]
             start, self._dirty = self._uploaded, None
-        if self._revision is None or not self.remote.appends:
-            self._write_revision(records)
-        else:
-            # A leading newline: a line torn by an append cut short (by us or anyone) never
-            # swallows the first record of this one.
-            self.remote.append(_name(self._revision), b"\n" + encode(records[start:]))
+            whole = self._fresh or self._revision is None or not self.remote.appends
+            self._rewriting = whole
+        try:
+            if whole:
+                revision, mark = self._write_revision(records)
+            else:
+                assert self._revision is not None
+                # A leading newline: a line torn by an append cut short (by us or anyone)
+                # never swallows the first record of this one.
+                self.remote.append(_name(self._revision), b"\n" + encode(records[start:]))
+        except BaseException:
+            with self._lock:
+                self._rewriting = False
+            raise
         with self._lock:  # a record merged during the upload goes up at the next sync
+            self._rewriting = False
+            if whole:
+                self._revision, self._mark, self._fresh = revision, mark, False
             self._uploaded = len(records) if self._dirty is None else min(len(records), self._dirty)
 
-    def _write_revision(self, records: list[Record]) -> None:
+    def tail(self) -> HistoryTail | None:
+        """The records the location's history file lacks now, for the checkpoint committed now
+        to carry (see :class:`~.layout.HistoryTail`); None where there is no location, before
+        this session's revision is written (or while a new one is), and when they are more
+        than :data:`TAIL_LIMIT` bytes: the file must then be brought up to date before that
+        checkpoint goes up (see :meth:`sync_needed`)."""
+        with self._lock:
+            if self.remote is None or self._fresh or self._rewriting or self._revision is None:
+                return None
+            lines = encode(self.records[self._uploaded :])
+            if len(lines) > TAIL_LIMIT:
+                return None
+            return HistoryTail(revision=self._revision, mark=self._mark, lines=lines.decode())
+
+    def sync_needed(self, uploading: Iterable[HistoryTail | None]) -> bool:
+        """Whether the file must be brought up to date before checkpoints carrying *uploading*
+        go up: one of them carries no tail that continues this session's revision (the
+        location would hold a checkpoint ahead of its history)."""
+        with self._lock:
+            if self.remote is None:
+                return False
+            if self._fresh or self._revision is None:
+                return True
+            return any(not self._continues(t) for t in uploading)
+
+    def pending(self, carried: Iterable[HistoryTail | None]) -> bool:
+        """Whether some record of this session is neither in the location's file nor carried
+        by one of the tails *carried* (of the checkpoints the location holds)."""
+        with self._lock:
+            if self.remote is None:
+                return False
+            if self._fresh or self._revision is None:
+                return True
+            missing = len(self.records) - self._uploaded
+            if not missing:
+                return False
+            for tail in carried:
+                if tail is None or not self._continues(tail):
+                    continue
+                records = parse_records(tail.lines.encode())[0]
+                # Compared as lines: a NaN loss is equal to itself there.
+                same = encode(records) == encode(self.records[-len(records) :])
+                if len(records) >= missing and same:
+                    return False
+            return True
+
+    def unsynced_bytes(self) -> int:
+        """How large the records not yet in the location's file are, as history lines."""
+        with self._lock:
+            return len(encode(self.records[self._uploaded :]))
+
+    def _continues(self, tail: HistoryTail | None) -> bool:
+        """Whether *tail* continues the revision this session writes (call under the lock)."""
+        return tail is not None and (tail.revision, tail.mark) == (self._revision, self._mark)
+
+    def _write_revision(self, records: list[Record]) -> tuple[int, str]:
         assert self.remote is not None
         previous = self._revision
         if previous is None:
             previous = max(_revisions(self.remote.names()), default=0)
-        header = {"kind": KIND, "version": 1, "revision": previous + 1, "base": len(records)}
+        # The mark tells this revision from any other of the same number (a tail names both).
+        mark = secrets.token_hex(6)
+        header = {
+            "kind": KIND,
+            "version": 1,
+            "revision": previous + 1,
+            "base": len(records),
+            "mark": mark,
+        }
         self.remote.write(_name(previous + 1), encode([header, *records]))
-        self._revision = previous + 1
         # Older revisions go once the new one is whole; the one before stays as a fallback.
         for revision in _revisions(self.remote.names()):
             if revision < previous:
                 self.remote.remove(_name(revision))
+        return previous + 1, mark
+
+
+def merge_tails(records: list[Record], tails: Iterable[HistoryTail]) -> list[Record]:
+    """*records* (a revision of the history file) with the records of *tails* (carried by
+    checkpoints, oldest first, each validated as a history line is) merged in: a record of
+    the same step, session and attempt is replaced by the later of the two, the others are
+    added at the end, in order.
+
+    >>> from colabsession._storage.layout import HistoryTail
+    >>> file = [{"step": 1, "time": 1.0, "session": "s"}]
+    >>> line = '{"step": 2, "time": 2.0, "session": "s"}\\n'
+    >>> tail = HistoryTail(revision=1, mark="3f9a1c2b7d4e", lines=line)
+    >>> [r["step"] for r in merge_tails(file, [tail])]
+    [1, 2]
+    """
+    merged = [dict(r) for r in records]
+    where = {_key(r): i for i, r in enumerate(merged)}
+    for tail in tails:
+        for record in parse_records(tail.lines.encode())[0]:
+            index = where.get(_key(record))
+            if index is None:
+                where[_key(record)] = len(merged)
+                merged.append(record)
+            elif float(record["time"]) > float(merged[index]["time"]):
+                merged[index] = record
+    return merged
+
+
+def _key(record: Record) -> tuple[Any, ...]:
+    return (record["step"], record["session"], record.get("attempt"))
 
 
 def _revisions(names: list[str]) -> list[int]:

@@ -1,10 +1,14 @@
 """Copying a run from its local mirror to its location (Drive), in a thread of its own.
 
 The training thread commits each checkpoint to the local disk and never waits for Drive: the
-:class:`Replicator` uploads what the location lacks, appends the history, and applies retention
-there. A file at the location counts as there only once it is whole: its size matches the local
-copy's and its trailer's manifest the local one's (a cheap check: one listing with sizes, then
-the last bytes of a file whose size matches). A copy cut short (a kill or a dropped mount during
+:class:`Replicator` uploads what the location lacks, and applies retention there. Each checkpoint
+carries the history records that the location's history file lacks (see
+:class:`~.layout.HistoryTail`): the file is appended only where one does not, where those records
+grow large, at a flush that finds records no checkpoint there carries, and at close.
+
+A file at the location counts as there only once it is whole: its size matches the local copy's
+and its trailer's manifest the local one's (a cheap check: one listing with sizes, then the last
+bytes of a file whose size matches). A copy cut short (a kill or a dropped mount during
 the upload) is sent again, and retention removes those that no local copy will replace. What is
 kept and set aside follows the live lineage (see :mod:`.lineage`), so checkpoints of a branch
 abandoned while the location did not answer are set aside as soon as it answers.
@@ -39,7 +43,7 @@ from colabsession._core.progress import ProgressFactory, transfer
 from colabsession._core.timeout import Backoff
 from colabsession._core.units import format_duration
 from colabsession._drive import companion
-from colabsession._storage.history import HistoryLog
+from colabsession._storage.history import SYNC_AT, HistoryLog
 from colabsession._storage.layout import CutShort, Lineage, Manifest, parse_name
 from colabsession._storage.lease import Lease
 from colabsession._storage.lineage import split_live
@@ -194,6 +198,8 @@ class Replicator:
         self._mount_down = False
         self._patient = False  # a flush waits for Drive to confirm (the next round)
         self._round_patient = False  # this round does
+        self._whole_history = False  # a flush asks for the history file itself (close())
+        self._round_history = False  # this round brings it up to date
         self._flush_budget = 0.0
 
     # The training thread's side ----------------------------------------------------------------
@@ -213,11 +219,13 @@ class Replicator:
             self._idle.clear()
         self._wake.set()
 
-    def flush(self, timeout: float) -> list[int]:
+    def flush(self, timeout: float, *, history: bool = False) -> list[int]:
         """Replicate now and wait up to *timeout* seconds; return the steps still not on the
-        location (empty when everything is there)."""
+        location (empty when everything is there). *history*: bring the history file up to
+        date too, though the checkpoints there carry its records (at close)."""
         self.backoff.succeeded()  # no pause: this is the last chance
         self._patient, self._flush_budget = True, timeout
+        self._whole_history = self._whole_history or history
         self.notify()
         self._idle.wait(timeout)
         return self.pending()
@@ -263,6 +271,7 @@ class Replicator:
                 continue
             # Taken at the round's start: a flush asked for during a round is the next one's.
             self._round_patient, self._patient = self._patient, False
+            self._round_history, self._whole_history = self._whole_history, False
             try:
                 if on_location:
                     self._round()
@@ -314,11 +323,37 @@ class Replicator:
         local = self.local.entries(warn=False)
         self._park_abandoned(local)
         wanted = self._wanted(local)
-        # The history first: each checkpoint listed above logged its records before it was
-        # committed, so the location never holds a checkpoint ahead of its history (a kill
-        # between the two would leave a new VM a history with a gap up to that step; records
-        # past the restored step are dropped on resume, so being ahead is harmless).
-        self.history.sync()
+        there = self._whole | self._confirmed
+        todo = [e for e in wanted if e.name not in there]
+        # The history before a checkpoint that does not carry it: each checkpoint listed above
+        # logged its records before it was committed, and the location never holds one ahead
+        # of its history (a kill between the two would leave a new VM a history with a gap up
+        # to that step; records past the restored step are dropped on resume, so being ahead
+        # is harmless). One that carries the records the file lacks (see HistoryTail) needs
+        # no append: the location holds them as soon as it holds the checkpoint.
+        if self.history.sync_needed(e.manifest.history for e in todo):
+            self.history.sync()
+        try:
+            self._upload_all(wanted)
+        except (OSError, TimeoutError):
+            if self._round_patient:  # a flush: the records at least, if the location takes them
+                with contextlib.suppress(OSError, TimeoutError):
+                    self._sync_history(wanted)
+            raise
+        self._sync_history(wanted)
+        self._retain({e.name for e in wanted})
+        try:
+            self._confirm(wanted)
+        except LeaseError:
+            raise
+        except (OSError, TimeoutError, DriveError) as exc:  # the mount did its part
+            logger.warning(
+                "colabsession: cannot ask Drive through its API whether it holds what was "
+                "written to the mount (%s); asking again at the next round",
+                reason(exc),
+            )
+
+    def _upload_all(self, wanted: list[Entry]) -> None:
         for entry in sorted(wanted, key=lambda e: -e.step):  # the newest matters most
             if entry.name in self._whole or entry.name in self._confirmed:
                 continue  # (one Drive holds, sent through the API, shows on the mount later)
@@ -335,17 +370,20 @@ class Replicator:
                 continue  # retention removed it locally meanwhile: a newer one supersedes it
             self._remote_sizes[entry.name] = size
             self._whole.add(entry.name)
-        self._retain({e.name for e in wanted})
-        try:
-            self._confirm(wanted)
-        except LeaseError:
-            raise
-        except (OSError, TimeoutError, DriveError) as exc:  # the mount did its part
-            logger.warning(
-                "colabsession: cannot ask Drive through its API whether it holds what was "
-                "written to the mount (%s); asking again at the next round",
-                reason(exc),
-            )
+
+    def _sync_history(self, wanted: list[Entry]) -> None:
+        """Append the history file where the checkpoints no longer suffice: the records not in
+        it have grown past SYNC_AT (the next checkpoints' tails stay small), a flush finds
+        records that no checkpoint at the location carries (logged after the last save, or
+        one whose upload failed), or close() asks for the file itself."""
+        there = self._whole | self._confirmed
+        at_location = [e.manifest.history for e in wanted if e.name in there]
+        if (
+            self._round_history
+            or self.history.unsynced_bytes() > SYNC_AT
+            or (self._round_patient and self.history.pending(at_location))
+        ):
+            self.history.sync()
 
     # Drive through its API -------------------------------------------------------------------
 
