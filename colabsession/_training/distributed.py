@@ -45,6 +45,7 @@ from colabsession._core.units import Duration, format_duration, parse_duration
 from colabsession._runtime.clock import SessionClock
 from colabsession._runtime.interrupt import StopOnSigterm
 from colabsession._storage.checkpointer import OPTIONS, Checkpointer, RunLike
+from colabsession._storage.layout import Part, is_part_name, part_name
 from colabsession._storage.save_policy import SavePolicy
 from colabsession._training.torch import TrainingState, rng_state, set_rng_state
 
@@ -52,7 +53,8 @@ torch: Any = require("torch", extra="torch", purpose="colabsession.torch")
 
 logger = logging.getLogger(__name__)
 
-KIND = "colabsession-dcp"  # the tree of a checkpoint that packs a DCP folder
+KIND = "colabsession-dcp"  # the tree of a checkpoint that packs a DCP folder (before parts)
+KIND_PARTS = "colabsession-dcp-parts"  # the tree of a checkpoint whose parts are DCP's files
 _FINAL, _SAVE, _FAILED = 0, 1, 2
 
 
@@ -331,12 +333,14 @@ class JobCheckpointer:
             return
         pending, ranks = self._pending, gathered
 
-        def packed() -> dict[str, Any]:
+        local_dir = self.ckpt.local_dir
+
+        def parts() -> tuple[dict[str, Any], list[Part]]:
             pending.result()  # DCP's coordinator wrote .metadata last: every rank is done
-            return _pack(folder, ranks or [], step)
+            return _as_parts(folder, Path(local_dir), ranks or [], step)
 
         try:
-            self.ckpt.save(step, None, metrics=metrics, _later=packed)
+            self.ckpt.save(step, None, metrics=metrics, _later=parts)
         finally:
             if not self.ckpt.async_save:
                 shutil.rmtree(folder, ignore_errors=True)
@@ -344,12 +348,9 @@ class JobCheckpointer:
     def _writer(self, folder: Path) -> Any:
         """DCP's writer of this rank's shards, one for the job."""
         if self._dcp_writer is None:
-            # Not fsynced: the staging files are not the durable copy, the packed checkpoint is
-            # (fsynced when it commits); a crash before that leaves the save uncommitted.
-            self._dcp_writer = _dcp().FileSystemWriter(
-                str(folder),
-                sync_files=False,
-            )
+            # Fsynced as DCP does: these files are the checkpoint's parts (moved, not copied,
+            # into the local mirror); the small checkpoint file that names them commits them.
+            self._dcp_writer = _dcp().FileSystemWriter(str(folder), sync_files=True)
         else:
             self._dcp_writer.reset(str(folder))
         return self._dcp_writer
@@ -402,7 +403,7 @@ class JobCheckpointer:
         if self.ckpt is not None:
             try:
                 restored = self.ckpt.restore(step)
-                answer = [_unpack(restored, folder) if restored is not None else None]
+                answer = [self._unpack(restored, folder) if restored is not None else None]
             except Exception as exc:  # told to every rank, then raised here
                 answer = [("error", str(exc))]
                 self._collective(
@@ -440,6 +441,23 @@ class JobCheckpointer:
         state.load_rank_state(own if own is not None else ranks[0], rng=own is not None)
         state.step = int(saved_step)
         return int(saved_step)
+
+    def _unpack(self, restored: Any, folder: Path) -> dict[str, Any]:
+        assert self.ckpt is not None
+        state = restored.state
+        if isinstance(state, dict) and state.get("kind") == KIND_PARTS:
+            if not (
+                isinstance(state.get("files"), dict)
+                and isinstance(state.get("ranks"), list)
+                and state["ranks"]
+                and ".metadata" in state["files"]
+            ):
+                raise CheckpointError(
+                    f"step {restored.step} in {restored.where} names no DCP checkpoint: "
+                    "restart the run"
+                )
+            return _link_parts(restored, folder, self.ckpt.local_dir, self.ckpt.remote)
+        return _unpack(restored, folder)
 
     # Closing ------------------------------------------------------------------------------
 
@@ -600,26 +618,97 @@ class DistributedState(TrainingState):
 _STAGER_REUSABLE = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 14)
 
 
-# Packing a DCP folder into one checkpoint ---------------------------------------------------
+# A DCP folder as a checkpoint's parts ---------------------------------------------------
 
 
-def _pack(folder: Path, ranks: list[Any], step: int) -> dict[str, Any]:
-    """The state of the checkpoint that holds *folder*'s files (mapped, not read: the writer
-    streams them) and the ranks' own states."""
+def _as_parts(
+    folder: Path, local_dir: Path, ranks: list[Any], step: int
+) -> tuple[dict[str, Any], list[Part]]:
+    """Move *folder*'s DCP files (written and fsynced by the ranks) into the run's local folder
+    as part files of the checkpoint of *step*, each with its size and CRC32C (read back from
+    the page cache: one read, no second write); the checkpoint's state (the DCP names of its
+    parts and the ranks' own states) and its parts."""
     if not (folder / ".metadata").is_file():
         raise CheckpointError(f"step {step}: DCP wrote no metadata in {folder}: not committed")
-    files: dict[str, Any] = {}
+    files: dict[str, list[Any]] = {}
+    parts: list[Part] = []
     for path in sorted(folder.iterdir()):
-        if path.is_file():
-            size = path.stat().st_size
-            files[path.name] = (
-                np.memmap(path, dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)
+        if not path.is_file():
+            continue
+        part = Part(file=part_name(step), size=path.stat().st_size, crc32c=_crc_of(path))
+        target = local_dir / part.file
+        try:
+            os.replace(path, target)
+        except OSError:  # staging_dir on another file system: copied once, fsynced
+            _copy_synced(path, target)
+        files[path.name] = [part.file, part.size, part.crc32c]
+        parts.append(part)
+    shutil.rmtree(folder, ignore_errors=True)
+    return {"kind": KIND_PARTS, "world": len(ranks), "files": files, "ranks": ranks}, parts
+
+
+def _crc_of(path: Path) -> int:
+    import google_crc32c
+
+    crc = 0
+    with open(path, "rb") as f:
+        while data := f.read(8 << 20):
+            crc = google_crc32c.extend(crc, data)
+    return int(crc)
+
+
+def _copy_synced(source: Path, target: Path) -> None:
+    temp = target.with_name(f".{target.name}.tmp")
+    shutil.copyfile(source, temp)
+    with open(temp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(temp, target)
+    source.unlink()
+
+
+def _plain(name: Any) -> bool:
+    """Whether *name* (read from a checkpoint, untrusted) is a plain file name."""
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and not any(c in name for c in "/\\\0")
+    )
+
+
+def _link_parts(restored: Any, folder: Path, local_dir: Path, remote: Any) -> dict[str, Any]:
+    """Put a restored checkpoint's parts (verified by the restore) in *folder* under their DCP
+    names: hard links to the local mirror's files, or copies from the location (*remote*'s
+    store) checked again as they arrive; what every rank needs to load."""
+    state = restored.state
+    files = state["files"]
+    local = os.path.dirname(restored.where) == os.path.abspath(local_dir)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for name, found in files.items():
+        if not (_plain(name) and isinstance(found, list) and len(found) == 3):
+            raise CheckpointError(f"step {restored.step}: a part {name!r} is refused")
+        file, size, crc = found
+        if not is_part_name(file):
+            raise CheckpointError(f"step {restored.step}: a part file {file!r} is refused")
+        target = folder / name
+        if local:
+            try:
+                os.link(local_dir / file, target)
+            except OSError:
+                shutil.copyfile(local_dir / file, target)
+            continue
+        remote.fetch_file(file, target, size=size)
+        if target.stat().st_size != size or _crc_of(target) != crc:
+            raise CheckpointError(
+                f"step {restored.step}: its part {file} changed at {remote} while it was read: "
+                "restore again"
             )
-    return {"kind": KIND, "world": len(ranks), "files": files, "ranks": ranks}
+    return {"step": restored.step, "ranks": state["ranks"]}
 
 
 def _unpack(restored: Any, folder: Path) -> dict[str, Any]:
-    """Write a restored checkpoint's DCP files to *folder*; what every rank needs to load."""
+    """Write a restored checkpoint's DCP files (packed into it by colabsession before parts)
+    to *folder*; what every rank needs to load."""
     state = restored.state
     if not (
         isinstance(state, dict)
