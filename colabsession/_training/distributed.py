@@ -47,6 +47,7 @@ from colabsession._runtime.interrupt import StopOnSigterm
 from colabsession._storage.checkpointer import OPTIONS, Checkpointer, RunLike
 from colabsession._storage.layout import Part, is_part_name, part_name
 from colabsession._storage.save_policy import SavePolicy
+from colabsession._storage.serialize import crc32c
 from colabsession._training.torch import TrainingState, rng_state, set_rng_state
 
 torch: Any = require("torch", extra="torch", purpose="colabsession.torch")
@@ -351,6 +352,8 @@ class JobCheckpointer:
             # Fsynced as DCP does: these files are the checkpoint's parts (moved, not copied,
             # into the local mirror); the small checkpoint file that names them commits them.
             self._dcp_writer = _dcp().FileSystemWriter(str(folder), sync_files=True)
+            # Each file's CRC32C computed as DCP writes it, on its rank, while in the cache.
+            self._dcp_writer.fs = _summing_file_system()
         else:
             self._dcp_writer.reset(str(folder))
         return self._dcp_writer
@@ -625,17 +628,17 @@ def _as_parts(
     folder: Path, local_dir: Path, ranks: list[Any], step: int
 ) -> tuple[dict[str, Any], list[Part]]:
     """Move *folder*'s DCP files (written and fsynced by the ranks) into the run's local folder
-    as part files of the checkpoint of *step*, each with its size and CRC32C (read back from
-    the page cache: one read, no second write); the checkpoint's state (the DCP names of its
-    parts and the ranks' own states) and its parts."""
+    as part files of the checkpoint of *step* (renamed: no byte is copied), each with its size
+    and CRC32C (summed by its rank as it wrote it); the checkpoint's state (the DCP names of
+    its parts and the ranks' own states) and its parts."""
     if not (folder / ".metadata").is_file():
         raise CheckpointError(f"step {step}: DCP wrote no metadata in {folder}: not committed")
     files: dict[str, list[Any]] = {}
     parts: list[Part] = []
     for path in sorted(folder.iterdir()):
-        if not path.is_file():
+        if not path.is_file() or path.name.startswith(SUMS):
             continue
-        part = Part(file=part_name(step), size=path.stat().st_size, crc32c=_crc_of(path))
+        part = Part(file=part_name(step), size=path.stat().st_size, crc32c=_summed(path))
         target = local_dir / part.file
         try:
             os.replace(path, target)
@@ -645,6 +648,83 @@ def _as_parts(
         parts.append(part)
     shutil.rmtree(folder, ignore_errors=True)
     return {"kind": KIND_PARTS, "world": len(ranks), "files": files, "ranks": ranks}, parts
+
+
+SUMS = ".crc32c-"  # a DCP file's size and CRC32C, beside it in the staging folder
+
+
+class _Summing:
+    """A file being written, whose size and CRC32C are summed as its bytes go through; a
+    seek back (which DCP's writer does not do) gives up the sum."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self.size = 0
+        self.crc: int | None = 0
+
+    def write(self, data: Any) -> int:
+        if self.crc is not None:
+            self.crc = crc32c(data, self.crc)
+        written: int = self.raw.write(data)
+        self.size += written
+        return written
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.crc = None
+        return int(self.raw.seek(offset, whence))
+
+    def tell(self) -> int:
+        return int(self.raw.tell())
+
+    def writable(self) -> bool:
+        return True
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+    def fileno(self) -> int:
+        return int(self.raw.fileno())
+
+    def close(self) -> None:
+        self.raw.close()
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.raw.closed)
+
+
+def _summing_file_system() -> Any:
+    """DCP's local file system, each file it writes summed (:class:`_Summing`) and its sum
+    written beside it (``.crc32c-NAME``: its size and CRC32C) once it is closed."""
+    from torch.distributed.checkpoint.filesystem import FileSystem
+
+    class SummingFileSystem(FileSystem):
+        @contextlib.contextmanager
+        def create_stream(self, path: str | os.PathLike[str], mode: str) -> Iterator[Any]:
+            if mode != "wb":
+                with super().create_stream(path, mode) as stream:
+                    yield stream
+                return
+            with super().create_stream(path, mode) as raw:
+                summing = _Summing(raw)
+                yield summing
+            if summing.crc is not None:
+                where = Path(path)
+                (where.parent / f"{SUMS}{where.name}").write_text(f"{summing.size} {summing.crc}")
+
+    return SummingFileSystem()
+
+
+def _summed(path: Path) -> int:
+    """The CRC32C of the DCP file *path*: as summed while it was written, where that sum is
+    beside it and matches its size; else read back."""
+    try:
+        size, crc = (int(x) for x in (path.parent / f"{SUMS}{path.name}").read_text().split())
+        if size == path.stat().st_size:
+            return crc
+    except (OSError, ValueError):
+        pass
+    return _crc_of(path)
 
 
 def _crc_of(path: Path) -> int:
