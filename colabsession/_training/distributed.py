@@ -11,12 +11,15 @@ of writing on.
 
 A save of a :class:`DistributedState`: each rank writes its shards of the model and optimizer
 (``torch.distributed.checkpoint``'s ``async_save``: copied to host memory, then written in a
-thread while training goes on) to a local staging folder; once DCP's coordinator has written
-its metadata (the last file, after every rank finished), rank 0 packs the folder's files into
-one colabsession checkpoint file, committed by its trailer and replicated like any other. The
-ranks' own states (random states, the loader's position) are gathered to rank 0 with it. A
-restore unpacks the newest valid checkpoint to a staging folder and every rank loads its part
-with DCP, which reshards: a checkpoint of 2 ranks loads on 1 or 4.
+thread while training goes on) to a local staging folder, fsynced, summing each file's CRC32C
+as it goes out; once DCP's coordinator has written its metadata (the last file, after every
+rank finished), rank 0 renames the files into the run's local mirror as the parts of one small
+colabsession checkpoint (see :class:`~colabsession._storage.layout.Part`), which names them
+with their sizes and CRC32Cs and holds the ranks' own states (random states, the loader's
+position); written last, it commits them, and it replicates with them (parts first). A restore
+verifies every part of the newest valid checkpoint, links them into a staging folder and every
+rank loads its part with DCP, which reshards: a checkpoint of 2 ranks loads on 1 or 4.
+Checkpoints that packed the DCP files into the checkpoint file (earlier releases) still restore.
 """
 
 from __future__ import annotations
@@ -102,9 +105,10 @@ class JobCheckpointer:
         run: the run, as :class:`~colabsession.Checkpointer` takes it.
         timeout: the longest a rank waits for the others at an agreement, a save or a restore;
             past it (a rank died or hangs) it raises a CheckpointError instead of waiting on.
-        staging_dir: where the ranks write their shards before rank 0 packs them (default: a
-            folder beside the run's local mirror). Every rank must see it: one machine, or a
-            shared file system.
+        staging_dir: where the ranks write their shards before rank 0 moves them into the
+            local mirror as the checkpoint's parts (default: a folder beside the mirror, on its
+            file system: moved by renaming; elsewhere each is copied). Every rank must see it:
+            one machine, or a shared file system.
         **options: the :class:`~colabsession.Checkpointer`'s keyword arguments (``every``,
             ``keep_last``, ``clock``, ...), for every rank (``clock`` and ``margin_floor`` set
             each rank's deadline).
