@@ -158,6 +158,8 @@ def test_fsdp_killed_in_a_save_then_at_random_resumes_bit_identical(
     assert codes[0] == -9
     assert codes[1] == 1
     assert sorted(int(p.name[5:17]) for p in run.glob("ckpt-*.ckpt")) == [4]
+    named = {f for files in named_parts(run).values() for f in files}
+    assert part_files(run) - named  # killed with the shards in place, before the commit
     job(isolated, "fsdp", run, out, kill_after=random.Random().uniform(0.0, 1.5))
     assert job(isolated, "fsdp", run, out) == [0, 0]
     assert_same(out, reference["fsdp"])
