@@ -7,9 +7,10 @@ with torch.distributed.checkpoint (DCP) alone, to a local folder, in one run:
 2. Time until durable (committed on the local disk) per save: ``JobCheckpointer.save`` then
    ``wait()`` versus ``dcp.save`` (synchronous).
 
-``CS_BENCH_STAGING=/dev/shm/x`` stages the shards there (``staging_dir=``), not beside the run.
+``CS_BENCH_STAGING=/dev/shm/x`` stages the shards there (``staging_dir=``), not beside the run
+(another file system: each shard is then copied into the run at the commit).
 The ranks are forked from this process; each prints its medians, rank 0's are reported (rank 0 also
-packs the shards into the checkpoint, so it is the slower one).
+commits the checkpoint that names the shards, so it is the slower one).
 """
 
 from __future__ import annotations

@@ -7,12 +7,16 @@ under torchrun, or forked by test_distributed (:func:`train`, with a file store)
 ``options`` (test_distributed's): ``deadline_rank`` and ``deadline_step``: that rank's session
 clock reaches its deadline margin once that many steps are done (the others' stay far from
 theirs); ``kill_step``: every rank kills itself (SIGKILL) after that step's update;
-``kill_save``: rank 0 kills itself during its N-th checkpoint write (written, not committed).
+``kill_save``: rank 0 kills itself during its N-th checkpoint write (written, not committed);
+``restore_only``: restore, write the step restored (or None) to ``OUT.restored`` and the
+warnings to ``OUT.log``, and end; ``local_dir``: the run's local mirror (the run then stands
+for Drive).
 Each rank writes the step it finished to ``OUT.rank<N>.step``.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -51,6 +55,16 @@ def train(mode: str, run: str, out: str, steps: int, options: dict[str, Any]) ->
     )
     state = DistributedState(model, optimizer, loader=loader)
 
+    if options.get("restore_only"):
+        handler = logging.FileHandler(f"{out}.log")
+        logging.getLogger("colabsession").addHandler(handler)
+        with JobCheckpointer(run, every=None, timeout="20s") as job:
+            found = job.restore(state)
+        handler.close()
+        with open(f"{out}.restored", "w") as f:
+            f.write(str(found))
+        return
+
     done = [0]
     clock = None
     if options.get("deadline_rank") == rank:
@@ -72,7 +86,10 @@ def train(mode: str, run: str, out: str, steps: int, options: dict[str, Any]) ->
 
         os.replace = replacing  # type: ignore[assignment]
 
-    ckpt = JobCheckpointer(run, every=None, every_steps=5, keep_last=2, timeout="20s", clock=clock)
+    mirror = {"local_dir": options["local_dir"]} if "local_dir" in options else {}
+    ckpt = JobCheckpointer(
+        run, every=None, every_steps=5, keep_last=2, timeout="20s", clock=clock, **mirror
+    )
     with ckpt:
         for _epoch in state.epochs(3, ckpt):
             for x, y in loader:

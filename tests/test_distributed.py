@@ -158,6 +158,8 @@ def test_fsdp_killed_in_a_save_then_at_random_resumes_bit_identical(
     assert codes[0] == -9
     assert codes[1] == 1
     assert sorted(int(p.name[5:17]) for p in run.glob("ckpt-*.ckpt")) == [4]
+    named = {f for files in named_parts(run).values() for f in files}
+    assert part_files(run) - named  # killed with the shards in place, before the commit
     job(isolated, "fsdp", run, out, kill_after=random.Random().uniform(0.0, 1.5))
     assert job(isolated, "fsdp", run, out) == [0, 0]
     assert_same(out, reference["fsdp"])
@@ -170,6 +172,127 @@ def test_a_checkpoint_of_two_ranks_restores_on_another_world_size(
     out = isolated / "other.pt"
     assert job(isolated, "fsdp", reference["fsdp-run"], out, world=world) == [0] * world
     assert_same(out, reference["fsdp"])  # resharded, whole again
+
+
+def part_files(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir() if p.name.startswith("part-")}
+
+
+def named_parts(folder: Path) -> dict[int, list[str]]:
+    """The part files each checkpoint in *folder* names, by step."""
+    from colabsession._storage.store import Store
+
+    entries = Store.local_disk(folder).entries()
+    return {e.step: [p.file for p in e.manifest.parts or []] for e in entries}
+
+
+def restored_step(tmp: Path, run: Path, world: int = 1) -> tuple[str, str]:
+    """The step a job of *world* ranks restores from *run*, and its warnings."""
+    out = tmp / f"restore-{time.monotonic_ns()}"
+    assert job(tmp, "fsdp", run, out, world=world, restore_only=True) == [0] * world
+    return Path(f"{out}.restored").read_text(), Path(f"{out}.log").read_text()
+
+
+def test_shards_are_parts_that_travel_before_their_checkpoint_and_go_with_it(
+    isolated: Path,
+) -> None:
+    drive, mirror, out = isolated / "drive", isolated / "mirror", isolated / "out.pt"
+    assert job(isolated, "fsdp", drive, out, steps=10, local_dir=str(mirror)) == [0, 0]
+    for folder in (mirror, drive):
+        named = named_parts(folder)
+        # keep_last=2 of the saves at steps 4 and 9 (every 5 steps) and 10 (the last): step
+        # 4's parts went with it; each checkpoint names its ranks' DCP files (2 shard files
+        # and DCP's metadata), all there.
+        assert sorted(named) == [9, 10], folder
+        assert all(len(files) == 3 for files in named.values())
+        assert part_files(folder) == {f for files in named.values() for f in files}
+    # A new runtime (no local mirror) restores from the location, parts and all.
+    mirror.rename(isolated / "gone")
+    assert restored_step(isolated, drive)[0] == "10"
+
+
+def test_a_copy_carries_the_parts_before_the_checkpoint_file(isolated: Path) -> None:
+    from colabsession._storage import layout
+    from colabsession._storage.serialize import crc32c
+    from colabsession._storage.store import Store
+
+    local, remote = Store.local_disk(isolated / "local"), Store.local_disk(isolated / "remote")
+    local.makedirs()
+    remote.makedirs()
+    parts = []
+    for data in (b"shard", b""):
+        part = layout.Part(layout.part_name(3), len(data), crc32c(data))
+        (isolated / "local" / part.file).write_bytes(data)
+        parts.append(part)
+    entry = local.commit(
+        layout.file_name(3),
+        lambda f: layout.write(
+            f, [], step=3, time=0.0, session="s", metrics={}, tree={}, parts=parts
+        ),
+    )
+    written: list[str] = []
+    chunks = remote.backend.write_chunks
+
+    def spy(path: str, data: Any) -> None:
+        written.append(Path(path).name)
+        chunks(path, data)
+
+    remote.backend.write_chunks = spy  # type: ignore[method-assign,assignment]
+    remote.upload(entry)
+    assert written == [parts[0].file, parts[1].file, entry.name]
+    (copied,) = remote.entries()
+    remote.load(copied)  # every part verified
+    orphan = layout.part_name(4)  # a save killed between its parts and its commit
+    (isolated / "local" / orphan).write_bytes(b"x")
+    assert local.leftovers() == [orphan]  # removed by retention once an hour old
+    remote.delete(copied)
+    assert sorted(p.name for p in (isolated / "remote").iterdir()) == []
+
+
+def test_a_damaged_or_missing_part_skips_to_the_previous_checkpoint(
+    isolated: Path, reference: dict[str, Path]
+) -> None:
+    import shutil
+
+    run = isolated / "run"
+    shutil.copytree(reference["fsdp-run"], run)
+    named = named_parts(run)
+    damaged = run / named[15][0]
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 1
+    damaged.write_bytes(bytes(data))
+    step, log = restored_step(isolated, run)
+    assert step == "14"
+    assert f"skipping checkpoint step 15 in {run}" in log
+    assert f"its part {damaged.name} does not match its checksum" in log
+    (run / named[14][1]).unlink()
+    step, log = restored_step(isolated, run)
+    assert step == "None"
+    assert f"its part {named[14][1]} is missing" in log
+
+
+def test_a_checkpoint_packed_whole_by_an_earlier_release_still_restores(
+    isolated: Path, reference: dict[str, Path]
+) -> None:
+    import numpy as np
+
+    import colabsession as cs
+    from colabsession._training.distributed import KIND
+
+    # The kind written before parts: the DCP files as arrays of the checkpoint itself.
+    source = reference["fsdp-run"]
+    restored = cs.Checkpointer(source, every=None).restore()
+    assert restored is not None
+    files = {
+        name: np.fromfile(source / part, dtype=np.uint8)
+        for name, (part, _size, _crc) in restored.state["files"].items()
+    }
+    packed = {"kind": KIND, "world": 2, "files": files, "ranks": restored.state["ranks"]}
+    with cs.Checkpointer(isolated / "run", every=None) as ckpt:
+        ckpt.save(restored.step, packed)
+    out = isolated / "packed.pt"
+    assert job(isolated, "fsdp", isolated / "run", out, world=1) == [0]
+    assert_same(out, reference["fsdp"])
 
 
 def test_a_killed_launcher_stops_its_workers_at_the_next_agreement(isolated: Path) -> None:

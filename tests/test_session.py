@@ -126,6 +126,33 @@ def test_run_part_skips_a_damaged_checkpoint(
     ]  # the damaged copy was not kept, nor its temporary file
 
 
+def test_run_part_brings_a_checkpoints_parts_first(tmp_path: Path, isolated: Path) -> None:
+    from colabsession._drive.location import Location
+    from colabsession._storage import layout
+    from colabsession._storage.serialize import crc32c
+    from colabsession._storage.store import Store
+
+    fs = MemoryFileSystem()
+    store = Store(Location(fs, f"/{tmp_path.name}/run", "memory-run"), timeout=30)
+    store.makedirs()
+    shards = [b"rank 0's shards", b"rank 1's"]
+    parts = [layout.Part(layout.part_name(7), len(d), crc32c(d)) for d in shards]
+    for part, data in zip(parts, shards, strict=True):
+        store.write(part.file, data)
+    store.commit(
+        layout.file_name(7),
+        lambda f: layout.write(
+            f, [], step=7, time=1.0, session="s", metrics={}, tree={}, parts=parts
+        ),
+    )
+    report = cs.session(run=f"memory://{tmp_path.name}/run", env=None)
+    assert report.checkpoint is not None
+    assert report.checkpoint.step == 7
+    mirror = Path(report.checkpoint.where).parent
+    for part, data in zip(parts, shards, strict=True):
+        assert (mirror / part.file).read_bytes() == data
+
+
 def test_a_run_with_nothing_saved_is_a_new_run(tmp_path: Path) -> None:
     report = cs.session(run=f"memory://{tmp_path.name}/new", env=None)
     assert report.ok

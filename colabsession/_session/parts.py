@@ -203,10 +203,13 @@ class RunPart:
 
     def _fetch(self, entry: Entry) -> str:
         """Copy *entry* into the local mirror under a temporary name, check its trailer and
-        arrays, and rename it into place. Raises Damaged, OSError or TimeoutError."""
+        arrays, and rename it into place; its part files first, each checked likewise. Raises
+        Damaged, OSError or TimeoutError."""
         assert self.remote is not None
         folder = Path(self.local.root)
         folder.mkdir(parents=True, exist_ok=True)
+        for part in entry.manifest.parts or []:
+            self._fetch_part(part, folder)
         temp = folder / f".{entry.name}.{secrets.token_hex(4)}.tmp"
         try:
             self.remote.fetch_file(entry.name, temp, size=entry.manifest.size)
@@ -226,6 +229,19 @@ class RunPart:
             target = folder / entry.name
             os.replace(temp, target)
             return str(target)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                temp.unlink()
+
+    def _fetch_part(self, part: _layout.Part, folder: Path) -> None:
+        assert self.remote is not None
+        temp = folder / f".{part.file}.{secrets.token_hex(4)}.tmp"
+        try:
+            self.remote.fetch_file(part.file, temp, size=part.size)
+            with open(temp, "rb") as f:
+                _layout.check_part(f, part)
+                os.fsync(f.fileno())
+            os.replace(temp, folder / part.file)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 temp.unlink()

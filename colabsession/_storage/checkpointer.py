@@ -57,7 +57,7 @@ from colabsession._storage.frameworks import (
     unmapped,
 )
 from colabsession._storage.history import HistoryLog, check_metric_names, make_record
-from colabsession._storage.layout import Damaged, Lineage
+from colabsession._storage.layout import Damaged, Lineage, Part
 from colabsession._storage.lease import Lease
 from colabsession._storage.lineage import branch_of, split_live
 from colabsession._storage.replicate import STATES, Replicator, drive_states
@@ -337,15 +337,16 @@ class Checkpointer:
         state: Any,
         *,
         metrics: dict[str, Any] | None = None,
-        _later: Callable[[], Any] | None = None,
+        _later: Callable[[], tuple[Any, list[Part]]] | None = None,
     ) -> None:
         """Save *state* as *step* now. With ``async_save`` this returns once the state is copied
         to host memory; the write to the local disk goes on in the background (one at a time),
         and the copy to the location after it, in a thread of its own.
 
-        ``_later`` (a seam for the distributed path): the state is what it returns, called in
-        the writer's thread when the write starts, and written without a copy (files that other
-        processes finish meanwhile); *state* is then ignored. The save counts as made now."""
+        ``_later`` (a seam for the distributed path): it returns the state and the part files
+        (:class:`~.layout.Part`, written and fsynced in the local mirror's folder) that the
+        checkpoint commits, called in the writer's thread when the write starts; the state is
+        written without a copy; *state* is then ignored. The save counts as made now."""
         step = _check_step(step)
         with self._writer.lock:  # one save at a time, whichever threads call
             self._check_open()
@@ -364,8 +365,9 @@ class Checkpointer:
                 if _later is None:
                     self._commit(step, tree, self._writer.arrays(leaves), clean, lineage)
                 else:  # not staged: written as they are (files others finished meanwhile)
-                    tree_later, leaves_later = flatten(_later(), copy=False)
-                    self._commit(step, tree_later, host_arrays(leaves_later), clean, lineage)
+                    later, parts = _later()
+                    tree_later, leaves_later = flatten(later, copy=False)
+                    self._commit(step, tree_later, host_arrays(leaves_later), clean, lineage, parts)
                 self.save_policy.took(self._monotonic() - started)
 
             self._writer.submit(job)
@@ -924,10 +926,11 @@ class Checkpointer:
         arrays: Iterable[Any],
         metrics: dict[str, Any],
         lineage: Lineage | None,
+        parts: list[Part] | None = None,
     ) -> None:
         """The background part of a save: write the host *arrays* (the writer's, each freed
-        once written over the budget) locally, apply retention there, and hand the file to the
-        replicator."""
+        once written over the budget) locally (committing *parts*, files already beside it),
+        apply retention there, and hand the file to the replicator."""
         fields = {
             "step": step,
             "time": time.time(),
@@ -938,6 +941,8 @@ class Checkpointer:
             # The records the location's history file lacks: they reach it with this file.
             "history": self.history.tail(),
         }
+        if parts:
+            fields["parts"] = parts
         self.local.commit(_layout.file_name(step), lambda f: _layout.write(f, arrays, **fields))
         self._retain_local()
         if self._replicator is not None:

@@ -46,6 +46,7 @@ PARKED = "parked-"
 MAGIC = b"CSCKPT01"
 TRAILER = struct.Struct("<QI8s")  # manifest length, manifest CRC32C, magic
 _NAME = re.compile(r"ckpt-(\d{12,18})\.([0-9a-f]{12})\.ckpt")
+_PART = re.compile(r"part-(\d{12,18})\.([0-9a-f]{12})\.part")
 
 Metric = float | int | str | bool | None
 
@@ -94,11 +95,22 @@ class HistoryTail:
 
 
 @dataclass(frozen=True)
+class Part:
+    """A file of a checkpoint besides its own (a rank's shards, written by DCP), in the same
+    folder: its name, its size and its CRC32C. The checkpoint's file, written after its parts,
+    commits them; a copy carries the parts first; retention deletes them with it."""
+
+    file: str
+    size: int
+    crc32c: int
+
+
+@dataclass(frozen=True)
 class Manifest(Record):
     """What a checkpoint file holds, as its trailer's manifest records it."""
 
     KIND: ClassVar[str] = "colabsession-checkpoint"
-    VERSION: ClassVar[int] = 2  # 2: framework arrays (PyTorch, JAX) in the tree
+    VERSION: ClassVar[int] = 3  # 2: framework arrays (PyTorch, JAX) in the tree; 3: parts
     step: int
     time: float
     session: str
@@ -109,6 +121,7 @@ class Manifest(Record):
     crc32c: int
     lineage: Lineage | None = None  # None: written by an older colabsession
     history: HistoryTail | None = None  # None: carries no history (or an older colabsession)
+    parts: list[Part] | None = None  # files of the checkpoint besides this one (version 3)
 
     @property
     def created(self) -> datetime:
@@ -126,11 +139,38 @@ def parse_name(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def part_name(step: int) -> str:
+    """The name of a new part file of a checkpoint of *step* (see :class:`Part`)."""
+    return f"part-{step:012d}.{secrets.token_hex(6)}.part"
+
+
+def is_part_name(name: str) -> bool:
+    return _PART.fullmatch(name) is not None
+
+
+def check_part(f: IO[bytes], part: Part, *, chunk: int = 16 << 20) -> None:
+    """Check the part file open as *f* against its size and CRC32C. Raises :class:`Damaged`."""
+    import google_crc32c
+
+    crc, have = 0, 0
+    while data := f.read(chunk):
+        crc = google_crc32c.extend(crc, data)
+        have += len(data)
+        if have > part.size:
+            break
+    if have != part.size:
+        raise Damaged(f"its part {part.file} has {have} bytes, its manifest says {part.size}")
+    if crc != part.crc32c:
+        raise Damaged(f"its part {part.file} does not match its checksum")
+
+
 def write(f: IO[bytes], arrays: Iterable[Any], **fields: Any) -> Manifest:
-    """Write a whole checkpoint file to *f*; *fields* are the manifest's (step, time, ...)."""
+    """Write a whole checkpoint file to *f*; *fields* are the manifest's (step, time, ...;
+    ``parts``: the files already written and fsynced beside it that it commits)."""
     infos, size, crc = write_arrays(f, arrays)
-    # Format 1 where it suffices, so that older releases still read plain checkpoints.
-    version = 2 if uses_frameworks(fields.get("tree")) else 1
+    # Format 1 where it suffices, so that older releases still read plain checkpoints (and
+    # refuse, as newer, those with parts, which they could not load whole).
+    version = 3 if fields.get("parts") else 2 if uses_frameworks(fields.get("tree")) else 1
     manifest = Manifest(arrays=infos, size=size, crc32c=crc, version=version, **fields)
     body = manifest.to_json()
     f.write(body)
@@ -166,6 +206,13 @@ def read_manifest(read_tail: Any, file_size: int, name: str) -> Manifest:
         raise Damaged(f"its manifest says step {manifest.step}, its name step {step}")
     if manifest.size != file_size - TRAILER.size - length:
         raise Damaged(f"its manifest says {manifest.size} bytes of arrays, the file has other")
+    parts = manifest.parts or []
+    # Names read from Drive are untrusted: a part is a plain file of the same folder, named as
+    # colabsession names parts, each once.
+    if any(not is_part_name(p.file) or p.size < 0 for p in parts) or len(
+        {p.file for p in parts}
+    ) != len(parts):
+        raise Damaged("its manifest names a part file that is refused")
     return manifest
 
 

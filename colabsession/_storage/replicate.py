@@ -433,6 +433,7 @@ class Replicator:
 
     def _upload(self, store: Store, entry: Entry) -> None:
         size = entry.store.size(entry.name)  # the arrays and the manifest after them
+        size += sum(part.size for part in entry.manifest.parts or [])  # copied first
         with self.progress(size, f"copying step {entry.step} to {store}") as bar:
             store.upload(entry, progress=bar.update)
 

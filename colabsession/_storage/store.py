@@ -263,12 +263,29 @@ class Store:
 
                 return _layout.read(readinto, entry.manifest)
 
+        self.check_parts(entry, timeout=timeout)
         try:
             return self.io(f"read {entry.name}", job, entry.manifest.size, timeout=timeout)
         except FileNotFoundError:
             raise Damaged("it disappeared while being read") from None
         except OSError as exc:
             raise Damaged(f"it cannot be read ({exc})") from None
+
+    def check_parts(self, entry: Entry, *, timeout: float | None = None) -> None:
+        """Check each part file of *entry* (see :class:`~.layout.Part`) against its size and
+        CRC32C, read whole. Raises Damaged."""
+        for part in entry.manifest.parts or []:
+
+            def job(part: _layout.Part = part) -> None:
+                with self.backend.open(self.path(part.file)) as f:
+                    _layout.check_part(f, part)
+
+            try:
+                self.io(f"read {part.file}", job, part.size, timeout=timeout)
+            except FileNotFoundError:
+                raise Damaged(f"its part {part.file} is missing") from None
+            except OSError as exc:
+                raise Damaged(f"its part {part.file} cannot be read ({exc})") from None
 
     def commit(
         self, name: str, writer: Callable[[Any], Manifest], *, timeout: float | None = None
@@ -293,8 +310,12 @@ class Store:
         progress: Callable[[int], object] | None = None,
         timeout: float | None = None,
     ) -> Entry:
-        """Copy *entry* (a file of another store on the local disk) into this store;
-        *progress* hears of the bytes copied now."""
+        """Copy *entry* (a file of another store on the local disk) into this store, its part
+        files first (the checkpoint's file, copied last, commits them); *progress* hears of the
+        bytes copied now."""
+        for part in entry.manifest.parts or []:
+            source = entry.store.path(part.file)
+            self.put_file(source, part.file, progress=progress, timeout=timeout)
         source = entry.store.path(entry.name)
 
         def job() -> None:
@@ -373,11 +394,14 @@ class Store:
             raise
 
     def delete(self, entry: Entry, *, timeout: float | None = None) -> None:
+        """Delete the checkpoint *entry*: its file (no longer a checkpoint), then its parts."""
         self.remove(entry.name, timeout=timeout)
+        for part in entry.manifest.parts or []:
+            self.remove(part.file, timeout=timeout)
 
     def park(self, entry: Entry, *, timeout: float | None = None) -> None:
-        """Set *entry* aside (renamed ``parked-...``): no longer a checkpoint of the run, but
-        kept; rename it back to use it again."""
+        """Set *entry* aside (renamed ``parked-...``, then its part files too): no longer a
+        checkpoint of the run, but kept; rename them back to use it again."""
         source, target = self.path(entry.name), self.path(_layout.PARKED + entry.name)
         self.io(
             f"park {entry.name}",
@@ -386,10 +410,26 @@ class Store:
             timeout=timeout,
         )
         self._manifests.pop(entry.name, None)
+        for part in entry.manifest.parts or []:
+            self._move(part.file, _layout.PARKED + part.file, part.size, timeout)
+
+    def _move(self, name: str, new: str, size: int, timeout: float | None) -> None:
+        source, target = self.path(name), self.path(new)
+        with contextlib.suppress(FileNotFoundError):
+            move = self.backend.move
+            self.io(f"park {name}", lambda: move(source, target), size, timeout=timeout)
 
     def leftovers(self, *, timeout: float | None = None) -> list[str]:
-        """Temporary files of writes cut short (local stores only)."""
-        return [n for n in self.names(timeout=timeout) if n.startswith(".") and n.endswith(".tmp")]
+        """Temporary files of writes cut short, and part files that no checkpoint names (a
+        save killed before its commit) (local stores only)."""
+        names = self.names(timeout=timeout)
+        found = [n for n in names if n.startswith(".") and n.endswith(".tmp")]
+        parts = [n for n in names if _layout.is_part_name(n)]
+        if parts:
+            entries = self.entries(names, warn=False, timeout=timeout)
+            named = {p.file for e in entries for p in e.manifest.parts or []}
+            found += [n for n in parts if n not in named]
+        return found
 
     def __str__(self) -> str:
         return self.description

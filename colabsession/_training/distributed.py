@@ -11,12 +11,15 @@ of writing on.
 
 A save of a :class:`DistributedState`: each rank writes its shards of the model and optimizer
 (``torch.distributed.checkpoint``'s ``async_save``: copied to host memory, then written in a
-thread while training goes on) to a local staging folder; once DCP's coordinator has written
-its metadata (the last file, after every rank finished), rank 0 packs the folder's files into
-one colabsession checkpoint file, committed by its trailer and replicated like any other. The
-ranks' own states (random states, the loader's position) are gathered to rank 0 with it. A
-restore unpacks the newest valid checkpoint to a staging folder and every rank loads its part
-with DCP, which reshards: a checkpoint of 2 ranks loads on 1 or 4.
+thread while training goes on) to a local staging folder, fsynced, summing each file's CRC32C
+as it goes out; once DCP's coordinator has written its metadata (the last file, after every
+rank finished), rank 0 renames the files into the run's local mirror as the parts of one small
+colabsession checkpoint (see :class:`~colabsession._storage.layout.Part`), which names them
+with their sizes and CRC32Cs and holds the ranks' own states (random states, the loader's
+position); written last, it commits them, and it replicates with them (parts first). A restore
+verifies every part of the newest valid checkpoint, links them into a staging folder and every
+rank loads its part with DCP, which reshards: a checkpoint of 2 ranks loads on 1 or 4.
+Checkpoints that packed the DCP files into the checkpoint file (earlier releases) still restore.
 """
 
 from __future__ import annotations
@@ -45,14 +48,17 @@ from colabsession._core.units import Duration, format_duration, parse_duration
 from colabsession._runtime.clock import SessionClock
 from colabsession._runtime.interrupt import StopOnSigterm
 from colabsession._storage.checkpointer import OPTIONS, Checkpointer, RunLike
+from colabsession._storage.layout import Part, is_part_name, part_name
 from colabsession._storage.save_policy import SavePolicy
+from colabsession._storage.serialize import crc32c
 from colabsession._training.torch import TrainingState, rng_state, set_rng_state
 
 torch: Any = require("torch", extra="torch", purpose="colabsession.torch")
 
 logger = logging.getLogger(__name__)
 
-KIND = "colabsession-dcp"  # the tree of a checkpoint that packs a DCP folder
+KIND = "colabsession-dcp"  # the tree of a checkpoint that packs a DCP folder (before parts)
+KIND_PARTS = "colabsession-dcp-parts"  # the tree of a checkpoint whose parts are DCP's files
 _FINAL, _SAVE, _FAILED = 0, 1, 2
 
 
@@ -99,9 +105,10 @@ class JobCheckpointer:
         run: the run, as :class:`~colabsession.Checkpointer` takes it.
         timeout: the longest a rank waits for the others at an agreement, a save or a restore;
             past it (a rank died or hangs) it raises a CheckpointError instead of waiting on.
-        staging_dir: where the ranks write their shards before rank 0 packs them (default: a
-            folder beside the run's local mirror). Every rank must see it: one machine, or a
-            shared file system.
+        staging_dir: where the ranks write their shards before rank 0 moves them into the
+            local mirror as the checkpoint's parts (default: a folder beside the mirror, on its
+            file system: moved by renaming; elsewhere each is copied). Every rank must see it:
+            one machine, or a shared file system.
         **options: the :class:`~colabsession.Checkpointer`'s keyword arguments (``every``,
             ``keep_last``, ``clock``, ...), for every rank (``clock`` and ``margin_floor`` set
             each rank's deadline).
@@ -331,12 +338,14 @@ class JobCheckpointer:
             return
         pending, ranks = self._pending, gathered
 
-        def packed() -> dict[str, Any]:
+        local_dir = self.ckpt.local_dir
+
+        def parts() -> tuple[dict[str, Any], list[Part]]:
             pending.result()  # DCP's coordinator wrote .metadata last: every rank is done
-            return _pack(folder, ranks or [], step)
+            return _as_parts(folder, Path(local_dir), ranks or [], step)
 
         try:
-            self.ckpt.save(step, None, metrics=metrics, _later=packed)
+            self.ckpt.save(step, None, metrics=metrics, _later=parts)
         finally:
             if not self.ckpt.async_save:
                 shutil.rmtree(folder, ignore_errors=True)
@@ -344,12 +353,11 @@ class JobCheckpointer:
     def _writer(self, folder: Path) -> Any:
         """DCP's writer of this rank's shards, one for the job."""
         if self._dcp_writer is None:
-            # Not fsynced: the staging files are not the durable copy, the packed checkpoint is
-            # (fsynced when it commits); a crash before that leaves the save uncommitted.
-            self._dcp_writer = _dcp().FileSystemWriter(
-                str(folder),
-                sync_files=False,
-            )
+            # Fsynced as DCP does: these files are the checkpoint's parts (moved, not copied,
+            # into the local mirror); the small checkpoint file that names them commits them.
+            self._dcp_writer = _dcp().FileSystemWriter(str(folder), sync_files=True)
+            # Each file's CRC32C computed as DCP writes it, on its rank, while in the cache.
+            self._dcp_writer.fs = _summing_file_system()
         else:
             self._dcp_writer.reset(str(folder))
         return self._dcp_writer
@@ -402,7 +410,7 @@ class JobCheckpointer:
         if self.ckpt is not None:
             try:
                 restored = self.ckpt.restore(step)
-                answer = [_unpack(restored, folder) if restored is not None else None]
+                answer = [self._unpack(restored, folder) if restored is not None else None]
             except Exception as exc:  # told to every rank, then raised here
                 answer = [("error", str(exc))]
                 self._collective(
@@ -440,6 +448,23 @@ class JobCheckpointer:
         state.load_rank_state(own if own is not None else ranks[0], rng=own is not None)
         state.step = int(saved_step)
         return int(saved_step)
+
+    def _unpack(self, restored: Any, folder: Path) -> dict[str, Any]:
+        assert self.ckpt is not None
+        state = restored.state
+        if isinstance(state, dict) and state.get("kind") == KIND_PARTS:
+            if not (
+                isinstance(state.get("files"), dict)
+                and isinstance(state.get("ranks"), list)
+                and state["ranks"]
+                and ".metadata" in state["files"]
+            ):
+                raise CheckpointError(
+                    f"step {restored.step} in {restored.where} names no DCP checkpoint: "
+                    "restart the run"
+                )
+            return _link_parts(restored, folder, self.ckpt.local_dir, self.ckpt.remote)
+        return _unpack(restored, folder)
 
     # Closing ------------------------------------------------------------------------------
 
@@ -600,26 +625,174 @@ class DistributedState(TrainingState):
 _STAGER_REUSABLE = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 14)
 
 
-# Packing a DCP folder into one checkpoint ---------------------------------------------------
+# A DCP folder as a checkpoint's parts ---------------------------------------------------
 
 
-def _pack(folder: Path, ranks: list[Any], step: int) -> dict[str, Any]:
-    """The state of the checkpoint that holds *folder*'s files (mapped, not read: the writer
-    streams them) and the ranks' own states."""
+def _as_parts(
+    folder: Path, local_dir: Path, ranks: list[Any], step: int
+) -> tuple[dict[str, Any], list[Part]]:
+    """Move *folder*'s DCP files (written and fsynced by the ranks) into the run's local folder
+    as part files of the checkpoint of *step* (renamed: no byte is copied), each with its size
+    and CRC32C (summed by its rank as it wrote it); the checkpoint's state (the DCP names of
+    its parts and the ranks' own states) and its parts."""
     if not (folder / ".metadata").is_file():
         raise CheckpointError(f"step {step}: DCP wrote no metadata in {folder}: not committed")
-    files: dict[str, Any] = {}
+    files: dict[str, list[Any]] = {}
+    parts: list[Part] = []
     for path in sorted(folder.iterdir()):
-        if path.is_file():
-            size = path.stat().st_size
-            files[path.name] = (
-                np.memmap(path, dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)
+        if not path.is_file() or path.name.startswith(SUMS):
+            continue
+        part = Part(file=part_name(step), size=path.stat().st_size, crc32c=_summed(path))
+        target = local_dir / part.file
+        try:
+            os.replace(path, target)
+        except OSError:  # staging_dir on another file system: copied once, fsynced
+            _copy_synced(path, target)
+        files[path.name] = [part.file, part.size, part.crc32c]
+        parts.append(part)
+    shutil.rmtree(folder, ignore_errors=True)
+    return {"kind": KIND_PARTS, "world": len(ranks), "files": files, "ranks": ranks}, parts
+
+
+SUMS = ".crc32c-"  # a DCP file's size and CRC32C, beside it in the staging folder
+
+
+class _Summing:
+    """A file being written, whose size and CRC32C are summed as its bytes go through; a
+    seek back (which DCP's writer does not do) gives up the sum."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self.size = 0
+        self.crc: int | None = 0
+
+    def write(self, data: Any) -> int:
+        if self.crc is not None:
+            self.crc = crc32c(data, self.crc)
+        written: int = self.raw.write(data)
+        self.size += written
+        return written
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.crc = None
+        return int(self.raw.seek(offset, whence))
+
+    def tell(self) -> int:
+        return int(self.raw.tell())
+
+    def writable(self) -> bool:
+        return True
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+    def fileno(self) -> int:
+        return int(self.raw.fileno())
+
+    def close(self) -> None:
+        self.raw.close()
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.raw.closed)
+
+
+def _summing_file_system() -> Any:
+    """DCP's local file system, each file it writes summed (:class:`_Summing`) and its sum
+    written beside it (``.crc32c-NAME``: its size and CRC32C) once it is closed."""
+    from torch.distributed.checkpoint.filesystem import FileSystem
+
+    class SummingFileSystem(FileSystem):
+        @contextlib.contextmanager
+        def create_stream(self, path: str | os.PathLike[str], mode: str) -> Iterator[Any]:
+            if mode != "wb":
+                with super().create_stream(path, mode) as stream:
+                    yield stream
+                return
+            with super().create_stream(path, mode) as raw:
+                summing = _Summing(raw)
+                yield summing
+            if summing.crc is not None:
+                where = Path(path)
+                (where.parent / f"{SUMS}{where.name}").write_text(f"{summing.size} {summing.crc}")
+
+    return SummingFileSystem()
+
+
+def _summed(path: Path) -> int:
+    """The CRC32C of the DCP file *path*: as summed while it was written, where that sum is
+    beside it and matches its size; else read back."""
+    try:
+        size, crc = (int(x) for x in (path.parent / f"{SUMS}{path.name}").read_text().split())
+        if size == path.stat().st_size:
+            return crc
+    except (OSError, ValueError):
+        pass
+    return _crc_of(path)
+
+
+def _crc_of(path: Path) -> int:
+    import google_crc32c
+
+    crc = 0
+    with open(path, "rb") as f:
+        while data := f.read(8 << 20):
+            crc = google_crc32c.extend(crc, data)
+    return int(crc)
+
+
+def _copy_synced(source: Path, target: Path) -> None:
+    temp = target.with_name(f".{target.name}.tmp")
+    shutil.copyfile(source, temp)
+    with open(temp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(temp, target)
+    source.unlink()
+
+
+def _plain(name: Any) -> bool:
+    """Whether *name* (read from a checkpoint, untrusted) is a plain file name."""
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and not any(c in name for c in "/\\\0")
+    )
+
+
+def _link_parts(restored: Any, folder: Path, local_dir: Path, remote: Any) -> dict[str, Any]:
+    """Put a restored checkpoint's parts (verified by the restore) in *folder* under their DCP
+    names: hard links to the local mirror's files, or copies from the location (*remote*'s
+    store) checked again as they arrive; what every rank needs to load."""
+    state = restored.state
+    files = state["files"]
+    local = os.path.dirname(restored.where) == os.path.abspath(local_dir)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for name, found in files.items():
+        if not (_plain(name) and isinstance(found, list) and len(found) == 3):
+            raise CheckpointError(f"step {restored.step}: a part {name!r} is refused")
+        file, size, crc = found
+        if not is_part_name(file):
+            raise CheckpointError(f"step {restored.step}: a part file {file!r} is refused")
+        target = folder / name
+        if local:
+            try:
+                os.link(local_dir / file, target)
+            except OSError:
+                shutil.copyfile(local_dir / file, target)
+            continue
+        remote.fetch_file(file, target, size=size)
+        if target.stat().st_size != size or _crc_of(target) != crc:
+            raise CheckpointError(
+                f"step {restored.step}: its part {file} changed at {remote} while it was read: "
+                "restore again"
             )
-    return {"kind": KIND, "world": len(ranks), "files": files, "ranks": ranks}
+    return {"step": restored.step, "ranks": state["ranks"]}
 
 
 def _unpack(restored: Any, folder: Path) -> dict[str, Any]:
-    """Write a restored checkpoint's DCP files to *folder*; what every rank needs to load."""
+    """Write a restored checkpoint's DCP files (packed into it by colabsession before parts)
+    to *folder*; what every rank needs to load."""
     state = restored.state
     if not (
         isinstance(state, dict)
