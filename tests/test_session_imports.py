@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import colabsession as cs
-from colabsession._session.parts import RunPart
+from colabsession._session.parts import DataPart, RunPart
 from colabsession._storage.serialize import frameworks_in
 
 pytestmark = pytest.mark.usefixtures("clean_interpreter")
@@ -79,6 +79,37 @@ def test_imports_wait_for_the_environment(isolated: Path, pip_args: list[str]) -
     assert report["env"].ok, report
     assert report.imported == ("cs_demo_a",)  # imported from the environment once active
     assert sys.modules["cs_demo_a"].VERSION == "1.0"
+
+
+def test_imports_wait_for_the_datasets(
+    isolated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = isolated / "drive" / "datasets" / "flowers"
+    folder.mkdir(parents=True)
+    for index in range(5):
+        (folder / f"img{index}.jpg").write_bytes(bytes([index]) * 100)
+    cs.data.pack("drive:datasets/flowers")
+    order: list[str] = []
+    staged = DataPart._run
+
+    def run(self: DataPart) -> str:
+        try:
+            return staged(self)
+        finally:
+            order.append("staged")
+
+    monkeypatch.setattr(DataPart, "_run", run)
+    monkeypatch.setitem(sys.modules, "cs_gate_for_test", types.SimpleNamespace(order=order))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module(
+        tmp_path,
+        "cs_demo_after_data",
+        "import cs_gate_for_test\ncs_gate_for_test.order.append('imported')\n",
+    )
+    report = cs.session(env=None, data="drive:datasets/flowers", imports="cs_demo_after_data")
+    assert report.ok, report
+    # Unpacking and importing both run Python between system calls: not side by side.
+    assert order == ["staged", "imported"]
 
 
 def test_a_failing_import_is_silent_and_raises_in_the_users_import(

@@ -95,8 +95,15 @@ class DataPart:
         self.name = f"data:{tail}"
         self.key = ("data", str(self.location))
         self.result: Path | None = None
+        self.finished = threading.Event()  # set once the dataset is staged (or failed)
 
     def run(self) -> str:
+        try:
+            return self._run()
+        finally:
+            self.finished.set()
+
+    def _run(self) -> str:
         from colabsession._data.api import stage
         from colabsession._data.stage import staged_record
 

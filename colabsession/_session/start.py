@@ -251,11 +251,10 @@ def session(
 
 
 class _Importer:
-    """Imports modules in a thread of its own while the parts run: once the environment part
-    has put its packages on ``sys.path`` (*after*), the modules *names* gives then, skipping
-    those imported already. The session waits for it: a user's ``import torch.nn`` does not
-    wait for a ``torch`` that another thread is still importing (only ``import torch`` does),
-    and would meet it half-initialised."""
+    """Imports modules in a thread of its own while the parts run: once the events *after* are
+    set, the modules *names* gives then, skipping those imported already. The session waits
+    for it: a user's ``import torch.nn`` does not wait for a ``torch`` that another thread is
+    still importing (only ``import torch`` does), and would meet it half-initialised."""
 
     def __init__(self, names: Callable[[], Sequence[str]], after: Sequence[threading.Event]):
         self.names, self.after = names, after
@@ -295,8 +294,14 @@ def _modules(imports: str | Sequence[str] | None) -> str | tuple[str, ...]:
 
 def _importer(modules: str | tuple[str, ...], parts: Sequence[Part]) -> _Importer | None:
     """The importer for *modules* (``"auto"``: the run part's frameworks) beside *parts*, or
-    None when there is nothing to import."""
-    after = [p.finished for p in parts if isinstance(p, EnvPart)]
+    None when there is nothing to import.
+
+    It waits for the environment (its packages go ahead on ``sys.path``) and for the datasets:
+    importing, like unpacking many small files, runs Python code and takes the GIL between
+    short system calls, and two such threads slow each other down several times (each waits
+    for the other's switch interval after every call). The caches' and the run's copies, big
+    reads hashed in C without the GIL, are what it overlaps."""
+    after = [p.finished for p in parts if isinstance(p, (EnvPart, DataPart))]
     if modules == "auto":
         run = next((p for p in parts if isinstance(p, RunPart)), None)
         if run is None:
