@@ -1,18 +1,19 @@
 """Cold resume: from an empty VM to the first training step, with everything kept on Drive.
 
     python benchmarks/cold_resume.py [--files 2000] [--model-mb 50] [--state-mb 64]
-                                     [--latency 0.02] [--sample 200] [--rounds 3]
-                                     [--skip-manual] [--profile DIR]
+                                     [--latency 0.02] [--read-mbps 0] [--sample 200]
+                                     [--rounds 3] [--skip-manual] [--profile DIR]
 
 Mounts benchmarks/fuse_latency.py (a passthrough that adds *latency* to every metadata
 operation, as each is a round trip on the Drive mount) over a folder that stands in for Drive
-(``$COLABSESSION_DRIVE``), holding: a saved environment (``cs.env.install`` of
-:data:`PACKAGES`), a packed dataset of *files* random files of 5-50 KB, a model cache (a
-Hugging Face-layout folder whose weights file is *model_mb* MB: the issue's 500 MB, down-sized
-by default for this shared machine), and a run with one checkpoint of *state_mb* MB (PyTorch
-tensors; the same state is also saved with ``torch.save`` for the manual way). Then, each in a
-fresh interpreter with an empty local disk, it times from the first call to the first training
-step (the checkpoint's tensors used in a step):
+(``$COLABSESSION_DRIVE``; ``--read-mbps`` also limits each read to that rate, as Drive's
+transfer is, where the passthrough otherwise serves the bytes from memory), holding: a saved
+environment (``cs.env.install`` of :data:`PACKAGES`), a packed dataset of *files* random files
+of 5-50 KB, a model cache (a Hugging Face-layout folder whose weights file is *model_mb* MB:
+the issue's 500 MB, down-sized by default for this shared machine), and a run with one
+checkpoint of *state_mb* MB (PyTorch tensors; the same state is also saved with ``torch.save``
+for the manual way). Then, each in a fresh interpreter with an empty local disk, it times from
+the first call to the first training step (the checkpoint's tensors used in a step):
 
 - ``cs.session(...)`` (all parts at once, and torch imported meanwhile: its default
   ``imports="auto"``), then ``Checkpointer.restore()``;
@@ -176,6 +177,7 @@ def main() -> None:
     parser.add_argument("--model-mb", type=int, default=50, help="the cached model's weights")
     parser.add_argument("--state-mb", type=int, default=64, help="the checkpoint's tensors")
     parser.add_argument("--latency", type=float, default=0.02, help="seconds per metadata op")
+    parser.add_argument("--read-mbps", type=float, default=0.0, help="MB/s per read; 0: none")
     parser.add_argument("--sample", type=int, default=200, help="files for the manual cp -r")
     parser.add_argument("--rounds", type=int, default=3, help="the manual way runs once")
     parser.add_argument("--skip-manual", action="store_true", help="time the colabsession ways")
@@ -185,7 +187,7 @@ def main() -> None:
     base = Path(tempfile.mkdtemp(prefix="cs-cold-", dir="/dev/shm"))  # the "Drive" side
     disk = Path(tempfile.mkdtemp(prefix="cs-cold-local-"))  # the VM's local disk
     drive = base / "source"
-    mount = Mount(base, args.latency)
+    mount = Mount(base, args.latency, args.read_mbps)
     setup_env = {
         **os.environ,
         "COLABSESSION_HOME": str(disk / "setup-home"),
@@ -195,7 +197,8 @@ def main() -> None:
     try:
         print(f"load average at the start: {os.getloadavg()}")
         print(
-            f"{args.latency * 1000:.0f} ms per metadata operation; {args.files:,} files; "
+            f"{args.latency * 1000:.0f} ms per metadata operation; "
+            f"reads at {args.read_mbps or 'unlimited'} MB/s; {args.files:,} files; "
             f"model {args.model_mb} MB; checkpoint {args.state_mb} MB"
         )
         data_bytes = make_files(drive / "datasets" / "bench", args.files)
