@@ -164,8 +164,9 @@ def session(
         import torch, transformers  # after: from the environment, reading the caches
 
     While the parts run, the framework the run's checkpoint needs (torch for a PyTorch run) is
-    imported in a thread of its own once the environment is active, so that ``import torch``
-    afterwards finds it done: importing is CPU work, the parts mostly wait on Drive.
+    imported in a thread of its own once the environment is active and the datasets staged,
+    so that ``import torch`` afterwards finds it done: importing is CPU work, the copies of the
+    caches and the checkpoint mostly wait on Drive.
 
     A part that fails is reported with what to do, and the others go on: the call raises
     nothing for it unless *strict* (then the first failed part's error, after the others
