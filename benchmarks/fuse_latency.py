@@ -1,11 +1,12 @@
 """A FUSE passthrough that adds latency to every metadata operation and counts them, like the
 Drive mount (each file operation there is a round trip). Used by benchmarks/drive_ops.py.
 
-    python benchmarks/fuse_latency.py SOURCE MOUNTPOINT [--latency 0.1]
+    python benchmarks/fuse_latency.py SOURCE MOUNTPOINT [--latency 0.1] [--read-mbps 0]
 
 Needs Linux, root (or fusermount3), libfuse3 (`apt-get install fuse3`) and mfusepy
 (`pip install mfusepy`). Reading MOUNTPOINT/.stats returns the counts so far as JSON (that read is
-not counted); data reads and writes are counted apart and get no added latency. With
+not counted); data reads and writes are counted apart and get no added latency, unless
+``--read-mbps`` limits each read to that rate (MB/s, per request: a transfer from Drive). With
 FUSE_LATENCY_LOG=FILE in its environment, each operation and its path is appended to FILE.
 """
 
@@ -33,8 +34,8 @@ DATA = {"read", "write"}
 class Passthrough(fuse.Operations):  # type: ignore[misc]
     use_ns = True
 
-    def __init__(self, root: str, latency: float) -> None:
-        self.root, self.latency = root, latency
+    def __init__(self, root: str, latency: float, read_mbps: float = 0.0) -> None:
+        self.root, self.latency, self.read_mbps = root, latency, read_mbps
         self.counts: Counter[str] = Counter()
         self._mutex = threading.Lock()
 
@@ -88,7 +89,10 @@ class Passthrough(fuse.Operations):  # type: ignore[misc]
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
         if path == STATS:
             return self._stats()[offset : offset + size]
-        return os.pread(fh, size, offset)
+        data = os.pread(fh, size, offset)
+        if self.read_mbps:
+            time.sleep(len(data) / (self.read_mbps * 1e6))
+        return data
 
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
         return os.pwrite(fh, data, offset)
@@ -145,7 +149,7 @@ _OPS = {
 class Mount:
     """The passthrough of *base*/source at *base*/mnt, in a process of its own."""
 
-    def __init__(self, base: Path, latency: float) -> None:
+    def __init__(self, base: Path, latency: float, read_mbps: float = 0.0) -> None:
         self.source, self.point = base / "source", base / "mnt"
         self.process = subprocess.Popen(
             [
@@ -155,6 +159,8 @@ class Mount:
                 str(self.point),
                 "--latency",
                 str(latency),
+                "--read-mbps",
+                str(read_mbps),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -179,11 +185,12 @@ def main() -> None:
     parser.add_argument("source")
     parser.add_argument("mountpoint")
     parser.add_argument("--latency", type=float, default=0.1, help="seconds per metadata op")
+    parser.add_argument("--read-mbps", type=float, default=0.0, help="MB/s per read; 0: no limit")
     args = parser.parse_args()
     os.makedirs(args.source, exist_ok=True)
     os.makedirs(args.mountpoint, exist_ok=True)
     fuse.FUSE(
-        Passthrough(os.path.abspath(args.source), args.latency),
+        Passthrough(os.path.abspath(args.source), args.latency, args.read_mbps),
         args.mountpoint,
         foreground=True,
         nothreads=False,

@@ -13,6 +13,7 @@ import importlib
 import logging
 import os
 import secrets
+import threading
 from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,6 +28,7 @@ from colabsession._storage.checkpointer import Checkpointer, CheckpointInfo, Run
 from colabsession._storage.layout import Damaged
 from colabsession._storage.lineage import split_live
 from colabsession._storage.runs import run_location, run_stores
+from colabsession._storage.serialize import frameworks_in
 from colabsession._storage.store import Entry, Store
 
 logger = logging.getLogger(__name__)
@@ -64,8 +66,15 @@ class EnvPart:
         self.location = resolve(location or DEFAULT_LOCATION)
         self.key = ("env", env, str(self.location))
         self.result: EnvInfo | None = None
+        self.finished = threading.Event()  # set once the environment is active (or failed)
 
     def run(self) -> str:
+        try:
+            return self._run()
+        finally:
+            self.finished.set()
+
+    def _run(self) -> str:
         from colabsession._env.api import restore
 
         # The default name is restored when it was saved, like cs.env.restore() with no name.
@@ -86,8 +95,15 @@ class DataPart:
         self.name = f"data:{tail}"
         self.key = ("data", str(self.location))
         self.result: Path | None = None
+        self.finished = threading.Event()  # set once the dataset is staged (or failed)
 
     def run(self) -> str:
+        try:
+            return self._run()
+        finally:
+            self.finished.set()
+
+    def _run(self) -> str:
         from colabsession._data.api import stage
         from colabsession._data.stage import staged_record
 
@@ -140,7 +156,9 @@ def _describe(report: Any) -> str:
 class RunPart:
     """The run's newest valid checkpoint, brought from its location to the local mirror (read,
     verified, then renamed into place), so that ``Checkpointer.restore()`` later reads it from
-    the local disk. Nothing is decoded, no framework imported and no lease taken."""
+    the local disk. Nothing is decoded, no framework imported and no lease taken. As soon as the
+    newest checkpoint is known, ``frameworks`` holds those whose arrays it has (``"torch"``,
+    ``"jax"``) and ``found`` is set (set too when the part ends without one)."""
 
     def __init__(self, run: RunLike | Checkpointer) -> None:
         self.name = "run"
@@ -154,8 +172,16 @@ class RunPart:
             self.local, self.remote = run_stores(self.location, None, timeout=RUN_TIMEOUT)
         self.key = ("run", str(self.location), self.local.root)
         self.result: CheckpointInfo | None = None
+        self.frameworks: tuple[str, ...] = ()
+        self.found = threading.Event()
 
     def run(self) -> str:
+        try:
+            return self._run()
+        finally:
+            self.found.set()
+
+    def _run(self) -> str:
         local = self.local.entries()
         entries = list(local)
         if self.remote is not None:
@@ -171,6 +197,9 @@ class RunPart:
                 ) from None
         live = split_live(entries)[0]
         live.sort(key=lambda e: (-e.step, -e.manifest.time, e.store is not self.local))
+        if live:  # what restoring it will import: known now, while it is being copied
+            self.frameworks = tuple(sorted(frameworks_in(live[0].manifest.tree)))
+            self.found.set()
         skipped = 0
         for entry in live:
             if entry.store is self.local:

@@ -4,14 +4,17 @@ the caches and the run at once, and reports what each part did.
 Each part runs in a daemon thread of its own (a handful: one per part), so their Drive reads
 overlap; the call waits for them all, at most *timeout*, with one progress bar. A part that
 fails is reported with what to do while the others go on. Parts done once in this process are
-remembered: the same call again returns at once.
+remembered: the same call again returns at once. Meanwhile one more thread imports the
+framework the run's checkpoint needs (CPU work, while the parts mostly wait on Drive).
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
@@ -20,7 +23,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from colabsession._core.errors import ColabSessionError
+from colabsession._core.errors import ColabSessionError, ConfigError
 from colabsession._core.progress import bar
 from colabsession._core.say import quiet, say
 from colabsession._core.units import Duration, format_duration, parse_duration
@@ -92,6 +95,8 @@ class SessionReport:
     seconds: float
     paths: dict[str, Path] = field(default_factory=dict)
     """Where each dataset staged is on the local disk, by its source as given."""
+    imported: tuple[str, ...] = ()
+    """The modules this call imported while the parts ran (see *imports*)."""
 
     @property
     def ok(self) -> bool:
@@ -122,7 +127,10 @@ class SessionReport:
         lines = [f"session ready in {format_duration(self.seconds, precise=True)}"]
         if self.failed:
             lines[0] += f"; {len(self.failed)} of {len(self.parts)} part(s) FAILED"
-        return "\n".join([*lines, *(f"  {p}" for p in self.parts)])
+        lines += [f"  {p}" for p in self.parts]
+        if self.imported:
+            lines.append(f"  imported meanwhile: {', '.join(self.imported)}")
+        return "\n".join(lines)
 
 
 def session(
@@ -135,6 +143,7 @@ def session(
     cache_location: Source | None = None,
     timeout: Duration = "30min",
     strict: bool = False,
+    imports: str | Sequence[str] | None = "auto",
     _parts: Sequence[Part] = (),
 ) -> SessionReport:
     """Bring everything back at the start of a session, all at once, in one call: the
@@ -153,6 +162,11 @@ def session(
             run="my-run", data="drive:datasets/flowers", caches=["huggingface"]
         )
         import torch, transformers  # after: from the environment, reading the caches
+
+    While the parts run, the framework the run's checkpoint needs (torch for a PyTorch run) is
+    imported in a thread of its own once the environment is active and the datasets staged,
+    so that ``import torch`` afterwards finds it done: importing is CPU work, the copies of the
+    caches and the checkpoint mostly wait on Drive.
 
     A part that fails is reported with what to do, and the others go on: the call raises
     nothing for it unless *strict* (then the first failed part's error, after the others
@@ -174,8 +188,16 @@ def session(
         timeout: the longest the call waits for its parts; a part still running then is
             reported as failed (it goes on in the background).
         strict: raise the first failed part's error instead of only reporting it.
+        imports: modules to import meanwhile (the call waits for them too, at most
+            *timeout*): ``"auto"``, the frameworks whose arrays the run's newest checkpoint
+            holds (``torch``, ``jax``: its restore imports them anyway); a module's name or a
+            list of them (``["torch", "transformers"]``); None: none. A module that fails to
+            import is left alone: the call says nothing of it (its log does, at debug level)
+            and your own ``import`` raises as it would have. Modules that must be imported
+            in the main thread (those that set signal handlers) are not for this.
     """
     seconds = parse_duration(timeout, name="timeout")
+    modules = _modules(imports)
     started = time.monotonic()
     sources = _listed(data)
     asked: list[tuple[str, Callable[[], Part]]] = []
@@ -208,8 +230,9 @@ def session(
         reports.append(earlier and _again(earlier))
         if earlier is None:
             todo.append((index, part, key))
-    if todo:
-        finished = _run_all([p for _, p, _ in todo], seconds)
+    importer = _importer(modules, [p for _, p, _ in todo])
+    if todo or importer is not None:
+        finished = _run_all([p for _, p, _ in todo], seconds, importer)
         for (index, _, key), outcome in zip(todo, finished, strict=True):
             reports[index] = outcome
             if outcome.ok:
@@ -217,14 +240,77 @@ def session(
                     _done[key] = outcome
     done = tuple(r for r in reports if r is not None)
     paths = {s: done[i].result for s, i in data_at.items() if isinstance(done[i].result, Path)}
-    report = SessionReport(done, time.monotonic() - started, paths)
-    if todo:
+    imported = tuple(importer.imported) if importer is not None else ()
+    report = SessionReport(done, time.monotonic() - started, paths, imported)
+    if todo or imported:
         for line in str(report).splitlines():
             say(line)
     if strict and report.failed:
         first = report.failed[0]
         raise first.exception or ColabSessionError(first.error or f"{first.name} failed")
     return report
+
+
+class _Importer:
+    """Imports modules in a thread of its own while the parts run: once the events *after* are
+    set, the modules *names* gives then, skipping those imported already. The session waits
+    for it: a user's ``import torch.nn`` does not wait for a ``torch`` that another thread is
+    still importing (only ``import torch`` does), and would meet it half-initialised."""
+
+    def __init__(self, names: Callable[[], Sequence[str]], after: Sequence[threading.Event]):
+        self.names, self.after = names, after
+        self.imported: list[str] = []
+        self.current: str | None = None
+
+    def run(self, deadline: float) -> None:
+        for event in self.after:
+            event.wait(max(0.0, deadline - time.monotonic()))
+        for name in self.names():
+            if name in sys.modules or time.monotonic() >= deadline:
+                continue
+            self.current = name
+            try:
+                importlib.import_module(name)
+            except BaseException:  # the user's own import raises it again
+                logger.debug("colabsession: importing %s ahead failed", name, exc_info=True)
+            else:
+                self.imported.append(name)
+        self.current = None
+
+
+def _modules(imports: str | Sequence[str] | None) -> str | tuple[str, ...]:
+    """*imports* checked: ``"auto"`` or the module names."""
+    if imports is None:
+        return ()
+    names = (imports,) if isinstance(imports, str) else tuple(imports)
+    for name in names:
+        if not isinstance(name, str) or not all(p.isidentifier() for p in name.split(".")):
+            raise ConfigError(
+                f"imports: {name!r} is not a module's name: give names such as 'torch', "
+                "'auto' (the run's framework) or None",
+                name="imports",
+            )
+    return "auto" if names == ("auto",) else names
+
+
+def _importer(modules: str | tuple[str, ...], parts: Sequence[Part]) -> _Importer | None:
+    """The importer for *modules* (``"auto"``: the run part's frameworks) beside *parts*, or
+    None when there is nothing to import.
+
+    It waits for the environment (its packages go ahead on ``sys.path``) and for the datasets:
+    importing, like unpacking many small files, runs Python code and takes the GIL between
+    short system calls, and two such threads slow each other down several times (each waits
+    for the other's switch interval after every call). The caches' and the run's copies, big
+    reads hashed in C without the GIL, are what it overlaps."""
+    after = [p.finished for p in parts if isinstance(p, (EnvPart, DataPart))]
+    if modules == "auto":
+        run = next((p for p in parts if isinstance(p, RunPart)), None)
+        if run is None:
+            return None
+        after.append(run.found)
+        return _Importer(lambda: run.frameworks, after)
+    names = tuple(n for n in modules if n not in sys.modules)
+    return _Importer(lambda: names, after) if names else None
 
 
 class _Failed:
@@ -252,12 +338,15 @@ def _again(report: PartReport) -> PartReport:
     )
 
 
-def _run_all(parts: Sequence[Part], timeout: float) -> list[PartReport]:
+def _run_all(
+    parts: Sequence[Part], timeout: float, importer: _Importer | None = None
+) -> list[PartReport]:
     """Run *parts* at once, each in a daemon thread, under one bar and :func:`quiet`; their
     reports in their order. A part still running after *timeout* seconds is reported as failed
-    and left to finish alone."""
-    results: queue.Queue[tuple[int, PartReport]] = queue.Queue()
+    and left to finish alone; so is *importer*, which runs beside them."""
+    results: queue.Queue[tuple[int, PartReport | None]] = queue.Queue()
     reports: dict[int, PartReport] = {}
+    importing = importer is not None
     # The bar is made before quiet() begins, which hides the parts' own bars and messages.
     with bar(len(parts), "colabsession: session", unit="part") as shown, quiet():
         began = time.monotonic()
@@ -268,7 +357,14 @@ def _run_all(parts: Sequence[Part], timeout: float) -> list[PartReport]:
                 name=f"colabsession-session-{part.name}",
                 daemon=True,
             ).start()
-        while len(reports) < len(parts):
+        if importer is not None:
+            threading.Thread(
+                target=_import,
+                args=(importer, began + timeout, results),
+                name="colabsession-session-import",
+                daemon=True,
+            ).start()
+        while len(reports) < len(parts) or importing:
             left = began + timeout - time.monotonic()
             if left <= 0:
                 break
@@ -277,9 +373,14 @@ def _run_all(parts: Sequence[Part], timeout: float) -> list[PartReport]:
             except queue.Empty:
                 pass
             else:
-                reports[index] = report
-                shown.update(1)
+                if report is None:  # the importer is done
+                    importing = False
+                else:
+                    reports[index] = report
+                    shown.update(1)
             running = [p.name for i, p in enumerate(parts) if i not in reports]
+            if importing and importer is not None and importer.current:
+                running.append(f"importing {importer.current}")
             shown.set_postfix_str(", ".join(running), refresh=False)
     waited = time.monotonic() - began
     for index, part in enumerate(parts):
@@ -298,7 +399,16 @@ def _run_all(parts: Sequence[Part], timeout: float) -> list[PartReport]:
     return [reports[i] for i in range(len(parts))]
 
 
-def _work(index: int, part: Part, results: queue.Queue[tuple[int, PartReport]]) -> None:
+def _import(
+    importer: _Importer, deadline: float, results: queue.Queue[tuple[int, PartReport | None]]
+) -> None:
+    try:
+        importer.run(deadline)
+    finally:
+        results.put((-1, None))
+
+
+def _work(index: int, part: Part, results: queue.Queue[tuple[int, PartReport | None]]) -> None:
     started = time.monotonic()
     try:
         summary = part.run()

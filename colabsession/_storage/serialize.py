@@ -207,6 +207,30 @@ def uses_frameworks(tree: Any) -> bool:
     return False
 
 
+def frameworks_in(tree: Any) -> set[str]:
+    """The frameworks (of :data:`FRAMEWORKS` only) whose arrays *tree* holds: what a restore of
+    it will import. A manifest read from Drive names no other module here, whatever it says.
+
+    >>> frameworks_in({"w": {"$x": {"framework": "torch", "array": 0, "dtype": "float32"}}})
+    {'torch'}
+    """
+    found: set[str] = set()
+    stack = [tree]
+    while stack:  # no recursion: a tree from Drive may be deep
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            described = node.get(f"{MARK}x") if len(node) == 1 else None
+            if isinstance(described, dict):
+                framework = described.get("framework")
+                if framework in FRAMEWORKS:
+                    found.add(framework)
+            else:
+                stack.extend(node.values())
+    return found
+
+
 def unflatten(tree: Any, arrays: list[Any]) -> Any:
     """The state that :func:`flatten` split, from its tree and arrays (framework arrays as
     :class:`FrameworkArray`)."""
