@@ -421,6 +421,7 @@ class HistoryLog:
         self._dirty: int | None = None  # the first record changed in place during a sync
         self._fresh = True  # the next sync writes a new revision whole (after start())
         self._rewriting = False  # a sync is writing a new revision: a tail anchors nothing
+        self._started = 0  # start()s so far: a sync begun before the last one uploaded old records
         self._lock = threading.Lock()  # the training thread appends, the replicator syncs
 
     # Reading ---------------------------------------------------------------------------------
@@ -537,6 +538,7 @@ class HistoryLog:
         self.local.replace(LOCAL, encode(records))
         with self._lock:  # the location's revision is written anew from these records
             self._uploaded, self._dirty, self._fresh = 0, None, True
+            self._started += 1
 
     def append(self, record: Record) -> None:
         """Add *record* to the local file (merged with the last one when it is of the same step
@@ -567,7 +569,7 @@ class HistoryLog:
             records = [dict(r) for r in self.records]
             start, self._dirty = self._uploaded, None
             whole = self._fresh or self._revision is None or not self.remote.appends
-            self._rewriting = whole
+            self._rewriting, started = whole, self._started
         try:
             if whole:
                 revision, mark = self._write_revision(records)
@@ -582,6 +584,12 @@ class HistoryLog:
             raise
         with self._lock:  # a record merged during the upload goes up at the next sync
             self._rewriting = False
+            if started != self._started:
+                # A start() (a restore) meanwhile: what went up are records it dropped. The
+                # next sync writes the next revision whole (never this one again, in place).
+                if whole:
+                    self._revision = revision
+                return
             if whole:
                 self._revision, self._mark, self._fresh = revision, mark, False
             self._uploaded = len(records) if self._dirty is None else min(len(records), self._dirty)

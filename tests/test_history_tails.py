@@ -1,0 +1,77 @@
+"""Attacks on the history carried in checkpoints (issue 25): a restore, a kill, a takeover, a
+hostile or damaged tail, a location down then back, read as a new VM reads the location.
+
+Each test holds a guarantee: the location's history (its newest complete revision with the
+tails that continue it) never shows records a restore dropped, never loses a record the
+location was reported to hold, and never trusts what a checkpoint carries beyond a record's
+shape."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from fsspec.implementations.local import LocalFileSystem
+
+from colabsession._drive.location import Location
+from colabsession._storage.backends import Mount
+from colabsession._storage.history import HistoryLog
+from colabsession._storage.store import Store
+
+
+def location_history(folder: Path, vm: Path) -> list[tuple[int, Any]]:
+    """(step, loss) of each record of the run's history as a new VM reads it from the
+    location alone."""
+    fresh = Store(Location(LocalFileSystem(), str(folder), "drive:run"), timeout=30)
+    reader = HistoryLog(Store.local_disk(vm), fresh, session="")
+    return [(r["step"], r.get("loss")) for r in reader.newest()]
+
+
+class HoldingMount(Mount):
+    """The Drive mount (the history file appended), holding a whole write while ``hold`` is
+    set, until ``release``."""
+
+    def __init__(self) -> None:
+        super().__init__(LocalFileSystem(), durable=False)
+        self.hold, self.entered, self.release = (threading.Event() for _ in range(3))
+
+    def write(self, path: str, data: bytes) -> None:
+        if self.hold.is_set():
+            self.entered.set()
+            self.release.wait(30)
+        super().write(path, data)
+
+
+def test_a_restore_while_a_revision_is_written_drops_what_it_uploads(tmp_path: Path) -> None:
+    """restore() of an older step (its first save calls HistoryLog.start) while the
+    replicator writes the session's revision whole: that revision holds the records the
+    restore dropped, so the next sync writes another whole, rather than appending after
+    them (the new records of those steps were never sent, and the file showed the old)."""
+    backend = HoldingMount()
+    folder = tmp_path / "remote"
+    remote = Store(
+        Location(LocalFileSystem(), str(folder), "drive:run"), timeout=30, backend=backend
+    )
+    remote.makedirs()
+    history = HistoryLog(Store.local_disk(tmp_path / "local"), remote, session="s")
+    history.start(None, truncate=False)
+    for step in (1, 2, 3, 4):
+        history.append({"step": step, "time": float(step), "session": "s", "loss": "old"})
+    backend.hold.set()
+    syncing = threading.Thread(target=history.sync)
+    syncing.start()
+    try:
+        assert backend.entered.wait(30)
+        history.start(2, truncate=True)  # the first save after restore(2)
+    finally:
+        backend.hold.clear()
+        backend.release.set()
+        syncing.join(30)
+    assert history.tail() is None  # nothing continues the revision of dropped records
+    for step in (3, 4, 5):
+        history.append({"step": step, "time": 10.0 + step, "session": "s", "loss": "new"})
+    history.sync()
+    expected = [(1, "old"), (2, "old"), (3, "new"), (4, "new"), (5, "new")]
+    assert location_history(folder, tmp_path / "vm2") == expected
+    assert len(list(folder.glob("history.*.jsonl"))) == 2  # written anew, not in place
