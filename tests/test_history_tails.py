@@ -8,16 +8,30 @@ shape."""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fsspec.implementations.local import LocalFileSystem
 
 from colabsession._drive.location import Location
 from colabsession._storage.backends import Mount
 from colabsession._storage.history import HistoryLog
 from colabsession._storage.store import Store
+
+from .test_replicate import Run, commit_carrying
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Iterator[Run]:
+    made = Run(tmp_path)
+    yield made
+    made.replicator.stop()
+    made.lease.release()
 
 
 def location_history(folder: Path, vm: Path) -> list[tuple[int, Any]]:
@@ -75,3 +89,26 @@ def test_a_restore_while_a_revision_is_written_drops_what_it_uploads(tmp_path: P
     expected = [(1, "old"), (2, "old"), (3, "new"), (4, "new"), (5, "new")]
     assert location_history(folder, tmp_path / "vm2") == expected
     assert len(list(folder.glob("history.*.jsonl"))) == 2  # written anew, not in place
+
+
+def test_a_tail_with_a_time_no_float_can_hold_is_skipped(
+    run: Run, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A carried record whose time is an integer too large for a float, or not finite, is
+    a damaged line: skipped with a warning, where it made every reader (cs.history, the
+    resume of the run) fail with an OverflowError, or outrank every other record."""
+    run.remote.makedirs()
+    run.save(1)
+    run.history.sync()
+    mine = run.history.tail()
+    assert mine is not None
+    huge = '{"step": 2, "time": 1%s, "session": "s"}\n' % ("0" * 400)
+    endless = '{"step": 3, "time": Infinity, "session": "s"}\n'
+    good = '{"step": 4, "time": 4.0, "session": "s"}\n'
+    commit_carrying(run.remote, 4, dataclasses.replace(mine, lines=huge + endless + good))
+    with caplog.at_level(logging.WARNING):
+        assert [s for s, _ in location_history(run.folder, tmp_path / "vm2")] == [1, 4]
+    assert "damaged line" in caplog.text
+    resumed = HistoryLog(Store.local_disk(tmp_path / "vm3"), run.remote, session="t")
+    resumed.start(4, truncate=True)  # a new runtime resumes the run
+    assert [r["step"] for r in resumed.records] == [1, 4]

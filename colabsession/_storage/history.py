@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -397,8 +398,19 @@ def _is_record(record: dict[str, Any]) -> bool:
         isinstance(step, int)
         and not isinstance(step, bool)
         and isinstance(record.get("session"), str)
-        and isinstance(record.get("time"), (int, float))
+        and _is_time(record.get("time"))
     )
+
+
+def _is_time(value: Any) -> bool:
+    """Whether *value* is a time a record can hold: a finite number a float can hold (every
+    reader compares records by it; ``time.time()`` never gives another)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer past a float's range
+        return False
 
 
 def encode(records: Iterable[Record]) -> bytes:
