@@ -23,7 +23,7 @@ from colabsession._storage.backends import Mount
 from colabsession._storage.history import HistoryLog
 from colabsession._storage.store import Store
 
-from .test_replicate import Run, commit_carrying
+from .test_replicate import FailingRemote, Run, commit_carrying
 
 
 @pytest.fixture
@@ -112,3 +112,47 @@ def test_a_tail_with_a_time_no_float_can_hold_is_skipped(
     resumed = HistoryLog(Store.local_disk(tmp_path / "vm3"), run.remote, session="t")
     resumed.start(4, truncate=True)  # a new runtime resumes the run
     assert [r["step"] for r in resumed.records] == [1, 4]
+
+
+class ManifestsDown(FailingRemote):
+    """A location whose checkpoints' manifests cannot be read while ``manifests_down`` (a
+    read timing out), its listing and history file still answering."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.manifests_down = False
+
+    def read_manifest(self, path: str, name: str, size: int | None) -> Any:
+        if self.manifests_down:
+            raise TimeoutError(f"reading {name} timed out")
+        return super().read_manifest(path, name, size)
+
+
+@pytest.mark.parametrize("fault", ["down", "manifests"])
+def test_a_resume_that_cannot_read_the_location_loses_no_record(
+    run: Run, tmp_path: Path, fault: str
+) -> None:
+    """A new runtime resumes (restore from the location) and the location stops answering,
+    or its checkpoints' manifests cannot be read, as the first save begins writing: the
+    session's revision, written once the location answers, still holds every record of the
+    run up to the restored step (it held this session's alone, or the file's without what
+    the checkpoints carried, and superseded them for good)."""
+    for step in (1, 2, 3):
+        run.save(step, carry=True)
+        assert run.replicator.flush(30) == []
+    backend = ManifestsDown()
+    remote = Store(
+        Location(LocalFileSystem(), str(run.folder), "drive:run"), timeout=30, backend=backend
+    )
+    resumed = HistoryLog(Store.local_disk(tmp_path / "vm2"), remote, session="t")
+    backend.down, backend.manifests_down = fault == "down", fault == "manifests"
+    resumed.start(2, truncate=True)  # the first save after restore(2) on the new runtime
+    with pytest.raises((OSError, TimeoutError)):  # the round fails, and is tried again
+        resumed.sync()
+    assert sorted(p.name for p in run.folder.glob("history.*")) == ["history.000001.jsonl"]
+    backend.down = backend.manifests_down = False
+    resumed.append({"step": 3, "time": 30.0, "session": "t", "loss": "new"})
+    resumed.sync()
+    assert [s for s, _ in location_history(run.folder, tmp_path / "vm3")] == [1, 2, 3]
+    assert location_history(run.folder, tmp_path / "vm3")[-1] == (3, "new")
+    assert [r["step"] for r in resumed.records] == [1, 2, 3]

@@ -421,6 +421,23 @@ def _last_time(records: list[Record]) -> float:
     return max((float(r["time"]) for r in records), default=0.0)
 
 
+def _newer(local: list[Record], remote: list[Record]) -> list[Record]:
+    """The newer of two copies of a history: the one whose last record is newer (another
+    runtime wrote it since), the longer one when both end at the same time."""
+    return max((local, remote), key=lambda r: (_last_time(r), len(r)))
+
+
+def _kept(
+    records: list[Record], keep_through: int | None, truncate: bool
+) -> tuple[list[Record], list[Record]]:
+    """(kept, dropped) of *records*: if *truncate*, those past *keep_through* (None: all)
+    are dropped."""
+    if not truncate:
+        return records, []
+    limit = -1 if keep_through is None else keep_through
+    return [r for r in records if r["step"] <= limit], [r for r in records if r["step"] > limit]
+
+
 class HistoryLog:
     """The history of one run: its local file (in *local*) and its revisions at *remote*."""
 
@@ -434,6 +451,9 @@ class HistoryLog:
         self._fresh = True  # the next sync writes a new revision whole (after start())
         self._rewriting = False  # a sync is writing a new revision: a tail anchors nothing
         self._started = 0  # start()s so far: a sync begun before the last one uploaded old records
+        # Set by a start() that could not read the location: (keep_through, truncate, how many
+        # records it began with); its history is merged in before the first revision is written.
+        self._unread: tuple[int | None, bool, int] | None = None
         self._lock = threading.Lock()  # the training thread appends, the replicator syncs
 
     # Reading ---------------------------------------------------------------------------------
@@ -444,18 +464,22 @@ class HistoryLog:
         except FileNotFoundError:
             return []
 
-    def read_remote(self) -> tuple[list[Record], int]:
+    def read_remote(self, *, whole: bool = False) -> tuple[list[Record], int]:
         """The location's history: its newest complete revision with the records that the
         checkpoints there carry for it merged in (see :func:`merge_tails`): (records,
-        revision)."""
+        revision). *whole*: a checkpoint whose manifest cannot be read is an error (OSError,
+        TimeoutError) rather than a warning (the records are about to be written as a new
+        revision, which supersedes the tails)."""
         assert self.remote is not None
         names = self.remote.names()
         records, revision, mark = self._read_file(names)
         if mark is not None:
-            records = merge_tails(records, self._tails(names, revision, mark))
+            records = merge_tails(records, self._tails(names, revision, mark, whole=whole))
         return records, revision
 
-    def _tails(self, names: list[str], revision: int, mark: str) -> list[HistoryTail]:
+    def _tails(
+        self, names: list[str], revision: int, mark: str, *, whole: bool = False
+    ) -> list[HistoryTail]:
         """The history tails of the checkpoints in *names* that continue *revision* (written
         with the unique *mark*), oldest checkpoint first (manifests read once per store; a
         damaged checkpoint carries none)."""
@@ -466,6 +490,8 @@ class HistoryLog:
         try:
             entries = self.remote.entries(checkpoints, warn=False)
         except (OSError, TimeoutError) as exc:
+            if whole:
+                raise
             logger.warning(
                 "colabsession: cannot read the checkpoints on %s (%s): the history shown may "
                 "lack its newest records",
@@ -528,29 +554,65 @@ class HistoryLog:
                 reason(exc),
             )
             return local
-        return max((local, remote), key=lambda r: (_last_time(r), len(r)))
+        return _newer(local, remote)
 
     # Writing ---------------------------------------------------------------------------------
 
     def start(self, keep_through: int | None, truncate: bool) -> None:
         """Begin writing: take the newest history and, if *truncate*, drop the records past
         *keep_through* (the restored step; None: all) into a ``parked-history...`` file beside
-        it. The local file is written anew."""
-        records = self.newest()
-        dropped: list[Record] = []
-        if truncate:
-            limit = -1 if keep_through is None else keep_through
-            dropped = [r for r in records if r["step"] > limit]
-            records = [r for r in records if r["step"] <= limit]
+        it. The local file is written anew. A location that does not answer leaves the local
+        copy, and its history is merged in before this session's revision is written (see
+        :meth:`sync`): that revision supersedes it."""
+        records = self.read_local()
+        read = self.remote is None
+        if self.remote is not None:
+            try:
+                records = _newer(records, self.read_remote(whole=True)[0])
+                read = True
+            except (OSError, TimeoutError) as exc:
+                logger.warning(
+                    "colabsession: cannot read the history on %s (%s): using the local copy, "
+                    "and merging the location's in when it answers",
+                    self.remote,
+                    reason(exc),
+                )
+        records, dropped = _kept(records, keep_through, truncate)
+        unread = None if read else (keep_through, truncate, len(records))
         self.records = records
         self.local.makedirs()
-        if dropped:  # set aside like the checkpoints they belong to, never deleted
-            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-            self.local.write(f"parked-history.{stamp}.{os.getpid()}.jsonl", encode(dropped))
+        self._park(dropped)
         self.local.replace(LOCAL, encode(records))
         with self._lock:  # the location's revision is written anew from these records
             self._uploaded, self._dirty, self._fresh = 0, None, True
             self._started += 1
+            self._unread = unread
+
+    def _park(self, dropped: list[Record]) -> None:
+        if dropped:  # set aside like the checkpoints they belong to, never deleted
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+            self.local.write(f"parked-history.{stamp}.{os.getpid()}.jsonl", encode(dropped))
+
+    def _catch_up(self) -> None:
+        """Merge in the location's history that start() could not read (raises OSError or
+        TimeoutError while it still cannot): the newer of it and the local copy start()
+        took, with this session's records after them."""
+        with self._lock:
+            unread, started = self._unread, self._started
+        if unread is None:
+            return
+        keep_through, truncate, began = unread
+        remote, dropped = _kept(self.read_remote(whole=True)[0], keep_through, truncate)
+        with self._lock:
+            if started != self._started:  # a start() meanwhile read the location itself
+                return
+            self._unread = None
+            if _newer(self.records[:began], remote) is not remote:
+                return
+            records = [*remote, *self.records[began:]]
+            self._park(dropped)
+            self.local.replace(LOCAL, encode(records))
+            self.records = records
 
     def append(self, record: Record) -> None:
         """Add *record* to the local file (merged with the last one when it is of the same step
@@ -575,6 +637,7 @@ class HistoryLog:
 
     def sync(self) -> None:
         """Bring the location's history file up to date with this session's records."""
+        self._catch_up()
         with self._lock:
             if self.remote is None or (self._uploaded == len(self.records) and not self._fresh):
                 return
