@@ -8,6 +8,7 @@ shape."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -18,11 +19,13 @@ from typing import Any
 import pytest
 from fsspec.implementations.local import LocalFileSystem
 
+import colabsession as cs
 from colabsession._drive.location import Location
 from colabsession._storage.backends import Mount
-from colabsession._storage.history import HistoryLog
+from colabsession._storage.history import HistoryLog, read_history
 from colabsession._storage.store import Store
 
+from .test_checkpoint import state_at
 from .test_replicate import FailingRemote, Run, commit_carrying
 
 
@@ -156,3 +159,37 @@ def test_a_resume_that_cannot_read_the_location_loses_no_record(
     assert [s for s, _ in location_history(run.folder, tmp_path / "vm3")] == [1, 2, 3]
     assert location_history(run.folder, tmp_path / "vm3")[-1] == (3, "new")
     assert [r["step"] for r in resumed.records] == [1, 2, 3]
+
+
+def test_over_the_drive_api_a_killed_writer_leaves_every_record(
+    tmp_path: Path, drive_api: Any
+) -> None:
+    """Over the Drive API (each history sync a new revision whole): a runtime that dies after
+    a sync (no close) leaves every record it logged, read from the location alone; a new one
+    that takes the run over, restores an older step and saves again, then dies too, leaves
+    the records up to that step and its own after it, not the dropped ones."""
+    fs = drive_api
+    location = Location(fs, f"{fs.root}/checkpoints/run", "drive:checkpoints/run (Drive API)")
+    first = cs.Checkpointer(location, every=None, local_dir=tmp_path / "vm1", keep_last=2)
+    second = None
+    try:
+        for step in range(4):
+            first.save(step, state_at(step), metrics={"loss": float(step)})
+            assert first.sync() == []
+            steps = [r["step"] for r in read_history(location, tmp_path / "reader")]
+            assert steps == list(range(step + 1))
+        second = cs.Checkpointer(
+            location, every=None, local_dir=tmp_path / "vm2", keep_last=2, takeover=True
+        )
+        restored = second.restore(2)
+        assert restored is not None
+        second.save(3, state_at(3), metrics={"loss": 30.0})
+        second.save(4, state_at(4), metrics={"loss": 40.0})
+        assert second.sync() == []
+        read = [(r["step"], r["loss"]) for r in read_history(location, tmp_path / "reader2")]
+        assert read == [(0, 0.0), (1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0)]
+    finally:
+        for ckpt in (first, second):
+            if ckpt is not None:
+                with contextlib.suppress(cs.ColabSessionError):
+                    ckpt.close()
