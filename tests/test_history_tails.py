@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import colabsession as cs
 from colabsession._drive.location import Location
 from colabsession._storage.backends import Mount
 from colabsession._storage.history import HistoryLog, read_history
+from colabsession._storage.lease import Lease
 from colabsession._storage.store import Store
 
 from .test_checkpoint import state_at
@@ -193,3 +194,57 @@ def test_over_the_drive_api_a_killed_writer_leaves_every_record(
             if ckpt is not None:
                 with contextlib.suppress(cs.ColabSessionError):
                     ckpt.close()
+
+
+class TakenOverDuring(FailingRemote):
+    """A location where, while the first checkpoint upload runs, ``during`` runs (another
+    notebook takes the run over and writes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.during: Callable[[], None] | None = None
+
+    def write_chunks(self, path: str, chunks: Iterable[bytes]) -> None:
+        during, self.during = self.during, None
+        if during is not None and "ckpt-" in path:
+            during()
+        super().write_chunks(path, chunks)
+
+
+def test_a_writer_taken_over_during_an_upload_writes_no_history_after_it(
+    tmp_path: Path,
+) -> None:
+    """Notebook A uploads a checkpoint (minutes, for a large one) while notebook B takes the
+    run over and writes its own revision of the history and a checkpoint carrying its
+    records; A's round then brings the history file up to date (a record logged after its
+    save): it looks at the lease first and stops, rather than writing its revision over
+    B's (the Drive API's way: a revision of the same number) and hiding B's records."""
+    run = Run(tmp_path)
+    backend = TakenOverDuring()
+    run.backend = backend
+    run.remote = run.history.remote = run.replicator.remote = run.lease.store = Store(
+        Location(LocalFileSystem(), str(run.folder), "drive:run"), timeout=30, backend=backend
+    )
+    other = HistoryLog(Store.local_disk(tmp_path / "vm2"), run.remote, session="t")
+    taker = Lease(run.remote, owner="b", session="t", ttl=60, takeover=True, what="the run")
+    try:
+        run.save(1, carry=True)
+        assert run.replicator.flush(30) == []
+
+        def take_over() -> None:
+            taker.acquire()
+            other.start(None, truncate=False)
+            other.append({"step": 2, "time": 20.0, "session": "t", "loss": "b"})
+            other.sync()
+            other.append({"step": 3, "time": 30.0, "session": "t", "loss": "b"})
+            commit_carrying(run.remote, 3, other.tail())
+
+        backend.during = take_over
+        run.save(2, carry=True)
+        run.history.append({"step": 2, "time": 2.5, "session": "s", "loss": "after the save"})
+        run.replicator.flush(30)
+        assert location_history(run.folder, tmp_path / "vm3") == [(1, 1.0), (2, "b"), (3, "b")]
+        assert run.lease.lost is not None
+    finally:
+        run.replicator.stop()
+        taker.release()
