@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -248,3 +249,77 @@ def test_a_writer_taken_over_during_an_upload_writes_no_history_after_it(
     finally:
         run.replicator.stop()
         taker.release()
+
+
+def test_a_location_down_a_while_then_back_loses_no_record(run: Run, tmp_path: Path) -> None:
+    """The location does not answer while records past SYNC_AT (then past TAIL_LIMIT) pile
+    up: the checkpoints committed meanwhile carry them while they fit, then none; once it
+    answers, one flush leaves it every record (the file appended before a checkpoint that
+    carries none), and a runtime killed then leaves them all, retention having removed the
+    checkpoints that carried the older ones."""
+    run.save(1, carry=True)
+    assert run.replicator.flush(30) == []
+    run.backend.down = True
+    note = "x" * 3000
+    for step in range(2, 10):
+        run.history.append({"step": step, "time": float(step), "session": "s", "note": note})
+        run.save(step, carry=True)
+        assert run.replicator.flush(30) != []
+    carried = [e.manifest.history for e in run.local.entries()]
+    assert carried[-1] is None  # past TAIL_LIMIT: carried by none
+    run.backend.down = False
+    assert run.replicator.flush(30) == []
+    assert run.at_location() == [8, 9]
+    assert [s for s, _ in location_history(run.folder, tmp_path / "vm2")] == list(range(1, 10))
+    run.save(10, carry=True)  # and the next one carries what the file lacks again
+    assert run.replicator.flush(30) == []
+    assert [s for s, _ in location_history(run.folder, tmp_path / "vm3")] == list(range(1, 11))
+
+
+class CutAppend(Mount):
+    """The Drive mount, where an append is cut short after ``cut_after`` bytes (a kill, or the
+    mount dropping, mid-write) while that is set."""
+
+    def __init__(self) -> None:
+        super().__init__(LocalFileSystem(), durable=False)
+        self.cut_after: int | None = None
+
+    def append(self, path: str, data: bytes) -> None:
+        if self.cut_after is None:
+            super().append(path, data)
+            return
+        super().append(path, data[: self.cut_after])
+        raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
+
+
+@pytest.mark.parametrize("cut_after", [1, 30, 60, 120])
+def test_an_append_cut_short_loses_no_carried_record(tmp_path: Path, cut_after: int) -> None:
+    """An append to the history file cut short (a torn line at its end) after checkpoints
+    carrying those records went up: a new VM reads every record (the torn line skipped, the
+    carried ones merged), the next append after it too, and a new runtime resuming writes
+    them all into its revision."""
+    backend = CutAppend()
+    folder = tmp_path / "remote"
+    remote = Store(
+        Location(LocalFileSystem(), str(folder), "drive:run"), timeout=30, backend=backend
+    )
+    remote.makedirs()
+    history = HistoryLog(Store.local_disk(tmp_path / "local"), remote, session="s")
+    history.start(None, truncate=False)
+    history.append({"step": 1, "time": 1.0, "session": "s"})
+    history.sync()
+    for step in (2, 3, 4):
+        history.append({"step": step, "time": float(step), "session": "s", "loss": 0.5})
+    commit_carrying(remote, 4, history.tail())
+    backend.cut_after = cut_after
+    with pytest.raises(OSError, match="not connected"):
+        history.sync()
+    assert [s for s, _ in location_history(folder, tmp_path / "vm2")] == [1, 2, 3, 4]
+    backend.cut_after = None
+    history.append({"step": 5, "time": 5.0, "session": "s"})
+    history.sync()  # after the torn line: a leading newline keeps it apart
+    assert [s for s, _ in location_history(folder, tmp_path / "vm3")] == [1, 2, 3, 4, 5]
+    resumed = HistoryLog(Store.local_disk(tmp_path / "vm4"), remote, session="t")
+    resumed.start(4, truncate=True)
+    resumed.sync()
+    assert [s for s, _ in location_history(folder, tmp_path / "vm5")] == [1, 2, 3, 4]

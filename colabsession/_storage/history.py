@@ -4,7 +4,7 @@ On the local disk the history is ``history.jsonl``, only ever appended to (a new
 over it when a resume drops the records past the restored step). At the location it is kept in
 numbered revisions, ``history.000004.jsonl``: each session writes a new revision whole, then
 appends to it where the file system can append (the Drive mount) or writes the next revision
-whole where it cannot (the Drive API). A revision starts with a header saying how many records it
+whole where it cannot (the Drive API) or where an append failed. A revision starts with a header saying how many records it
 was written with; a revision cut short holds fewer and is never read, so a kill mid-write can
 never replace a longer history with a shorter one. Lines that are not valid UTF-8 JSON records
 are skipped.
@@ -450,6 +450,7 @@ class HistoryLog:
         self._dirty: int | None = None  # the first record changed in place during a sync
         self._fresh = True  # the next sync writes a new revision whole (after start())
         self._rewriting = False  # a sync is writing a new revision: a tail anchors nothing
+        self._torn = False  # an append failed: how much of it is in the file is unknown
         self._started = 0  # start()s so far: a sync begun before the last one uploaded old records
         # Set by a start() that could not read the location: (keep_through, truncate, how many
         # records it began with); its history is merged in before the first revision is written.
@@ -643,7 +644,7 @@ class HistoryLog:
                 return
             records = [dict(r) for r in self.records]
             start, self._dirty = self._uploaded, None
-            whole = self._fresh or self._revision is None or not self.remote.appends
+            whole = self._fresh or self._torn or self._revision is None or not self.remote.appends
             self._rewriting, started = whole, self._started
         try:
             if whole:
@@ -656,6 +657,9 @@ class HistoryLog:
         except BaseException:
             with self._lock:
                 self._rewriting = False
+                # Some of its records may be in the file whole: appended again they would
+                # show twice, so the next sync writes the next revision whole instead.
+                self._torn = self._torn or not whole
             raise
         with self._lock:  # a record merged during the upload goes up at the next sync
             self._rewriting = False
@@ -666,7 +670,7 @@ class HistoryLog:
                     self._revision = revision
                 return
             if whole:
-                self._revision, self._mark, self._fresh = revision, mark, False
+                self._revision, self._mark, self._fresh, self._torn = revision, mark, False, False
             self._uploaded = len(records) if self._dirty is None else min(len(records), self._dirty)
 
     def tail(self) -> HistoryTail | None:
