@@ -25,10 +25,12 @@ from colabsession._drive.location import Location
 from colabsession._storage.backends import Mount
 from colabsession._storage.history import HistoryLog, read_history
 from colabsession._storage.lease import Lease
+from colabsession._storage.replicate import Replicator
+from colabsession._storage.retention import LatestN
 from colabsession._storage.store import Store
 
 from .test_checkpoint import state_at
-from .test_replicate import FailingRemote, Run, commit_carrying
+from .test_replicate import Clock, FailingRemote, Run, commit_carrying, save
 
 
 @pytest.fixture
@@ -323,3 +325,123 @@ def test_an_append_cut_short_loses_no_carried_record(tmp_path: Path, cut_after: 
     resumed.start(4, truncate=True)
     resumed.sync()
     assert [s for s, _ in location_history(folder, tmp_path / "vm5")] == [1, 2, 3, 4]
+
+
+class Frozen(OSError):
+    """What a location says to a runtime that no longer exists: nothing more reaches it."""
+
+
+class DiesAfter(Mount):
+    """The Drive mount, where the runtime dies at the ``dies_at``-th change (counted from 0;
+    None: never): that write lands in part, and from then on nothing more reaches the location
+    (every change fails), as after a SIGKILL at that instant; or, with *recovers*, the mount
+    drops that change only (part of it landing) and answers again."""
+
+    def __init__(self, dies_at: int | None, *, recovers: bool = False) -> None:
+        super().__init__(LocalFileSystem(), durable=False)
+        self.dies_at, self.changes, self.recovers = dies_at, 0, recovers
+
+    def _change(self) -> bool:
+        """Whether this change is the one cut short by the kill (raises after it)."""
+        if self.dies_at is not None and self.changes > self.dies_at and not self.recovers:
+            raise Frozen("the runtime is gone")
+        self.changes += 1
+        return self.changes - 1 == self.dies_at
+
+    def write(self, path: str, data: bytes) -> None:
+        if self._change():
+            super().write(path, data[: len(data) // 2])
+            raise Frozen("killed mid-write")
+        super().write(path, data)
+
+    def write_chunks(self, path: str, chunks: Iterable[bytes]) -> None:
+        if self._change():
+            super().write_chunks(path, [b"".join(chunks)[:100]])
+            raise Frozen("killed mid-upload")
+        super().write_chunks(path, chunks)
+
+    def append(self, path: str, data: bytes) -> None:
+        if self._change():
+            super().append(path, data[: len(data) * 3 // 4])
+            raise Frozen("killed mid-append")
+        super().append(path, data)
+
+    def replace(self, path: str, data: bytes) -> None:
+        if self._change():
+            raise Frozen("killed before the rename")
+        super().replace(path, data)
+
+    def remove(self, path: str) -> None:
+        if self._change():
+            raise Frozen("killed")
+        super().remove(path)
+
+    def move(self, source: str, target: str) -> None:
+        if self._change():
+            raise Frozen("killed")
+        super().move(source, target)
+
+
+def a_session_killed_at(root: Path, dies_at: int | None, *, recovers: bool = False) -> int:
+    """Saves of steps 1..6 (each flushed), a record logged after the fourth, a record of 9 KiB
+    at the fifth (past SYNC_AT: the file is appended) and close()'s flush, on a location where
+    the runtime dies at the *dies_at*-th change (see DiesAfter); the changes made."""
+    backend = DiesAfter(dies_at, recovers=recovers)
+    remote = Store(
+        Location(LocalFileSystem(), str(root / "remote"), "drive:run"),
+        timeout=30,
+        backend=backend,
+    )
+    local = Store.local_disk(root / "local")
+    history = HistoryLog(local, remote, session="s")
+    history.start(None, truncate=False)
+    lease = Lease(remote, owner="me", session="s", ttl=3600, takeover=False, what="the run")
+    replicator = Replicator(
+        local, remote, history=history, lease=lease, policy=LatestN(2), monotonic=Clock()
+    )
+    try:
+        for step in range(1, 7):
+            if step == 5:
+                big = {"step": step, "time": 5.0, "session": "s", "note": "x" * (9 << 10)}
+                history.append(big)
+            save(history, local, step, carry=True)
+            replicator.flush(30)
+            if step == 4:
+                history.append({"step": 4, "time": 4.5, "session": "s", "val_loss": 0.4})
+                replicator.flush(30)
+        replicator.flush(30, history=True)
+    finally:
+        replicator.stop()
+        with contextlib.suppress(OSError):
+            lease.release()
+    return backend.changes
+
+
+@pytest.mark.parametrize("recovers", [False, True], ids=["killed", "mount-drops-once"])
+def test_a_kill_at_any_change_of_the_location_leaves_a_history_without_gaps(
+    tmp_path: Path, recovers: bool
+) -> None:
+    """The runtime dies at each change it makes to the location in turn (that one landing
+    most of it), or the mount drops that change only: read from the location alone, the history
+    holds every record up to the newest checkpoint there, each once, with its last values;
+    and a new runtime resuming from that checkpoint writes those records into its revision."""
+    changes = a_session_killed_at(tmp_path / "whole", None)
+    assert changes > 10
+    for dies_at in range(changes):
+        root = tmp_path / str(dies_at)
+        a_session_killed_at(root, dies_at, recovers=recovers)
+        folder = root / "remote"
+        fresh = Store(Location(LocalFileSystem(), str(folder), "drive:run"), timeout=30)
+        newest = max((e.step for e in fresh.entries(warn=False)), default=0)
+        records = HistoryLog(Store.local_disk(root / "vm2"), fresh, session="").newest()
+        steps = [r["step"] for r in records]
+        assert steps[: steps.index(newest) + 1 if newest else 0] == list(range(1, newest + 1))
+        assert len(steps) == len(set(steps)), (dies_at, steps)
+        if newest >= 4:
+            (fourth,) = [r for r in records if r["step"] == 4]
+            assert fourth.get("val_loss") == 0.4 or newest == 4, (dies_at, fourth)
+        resumed = HistoryLog(Store.local_disk(root / "vm3"), fresh, session="t")
+        resumed.start(newest, truncate=True)
+        resumed.sync()
+        again = HistoryLog(Store.local_disk(root / "vm4"), fresh, session="").newest()
+        assert [r["step"] for r in again] == list(range(1, newest + 1)), dies_at
