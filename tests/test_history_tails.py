@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import json
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -22,11 +23,13 @@ from fsspec.implementations.local import LocalFileSystem
 
 import colabsession as cs
 from colabsession._drive.location import Location
+from colabsession._storage import layout as _layout
 from colabsession._storage.backends import Mount
 from colabsession._storage.history import HistoryLog, read_history
 from colabsession._storage.lease import Lease
 from colabsession._storage.replicate import Replicator
 from colabsession._storage.retention import LatestN
+from colabsession._storage.serialize import crc32c
 from colabsession._storage.store import Store
 
 from .test_checkpoint import state_at
@@ -421,8 +424,8 @@ def a_session_killed_at(root: Path, dies_at: int | None, *, recovers: bool = Fal
 def test_a_kill_at_any_change_of_the_location_leaves_a_history_without_gaps(
     tmp_path: Path, recovers: bool
 ) -> None:
-    """The runtime dies at each change it makes to the location in turn (that one landing
-    most of it), or the mount drops that change only: read from the location alone, the history
+    """The runtime dies at each change it makes to the location in turn (part of that one
+    landing), or the mount drops that change only: read from the location alone, the history
     holds every record up to the newest checkpoint there, each once, with its last values;
     and a new runtime resuming from that checkpoint writes those records into its revision."""
     changes = a_session_killed_at(tmp_path / "whole", None)
@@ -445,3 +448,32 @@ def test_a_kill_at_any_change_of_the_location_leaves_a_history_without_gaps(
         resumed.sync()
         again = HistoryLog(Store.local_disk(root / "vm4"), fresh, session="").newest()
         assert [r["step"] for r in again] == list(range(1, newest + 1)), dies_at
+
+
+def test_a_tail_of_a_format_this_release_cannot_read_leaves_the_checkpoint_readable(
+    run: Run, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A checkpoint whose history tail is of a newer format that changed its fields (its
+    version says so: "a reader skips a newer one") restores as before; only the tail is left
+    out, with a warning. It was skipped as damaged whole: the arrays lost to this release."""
+    run.remote.makedirs()
+    run.save(1)
+    run.history.sync()
+    mine = run.history.tail()
+    assert mine is not None
+    commit_carrying(run.remote, 2, mine)
+    (path,) = run.folder.glob("ckpt-000000000002.*")
+    data = path.read_bytes()
+    length, _, magic = _layout.TRAILER.unpack(data[-_layout.TRAILER.size :])
+    start = len(data) - _layout.TRAILER.size - length
+    body = json.loads(data[start : -_layout.TRAILER.size])
+    body["history"] = {"revision": 1, "mark": mine.mark, "lines": ["a line"], "version": 2}
+    new = json.dumps(body).encode()
+    path.write_bytes(data[:start] + new + _layout.TRAILER.pack(len(new), crc32c(new), magic))
+    fresh = Store(Location(LocalFileSystem(), str(run.folder), "drive:run"), timeout=30)
+    with caplog.at_level(logging.WARNING):
+        (entry,) = fresh.entries()
+    assert entry.manifest.history is None
+    assert "history records of a format" in caplog.text
+    assert fresh.load(entry)["w"].tolist() == [0.0, 0.0]
+    assert [s for s, _ in location_history(run.folder, tmp_path / "vm2")] == [1]
