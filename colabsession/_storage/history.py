@@ -4,10 +4,10 @@ On the local disk the history is ``history.jsonl``, only ever appended to (a new
 over it when a resume drops the records past the restored step). At the location it is kept in
 numbered revisions, ``history.000004.jsonl``: each session writes a new revision whole, then
 appends to it where the file system can append (the Drive mount) or writes the next revision
-whole where it cannot (the Drive API) or where an append failed. A revision starts with a header saying how many records it
-was written with; a revision cut short holds fewer and is never read, so a kill mid-write can
-never replace a longer history with a shorter one. Lines that are not valid UTF-8 JSON records
-are skipped.
+whole where it cannot (the Drive API) and after an append that failed. A revision starts with a
+header saying how many records it was written with; a revision cut short holds fewer and is
+never read, so a kill mid-write can never replace a longer history with a shorter one. Lines
+that are not valid UTF-8 JSON records are skipped.
 """
 
 from __future__ import annotations
