@@ -88,7 +88,8 @@ class HistoryTail:
     carries the unique *mark*; a reader merges them into that revision only (a newer one
     supersedes them). A release that predates the
     field ignores it (a manifest's unknown fields are skipped) and sees the history file
-    alone; the arrays read as before."""
+    alone; the arrays read as before, as they do where a release cannot read a newer format
+    of this part (it is left out, with a warning)."""
 
     revision: int
     mark: str
