@@ -13,6 +13,7 @@ import dataclasses
 import errno
 import json
 import logging
+import shutil
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -477,3 +478,47 @@ def test_a_tail_of_a_format_this_release_cannot_read_leaves_the_checkpoint_reada
     assert "history records of a format" in caplog.text
     assert fresh.load(entry)["w"].tolist() == [0.0, 0.0]
     assert [s for s, _ in location_history(run.folder, tmp_path / "vm2")] == [1]
+
+
+def test_a_restore_in_the_session_then_saves_then_a_kill(tmp_path: Path) -> None:
+    """A Checkpointer on a mirrored location (the history file appended, as on the mount)
+    restores an older step after saving and saves again; after each sync() a kill leaves a
+    new VM the history up to the restored step and the new records after it, never the
+    dropped ones (nor their losses), and the resume takes the new branch."""
+    drive = tmp_path / "drive"
+    location = Location(LocalFileSystem(), str(drive), "drive:run")
+    ckpt = cs.Checkpointer(location, every=None, keep_last=3, local_dir=tmp_path / "vm1")
+
+    def after_a_kill(name: str) -> list[tuple[int, Any]]:
+        copy = tmp_path / f"killed-{name}"
+        shutil.copytree(drive, copy)
+        found = read_history(Location(LocalFileSystem(), str(copy), "drive:run"), copy / "vm")
+        return [(r["step"], r["loss"]) for r in found]
+
+    try:
+        for step in range(1, 7):
+            ckpt.save(step, state_at(step), metrics={"loss": float(step)})
+            assert ckpt.sync(10) == []
+        assert after_a_kill("before") == [(s, float(s)) for s in range(1, 7)]
+        restored = ckpt.restore(4)
+        assert restored is not None
+        ckpt.save(5, state_at(5), metrics={"loss": 50.0})
+        assert ckpt.sync(10) == []
+        expected = [(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0), (5, 50.0)]
+        assert after_a_kill("restored") == expected
+        ckpt.log(6, loss=60.0)
+        ckpt.save(7, state_at(7), metrics={"loss": 70.0})
+        assert ckpt.sync(10) == []
+        assert after_a_kill("after") == [*expected, (6, 60.0), (7, 70.0)]
+        shutil.copytree(drive, tmp_path / "resumed")
+        resumed = cs.Checkpointer(
+            Location(LocalFileSystem(), str(tmp_path / "resumed"), "drive:run"),
+            every=None,
+            local_dir=tmp_path / "vm2",
+        )
+        again = resumed.restore()
+        assert again is not None
+        assert again.step == 7
+        resumed.close()
+    finally:
+        ckpt.close()
