@@ -27,6 +27,7 @@ from colabsession._drive.location import Location
 from colabsession._storage import layout as _layout
 from colabsession._storage.backends import Mount
 from colabsession._storage.history import HistoryLog, read_history
+from colabsession._storage.layout import HistoryTail
 from colabsession._storage.lease import Lease
 from colabsession._storage.replicate import Replicator
 from colabsession._storage.retention import LatestN
@@ -522,3 +523,26 @@ def test_a_restore_in_the_session_then_saves_then_a_kill(tmp_path: Path) -> None
         resumed.close()
     finally:
         ckpt.close()
+
+
+@pytest.mark.parametrize("old", ["history.jsonl", "history.000003.jsonl"])
+def test_a_run_of_an_older_release_is_continued_with_tails(
+    run: Run, tmp_path: Path, old: str
+) -> None:
+    """A location an older colabsession wrote (0.1's single file, or a revision whose header
+    has no mark, and checkpoints carrying nothing): a tail naming that revision's number
+    (hostile, or a mark-less match) merges into nothing; the session's own revision then
+    carries a mark, and its tails merge into it."""
+    run.folder.mkdir()
+    header = '{"kind": "colabsession-history", "version": 1, "revision": 3, "base": 2}\n'
+    lines = '{"step": 1, "time": 1.0, "session": "o"}\n{"step": 2, "time": 2.0, "session": "o"}\n'
+    (run.folder / old).write_text(lines if old == "history.jsonl" else header + lines)
+    stray = '{"step": 9, "time": 9.0, "session": "x"}\n'
+    revision = 0 if old == "history.jsonl" else 3
+    commit_carrying(run.remote, 2, HistoryTail(revision=revision, mark="", lines=stray))
+    assert [s for s, _ in location_history(run.folder, tmp_path / "vm2")] == [1, 2]
+    run.history.start(None, truncate=False)
+    run.history.sync()
+    run.history.append({"step": 3, "time": 3.0, "session": "s"})
+    commit_carrying(run.remote, 3, run.history.tail())
+    assert [s for s, _ in location_history(run.folder, tmp_path / "vm3")] == [1, 2, 3]
