@@ -607,13 +607,12 @@ class HistoryLog:
         with self._lock:
             if started != self._started:  # a start() meanwhile read the location itself
                 return
+            if _newer(self.records[:began], remote) is remote:
+                records = [*remote, *self.records[began:]]
+                self._park(dropped)
+                self.local.replace(LOCAL, encode(records))  # (a full disk: tried again)
+                self.records = records
             self._unread = None
-            if _newer(self.records[:began], remote) is not remote:
-                return
-            records = [*remote, *self.records[began:]]
-            self._park(dropped)
-            self.local.replace(LOCAL, encode(records))
-            self.records = records
 
     def append(self, record: Record) -> None:
         """Add *record* to the local file (merged with the last one when it is of the same step
