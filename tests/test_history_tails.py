@@ -255,6 +255,7 @@ def test_a_writer_taken_over_during_an_upload_writes_no_history_after_it(
         assert run.lease.lost is not None
     finally:
         run.replicator.stop()
+        run.lease.release()
         taker.release()
 
 
