@@ -4,10 +4,10 @@ On the local disk the history is ``history.jsonl``, only ever appended to (a new
 over it when a resume drops the records past the restored step). At the location it is kept in
 numbered revisions, ``history.000004.jsonl``: each session writes a new revision whole, then
 appends to it where the file system can append (the Drive mount) or writes the next revision
-whole where it cannot (the Drive API). A revision starts with a header saying how many records it
-was written with; a revision cut short holds fewer and is never read, so a kill mid-write can
-never replace a longer history with a shorter one. Lines that are not valid UTF-8 JSON records
-are skipped.
+whole where it cannot (the Drive API) and after an append that failed. A revision starts with a
+header saying how many records it was written with; a revision cut short holds fewer and is
+never read, so a kill mid-write can never replace a longer history with a shorter one. Lines
+that are not valid UTF-8 JSON records are skipped.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -397,8 +398,19 @@ def _is_record(record: dict[str, Any]) -> bool:
         isinstance(step, int)
         and not isinstance(step, bool)
         and isinstance(record.get("session"), str)
-        and isinstance(record.get("time"), (int, float))
+        and _is_time(record.get("time"))
     )
+
+
+def _is_time(value: Any) -> bool:
+    """Whether *value* is a time a record can hold: a finite number a float can hold (every
+    reader compares records by it; ``time.time()`` never gives another)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer past a float's range
+        return False
 
 
 def encode(records: Iterable[Record]) -> bytes:
@@ -407,6 +419,23 @@ def encode(records: Iterable[Record]) -> bytes:
 
 def _last_time(records: list[Record]) -> float:
     return max((float(r["time"]) for r in records), default=0.0)
+
+
+def _newer(local: list[Record], remote: list[Record]) -> list[Record]:
+    """The newer of two copies of a history: the one whose last record is newer (another
+    runtime wrote it since), the longer one when both end at the same time."""
+    return max((local, remote), key=lambda r: (_last_time(r), len(r)))
+
+
+def _kept(
+    records: list[Record], keep_through: int | None, truncate: bool
+) -> tuple[list[Record], list[Record]]:
+    """(kept, dropped) of *records*: if *truncate*, those past *keep_through* (None: all)
+    are dropped."""
+    if not truncate:
+        return records, []
+    limit = -1 if keep_through is None else keep_through
+    return [r for r in records if r["step"] <= limit], [r for r in records if r["step"] > limit]
 
 
 class HistoryLog:
@@ -421,6 +450,11 @@ class HistoryLog:
         self._dirty: int | None = None  # the first record changed in place during a sync
         self._fresh = True  # the next sync writes a new revision whole (after start())
         self._rewriting = False  # a sync is writing a new revision: a tail anchors nothing
+        self._torn = False  # an append failed: how much of it is in the file is unknown
+        self._started = 0  # start()s so far: a sync begun before the last one uploaded old records
+        # Set by a start() that could not read the location: (keep_through, truncate, how many
+        # records it began with); its history is merged in before the first revision is written.
+        self._unread: tuple[int | None, bool, int] | None = None
         self._lock = threading.Lock()  # the training thread appends, the replicator syncs
 
     # Reading ---------------------------------------------------------------------------------
@@ -431,18 +465,22 @@ class HistoryLog:
         except FileNotFoundError:
             return []
 
-    def read_remote(self) -> tuple[list[Record], int]:
+    def read_remote(self, *, whole: bool = False) -> tuple[list[Record], int]:
         """The location's history: its newest complete revision with the records that the
         checkpoints there carry for it merged in (see :func:`merge_tails`): (records,
-        revision)."""
+        revision). *whole*: a checkpoint whose manifest cannot be read is an error (OSError,
+        TimeoutError) rather than a warning (the records are about to be written as a new
+        revision, which supersedes the tails)."""
         assert self.remote is not None
         names = self.remote.names()
         records, revision, mark = self._read_file(names)
         if mark is not None:
-            records = merge_tails(records, self._tails(names, revision, mark))
+            records = merge_tails(records, self._tails(names, revision, mark, whole=whole))
         return records, revision
 
-    def _tails(self, names: list[str], revision: int, mark: str) -> list[HistoryTail]:
+    def _tails(
+        self, names: list[str], revision: int, mark: str, *, whole: bool = False
+    ) -> list[HistoryTail]:
         """The history tails of the checkpoints in *names* that continue *revision* (written
         with the unique *mark*), oldest checkpoint first (manifests read once per store; a
         damaged checkpoint carries none)."""
@@ -453,6 +491,8 @@ class HistoryLog:
         try:
             entries = self.remote.entries(checkpoints, warn=False)
         except (OSError, TimeoutError) as exc:
+            if whole:
+                raise
             logger.warning(
                 "colabsession: cannot read the checkpoints on %s (%s): the history shown may "
                 "lack its newest records",
@@ -515,28 +555,64 @@ class HistoryLog:
                 reason(exc),
             )
             return local
-        return max((local, remote), key=lambda r: (_last_time(r), len(r)))
+        return _newer(local, remote)
 
     # Writing ---------------------------------------------------------------------------------
 
     def start(self, keep_through: int | None, truncate: bool) -> None:
         """Begin writing: take the newest history and, if *truncate*, drop the records past
         *keep_through* (the restored step; None: all) into a ``parked-history...`` file beside
-        it. The local file is written anew."""
-        records = self.newest()
-        dropped: list[Record] = []
-        if truncate:
-            limit = -1 if keep_through is None else keep_through
-            dropped = [r for r in records if r["step"] > limit]
-            records = [r for r in records if r["step"] <= limit]
+        it. The local file is written anew. A location that does not answer leaves the local
+        copy, and its history is merged in before this session's revision is written (see
+        :meth:`sync`): that revision supersedes it."""
+        records = self.read_local()
+        read = self.remote is None
+        if self.remote is not None:
+            try:
+                records = _newer(records, self.read_remote(whole=True)[0])
+                read = True
+            except (OSError, TimeoutError) as exc:
+                logger.warning(
+                    "colabsession: cannot read the history on %s (%s): using the local copy, "
+                    "and merging the location's in when it answers",
+                    self.remote,
+                    reason(exc),
+                )
+        records, dropped = _kept(records, keep_through, truncate)
+        unread = None if read else (keep_through, truncate, len(records))
         self.records = records
         self.local.makedirs()
-        if dropped:  # set aside like the checkpoints they belong to, never deleted
-            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-            self.local.write(f"parked-history.{stamp}.{os.getpid()}.jsonl", encode(dropped))
+        self._park(dropped)
         self.local.replace(LOCAL, encode(records))
         with self._lock:  # the location's revision is written anew from these records
             self._uploaded, self._dirty, self._fresh = 0, None, True
+            self._started += 1
+            self._unread = unread
+
+    def _park(self, dropped: list[Record]) -> None:
+        if dropped:  # set aside like the checkpoints they belong to, never deleted
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+            self.local.write(f"parked-history.{stamp}.{os.getpid()}.jsonl", encode(dropped))
+
+    def _catch_up(self) -> None:
+        """Merge in the location's history that start() could not read (raises OSError or
+        TimeoutError while it still cannot): the newer of it and the local copy start()
+        took, with this session's records after them."""
+        with self._lock:
+            unread, started = self._unread, self._started
+        if unread is None:
+            return
+        keep_through, truncate, began = unread
+        remote, dropped = _kept(self.read_remote(whole=True)[0], keep_through, truncate)
+        with self._lock:
+            if started != self._started:  # a start() meanwhile read the location itself
+                return
+            if _newer(self.records[:began], remote) is remote:
+                records = [*remote, *self.records[began:]]
+                self._park(dropped)
+                self.local.replace(LOCAL, encode(records))  # (a full disk: tried again)
+                self.records = records
+            self._unread = None
 
     def append(self, record: Record) -> None:
         """Add *record* to the local file (merged with the last one when it is of the same step
@@ -561,13 +637,14 @@ class HistoryLog:
 
     def sync(self) -> None:
         """Bring the location's history file up to date with this session's records."""
+        self._catch_up()
         with self._lock:
             if self.remote is None or (self._uploaded == len(self.records) and not self._fresh):
                 return
             records = [dict(r) for r in self.records]
             start, self._dirty = self._uploaded, None
-            whole = self._fresh or self._revision is None or not self.remote.appends
-            self._rewriting = whole
+            whole = self._fresh or self._torn or self._revision is None or not self.remote.appends
+            self._rewriting, started = whole, self._started
         try:
             if whole:
                 revision, mark = self._write_revision(records)
@@ -579,11 +656,20 @@ class HistoryLog:
         except BaseException:
             with self._lock:
                 self._rewriting = False
+                # Some of its records may be in the file whole: appended again they would
+                # show twice, so the next sync writes the next revision whole instead.
+                self._torn = self._torn or not whole
             raise
         with self._lock:  # a record merged during the upload goes up at the next sync
             self._rewriting = False
+            if started != self._started:
+                # A start() (a restore) meanwhile: what went up are records it dropped. The
+                # next sync writes the next revision whole (never this one again, in place).
+                if whole:
+                    self._revision = revision
+                return
             if whole:
-                self._revision, self._mark, self._fresh = revision, mark, False
+                self._revision, self._mark, self._fresh, self._torn = revision, mark, False, False
             self._uploaded = len(records) if self._dirty is None else min(len(records), self._dirty)
 
     def tail(self) -> HistoryTail | None:

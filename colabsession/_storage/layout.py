@@ -20,6 +20,7 @@ written under a temporary name, fsynced and renamed into place. Every structural
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
 import struct
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import IO, Any, ClassVar
 
-from colabsession._core.records import InvalidRecord, Record, parse_record
+from colabsession._core.records import InvalidRecord, Record, parse_record, read_json
 from colabsession._storage.serialize import (
     ArrayInfo,
     array_paths,
@@ -40,6 +41,8 @@ from colabsession._storage.serialize import (
     uses_frameworks,
     write_arrays,
 )
+
+logger = logging.getLogger(__name__)
 
 SUFFIX = ".ckpt"
 PARKED = "parked-"
@@ -86,7 +89,8 @@ class HistoryTail:
     carries the unique *mark*; a reader merges them into that revision only (a newer one
     supersedes them). A release that predates the
     field ignores it (a manifest's unknown fields are skipped) and sees the history file
-    alone; the arrays read as before."""
+    alone; the arrays read as before, as they do where a release cannot read a newer format
+    of this part (it is left out, with a warning)."""
 
     revision: int
     mark: str
@@ -178,6 +182,27 @@ def write(f: IO[bytes], arrays: Iterable[Any], **fields: Any) -> Manifest:
     return manifest
 
 
+def _parse_manifest(body: bytes, name: str) -> Manifest:
+    """The manifest *body* as a record. A history tail of a format this release cannot read (a
+    newer one, whose fields changed: see :class:`HistoryTail`) is left out, with a warning:
+    the arrays read as before. Raises InvalidRecord."""
+    raw = read_json(body, what="its manifest")
+    try:
+        return parse_record(Manifest, raw, what="its manifest")
+    except InvalidRecord:
+        if not isinstance(raw, dict) or raw.get("history") is None:
+            raise
+        manifest = parse_record(
+            Manifest, {k: v for k, v in raw.items() if k != "history"}, what="its manifest"
+        )
+    logger.warning(
+        "colabsession: %s carries history records of a format this colabsession cannot read: "
+        "upgrade colabsession to see them",
+        name,
+    )
+    return manifest
+
+
 def read_manifest(read_tail: Any, file_size: int, name: str) -> Manifest:
     """The manifest of the checkpoint file *name* of *file_size* bytes; ``read_tail(n)`` returns
     its last *n* bytes. Raises :class:`Damaged`."""
@@ -198,7 +223,7 @@ def read_manifest(read_tail: Any, file_size: int, name: str) -> Manifest:
     if crc32c(body) != crc:
         raise Damaged("its manifest does not match its checksum")
     try:
-        manifest = parse_record(Manifest, body, what="its manifest")
+        manifest = _parse_manifest(body, name)
         check_tree(manifest.tree, len(manifest.arrays))
     except (InvalidRecord, ValueError) as exc:
         raise Damaged(str(exc)) from None

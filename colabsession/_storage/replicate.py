@@ -383,6 +383,9 @@ class Replicator:
             or self.history.unsynced_bytes() > SYNC_AT
             or (self._round_patient and self.history.pending(at_location))
         ):
+            # After the uploads, which may outlast the lease: a writer that took the run over
+            # meanwhile writes its own revision, which this one would overwrite or outnumber.
+            self.lease.verify()
             self.history.sync()
 
     # Drive through its API -------------------------------------------------------------------
