@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import threading
 import weakref
 from pathlib import Path
@@ -326,6 +327,15 @@ def test_arrays_kept_are_copied_as_the_mapping_is_verified(tmp_path: Path) -> No
     assert np.array_equal(restored["m"][0], state["m"][0])
     assert not np.shares_memory(restored["m"][0], buffer)
     assert restored["m"][0].flags.writeable
+    with open(tmp_path / "arrays", "rb") as source:  # read from the file (a pread)
+
+        def read_at(view: Any, offset: int) -> int:
+            return os.preadv(source.fileno(), [view], offset)
+
+        again, again_crc = map_arrays(buffer, size, infos, None, keep, read_at)
+    assert again_crc == crc
+    assert np.array_equal(unflatten(tree, again)["m"][0], state["m"][0])
+    assert not np.shares_memory(unflatten(tree, again)["m"][0], buffer)
     buffer[infos[max(keep)].offset + 5] ^= 1  # damage inside a kept array: still noticed
     assert map_arrays(buffer, size, infos, None, keep)[1] != crc
 

@@ -261,15 +261,18 @@ def read_mapped(
     manifest: Manifest,
     progress: Callable[[int], object] | None = None,
     own: Callable[[tuple[Any, ...]], bool] | None = None,
+    read_at: Callable[[Any, int], int] | None = None,
 ) -> Any:
     """The state of a checkpoint file mapped into memory as *buffer*, its arrays views into
     the mapping (see :func:`~.serialize.map_arrays`), verified whole before anything is
     returned; those whose place in the state ``own(path)`` says the caller keeps (a path is
-    the keys and positions that lead to it) are copied into memory of their own in the same
-    pass. Raises Damaged."""
+    the keys and positions that lead to it) are read into memory of their own in the same
+    pass, through ``read_at(view, offset)`` where given. Raises Damaged."""
     keep = [i for i, path in array_paths(manifest.tree).items() if own(path)] if own else []
     try:
-        arrays, crc = map_arrays(buffer, manifest.size, manifest.arrays, progress, set(keep))
+        arrays, crc = map_arrays(
+            buffer, manifest.size, manifest.arrays, progress, set(keep), read_at
+        )
     except ValueError as exc:
         raise Damaged(str(exc)) from None
     if crc != manifest.crc32c:

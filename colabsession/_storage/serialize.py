@@ -488,6 +488,7 @@ def map_arrays(
     infos: list[ArrayInfo],
     progress: Callable[[int], object] | None = None,
     own: Collection[int] = (),
+    read_at: Callable[[Any, int], int] | None = None,
 ) -> tuple[list[Any], int]:
     """The arrays that :func:`write_arrays` wrote, as views into *buffer* (a memory map of the
     file, at least *size* bytes long): nothing is copied or allocated, the pages are the page
@@ -496,9 +497,13 @@ def map_arrays(
     any view is used. Raises ValueError for a layout that does not fit *size*.
 
     The arrays whose index is in *own* (those the caller keeps: a fresh optimizer's moments)
-    are copied into memory of their own instead, in the same pass, each piece hashed from its
-    copy while that is in the CPU cache: one pass over their bytes, not a pass to verify and
-    another to copy. The copies are not used unless the CRC matches, as the views."""
+    are read into memory of their own instead, in the same pass, and hashed from there: one
+    pass over their bytes, not a pass to verify and another to copy. ``read_at(view, offset)``
+    (a ``pread`` of the mapped file) reads each in one request; without it each is copied from
+    the mapping a piece at a time, hashed from the copy while it is in the CPU cache. Reading
+    is steadier: a copy from the mapping faults the file in page by page (0.17-0.37 s for the
+    moments of a 256 MB state here, against 0.17 s read). The copies are not used unless the
+    CRC matches, as the views are not."""
     import google_crc32c
     import numpy as np
 
@@ -524,6 +529,17 @@ def map_arrays(
         array = np.empty(info.shape, dtypes[index])
         flat = array.reshape(-1).view(np.uint8)
         source = whole[info.offset : info.offset + info.nbytes]
+        if read_at is not None:  # the whole array in one request, as torch.load reads it
+            done = 0
+            while done < info.nbytes:
+                got = read_at(flat[done:], info.offset + done)
+                if not got:
+                    raise ValueError("the file ends before its arrays do")
+                done += got
+            hashed(flat)
+            arrays[index] = array
+            position = info.offset + info.nbytes
+            continue
         for start in range(0, info.nbytes, COPY_CHUNK):
             piece = flat[start : start + COPY_CHUNK]
             piece[...] = source[start : start + COPY_CHUNK]

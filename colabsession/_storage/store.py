@@ -252,7 +252,7 @@ class Store:
                 mappable = lazy and self.backend.mappable
                 mapped = _mapped(f, entry.manifest.size) if mappable else None
                 if mapped is not None:
-                    return _layout.read_mapped(mapped, entry.manifest, progress, own)
+                    return _layout.read_mapped(mapped, entry.manifest, progress, own, _reader_at(f))
                 _read_ahead(f)
 
                 def readinto(view: memoryview) -> int:
@@ -499,6 +499,16 @@ def _read_ahead(f: Any) -> None:
         return
     with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
         advise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+
+
+def _reader_at(f: Any) -> Callable[[Any, int], int] | None:
+    """``read_at(view, offset)`` for the local file open as *f*: a ``pread`` into *view*, which
+    leaves the file's position alone; None where the system has none."""
+    preadv = getattr(os, "preadv", None)
+    if preadv is None:
+        return None
+    fd = f.fileno()
+    return lambda view, offset: int(preadv(fd, [view], offset))
 
 
 def _mapped(f: Any, size: int) -> mmap.mmap | None:
