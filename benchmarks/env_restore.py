@@ -78,7 +78,6 @@ def main() -> None:
     )
     args = parser.parse_args()
     tmp = Path(args.work or tempfile.mkdtemp(prefix="cs-env-bench-")).resolve()
-    reuse = (tmp / "drive" / "bench").is_dir()
     for leftover in [*tmp.glob("untar*"), *tmp.glob("uv[0-9]*"), *tmp.glob("home-*")]:
         shutil.rmtree(leftover)  # an earlier run's rounds (the build's home stays)
     os.environ["COLABSESSION_HOME"] = args.home or str(tmp / "home")
@@ -95,9 +94,9 @@ def main() -> None:
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
     start = time.perf_counter()
-    if reuse:
-        info = next(i for i in cs.env.list() if i.name == "bench")
-    else:
+    info = next((i for i in cs.env.list() if i.name == "bench"), None)
+    reuse = info is not None
+    if info is None:
         info = cs.env.install(*args.packages, name="bench", installer=args.installer)
     assert info is not None
     build = time.perf_counter() - start
