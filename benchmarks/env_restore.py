@@ -78,8 +78,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     tmp = Path(args.work or tempfile.mkdtemp(prefix="cs-env-bench-")).resolve()
-    for leftover in [*tmp.glob("untar*"), *tmp.glob("uv[0-9]*"), *tmp.glob("home-*")]:
-        shutil.rmtree(leftover)  # an earlier run's rounds (the build's home stays)
+    for pattern in ("untar*", "uv[0-9]*", "home-*", "t[0-9]"):
+        for leftover in tmp.glob(pattern):  # an earlier run's installs and rounds
+            shutil.rmtree(leftover)  # (the build's home stays)
     os.environ["COLABSESSION_HOME"] = args.home or str(tmp / "home")
     os.environ["COLABSESSION_DRIVE"] = str(tmp / "drive")
     import colabsession as cs
