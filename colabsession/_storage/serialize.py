@@ -499,46 +499,25 @@ def map_arrays(
     The arrays whose index is in *own* (those the caller keeps: a fresh optimizer's moments)
     are read into memory of their own instead, in the same pass, and hashed from there: one
     pass over their bytes, not a pass to verify and another to copy. ``read_at(view, offset)``
-    (a ``pread`` of the mapped file) makes that pass plain reads from start to end, each kept
-    array whole in one request and the rest through a small buffer, as torch.load reads a
-    file: the kernel's read-ahead then keeps up, where faulting the mapping in page by page
-    took 0.17-0.37 s for a 256 MB state here, against a steady 0.17 s. Without it, the pass
-    hashes the mapping, copying each kept array from it a piece at a time. The copies are not
-    used unless the CRC matches, as the views are not."""
+    (a ``pread`` of the mapped file) reads each in one request; without it each is copied from
+    the mapping a piece at a time, hashed from the copy while it is in the CPU cache. Reading
+    is steadier: a copy from the mapping faults the file in page by page (0.17-0.37 s for the
+    moments of a 256 MB state here, against 0.17 s read). The copies are not used unless the
+    CRC matches, as the views are not."""
     import google_crc32c
     import numpy as np
 
     order = sorted(range(len(infos)), key=lambda i: infos[i].offset)
     dtypes = _check_layout(infos, order, size)
     whole = np.frombuffer(buffer, np.uint8, count=size) if size else np.empty(0, np.uint8)
-    scratch = np.empty(min(CHUNK, size), np.uint8) if read_at is not None else None
     crc = 0
 
-    def hash_piece(piece: Any) -> None:
+    def hashed(region: Any) -> None:
         nonlocal crc
-        piece = piece.view()
-        piece.flags.writeable = False  # google_crc32c takes read-only buffers only
-        crc = google_crc32c.extend(crc, piece)
-        if progress is not None:
-            progress(piece.size)
-
-    def read_into(view: Any, offset: int) -> None:
-        assert read_at is not None
-        done = 0
-        while done < view.size:
-            got = read_at(view[done:], offset + done)
-            if not got:
-                raise ValueError("the file ends before its arrays do")
-            done += got
-
-    def hashed(low: int, high: int) -> None:  # bytes the caller does not keep
-        for start in range(low, high, CHUNK):
-            stop = min(start + CHUNK, high)
-            if scratch is None:
-                hash_piece(whole[start:stop])
-            else:
-                read_into(scratch[: stop - start], start)  # into the page cache, for the views
-                hash_piece(scratch[: stop - start])
+        for chunk in _chunks(region):
+            crc = google_crc32c.extend(crc, chunk)
+            if progress is not None:
+                progress(chunk.size)
 
     arrays: list[Any] = [None] * len(infos)
     position = 0
@@ -546,22 +525,32 @@ def map_arrays(
         info = infos[index]
         if index not in own or not info.nbytes:
             continue
-        hashed(position, info.offset)
+        hashed(whole[position : info.offset])
         array = np.empty(info.shape, dtypes[index])
         flat = array.reshape(-1).view(np.uint8)
-        if read_at is not None:
-            read_into(flat, info.offset)  # the whole array in one request
-            for start in range(0, info.nbytes, CHUNK):
-                hash_piece(flat[start : start + CHUNK])
-        else:
-            source = whole[info.offset : info.offset + info.nbytes]
-            for start in range(0, info.nbytes, COPY_CHUNK):
-                piece = flat[start : start + COPY_CHUNK]
-                piece[...] = source[start : start + COPY_CHUNK]
-                hash_piece(piece)  # from the copy, while it is in the CPU cache
+        source = whole[info.offset : info.offset + info.nbytes]
+        if read_at is not None:  # the whole array in one request, as torch.load reads it
+            done = 0
+            while done < info.nbytes:
+                got = read_at(flat[done:], info.offset + done)
+                if not got:
+                    raise ValueError("the file ends before its arrays do")
+                done += got
+            hashed(flat)
+            arrays[index] = array
+            position = info.offset + info.nbytes
+            continue
+        for start in range(0, info.nbytes, COPY_CHUNK):
+            piece = flat[start : start + COPY_CHUNK]
+            piece[...] = source[start : start + COPY_CHUNK]
+            piece = piece.view()
+            piece.flags.writeable = False  # google_crc32c takes read-only buffers only
+            crc = google_crc32c.extend(crc, piece)
+            if progress is not None:
+                progress(piece.size)
         arrays[index] = array
         position = info.offset + info.nbytes
-    hashed(position, size)
+    hashed(whole[position:size])
     for index in order:
         if arrays[index] is None:
             info = infos[index]
