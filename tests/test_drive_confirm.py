@@ -317,3 +317,48 @@ def test_the_view_needs_the_mounted_accounts_credentials_without_a_prompt(
     elsewhere = Location(on_mount.fs, str(tmp_path / "run"), "./run")
     assert companion.view_for(elsewhere) is None
     assert connects == [1, 1]  # not on the mount: nothing to connect
+
+
+def test_a_checkpoint_with_parts_is_confirmed_only_once_drive_holds_every_part() -> None:
+    """A sharded save's parts are written to the mount before its file, but Drive uploads in
+    its own order: the checkpoint is on Drive (and the runtime may be released) only once
+    Drive reports each part at its size too."""
+    from colabsession._storage.layout import Manifest, Part
+    from colabsession._storage.store import Entry
+
+    manifest = Manifest(
+        step=3,
+        time=0.0,
+        session="s",
+        metrics={},
+        tree=None,
+        arrays=[],
+        size=0,
+        crc32c=0,
+        parts=[Part("part-a.part", 10, 1), Part("part-b.part", 20, 2)],
+        version=3,
+    )
+    name = file_name(3)
+    listing: dict[str, tuple[int | None, str | None]] = {name: (100, None)}
+
+    class View:
+        def files(self, root: str, timeout: float) -> dict[str, tuple[int | None, str | None]]:
+            return dict(listing)
+
+    class Api:
+        root, timeout = "run", 1.0
+
+        def forget(self, name: str) -> None:
+            pass
+
+        def manifest(self, name: str, **_: Any) -> Manifest:
+            return manifest  # the file itself reads back whole
+
+    check = replicate.DriveCheck(View(), Api(), None)  # type: ignore[arg-type]
+    entry = Entry(3, name, manifest, None)  # type: ignore[arg-type]
+    assert check.confirmed([entry]) == set()  # no part on Drive yet
+    listing["part-a.part"] = (10, None)
+    listing["part-b.part"] = (19, None)  # cut short
+    assert check.confirmed([entry]) == set()
+    listing["part-b.part"] = (20, None)
+    assert check.confirmed([entry]) == {name}

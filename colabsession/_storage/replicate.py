@@ -95,7 +95,30 @@ class DriveCheck:
         if not entries:
             return set()
         files = self.view.files(self.api.root, self.api.timeout or 60.0)
-        return {e.name for e in entries if self._whole(e, files.get(e.name))}
+        return {
+            e.name
+            for e in entries
+            if self._parts_whole(e, files) and self._whole(e, files.get(e.name))
+        }
+
+    def _parts_whole(self, entry: Entry, files: dict[str, tuple[int | None, str | None]]) -> bool:
+        """Whether Drive holds every part of *entry* (a sharded save's files, written to the
+        mount before the checkpoint's own but uploaded by Drive in its own order): each at
+        its size, and at the local copy's md5 where Drive gives one and the copy is here."""
+        for part in entry.manifest.parts or ():
+            found = files.get(part.file)
+            if found is None or found[0] != part.size:
+                return False
+            md5 = found[1]
+            local = self._local_path_of(part.file)
+            if (
+                md5 is not None
+                and local is not None
+                and os.path.exists(local)
+                and md5 != self._md5(part.file, local)
+            ):
+                return False
+        return True
 
     def _whole(self, entry: Entry, found: tuple[int | None, str | None] | None) -> bool:
         if found is None:
@@ -119,9 +142,12 @@ class DriveCheck:
         return isinstance(manifest, Manifest) and manifest.crc32c == entry.manifest.crc32c
 
     def _local_path(self, entry: Entry) -> str | None:
+        return self._local_path_of(entry.name)
+
+    def _local_path_of(self, name: str) -> str | None:
         if self.local is None or not self.local.location.is_local:
             return None
-        return self.local.path(entry.name)
+        return self.local.path(name)
 
     def _md5(self, name: str, path: str) -> str:
         known = self.md5s.get(name)
