@@ -453,12 +453,7 @@ class JobCheckpointer:
         assert self.ckpt is not None
         state = restored.state
         if isinstance(state, dict) and state.get("kind") == KIND_PARTS:
-            if not (
-                isinstance(state.get("files"), dict)
-                and isinstance(state.get("ranks"), list)
-                and state["ranks"]
-                and ".metadata" in state["files"]
-            ):
+            if not _names_dcp_files(state, KIND_PARTS):
                 raise CheckpointError(
                     f"step {restored.step} in {restored.where} names no DCP checkpoint: "
                     "restart the run"
@@ -790,18 +785,24 @@ def _link_parts(restored: Any, folder: Path, local_dir: Path, remote: Any) -> di
     return {"step": restored.step, "ranks": state["ranks"]}
 
 
+def _names_dcp_files(state: Any, kind: str) -> bool:
+    """Whether a restored *state* is a JobCheckpointer's of *kind* (packed whole or naming its
+    parts): its DCP files (the metadata among them) and every rank's own state."""
+    return (
+        isinstance(state, dict)
+        and state.get("kind") == kind
+        and isinstance(state.get("files"), dict)
+        and isinstance(state.get("ranks"), list)
+        and bool(state["ranks"])
+        and ".metadata" in state["files"]
+    )
+
+
 def _unpack(restored: Any, folder: Path) -> dict[str, Any]:
     """Write a restored checkpoint's DCP files (packed into it by colabsession before parts)
     to *folder*; what every rank needs to load."""
     state = restored.state
-    if not (
-        isinstance(state, dict)
-        and state.get("kind") == KIND
-        and isinstance(state.get("files"), dict)
-        and isinstance(state.get("ranks"), list)
-        and state["ranks"]
-        and ".metadata" in state["files"]
-    ):
+    if not _names_dcp_files(state, KIND):
         raise CheckpointError(
             f"step {restored.step} in {restored.where} was not saved by a JobCheckpointer: "
             "restore it with cs.Checkpointer, or restart the run"
