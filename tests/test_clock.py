@@ -1,13 +1,13 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from pathlib import Path
 
 import psutil
 import pytest
 from pytest_mock import MockerFixture
 
 import colabsession as cs
-from colabsession._runtime import clock as _clock
 
 
 class FakeTime:
@@ -76,11 +76,31 @@ def test_started_from_pid1_on_colab(fake_colab: object, mocker: MockerFixture) -
 
 
 def test_started_from_interpreter_when_local(mocker: MockerFixture) -> None:
-    mocker.patch.object(_clock, "in_container", return_value=False)
     process = mocker.patch.object(psutil, "Process")
     process.return_value.create_time.return_value = 456.0
     assert cs.clock().started == 456.0
     process.assert_called_with()
+
+
+@pytest.mark.parametrize("marker", ["/.dockerenv", "/run/.containerenv", "KUBERNETES_SERVICE_HOST"])
+def test_a_local_container_older_than_the_limit_does_not_end_the_session(
+    marker: str, monkeypatch: pytest.MonkeyPatch, mocker: MockerFixture, tmp_path: Path
+) -> None:
+    """A dev container or CI runner up for two days: its PID 1 is no session start (the suite
+    itself stopped every run at step 0 on a host up for more than 12 h)."""
+    if marker.startswith("/"):
+        real_exists = Path.exists
+        mocker.patch.object(Path, "exists", lambda self: str(self) == marker or real_exists(self))
+    else:
+        monkeypatch.setenv(marker, "10.0.0.1")
+    now = 1_000_000.0
+    pid1 = mocker.Mock(create_time=mocker.Mock(return_value=now - 2 * 86400))
+    own = mocker.Mock(create_time=mocker.Mock(return_value=now - 60))
+    mocker.patch.object(psutil, "Process", side_effect=lambda pid=None: pid1 if pid == 1 else own)
+    clock = cs.clock(_now=FakeTime(now))
+    assert clock.started == now - 60
+    assert not clock.should_stop()
+    assert clock.remaining == pytest.approx(12 * 3600 - 60)
 
 
 def test_pid1_hidden_falls_back_to_interpreter(

@@ -6,7 +6,6 @@ import os
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from colabsession._core.deprecation import renamed_arguments
@@ -25,8 +24,8 @@ DEFAULT_MARGIN = 10 * 60.0
 class SessionClock:
     """The session's start, its limit, and the time left.
 
-    On Colab, Kaggle and in containers the runtime starts with PID 1, which survives kernel
-    restarts just as Colab's session limit does; elsewhere the clock starts with this
+    On Colab and Kaggle the session starts with PID 1, which survives kernel restarts just as
+    their session limit does; elsewhere (containers included) the clock starts with this
     interpreter. Both can be overridden.
 
     The idle limit is only recorded: the kernel cannot see whether the browser tab is idle, so
@@ -126,24 +125,22 @@ def default_max_session(kind: RuntimeKind | None = None) -> float:
 
 
 def session_start(kind: RuntimeKind | None = None) -> float:
-    """When this runtime started, in seconds since the epoch."""
+    """When this session started, in seconds since the epoch: PID 1's start on a hosted runtime
+    (Colab, Kaggle), whose limit counts from the VM's start and survives kernel restarts; this
+    interpreter's start anywhere else.
+
+    A local container is "anywhere else": its PID 1 can be days old (a dev container, a CI
+    runner), and no platform limit counts from it, so taking it would put every deadline in the
+    past and stop each run at its first step.
+    """
     import psutil
 
-    if (kind or detect_kind()) != "local" or in_container():
+    if (kind or detect_kind()) != "local":
         try:
             return psutil.Process(1).create_time()
-        except (psutil.Error, OSError):  # PID 1 hidden (macOS, some sandboxes): use our own start
+        except (psutil.Error, OSError):  # PID 1 hidden (some sandboxes): use our own start
             pass
     return psutil.Process().create_time()
-
-
-def in_container() -> bool:
-    """Best effort: a Docker, Podman or Kubernetes container, whose PID 1 starts with it."""
-    return (
-        Path("/.dockerenv").exists()
-        or Path("/run/.containerenv").exists()
-        or "KUBERNETES_SERVICE_HOST" in os.environ
-    )
 
 
 def _setting(value: Duration | None, env: str, default: float, name: str) -> float:
