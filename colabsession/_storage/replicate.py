@@ -30,6 +30,7 @@ state (:meth:`Replicator.states`) says which of these is true.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -44,7 +45,7 @@ from colabsession._core.timeout import Backoff
 from colabsession._core.units import format_duration
 from colabsession._drive import companion
 from colabsession._storage.history import SYNC_AT, HistoryLog
-from colabsession._storage.layout import CutShort, Lineage, Manifest, parse_name
+from colabsession._storage.layout import CutShort, Lineage, Manifest, is_part_name, parse_name
 from colabsession._storage.lease import Lease
 from colabsession._storage.lineage import split_live
 from colabsession._storage.retention import Policy, split
@@ -62,6 +63,7 @@ STATES = {
 }
 CONFIRM_POLL = 3.0  # seconds between two looks through the API while a flush waits for Drive
 CONFIRM_WAIT = 60.0  # the longest a flush waits for the mount's uploads before using the API
+ORPHAN_PARTS_AGE = 3600.0  # how long a part file no checkpoint names stays at the location
 _sleep = time.sleep  # tests replace it
 
 
@@ -204,6 +206,8 @@ class Replicator:
         self.policy = policy
         self.head = head  # the writer's branch, live whatever the location holds
         self.backoff = Backoff(initial=5.0, maximum=600.0, monotonic=monotonic)
+        self._monotonic = monotonic
+        self._orphans: dict[str, float] = {}  # part files no checkpoint names: since when
         self._wake = threading.Event()
         self._idle = threading.Event()
         self._idle.set()
@@ -219,7 +223,8 @@ class Replicator:
         self._api_view: companion.ApiView | None = None
         self._api_looked = False
         self._confirmed: set[str] = set()  # checkpoints Drive itself reports whole
-        self._via_api: set[str] = set()  # checkpoints this replicator sent through the API
+        # The checkpoints this replicator sent through the API, each with its part files.
+        self._via_api: dict[str, list[str]] = {}
         self._md5: dict[str, str] = {}
         self._mount_down = False
         self._patient = False  # a flush waits for Drive to confirm (the next round)
@@ -368,6 +373,7 @@ class Replicator:
             raise
         self._sync_history(wanted)
         self._retain({e.name for e in wanted})
+        self._remove_orphan_parts(local)
         try:
             self._confirm(wanted)
         except LeaseError:
@@ -475,7 +481,7 @@ class Replicator:
                 self._upload(api, entry)
             except FileNotFoundError:
                 continue  # retention removed it locally meanwhile
-            self._via_api.add(entry.name)
+            self._via_api[entry.name] = [p.file for p in entry.manifest.parts or []]
         self._unconfirmed(api, entries)
 
     def _fall_back(self, exc: BaseException) -> bool:
@@ -513,10 +519,12 @@ class Replicator:
         longer keeps (only those: files it wrote, by their names)."""
         if self._api is None:
             return
-        for name in sorted(self._via_api - keep):
+        for name in sorted(set(self._via_api) - keep):
             if parse_name(name) is not None:
-                self._api.remove(name)
-            self._via_api.discard(name)
+                self._api.remove(name)  # no longer a checkpoint, then its parts
+                for part in self._via_api[name]:
+                    self._api.remove(part)
+            del self._via_api[name]
             self._confirmed.discard(name)
 
     def _is_whole(self, entry: Entry) -> bool:
@@ -570,6 +578,24 @@ class Replicator:
                 self.remote.remove(name)
                 self._remote_sizes.pop(name, None)
 
+    def _remove_orphan_parts(self, local: list[Entry]) -> None:
+        """Remove the location's part files that no checkpoint names, here or there, once they
+        have stayed so for ORPHAN_PARTS_AGE: a save killed while its parts were uploading (its
+        file, sent last, never came) leaves them, taking quota. Only after a while: a writer
+        that took the run over since this round verified the lease may be uploading its own."""
+        parts = {n for n in self._remote_sizes if is_part_name(n)}
+        if not parts and not self._orphans:
+            return
+        entries = [*local, *self._remote_entries()]
+        named = {p.file for e in entries for p in e.manifest.parts or []}
+        now = self._monotonic()
+        self._orphans = {n: self._orphans.get(n, now) for n in parts - named}
+        for name, since in sorted(self._orphans.items()):
+            if now - since >= ORPHAN_PARTS_AGE:
+                self.remote.remove(name)
+                self._remote_sizes.pop(name, None)
+                del self._orphans[name]
+
     def _delete(self, entry: Entry) -> None:
         """Delete a checkpoint that retention drops. One Drive holds (confirmed through the
         API) is deleted through the API, by its own name in the run's folder, so that it does
@@ -577,17 +603,20 @@ class Replicator:
         the quota for 30 days); then on the mount, where the deletion may not have arrived."""
         api = self._api if entry.name in self._confirmed else None
         if api is not None and parse_name(entry.name) is not None:
+            # Drive confirmed it (and each of its parts, DriveCheck) against the local copy:
+            # colabsession wrote them, so the API deletes them for good, without marking them
+            # as colabsession's first. The file first: it is no longer a checkpoint.
+            names = [entry.name, *(p.file for p in entry.manifest.parts or [])]
             try:
-                # Drive confirmed it against the local copy: colabsession wrote it, so the API
-                # deletes it for good, without marking it as colabsession's first.
                 remove_confirmed = getattr(api.fs, "remove_confirmed", None)
-                if remove_confirmed is None:
-                    api.remove(entry.name)
-                else:
-                    path = api.path(entry.name)
+                for name in names:  # (part names are checked when a manifest is read)
+                    if remove_confirmed is None:
+                        api.remove(name)
+                        continue
+                    job = functools.partial(remove_confirmed, api.path(name))
                     with contextlib.suppress(FileNotFoundError):
-                        api.io(f"delete {entry.name}", lambda: remove_confirmed(path))
-                    api.forget(entry.name)
+                        api.io(f"delete {name}", job)
+                    api.forget(name)
             except (OSError, TimeoutError) as exc:
                 logger.info("colabsession: %s: %s; deleting on the mount", api, reason(exc))
         self.remote.delete(entry)
