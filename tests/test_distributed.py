@@ -421,3 +421,32 @@ def test_a_checkpointer_on_rank_one_says_to_use_a_job_checkpointer(
         ckpt.save(1, {"w": 1.0})
     assert not (isolated / "run" / "lease.json").exists()
     ckpt.close()
+
+
+def test_a_jobs_checkpoint_exports_whole_for_other_tools(
+    tmp_path: Path, reference: dict[str, Path]
+) -> None:
+    """cs.export_checkpoint of a sharded checkpoint gathers the shards (as DCP's
+    dcp_to_torch_save does): what a user takes to another tool is the model, not the names of
+    the ranks' files."""
+    import torch
+    from safetensors.torch import load_file
+
+    import colabsession as cs
+
+    run = reference["fsdp-run"]
+    final = params(reference["fsdp"])["params"]  # the run's last save is of its last step
+    out = cs.export_checkpoint(run, tmp_path / "model.pt")
+    exported = torch.load(out, weights_only=True)
+    assert set(exported) == {"model", "optimizer"}
+    assert set(exported["model"]) == set(final)
+    for name, tensor in final.items():
+        assert torch.equal(exported["model"][name], tensor), name  # whole, not a shard
+    flat = load_file(str(cs.export_checkpoint(run, tmp_path / "model.safetensors")))
+    for name, tensor in final.items():
+        assert torch.equal(flat[f"model.{name}"], tensor), name
+    assert sorted(p.name for p in tmp_path.iterdir() if "model" in p.name) == [
+        "model.json",
+        "model.pt",
+        "model.safetensors",
+    ]

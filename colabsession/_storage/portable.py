@@ -121,19 +121,44 @@ def export_checkpoint(
     ckpt = Checkpointer(run, every=None)
     try:
         found = ckpt.restore(step)
+        if found is None:
+            require_run(ckpt.location)
+            raise CheckpointError(
+                f"{ckpt.location} has no checkpoint to export (only its history)",
+                path=str(ckpt.location),
+            )
+        state = found.state
+        if _is_job_checkpoint(state):
+            # A torchrun job's: its state names the ranks' DCP files, which hold the model and
+            # optimizer, sharded. (The job checkpointer's module needs torch.)
+            from colabsession._training.distributed import export_job_checkpoint
+
+            torch_out = out if kind == "torch" else out.with_name(f".{out.name}.pt")
+            export_job_checkpoint(found, torch_out, local_dir=ckpt.local_dir, remote=ckpt.remote)
+            if kind == "torch":
+                return out
+            try:
+                _write_safetensors(_read_torch(torch_out), found.step, dict(found.metrics), out)
+            finally:
+                torch_out.unlink(missing_ok=True)
+            return out
     finally:
         ckpt.close()
-    if found is None:
-        require_run(ckpt.location)
-        raise CheckpointError(
-            f"{ckpt.location} has no checkpoint to export (only its history)",
-            path=str(ckpt.location),
-        )
     if kind == "torch":
-        _write_torch(found.state, out)
+        _write_torch(state, out)
     else:
-        _write_safetensors(found.state, found.step, dict(found.metrics), out)
+        _write_safetensors(state, found.step, dict(found.metrics), out)
     return out
+
+
+def _is_job_checkpoint(state: Any) -> bool:
+    """Whether *state* is a JobCheckpointer's (told for sure once torch is imported)."""
+    if not (isinstance(state, dict) and str(state.get("kind", "")).startswith("colabsession-dcp")):
+        return False
+    require("torch", extra="torch", purpose="exporting a torchrun job's checkpoint")
+    from colabsession._training.distributed import is_job_checkpoint
+
+    return is_job_checkpoint(state)
 
 
 def import_checkpoint(

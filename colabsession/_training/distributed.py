@@ -29,6 +29,7 @@ import logging
 import operator
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -783,6 +784,29 @@ def _link_parts(restored: Any, folder: Path, local_dir: Path, remote: Any) -> di
                 "restore again"
             )
     return {"step": restored.step, "ranks": state["ranks"]}
+
+
+def is_job_checkpoint(state: Any) -> bool:
+    """Whether a restored *state* is a JobCheckpointer's (its DCP files as parts, or packed)."""
+    return _names_dcp_files(state, KIND_PARTS) or _names_dcp_files(state, KIND)
+
+
+def export_job_checkpoint(restored: Any, out: Path, *, local_dir: Path, remote: Any) -> None:
+    """Write a JobCheckpointer's checkpoint to *out* as one ``torch.save`` file of the whole
+    state dict: the model's and optimizer's shards gathered, as DCP's ``dcp_to_torch_save``
+    does, with no process group. The ranks' own states (random states, loader positions) stay
+    behind: they resume a job, not a model."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    with tempfile.TemporaryDirectory(prefix=".cs-export-", dir=out.parent) as tmp:
+        folder = Path(tmp) / "dcp"
+        if _names_dcp_files(restored.state, KIND_PARTS):
+            _link_parts(restored, folder, local_dir, remote)
+        else:
+            _unpack(restored, folder)
+        whole = Path(tmp) / out.name
+        dcp_to_torch_save(folder, whole)
+        os.replace(whole, out)
 
 
 def _names_dcp_files(state: Any, kind: str) -> bool:
