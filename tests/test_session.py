@@ -153,6 +153,55 @@ def test_run_part_brings_a_checkpoints_parts_first(tmp_path: Path, isolated: Pat
         assert (mirror / part.file).read_bytes() == data
 
 
+@pytest.mark.parametrize("harm", ["damaged", "missing", "cut short"])
+def test_run_part_skips_a_checkpoint_whose_part_is_harmed(
+    tmp_path: Path, isolated: Path, caplog: pytest.LogCaptureFixture, harm: str
+) -> None:
+    """Each part is checked as it arrives: a checkpoint with a damaged, missing or cut-short
+    part is skipped for the one before, and nothing of it stays in the local mirror."""
+    from colabsession._drive.location import Location
+    from colabsession._storage import layout
+    from colabsession._storage.serialize import crc32c
+    from colabsession._storage.store import Store
+
+    fs = MemoryFileSystem()
+    store = Store(Location(fs, f"/{tmp_path.name}/run", "memory-run"), timeout=30)
+    store.makedirs()
+    written: dict[int, list[layout.Part]] = {}
+    for step in (6, 7):
+        shards = [b"rank 0's shards %d" % step, b"rank 1's %d" % step]
+        parts = [layout.Part(layout.part_name(step), len(d), crc32c(d)) for d in shards]
+        for part, data in zip(parts, shards, strict=True):
+            store.write(part.file, data)
+        store.commit(
+            layout.file_name(step),
+            lambda f, step=step, parts=parts: layout.write(
+                f, [], step=step, time=1.0, session="s", metrics={}, tree={}, parts=parts
+            ),
+        )
+        written[step] = parts
+    harmed = written[7][1].file
+    path = f"/{tmp_path.name}/run/{harmed}"
+    if harm == "damaged":
+        fs.pipe_file(path, b"rank 1's 8")  # the same size, another checksum
+    elif harm == "missing":
+        fs.rm_file(path)
+    else:
+        fs.pipe_file(path, b"rank 1")
+    with caplog.at_level(logging.WARNING):
+        report = cs.session(run=f"memory://{tmp_path.name}/run", env=None)
+    assert report.ok
+    assert report.checkpoint is not None
+    assert report.checkpoint.step == 6
+    assert "skipping checkpoint step 7" in caplog.text
+    assert harmed in caplog.text
+    mirror = Path(report.checkpoint.where).parent
+    here = {p.name for p in mirror.iterdir()}
+    assert here >= {p.file for p in written[6]}
+    assert not here & {harmed, layout.file_name(7)}
+    assert not [n for n in here if n.endswith(".tmp")]
+
+
 def test_a_run_with_nothing_saved_is_a_new_run(tmp_path: Path) -> None:
     report = cs.session(run=f"memory://{tmp_path.name}/new", env=None)
     assert report.ok
