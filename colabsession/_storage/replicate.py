@@ -561,14 +561,16 @@ class Replicator:
         for entry in remote:
             if entry.name in abandoned:
                 self.remote.park(entry)
-                self._remote_sizes.pop(entry.name, None)
+                for name in [entry.name, *(p.file for p in entry.manifest.parts or [])]:
+                    self._remote_sizes.pop(name, None)
                 self._whole.discard(entry.name)
 
     def _retain(self, wanted: set[str]) -> None:
         self._drop_sent(wanted)
         for entry in split(self._remote_entries(), self.policy)[1]:
             self._delete(entry)
-            self._remote_sizes.pop(entry.name, None)
+            for name in [entry.name, *(p.file for p in entry.manifest.parts or [])]:
+                self._remote_sizes.pop(name, None)
             self._whole.discard(entry.name)
             self._confirmed.discard(entry.name)
         # Copies cut short that no local copy will replace (a kill during an upload on
