@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import colabsession as cs
 from colabsession._storage import layout
 from colabsession._storage.replicate import ORPHAN_PARTS_AGE
@@ -88,39 +90,28 @@ def on_drive(fake_drive: FakeDrive, names: list[str]) -> list[str]:
     return [n for n in names if n in titles]
 
 
-def test_through_the_api_the_mount_down_retention_takes_the_parts(
+@pytest.mark.parametrize("mount", ["down", "up"])
+def test_retention_through_the_api_deletes_the_parts_for_good(
     linked: Any,  # noqa: F811
     fake_drive: FakeDrive,
     tmp_path: Path,
+    mount: str,
 ) -> None:
+    """The mount down, the API carries the checkpoints and retention deletes what it sent; the
+    mount up, Drive confirms them and retention deletes them through the API. Either way the
+    parts go with their checkpoint, for good: deleted on the mount they would sit in Drive's
+    Trash, counting against the quota; left alone they stayed for ever."""
     ckpt = cs.Checkpointer(
         run_on_mount(linked), every=None, local_dir=tmp_path / "vm1", keep_last=1
     )
     ckpt.restore()
-    linked.drop()  # "Transport endpoint is not connected": the API carries the checkpoints
+    if mount == "down":
+        linked.drop()  # "Transport endpoint is not connected"
     parts = {}
     for step in (1, 2, 3):
         parts[step] = save_with_parts(ckpt, step)
-        assert ckpt.sync(30) == []  # on Drive, through the API
+        assert ckpt.sync(30) == []  # on Drive, parts and all
     ckpt.close()
     assert on_drive(fake_drive, parts[3]) == parts[3]
-    assert on_drive(fake_drive, parts[1] + parts[2]) == []  # deleted for good, not trashed
-
-
-def test_rotation_deletes_a_confirmed_checkpoints_parts_for_good(
-    linked: Any,  # noqa: F811
-    fake_drive: FakeDrive,
-    tmp_path: Path,
-) -> None:
-    ckpt = cs.Checkpointer(
-        run_on_mount(linked), every=None, local_dir=tmp_path / "vm1", keep_last=1
-    )
-    parts = {}
-    for step in range(3):
-        parts[step] = save_with_parts(ckpt, step)
-        assert ckpt.sync(30) == []  # confirmed by Drive, parts and all
-    ckpt.close()
-    assert on_drive(fake_drive, parts[2]) == parts[2]
-    # Through the API, for good: deleted on the mount they would sit in Drive's Trash.
-    assert on_drive(fake_drive, parts[0] + parts[1]) == []
-    assert fake_drive.used()[1] == 0
+    assert on_drive(fake_drive, parts[1] + parts[2]) == []
+    assert fake_drive.used()[1] == 0  # nothing in the Trash
