@@ -45,7 +45,14 @@ from colabsession._core.timeout import Backoff
 from colabsession._core.units import format_duration
 from colabsession._drive import companion
 from colabsession._storage.history import SYNC_AT, HistoryLog
-from colabsession._storage.layout import CutShort, Lineage, Manifest, is_part_name, parse_name
+from colabsession._storage.layout import (
+    PARKED,
+    CutShort,
+    Lineage,
+    Manifest,
+    is_part_name,
+    parse_name,
+)
 from colabsession._storage.lease import Lease
 from colabsession._storage.lineage import split_live
 from colabsession._storage.retention import Policy, split
@@ -590,8 +597,12 @@ class Replicator:
             return
         entries = [*local, *self._remote_entries()]
         named = {p.file for e in entries for p in e.manifest.parts or []}
+        # A checkpoint file of a part's step, however unreadable here (a newer release's, a
+        # park cut short between its file and its parts), may name it: such parts stay.
+        steps = {parse_name(n.removeprefix(PARKED)) for n in self._remote_sizes}
+        unnamed = {n for n in parts - named if int(n.split("-")[1].split(".")[0]) not in steps}
         now = self._monotonic()
-        self._orphans = {n: self._orphans.get(n, now) for n in parts - named}
+        self._orphans = {n: self._orphans.get(n, now) for n in unnamed}
         for name, since in sorted(self._orphans.items()):
             if now - since >= ORPHAN_PARTS_AGE:
                 self.remote.remove(name)
