@@ -149,7 +149,13 @@ def part_name(step: int) -> str:
 
 
 def is_part_name(name: str) -> bool:
-    return _PART.fullmatch(name) is not None
+    return part_step(name) is not None
+
+
+def part_step(name: str) -> int | None:
+    """The step of a part file's name, or None for any other name."""
+    match = _PART.fullmatch(name)
+    return int(match.group(1)) if match else None
 
 
 def check_part(f: IO[bytes], part: Part, *, chunk: int = 16 << 20) -> None:

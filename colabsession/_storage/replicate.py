@@ -52,6 +52,7 @@ from colabsession._storage.layout import (
     Manifest,
     is_part_name,
     parse_name,
+    part_step,
 )
 from colabsession._storage.lease import Lease
 from colabsession._storage.lineage import split_live
@@ -488,7 +489,7 @@ class Replicator:
                 self._upload(api, entry)
             except FileNotFoundError:
                 continue  # retention removed it locally meanwhile
-            self._via_api[entry.name] = [p.file for p in entry.manifest.parts or []]
+            self._via_api[entry.name] = entry.part_files
         self._unconfirmed(api, entries)
 
     def _fall_back(self, exc: BaseException) -> bool:
@@ -568,7 +569,7 @@ class Replicator:
         for entry in remote:
             if entry.name in abandoned:
                 self.remote.park(entry)
-                for name in [entry.name, *(p.file for p in entry.manifest.parts or [])]:
+                for name in [entry.name, *entry.part_files]:
                     self._remote_sizes.pop(name, None)
                 self._whole.discard(entry.name)
 
@@ -576,7 +577,7 @@ class Replicator:
         self._drop_sent(wanted)
         for entry in split(self._remote_entries(), self.policy)[1]:
             self._delete(entry)
-            for name in [entry.name, *(p.file for p in entry.manifest.parts or [])]:
+            for name in [entry.name, *entry.part_files]:
                 self._remote_sizes.pop(name, None)
             self._whole.discard(entry.name)
             self._confirmed.discard(entry.name)
@@ -596,11 +597,11 @@ class Replicator:
         if not parts and not self._orphans:
             return
         entries = [*local, *self._remote_entries()]
-        named = {p.file for e in entries for p in e.manifest.parts or []}
+        named = {name for e in entries for name in e.part_files}
         # A checkpoint file of a part's step, however unreadable here (a newer release's, a
         # park cut short between its file and its parts), may name it: such parts stay.
         steps = {parse_name(n.removeprefix(PARKED)) for n in self._remote_sizes}
-        unnamed = {n for n in parts - named if int(n.split("-")[1].split(".")[0]) not in steps}
+        unnamed = {n for n in parts - named if part_step(n) not in steps}
         now = self._monotonic()
         self._orphans = {n: self._orphans.get(n, now) for n in unnamed}
         for name, since in sorted(self._orphans.items()):
@@ -619,7 +620,7 @@ class Replicator:
             # Drive confirmed it (and each of its parts, DriveCheck) against the local copy:
             # colabsession wrote them, so the API deletes them for good, without marking them
             # as colabsession's first. The file first: it is no longer a checkpoint.
-            names = [entry.name, *(p.file for p in entry.manifest.parts or [])]
+            names = [entry.name, *entry.part_files]
             try:
                 remove_confirmed = getattr(api.fs, "remove_confirmed", None)
                 for name in names:  # (part names are checked when a manifest is read)

@@ -48,6 +48,11 @@ class Entry:
     def where(self) -> str:
         return f"{self.store.description}/{self.name}"
 
+    @property
+    def part_files(self) -> list[str]:
+        """The names of the part files the checkpoint commits (none but a sharded save's)."""
+        return [part.file for part in self.manifest.parts or []]
+
 
 class Store:
     """The folder *location* of a run, reached through *backend* (by default the one
@@ -428,7 +433,7 @@ class Store:
         parts = [n for n in names if _layout.is_part_name(n)]
         if parts:
             entries = self.entries(names, warn=False, timeout=timeout)
-            named = {p.file for e in entries for p in e.manifest.parts or []}
+            named = {name for e in entries for name in e.part_files}
             found += [n for n in parts if n not in named]
         return found
 
