@@ -798,15 +798,20 @@ def export_job_checkpoint(restored: Any, out: Path, *, local_dir: Path, remote: 
     behind: they resume a job, not a model."""
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-    with tempfile.TemporaryDirectory(prefix=".cs-export-", dir=out.parent) as tmp:
+    # The DCP folder beside the local mirror, where the parts are hard-linked, not copied (the
+    # target may be on the Drive mount); only the gathered file is written beside *out*.
+    with tempfile.TemporaryDirectory(prefix=".cs-export-", dir=local_dir.parent) as tmp:
         folder = Path(tmp) / "dcp"
         if _names_dcp_files(restored.state, KIND_PARTS):
             _link_parts(restored, folder, local_dir, remote)
         else:
             _unpack(restored, folder)
-        whole = Path(tmp) / out.name
-        dcp_to_torch_save(folder, whole)
-        os.replace(whole, out)
+        whole = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            dcp_to_torch_save(folder, whole)
+            os.replace(whole, out)
+        finally:
+            whole.unlink(missing_ok=True)
 
 
 def _names_dcp_files(state: Any, kind: str) -> bool:
